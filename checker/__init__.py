@@ -1,0 +1,1 @@
+"""A generic explicit-state model checker."""

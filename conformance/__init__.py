@@ -1,0 +1,1 @@
+"""Conformance checks that any peering implementation can be run against."""

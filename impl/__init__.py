@@ -1,0 +1,1 @@
+"""The trio reference implementation of peering over gRPC."""

@@ -1,0 +1,1 @@
+"""The executable model of Consul cluster peering. See model/README or specs/."""

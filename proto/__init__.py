@@ -1,0 +1,1 @@
+"""The wire format: .proto sources and the Python code generated from them."""
