@@ -1,0 +1,36 @@
+"""Resource type URLs of the peer stream (see the comments at the top of peerstream.proto).
+
+A ``ReplicationMessage.Response`` names what it carries in ``ResourceURL``, and a subscription
+or ACK/NACK ``Request`` echoes the same URL. Each URL is exactly what
+``google.protobuf.Any.Pack`` writes as the type URL of the payload message, so
+``Response.Resource.type_url == Response.ResourceURL`` for every UPSERT.
+
+This module is plain data (standard library only), so the model can import it without
+protobuf.
+"""
+
+from __future__ import annotations
+
+#: Prefix of every Any type URL written by protobuf's ``Any.Pack``.
+TYPE_URL_PREFIX = "type.googleapis.com/"
+
+#: Services exported to the peer. ResourceID is the service name. The payload is a
+#: ``hashicorp.consul.internal.peerstream.ExportedService`` (OPERATION_UPSERT), or none
+#: (OPERATION_DELETE, peerkit's own) when the service has no exported instances any more.
+TYPE_URL_EXPORTED_SERVICE = (
+    "type.googleapis.com/hashicorp.consul.internal.peerstream.ExportedService"
+)
+
+#: The exporter's CA roots. The payload is a
+#: ``hashicorp.consul.internal.peering.PeeringTrustBundle`` carrying TrustDomain and RootPEMs;
+#: the importer fills in its own PeerName and Partition.
+TYPE_URL_PEERING_TRUST_BUNDLE = (
+    "type.googleapis.com/hashicorp.consul.internal.peering.PeeringTrustBundle"
+)
+
+#: ResourceID of the trust-bundle resource: there is one bundle per exporter. peerkit keeps the
+#: seed's ID for its CA-roots resource (peering-protocol.md §5.4).
+TRUST_BUNDLE_RESOURCE_ID = "roots"
+
+#: Every resource type a peerkit stream can subscribe to, in subscription order.
+RESOURCE_TYPE_URLS = (TYPE_URL_EXPORTED_SERVICE, TYPE_URL_PEERING_TRUST_BUNDLE)
