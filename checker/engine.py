@@ -1,0 +1,546 @@
+"""The explicit-state search: breadth-first exploration, property checks, shortest counterexamples.
+
+Theory of operation
+-------------------
+States are numbered in the order breadth-first search discovers them, so the numbers of one depth
+level are contiguous and the queue is just a cursor into the list of states. For each state we keep
+the number of its BFS parent; the action that led to it is *not* stored but recovered, when a
+counterexample is printed, by re-running the parent's successors (cheap, and it keeps the hot loop
+down to one dict probe, one list append and one array append per new state). A state is its own
+fingerprint: the states are hashable values and the dict holds them exactly, so there are no hash
+collisions to reason about.
+
+Because BFS discovers states in order of depth and every invariant is checked when a state is
+first discovered (and every transition invariant when its edge is first explored), the first
+violation found has a shortest counterexample.
+
+Liveness is decided after the search, on the complete graph: we keep the edges the property
+`counts` and run a backward search from the target states. Any state not reached back is stuck;
+its counterexample is the shortest path to it followed by the cycle (or dead end) it is stuck in.
+If the search was cut short by a bound, liveness is reported as unknown rather than guessed.
+
+Import rules: standard library and ``peerkit.checker.api`` only.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from array import array
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+from .api import Invariant, Liveness, Model, Reduction, TransitionInvariant
+
+S = TypeVar("S", bound=Hashable)
+A = TypeVar("A")
+
+Verdict = Literal["holds", "violated", "unknown"]
+Kind = Literal["invariant", "transition", "liveness"]
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Limits on one search. ``None`` means unbounded."""
+
+    max_depth: int | None = None
+    max_states: int | None = None
+    max_seconds: float | None = None
+    #: Stop at the first violation (the default: it has a shortest counterexample). With False,
+    #: the search goes on and reports the first (shortest) violation of *each* property.
+    stop_at_first: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_depth", "max_states"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value < 0):
+                raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
+        if self.max_seconds is not None and not (
+            isinstance(self.max_seconds, (int, float)) and self.max_seconds > 0
+        ):
+            raise ValueError(f"max_seconds must be positive or None, got {self.max_seconds!r}")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A snapshot for progress displays."""
+
+    states: int
+    transitions: int
+    depth: int
+    queue: int
+    seconds: float
+
+    @property
+    def states_per_second(self) -> float:
+        return self.states / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Step(Generic[S, A]):
+    action: A
+    state: S
+
+
+@dataclass(frozen=True)
+class Counterexample(Generic[S, A]):
+    property_id: str
+    kind: Kind
+    initial: S
+    #: The path from ``initial`` to the violation. For a transition invariant the last step is the
+    #: offending transition; for liveness it ends in the first stuck state.
+    steps: tuple[Step[S, A], ...]
+    explanation: str = ""
+    #: Liveness only: the cycle the stuck state is trapped in (empty for a dead end).
+    loop: tuple[Step[S, A], ...] = ()
+
+    @property
+    def actions(self) -> tuple[A, ...]:
+        return tuple(step.action for step in self.steps)
+
+
+@dataclass(frozen=True)
+class PropertyResult:
+    id: str
+    title: str
+    kind: Kind
+    verdict: Verdict
+    note: str = ""
+
+
+@dataclass
+class Result(Generic[S, A]):
+    model: str
+    distinct_states: int
+    transitions: int
+    depth: int
+    seconds: float
+    complete: bool
+    stopped_because: str
+    properties: list[PropertyResult]
+    counterexamples: list[Counterexample[S, A]] = field(default_factory=list)
+    reductions: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(p.verdict != "violated" for p in self.properties)
+
+    @property
+    def states_per_second(self) -> float:
+        return self.distinct_states / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def counterexample(self) -> Counterexample[S, A] | None:
+        return self.counterexamples[0] if self.counterexamples else None
+
+
+ProgressCallback = Callable[[Progress], None]
+
+#: How many new states between two looks at the clock (for progress and the time bound).
+_CLOCK_EVERY = 4096
+
+
+class _Stop(Exception):
+    pass
+
+
+def check(
+    model: Model[S, A],
+    bounds: Bounds = Bounds(),
+    progress: ProgressCallback | None = None,
+    progress_interval: float = 1.0,
+) -> Result[S, A]:
+    """Explore `model` breadth-first within `bounds` and decide its properties."""
+    if not isinstance(bounds, Bounds):
+        raise TypeError(f"bounds must be a Bounds, not {type(bounds).__name__}")
+    return _Search(model, bounds, progress, progress_interval).run()
+
+
+class _Search(Generic[S, A]):
+    def __init__(
+        self,
+        model: Model[S, A],
+        bounds: Bounds,
+        progress: ProgressCallback | None,
+        progress_interval: float,
+    ) -> None:
+        self.model = model
+        self.bounds = bounds
+        self.progress = progress
+        self.progress_interval = progress_interval
+        self.invariants: Sequence[Invariant[S]] = tuple(model.invariants)
+        self.transition_invariants: Sequence[TransitionInvariant[S, A]] = tuple(
+            model.transition_invariants
+        )
+        self.liveness: Sequence[Liveness[S, A]] = tuple(model.liveness)
+        self.reductions: Sequence[Reduction[S]] = tuple(model.reductions)
+        ids = [i.id for i in self.invariants]
+        ids += [t.id for t in self.transition_invariants]
+        ids += [lv.id for lv in self.liveness]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"property IDs must be unique, got {ids}")
+
+        # With liveness edges or reductions we need a state's number when we meet it again
+        # (a dict); otherwise knowing that we met it is enough (a set, smaller and faster).
+        self.lean = not (self.transition_invariants or self.liveness or self.reductions)
+        self.index: dict[S, int] = {}
+        self.seen: set[S] = set()
+        self.states: list[S] = []
+        self.parent = array("q")
+        self.transitions = 0
+        self.concrete_initial: dict[int, S] = {}
+        self.checks = [inv.holds for inv in self.invariants]
+        self.violated: dict[str, Counterexample[S, A]] = {}
+        # liveness edges, one pair of arrays per liveness property
+        self.edges: list[tuple[array[int], array[int]]] = [
+            (array("q"), array("q")) for _ in self.liveness
+        ]
+
+    # -- the search ------------------------------------------------------------------------
+    def run(self) -> Result[S, A]:
+        started = time.perf_counter()
+        self.started = started
+        self.last_report = started
+        stopped = "explored every reachable state"
+        complete = True
+        # States are immutable values without reference cycles, so the cyclic garbage collector
+        # has nothing to find among them, yet a growing state set makes every full collection
+        # walk all of it. Pausing it for the search is a large, safe saving.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._seed()
+            self._bfs()
+        except _Stop as stop:
+            stopped = str(stop)
+            complete = False
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        seconds = time.perf_counter() - started
+        depth = len(self._chain(len(self.states) - 1)) - 1 if self.states else 0
+        if complete and self.liveness:
+            self._decide_liveness()
+            seconds = time.perf_counter() - started
+        if self.progress is not None:
+            self.progress(Progress(len(self.states), self.transitions, depth, 0, seconds))
+        return Result(
+            model=self.model.name,
+            distinct_states=len(self.states),
+            transitions=self.transitions,
+            depth=depth,
+            seconds=seconds,
+            complete=complete,
+            stopped_because=stopped,
+            properties=self._verdicts(complete),
+            counterexamples=sorted(
+                self.violated.values(), key=lambda c: (len(c.steps), c.property_id)
+            ),
+            reductions=[{"name": r.name, "why_sound": r.why_sound} for r in self.reductions],
+        )
+
+    def _canonical(self, state: S) -> S:
+        for reduction in self.reductions:
+            state = reduction.canonical(state)
+        return state
+
+    def _seed(self) -> None:
+        for concrete in self.model.initial_states():
+            state = self._canonical(concrete)
+            if state in self.seen or state in self.index:
+                continue
+            if self.bounds.max_states is not None and len(self.states) >= self.bounds.max_states:
+                raise _Stop(f"state bound {self.bounds.max_states} reached")
+            sid = len(self.states)
+            if self.lean:
+                self.seen.add(state)
+            else:
+                self.index[state] = sid
+            self.states.append(state)
+            self.parent.append(-1)
+            self.concrete_initial[sid] = concrete
+            self._state_failed(sid)
+
+    def _state_failed(self, sid: int) -> None:
+        """Record every invariant that state `sid` breaks and that was not broken before."""
+        state = self.states[sid]
+        for inv in self.invariants:
+            if inv.id not in self.violated and not inv.holds(state):
+                note = inv.explain(state) if inv.explain else ""
+                self._record(inv.id, "invariant", sid, None, note)
+
+    def _record(self, pid: str, kind: Kind, sid: int, extra: tuple[A, S] | None,
+                note: str, loop: tuple[Step[S, A], ...] = ()) -> None:
+        initial, steps = self._path_to(sid)
+        if extra is not None:
+            action, _ = extra
+            last = steps[-1].state if steps else initial
+            steps = (*steps, self._concrete_step(last, action, extra[1]))
+        self.violated[pid] = Counterexample(pid, kind, initial, steps, note, loop)
+        if self.bounds.stop_at_first:
+            raise _Stop(f"property {pid} is violated")
+
+    def _bfs(self) -> None:
+        # The hot loop: everything it touches is a local name.
+        states = self.states
+        index = self.index
+        seen = self.seen
+        add_seen = seen.add
+        parent = self.parent
+        violated = self.violated
+        successors = self.model.successors
+        checks = self.checks
+        tinvs = [(t.id, t.holds) for t in self.transition_invariants]
+        live = [(p.counts, src, dst) for p, (src, dst) in zip(self.liveness, self.edges,
+                                                              strict=True)]
+        canonical = self._canonical if self.reductions else None
+        max_depth = self.bounds.max_depth
+        max_states = self.bounds.max_states if self.bounds.max_states is not None else -1
+        clock_due = len(states) + _CLOCK_EVERY
+        transitions = 0
+        cursor = 0
+        depth = 0
+        # The common case (no transition invariants, no liveness edges, no reduction) gets a
+        # leaner loop: a membership test instead of a lookup, nothing else per old state.
+        lean = self.lean
+        append_state = states.append
+        append_parent = parent.append
+        try:
+            while cursor < len(states):
+                level_end = len(states)
+                if max_depth is not None and depth >= max_depth:
+                    raise _Stop(f"depth bound {max_depth} reached")
+                if lean:
+                    for sid in range(cursor, level_end):
+                        for _action, nxt in successors(states[sid]):
+                            transitions += 1
+                            if nxt in seen:
+                                continue
+                            nid = len(states)
+                            if nid == max_states:
+                                raise _Stop(f"state bound {max_states} reached")
+                            add_seen(nxt)
+                            append_state(nxt)
+                            append_parent(sid)
+                            for holds in checks:
+                                if not holds(nxt):
+                                    self.transitions = transitions
+                                    self._state_failed(nid)
+                            if nid >= clock_due:
+                                clock_due = nid + _CLOCK_EVERY
+                                self.transitions = transitions
+                                self._tick(sid + 1, depth + 1)
+                    cursor = level_end
+                    depth += 1
+                    continue
+                for sid in range(cursor, level_end):
+                    state = states[sid]
+                    for action, nxt in successors(state):
+                        if canonical is not None:
+                            nxt = canonical(nxt)
+                        transitions += 1
+                        nid = index.get(nxt)
+                        if nid is None:
+                            nid = len(states)
+                            if nid == max_states:
+                                raise _Stop(f"state bound {max_states} reached")
+                            index[nxt] = nid
+                            append_state(nxt)
+                            append_parent(sid)
+                            for holds in checks:
+                                if not holds(nxt):
+                                    self.transitions = transitions
+                                    self._state_failed(nid)
+                            if nid >= clock_due:
+                                clock_due = nid + _CLOCK_EVERY
+                                self.transitions = transitions
+                                self._tick(sid + 1, depth + 1)
+                        for pid, tholds in tinvs:
+                            if not tholds(state, action, nxt) and pid not in violated:
+                                self.transitions = transitions
+                                self._transition_violation(pid, sid, action, nxt)
+                        for counts, src, dst in live:
+                            if counts(action):
+                                src.append(sid)
+                                dst.append(nid)
+                cursor = level_end
+                depth += 1
+        finally:
+            self.transitions = transitions
+
+    def _transition_violation(self, pid: str, sid: int, action: A, nxt: S) -> None:
+        tinv = next(t for t in self.transition_invariants if t.id == pid)
+        note = tinv.explain(self.states[sid], action, nxt) if tinv.explain else ""
+        self._record(pid, "transition", sid, (action, nxt), note)
+
+    def _tick(self, cursor: int, depth: int) -> None:
+        now = time.perf_counter()
+        if self.bounds.max_seconds is not None and now - self.started > self.bounds.max_seconds:
+            raise _Stop(f"time bound {self.bounds.max_seconds} s reached")
+        if self.progress is not None and now - self.last_report >= self.progress_interval:
+            self.last_report = now
+            self.progress(
+                Progress(len(self.states), self.transitions, depth,
+                         len(self.states) - cursor, now - self.started)
+            )
+
+    # -- counterexamples -------------------------------------------------------------------
+    def _chain(self, sid: int) -> list[int]:
+        chain = []
+        while sid >= 0:
+            chain.append(sid)
+            sid = self.parent[sid]
+        chain.reverse()
+        return chain
+
+    def _path_to(self, sid: int) -> tuple[S, tuple[Step[S, A], ...]]:
+        """The BFS-tree path to `sid` as concrete, replayable steps.
+
+        The path is walked forwards from the concrete initial state: at each step we pick the
+        action whose successor is (up to the reductions) the next state of the path. Without
+        reductions this is the exact tree path; with them it is a concrete run the model can
+        replay step by step, which a path of canonical representatives need not be.
+        """
+        chain = self._chain(sid)
+        initial = self.concrete_initial[chain[0]]
+        steps = self._walk(initial, chain[1:])
+        return initial, steps
+
+    def _walk(
+        self, start: S, ids: Sequence[int], counts: Callable[[A], bool] | None = None
+    ) -> tuple[Step[S, A], ...]:
+        steps: list[Step[S, A]] = []
+        current = start
+        for nid in ids:
+            target = self.states[nid]
+            for action, nxt in self.model.successors(current):
+                if counts is not None and not counts(action):
+                    continue
+                if self._canonical(nxt) == target:
+                    steps.append(Step(action, nxt))
+                    current = nxt
+                    break
+            else:
+                raise AssertionError("successors are not deterministic: an explored edge vanished")
+        return tuple(steps)
+
+    def _concrete_step(self, current: S, action: A, canonical_next: S) -> Step[S, A]:
+        for candidate, nxt in self.model.successors(current):
+            if candidate == action and self._canonical(nxt) == self._canonical(canonical_next):
+                return Step(candidate, nxt)
+        # with a reduction the concrete state may enable a symmetric action instead
+        for candidate, nxt in self.model.successors(current):
+            if self._canonical(nxt) == self._canonical(canonical_next):
+                return Step(candidate, nxt)
+        raise AssertionError("successors are not deterministic: an explored edge vanished")
+
+    # -- liveness --------------------------------------------------------------------------
+    def _decide_liveness(self) -> None:
+        n = len(self.states)
+        for prop, (src, dst) in zip(self.liveness, self.edges, strict=True):
+            if prop.id in self.violated:
+                continue
+            # reverse adjacency in CSR form
+            counts = [0] * (n + 1)
+            for d in dst:
+                counts[d + 1] += 1
+            for i in range(n):
+                counts[i + 1] += counts[i]
+            fill = counts[:-1].copy()
+            rev = array("q", bytes(8 * len(dst)))
+            for s, d in zip(src, dst, strict=True):
+                rev[fill[d]] = s
+                fill[d] += 1
+            good = bytearray(n)
+            stack = [i for i, st in enumerate(self.states) if prop.target(st)]
+            for i in stack:
+                good[i] = 1
+            while stack:
+                d = stack.pop()
+                for k in range(counts[d], counts[d + 1]):
+                    s = rev[k]
+                    if not good[s]:
+                        good[s] = 1
+                        stack.append(s)
+            bad = good.find(0)
+            if bad < 0:
+                continue
+            loop_ids, note = self._stuck_path(bad, src, dst, good)
+            initial, steps = self._path_to(bad)
+            stuck_state = steps[-1].state if steps else initial
+            loop = self._walk(stuck_state, loop_ids, prop.counts)
+            self.violated[prop.id] = Counterexample(
+                prop.id, "liveness", initial, steps, note, loop
+            )
+            if self.bounds.stop_at_first:
+                return
+
+    def _stuck_path(
+        self, start: int, src: array[int], dst: array[int], good: bytearray
+    ) -> tuple[list[int], str]:
+        """From a stuck state, follow counted edges until a state repeats (or none is left)."""
+        out: dict[int, list[int]] = {}
+        for s, d in zip(src, dst, strict=True):
+            if not good[s]:
+                out.setdefault(s, []).append(d)
+        seen: set[int] = set()
+        path: list[int] = []
+        node = start
+        while node not in seen:
+            seen.add(node)
+            nexts = out.get(node)
+            if not nexts:
+                return path, (
+                    "no target state is reachable from here: the steps below lead to a state "
+                    "where nothing the property counts can happen (a dead end)"
+                )
+            # prefer a successor that is not the node itself, so the loop shows movement
+            node = next((d for d in nexts if d != node), nexts[0])
+            path.append(node)
+        return path, (
+            "no target state is reachable from here: the steps below come back to a state "
+            "already seen, and every way on stays among such states (a livelock)"
+        )
+
+    def _verdicts(self, complete: bool) -> list[PropertyResult]:
+        out: list[PropertyResult] = []
+        groups: Iterable[tuple[Kind, Sequence[Any]]] = (
+            ("invariant", self.invariants),
+            ("transition", self.transition_invariants),
+            ("liveness", self.liveness),
+        )
+        for kind, props in groups:
+            for prop in props:
+                if prop.id in self.violated:
+                    verdict: Verdict = "violated"
+                    note = ""
+                elif kind == "liveness" and not complete:
+                    verdict, note = "unknown", "the search was cut short, so liveness is undecided"
+                elif not complete and kind != "liveness":
+                    verdict, note = "holds", "holds in every state explored (search incomplete)"
+                else:
+                    verdict, note = "holds", ""
+                out.append(PropertyResult(prop.id, prop.title, kind, verdict, note))
+        return out
+
+
+def replay(model: Model[S, A], initial: S, actions: Sequence[A]) -> list[S]:
+    """Re-run a counterexample's actions from ``initial``; return the states visited.
+
+    Each action must be among the enabled ones of the state it is applied to; otherwise
+    ValueError says which step is not possible. Reductions are *not* applied: the replay is
+    concrete.
+    """
+    states = [initial]
+    state = initial
+    for number, action in enumerate(actions, 1):
+        for candidate, nxt in model.successors(state):
+            if candidate == action:
+                state = nxt
+                break
+        else:
+            raise ValueError(f"step {number}: {model.format_action(action)} is not enabled")
+        states.append(state)
+    return states
