@@ -1,0 +1,60 @@
+"""The implementation's state store: records, the rules (``StateStore``) and two backends."""
+
+from .base import (
+    CATALOG,
+    EXPORTS,
+    PEERINGS,
+    TRUST_BUNDLES,
+    WATCH_TABLES,
+    Backend,
+    BackendTxn,
+    Change,
+    StateStore,
+    StoreDump,
+    StoreError,
+)
+from .memory import MemoryBackend, MemoryStore
+from .records import (
+    DEFAULT_PARTITION,
+    HEALTH_STATUSES,
+    Check,
+    CheckServiceNode,
+    ExportEntry,
+    FrozenMeta,
+    Node,
+    NodeInfo,
+    Peering,
+    Service,
+    TrustBundle,
+)
+from .sqlite import DB_FILENAME, SqliteBackend, SqliteStore
+
+__all__ = [
+    "CATALOG",
+    "DB_FILENAME",
+    "DEFAULT_PARTITION",
+    "EXPORTS",
+    "HEALTH_STATUSES",
+    "PEERINGS",
+    "TRUST_BUNDLES",
+    "WATCH_TABLES",
+    "Backend",
+    "BackendTxn",
+    "Change",
+    "Check",
+    "CheckServiceNode",
+    "ExportEntry",
+    "FrozenMeta",
+    "MemoryBackend",
+    "MemoryStore",
+    "Node",
+    "NodeInfo",
+    "Peering",
+    "Service",
+    "SqliteBackend",
+    "SqliteStore",
+    "StateStore",
+    "StoreDump",
+    "StoreError",
+    "TrustBundle",
+]

@@ -1,0 +1,94 @@
+"""The in-memory backend: dicts of immutable rows, with an undo log so a failed transaction leaves
+no trace. ``MemoryStore()`` is a ``StateStore`` over it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from .base import TABLES, Backend, BackendTxn, Key, Row, StateStore
+
+_Table = dict[Key, Row]
+
+
+def _table(tables: dict[str, _Table], name: str) -> _Table:
+    try:
+        return tables[name]
+    except KeyError:
+        raise ValueError(f"unknown table {name!r}") from None
+
+
+class _MemoryTxn(BackendTxn):
+    """Writes go straight into the tables; every overwritten or removed row is logged first."""
+
+    def __init__(self, tables: dict[str, _Table], *, write: bool) -> None:
+        self._tables = tables
+        self._write = write
+        self._undo: list[tuple[str, Key, Row | None]] = []
+
+    def get(self, table: str, key: Key) -> Row | None:
+        return _table(self._tables, table).get(key)
+
+    def put(self, table: str, key: Key, row: Row) -> None:
+        self._check_write()
+        rows = _table(self._tables, table)
+        self._undo.append((table, key, rows.get(key)))
+        rows[key] = row
+
+    def delete(self, table: str, key: Key) -> bool:
+        self._check_write()
+        rows = _table(self._tables, table)
+        if key not in rows:
+            return False
+        self._undo.append((table, key, rows.pop(key)))
+        return True
+
+    def scan(self, table: str, prefix: Key = ()) -> list[Row]:
+        rows = _table(self._tables, table)
+        if not prefix:
+            return list(rows.values())
+        n = len(prefix)
+        return [row for key, row in rows.items() if key[:n] == prefix]
+
+    def rollback(self) -> None:
+        for table, key, old in reversed(self._undo):
+            rows = self._tables[table]
+            if old is None:
+                rows.pop(key, None)
+            else:
+                rows[key] = old
+        self._undo.clear()
+
+    def _check_write(self) -> None:
+        if not self._write:
+            raise RuntimeError("write inside a read-only transaction")
+
+
+class MemoryBackend(Backend):
+    """Rows kept in per-table dicts for the life of the process."""
+
+    def __init__(self) -> None:
+        self._tables: dict[str, _Table] = {name: {} for name in TABLES}
+        self._closed = False
+
+    @contextmanager
+    def transaction(self, *, write: bool) -> Iterator[BackendTxn]:
+        if self._closed:
+            raise RuntimeError("the memory backend is closed")
+        txn = _MemoryTxn(self._tables, write=write)
+        try:
+            yield txn
+        except BaseException:
+            txn.rollback()
+            raise
+
+    def close(self) -> None:
+        self._closed = True
+
+
+class MemoryStore(StateStore):
+    """A ``StateStore`` held in memory; it starts empty and is lost when dropped."""
+
+    def __init__(self, *, id_factory: Callable[[], str] | None = None) -> None:
+        super().__init__(MemoryBackend(), id_factory=id_factory)

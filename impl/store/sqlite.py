@@ -1,0 +1,197 @@
+"""The durable backend: one SQLite file (WAL mode) under a data dir; ``SqliteStore(data_dir)``.
+
+Layout: one table per store table, ``(k TEXT PRIMARY KEY, v TEXT NOT NULL)``, where ``k`` is the
+row key as a compact JSON array and ``v`` the record as a JSON object. The schema is created on
+open; ``PRAGMA user_version`` holds the schema version. Every store operation is one SQLite
+transaction (``BEGIN IMMEDIATE`` for writes), rolled back on any error, so reopening the file
+restores exactly the committed state, the index counters included (they live in ``meta``).
+
+Calls are synchronous on purpose: each is a handful of small statements on a local file, and
+``synchronous=NORMAL`` in WAL mode does not fsync on commit, so they are short enough to run on
+the trio thread. Durability across an OS crash is therefore "up to the last checkpoint"; across a
+process crash every committed transaction survives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from peerkit.model.vocabulary import PeeringState
+
+from .base import TABLES, Backend, BackendTxn, Key, Row, StateStore
+from .records import FrozenMeta, Peering
+
+#: The database file inside the data dir.
+DB_FILENAME = "peerkit-state.sqlite"
+SCHEMA_VERSION = 1
+
+
+# --------------------------------------------------------------------------------------------
+# Codec
+# --------------------------------------------------------------------------------------------
+
+
+def encode_key(key: Key) -> str:
+    return json.dumps(list(key), separators=(",", ":"), ensure_ascii=False)
+
+
+def _prefix_range(prefix: Key) -> tuple[str, str]:
+    """The half-open text range holding exactly the keys that start with ``prefix``.
+
+    Every such key encodes as ``[c1,...,cn,`` followed by more; the bound replaces the final
+    ``,`` by the next character, ``-``.
+    """
+    low = "[" + ",".join(encode_key((part,))[1:-1] for part in prefix) + ","
+    return low, low[:-1] + "-"
+
+
+def _plain(value: object) -> Any:
+    if isinstance(value, PeeringState):
+        return int(value)
+    if isinstance(value, FrozenMeta):
+        return value.to_dict()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def encode_row(row: Row) -> str:
+    data = {f.name: _plain(getattr(row, f.name)) for f in fields(row)}
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_row(table: str, text: str) -> Row:
+    cls = TABLES[table]
+    data: dict[str, Any] = json.loads(text)
+    if cls is Peering:
+        data["state"] = PeeringState(data["state"])
+    return cls(**data)
+
+
+# --------------------------------------------------------------------------------------------
+# Backend
+# --------------------------------------------------------------------------------------------
+
+
+def _check_table(table: str) -> str:
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}")
+    return table
+
+
+class _SqliteTxn(BackendTxn):
+    def __init__(self, conn: sqlite3.Connection, *, write: bool) -> None:
+        self._conn = conn
+        self._write = write
+
+    def get(self, table: str, key: Key) -> Row | None:
+        cur = self._conn.execute(
+            f"SELECT v FROM {_check_table(table)} WHERE k = ?", (encode_key(key),)
+        )
+        found = cur.fetchone()
+        return None if found is None else decode_row(table, found[0])
+
+    def put(self, table: str, key: Key, row: Row) -> None:
+        self._check_write()
+        self._conn.execute(
+            f"INSERT OR REPLACE INTO {_check_table(table)} (k, v) VALUES (?, ?)",
+            (encode_key(key), encode_row(row)),
+        )
+
+    def delete(self, table: str, key: Key) -> bool:
+        self._check_write()
+        cur = self._conn.execute(
+            f"DELETE FROM {_check_table(table)} WHERE k = ?", (encode_key(key),)
+        )
+        return cur.rowcount > 0
+
+    def scan(self, table: str, prefix: Key = ()) -> list[Row]:
+        _check_table(table)
+        if prefix:
+            cur = self._conn.execute(
+                f"SELECT v FROM {table} WHERE k >= ? AND k < ?", _prefix_range(prefix)
+            )
+        else:
+            cur = self._conn.execute(f"SELECT v FROM {table}")
+        return [decode_row(table, text) for (text,) in cur.fetchall()]
+
+    def _check_write(self) -> None:
+        if not self._write:
+            raise RuntimeError("write inside a read-only transaction")
+
+
+class SqliteBackend(Backend):
+    """Rows in one SQLite database file, WAL mode, one transaction per store operation."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        # isolation_level=None: no implicit transactions; this class issues BEGIN/COMMIT itself.
+        self._conn: sqlite3.Connection | None = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            self._setup(self._conn)
+        except BaseException:
+            self._conn.close()
+            self._conn = None
+            raise
+
+    @staticmethod
+    def _setup(conn: sqlite3.Connection) -> None:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise RuntimeError(f"could not switch the database to WAL mode (got {mode!r})")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"the database has schema version {version}; this peerkit knows {SCHEMA_VERSION}"
+            )
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table in TABLES:
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {table} "
+                    "(k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID"
+                )
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @contextmanager
+    def transaction(self, *, write: bool) -> Iterator[BackendTxn]:
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("the sqlite backend is closed")
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            yield _SqliteTxn(conn, write=write)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class SqliteStore(StateStore):
+    """A durable ``StateStore`` in ``<data_dir>/peerkit-state.sqlite``; the dir is created."""
+
+    def __init__(
+        self, data_dir: str | os.PathLike[str], *, id_factory: Callable[[], str] | None = None
+    ) -> None:
+        directory = Path(data_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / DB_FILENAME
+        super().__init__(SqliteBackend(self.path), id_factory=id_factory)
