@@ -43,10 +43,10 @@ def encode_key(key: Key) -> str:
 
 
 def _prefix_range(prefix: Key) -> tuple[str, str]:
-    """The half-open text range holding exactly the keys that start with ``prefix``.
+    """The half-open text range holding exactly the longer keys that start with ``prefix``.
 
     Every such key encodes as ``[c1,...,cn,`` followed by more; the bound replaces the final
-    ``,`` by the next character, ``-``.
+    ``,`` by the next character, ``-``. (A key equal to the prefix is matched separately.)
     """
     low = "[" + ",".join(encode_key((part,))[1:-1] for part in prefix) + ","
     return low, low[:-1] + "-"
@@ -115,8 +115,10 @@ class _SqliteTxn(BackendTxn):
     def scan(self, table: str, prefix: Key = ()) -> list[Row]:
         _check_table(table)
         if prefix:
+            low, high = _prefix_range(prefix)
             cur = self._conn.execute(
-                f"SELECT v FROM {table} WHERE k >= ? AND k < ?", _prefix_range(prefix)
+                f"SELECT v FROM {table} WHERE (k >= ? AND k < ?) OR k = ?",
+                (low, high, encode_key(prefix)),
             )
         else:
             cur = self._conn.execute(f"SELECT v FROM {table}")
