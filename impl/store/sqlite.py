@@ -10,6 +10,8 @@ Calls are synchronous on purpose: each is a handful of small statements on a loc
 ``synchronous=NORMAL`` in WAL mode does not fsync on commit, so they are short enough to run on
 the trio thread. Durability across an OS crash is therefore "up to the last checkpoint"; across a
 process crash every committed transaction survives.
+
+Open one ``SqliteStore`` per file at a time: the store caches the index counters it loaded on open.
 """
 
 from __future__ import annotations
