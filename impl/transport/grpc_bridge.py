@@ -513,7 +513,7 @@ class GrpcServer:
     async def _run_stream(
         self, entry: StreamMethod[Any, Any], stream: GrpcServerStream[Any, Any]
     ) -> None:
-        outcome = Outcome(StatusCode.UNAVAILABLE, _SHUTDOWN_MSG)
+        outcome = Outcome(StatusCode.CANCELLED, _SHUTDOWN_MSG)
         scope = trio.CancelScope()
         self._scopes.add(scope)
         try:

@@ -27,10 +27,11 @@ the server's final status (s→c only, the "trailer").
 * ``MemoryCall.reset()`` is a connection reset, as gRPC reports one: the client end sees
   ``StreamFailed(UNAVAILABLE, "connection reset")``, the server end ``StreamCancelled``; both
   directions are dropped, holds are ignored.
-* ``eof_before_cancel=True`` reproduces Python gRPC servers: a client cancel reaching the server
-  end first completes its inbound direction (``receive`` raises EndOfStream), and only one
-  scheduling step later does the server end learn the cancel (``outcome`` CANCELLED, ops raise
-  StreamCancelled).
+* ``eof_before_cancel=True`` reproduces Python gRPC servers: a client cancel reaching a server
+  end that is blocked in ``receive`` first completes that receive with EndOfStream (``outcome``
+  still None when the handler sees it); the cancel is scheduled when that receive returns and
+  lands one scheduling step later (``outcome`` CANCELLED, ops raise StreamCancelled). A cancel
+  reaching a server end that is not receiving lands at once, as with the gRPC bridge.
 
 Addresses are "name:port" strings such as "dc1:8502"; port 0 picks a free port (from 49152 up).
 """
@@ -193,7 +194,8 @@ class MemoryCall:
             self, "server", server_serializer, server_deserializer
         )
         self._server_inbound_eof = False
-        self._cancel_pending = False
+        self._cancel_pending: str | None = None  # EOF-before-cancel: the cancel still to apply
+        self._late_scheduled = False
 
     def __repr__(self) -> str:
         return f"<MemoryCall #{self.id} {self.method} at {self.address}>"
@@ -341,23 +343,38 @@ class MemoryCall:
         self._changed()
 
     def _server_sees_cancel(self, message: str) -> None:
-        if self.server.outcome is not None or self._cancel_pending:
+        if self.server.outcome is not None or self._cancel_pending is not None:
             return
-        if self.eof_before_cancel and not self._server_inbound_eof and self._server is not None:
-            # Python gRPC: the pending read completes as end-of-stream first; the cancel is
-            # only marked a scheduling step later.
+        if (
+            self.eof_before_cancel
+            and self.server._receiving
+            and not self._server_inbound_eof
+            and self._server is not None
+        ):
+            # Python gRPC: the server's pending read completes as end-of-stream; the cancel is
+            # only marked once that receive() has returned (see _schedule_late_cancel).
             self._server_inbound_eof = True
-            self._cancel_pending = True
+            self._cancel_pending = message
             self._trace("eof before cancel")
-            if self._server._spawn_system(self._late_cancel, message):
-                self._lot.unpark_all()
-                return
-            self._cancel_pending = False
+            self._lot.unpark_all()
+            return
         self._apply_server_cancelled(message)
+
+    def _schedule_late_cancel(self) -> None:
+        """Called when the server's receive() that got the cancel's EOF exits."""
+        message = self._cancel_pending
+        if message is None or self._late_scheduled:
+            return
+        self._late_scheduled = True
+        if self._server is None or not self._server._spawn_system(self._late_cancel, message):
+            self._late_cancel_now(message)
 
     async def _late_cancel(self, message: str) -> None:
         await trio.lowlevel.checkpoint()
-        self._cancel_pending = False
+        self._late_cancel_now(message)
+
+    def _late_cancel_now(self, message: str) -> None:
+        self._cancel_pending = None
         self._apply_server_cancelled(message)
 
     def _apply_server_cancelled(self, message: str) -> None:
@@ -388,7 +405,7 @@ class MemoryCall:
     def _fail_both(self, client_outcome: Outcome, server_message: str) -> None:
         if self.client.outcome is None:
             self.client._set_ending(client_outcome)
-        self._cancel_pending = False
+        self._cancel_pending = None
         if self.server.outcome is None:
             self.server._set_ending(Outcome(StatusCode.CANCELLED, server_message))
         for pipe in self._pipes.values():
@@ -467,6 +484,8 @@ class MemoryStream(BidiStream[SendT, RecvT]):
                 await self.call._lot.park()
         finally:
             self._receiving = False
+            if self.side == "server":
+                self.call._schedule_late_cancel()
 
     async def send(self, message: SendT) -> None:
         if self._sending:
@@ -559,7 +578,7 @@ class MemoryServer:
         self._nursery.start_soon(self._run_stream_handler, entry, call)
 
     async def _run_stream_handler(self, entry: StreamMethod[Any, Any], call: MemoryCall) -> None:
-        outcome = Outcome(StatusCode.UNAVAILABLE, _SHUTDOWN_MSG)
+        outcome = Outcome(StatusCode.CANCELLED, _SHUTDOWN_MSG)
         scope = trio.CancelScope()
         self._scopes.add(scope)
         try:
