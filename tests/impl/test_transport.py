@@ -22,6 +22,7 @@ from peerkit.impl.transport import (
     BidiStream,
     Direction,
     EndOfStream,
+    Handler,
     MemoryCall,
     MemoryNetwork,
     Outcome,
@@ -389,7 +390,7 @@ async def test_network_close_cancels_everything(autojump_clock: trio.testing.Moc
             unary_cancelled.set()
         raise AssertionError("unreachable")
 
-    handlers = [
+    handlers: list[Handler] = [
         StreamMethod(M, recorder, identity, identity),
         UnaryMethod(U, slow, identity, identity),
     ]
@@ -525,7 +526,7 @@ async def test_unary_deadline_is_virtual_time(autojump_clock: trio.testing.MockC
 def _scenario_trace(seed: int) -> list[tuple[object, ...]]:
     """Three clients race on their own streams to one echo server, plus a cancel; returns the
     network trace. Runs its own trio.run with a seeded scheduler and virtual time."""
-    import trio._core._run as trio_run  # private hooks; see tests/test_determinism_canary.py
+    import trio._core._run as trio_run  # private hooks (python-stack.md §6)
 
     network = MemoryNetwork(eof_before_cancel=True)
 
@@ -558,7 +559,7 @@ def _scenario_trace(seed: int) -> list[tuple[object, ...]]:
                 nursery.start_soon(client, channel, name)
 
     saved = trio_run._ALLOW_DETERMINISTIC_SCHEDULING
-    trio_run._ALLOW_DETERMINISTIC_SCHEDULING = True
+    trio_run._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
     try:
         trio.run(
             main,
@@ -566,7 +567,7 @@ def _scenario_trace(seed: int) -> list[tuple[object, ...]]:
             restrict_keyboard_interrupt_to_checkpoints=True,
         )
     finally:
-        trio_run._ALLOW_DETERMINISTIC_SCHEDULING = saved
+        trio_run._ALLOW_DETERMINISTIC_SCHEDULING = saved  # type: ignore[misc]
     return network.trace
 
 
