@@ -86,6 +86,7 @@ _LOCAL_CANCEL_MSG = "cancelled locally"
 _SERVER_CANCEL_MSG = "cancelled by the server"
 _RPC_CANCELLED_MSG = "the RPC was cancelled (client cancel, connection loss or server shutdown)"
 _TRANSPORT_CLOSED = Outcome(StatusCode.CANCELLED, "the gRPC transport was closed")
+_NO_CALL = Outcome(StatusCode.CANCELLED, "the call could not be started (channel closing)")
 
 
 def _to_grpc(code: StatusCode) -> grpc.StatusCode:
@@ -640,7 +641,10 @@ class GrpcClientStream(BidiStream[SendT, RecvT]):
 
     def _aio_start(self, channel: grpc.aio.Channel) -> None:
         multi: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(self.method)
-        call = multi()
+        try:
+            call = multi()
+        except Exception:  # e.g. the channel is closing: operations then report _NO_CALL
+            return
         self._call = call
         call.add_done_callback(self._aio_on_done)
 
@@ -663,7 +667,8 @@ class GrpcClientStream(BidiStream[SendT, RecvT]):
 
     async def _aio_read(self) -> bytes | Outcome:
         call = self._call
-        assert call is not None
+        if call is None:
+            return _NO_CALL
         try:
             message = await call.read()
         except asyncio.CancelledError:
@@ -679,7 +684,8 @@ class GrpcClientStream(BidiStream[SendT, RecvT]):
 
     async def _aio_write(self, data: bytes) -> Outcome | _NotAccepting | None:
         call = self._call
-        assert call is not None
+        if call is None:
+            return _NO_CALL
         async with self._write_lock:
             try:
                 await call.wait_for_connection()
@@ -705,7 +711,8 @@ class GrpcClientStream(BidiStream[SendT, RecvT]):
 
     async def _aio_done_writing(self) -> None:
         call = self._call
-        assert call is not None
+        if call is None:
+            return
         async with self._write_lock:
             try:
                 await call.done_writing()
