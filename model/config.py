@@ -1,0 +1,131 @@
+"""Named configurations: how many clusters, which services, and the budgets that bound a search.
+
+The model's state space is finite because every operator action and every fault spends a budget
+that the state carries; protocol steps are free. A configuration fixes the budgets and the world
+the search starts from. The checker's own bounds (depth, states, time) are separate and normally
+unset: the named configurations are small enough to be explored completely.
+
+Import rules: standard library and ``peerkit.model`` only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    clusters: int = 2
+    #: services registered (with one instance each) in the exporting cluster at the start
+    services: tuple[str, ...] = ("api", "web")
+    #: the cluster that registers and exports `services` (to every other cluster)
+    exporter: int = 0
+    #: whether every cluster starts with the other clusters' names in its export entries
+    exported_at_start: bool = True
+    #: budgets (see `Budget` in state.py)
+    tokens: int = 1
+    establishes: int = 1
+    deletes: int = 1
+    cleanups: int = 1
+    churn: int = 0
+    faults: int = 1
+    failovers: int = 1
+    #: where the search starts: "empty" (no peering yet) or "established" (the first cluster
+    #: generated a token, the second established it, the stream is up and both sides have
+    #: replicated; the acceptor's first sync pass since then is still due). The established
+    #: start is itself reached by the model from the empty world (see PeeringModel.initial).
+    start: str = "established"
+    #: nodes deleted per deletion-routine batch (upstream: as many as fit in 256 KiB)
+    batch: int = 1
+    #: model the sync pass as two steps (connected-streams snapshot, then the peering list),
+    #: so that other steps can happen in between, as upstream's comment on their order warns
+    split_sync: bool = False
+    #: model ACK/NACK replies as messages on the stream (they only update tracker statistics)
+    acks: bool = False
+    #: heartbeat timeouts as faults (a handler gives up on its own); they share the faults budget
+    heartbeat_faults: bool = False
+    #: a Python gRPC server may see a client's cancel first as end-of-stream (python-stack.md §3)
+    python_server_eof_first: bool = True
+    description: str = ""
+    extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError("a configuration needs a non-empty name")
+        ints = ("clusters", "tokens", "establishes", "deletes", "cleanups", "churn", "faults", "failovers",
+                "batch", "exporter")
+        for name in ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.clusters < 2:
+            raise ValueError(f"peering needs at least 2 clusters, got {self.clusters}")
+        if self.batch < 1:
+            raise ValueError(f"batch must be at least 1, got {self.batch}")
+        if self.exporter >= self.clusters:
+            raise ValueError(f"exporter {self.exporter} is not one of {self.clusters} clusters")
+        if not isinstance(self.services, tuple) or not all(
+            isinstance(s, str) and s and s != "roots" for s in self.services
+        ):
+            raise ValueError(f"services must be a tuple of non-empty names, got {self.services!r}")
+        if len(set(self.services)) != len(self.services):
+            raise ValueError(f"services must be distinct, got {self.services!r}")
+        if self.start not in ("empty", "established"):
+            raise ValueError(f"start must be 'empty' or 'established', got {self.start!r}")
+        for name in ("acks", "python_server_eof_first", "exported_at_start", "split_sync",
+                     "heartbeat_faults"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool")
+
+    def with_(self, **changes: object) -> Config:
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"unknown configuration field(s): {', '.join(unknown)}")
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+CONFIGS: dict[str, Config] = {
+    c.name: c
+    for c in (
+        Config(
+            "default",
+            description="2 clusters, 1 peering, 2 exported services, 2 deletes, "
+            "1 connection fault and 1 leader failover",
+        ),
+        Config(
+            "ci",
+            faults=1,
+            failovers=0,
+            description="the default without failover: every bug is still reachable except "
+            "deletion-no-stop, which needs a failover; quick enough for every CI run",
+        ),
+        Config(
+            "deep",
+            churn=1,
+            faults=1,
+            failovers=1,
+            description="the default plus one register/deregister/export/unexport change",
+        ),
+        Config(
+            "tiny",
+            services=("web",),
+            faults=0,
+            failovers=0,
+            deletes=1,
+            description="1 service, 1 delete, no faults: a few thousand states, for tests",
+        ),
+    )
+}
+
+
+def get_config(name: str) -> Config:
+    if not isinstance(name, str):
+        raise TypeError(f"a configuration name is a string, not {type(name).__name__}")
+    try:
+        return CONFIGS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown configuration {name!r}; known: {', '.join(sorted(CONFIGS))}"
+        ) from None

@@ -1,0 +1,849 @@
+"""The peering model's rules: which actions are enabled in a world, and what each one does.
+
+Theory of operation
+-------------------
+A world (state.py) is N clusters and the streams between them. Every change is one action
+(actions.py). `PeeringModel.enabled(world)` lists the actions that would change the world;
+`PeeringModel.step(world, action)` returns the next world, or raises `IllegalAction` (with the
+reason, e.g. the store's error string) and changes nothing, for an action that is not enabled.
+
+The protocol's decisions are in the tables (tables.py): the row lifecycle and the stream-handler
+table. This file reads them and does the bookkeeping: it classifies what a handler receives into a
+table input, runs the effects the table names, and finishes an endpoint whose handler returned
+(its inbound channel is dropped; its outbound channel ends: EOF for a server handler that returned,
+a reset for a client whose call was abandoned). A stream whose two ends are done disappears.
+
+Channels are FIFO. Ends after the last message ("EOF", "error status") keep their place; a
+"reset" can overtake queued messages: the receiver may get the next message or the reset. A Python
+gRPC server may first see a client's cancel as end-of-stream ("eof" delivery).
+
+Everything here is pure: no I/O, no clock, no randomness; worlds are never mutated.
+
+Import rules: standard library and ``peerkit.model`` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from . import actions as A
+from .config import Config
+from .state import (
+    DELETING,
+    DONE,
+    DRAINING,
+    EOF,
+    ERROR,
+    ESTABLISHING,
+    LIVE,
+    MSG_ACK,
+    MSG_NACK,
+    MSG_OPEN,
+    MSG_RESPONSE,
+    MSG_TERMINATED,
+    NEW,
+    OPEN,
+    PENDING,
+    RESET,
+    ROOTS,
+    TERMINATED,
+    Budget,
+    Channel,
+    Cluster,
+    Ghost,
+    Imported,
+    Message,
+    Row,
+    Stream,
+    Track,
+    World,
+)
+from .tables import (
+    ACCEPTOR,
+    DELETION_FINISHED,
+    DIALER,
+    ESTABLISH,
+    GENERATE_TOKEN,
+    IMPOSSIBLE,
+    IN_EOF,
+    IN_ERROR,
+    IN_RESET,
+    OPEN_DELETED,
+    OPEN_DUPLICATE,
+    OPEN_TERMINATED,
+    OPEN_UNKNOWN,
+    OPEN_VALID,
+    REMOVED,
+    TEARDOWN,
+    TERMINATED_RECEIVED,
+    USER_DELETE,
+    LifecycleNext,
+    Outcome,
+    Refused,
+    endpoint_table,
+    lifecycle_table,
+)
+from .vocabulary import (
+    ERR_CREATE_MARKED,
+    ERR_DELETE_UNMARKED,
+    ERR_WRITE_MARKED,
+    validate_bugs,
+)
+
+_END_INPUT = {EOF: IN_EOF, ERROR: IN_ERROR, RESET: IN_RESET}
+_MSG_INPUT = {MSG_RESPONSE: "Response", MSG_ACK: "Ack", MSG_NACK: "Nack",
+              MSG_TERMINATED: "Terminated"}
+
+
+class IllegalAction(Exception):
+    """The action is not enabled in this world; the world is unchanged."""
+
+
+class ProtocolError(Exception):
+    """A handler met an input its table does not allow (a bug in the model or the tables)."""
+
+
+def _sorted_tuple(items: Sequence[object]) -> tuple:  # type: ignore[type-arg]
+    return tuple(sorted(items))  # type: ignore[type-var]
+
+
+class PeeringModel:
+    """The peering model for one configuration and one set of bug switches."""
+
+    def __init__(self, config: Config, bugs: frozenset[str] | set[str] | tuple[str, ...] = ()):
+        if not isinstance(config, Config):
+            raise TypeError(f"config must be a Config, not {type(config).__name__}")
+        self.config = config
+        self.bugs = validate_bugs(bugs)
+        self.lifecycle = lifecycle_table(self.bugs)
+        self.endpoint = endpoint_table(self.bugs)
+        self.stored_map_bug = "stored-map" in self.bugs
+        self.deletion_no_stop_bug = "deletion-no-stop" in self.bugs
+        self.name = f"peering[{config.name}{''.join(' +' + b for b in sorted(self.bugs))}]"
+        self.resources = (ROOTS, *config.services)
+        from .properties import Properties  # properties reads the model's helpers
+
+        props = Properties(self)
+        self.invariants = props.invariants
+        self.transition_invariants = props.transition_invariants
+        self.liveness = props.liveness
+        self.reductions: tuple[()] = ()  # no reduction: see specs/model.md, "Reductions"
+
+    def format_action(self, action: object) -> str:
+        from .render import describe_action
+
+        return describe_action(action)
+
+    # =========================================================================================
+    # the initial world
+    # =========================================================================================
+    def initial(self) -> World:
+        cfg = self.config
+        clusters = []
+        for c in range(cfg.clusters):
+            exporter = c == cfg.exporter
+            registered = tuple(sorted(cfg.services)) if exporter else ()
+            exports: tuple[tuple[str, int], ...] = ()
+            if exporter and cfg.exported_at_start:
+                exports = tuple(sorted((s, p) for s in cfg.services
+                                       for p in range(cfg.clusters) if p != c))
+            clusters.append(Cluster(
+                term=1, rows=(), next_gen=1, imported=(), registered=registered,
+                exports=exports, tracker=(), sync_due=False, snapshot=None, dialing=(),
+                zombies=0,
+            ))
+        budget = Budget(cfg.tokens, cfg.establishes, cfg.deletes, cfg.cleanups, cfg.churn,
+                        cfg.faults, cfg.failovers)
+        world = World(tuple(clusters), (), (), budget, Ghost())
+        if cfg.start == "established":
+            world = self._establish(world)
+        return world
+
+    def _establish(self, w: World) -> World:
+        """Drive the empty world to an established, replicated peering between the first two
+        clusters, with the model's own steps: cluster 0 generates a token, cluster 1 establishes
+        it, then protocol steps run (the first enabled one each time, except the acceptor's sync
+        pass) until nothing is left to do. The budgets of the configuration are untouched."""
+        budget = w.budget
+        w = w._replace(budget=budget._replace(tokens=1, establishes=1))
+        w = self.step(w, A.GenerateToken(0, 1))
+        w = self.step(w, A.Establish(1, 0, w.tokens[0][1]))
+        for _ in range(1000):
+            todo = [a for a in self.enabled(w) if A.is_protocol(a)
+                    and not (isinstance(a, A.SyncSnapshot | A.SyncApply) and a.cluster == 0)]
+            if not todo:
+                break
+            w = self._apply(w, todo[0])
+        else:  # pragma: no cover - the happy path is short
+            raise AssertionError("setting up the established peering did not settle")
+        return w._replace(budget=budget._replace(tokens=budget.tokens,
+                                                 establishes=budget.establishes))
+
+    def initial_states(self) -> list[World]:
+        return [self.initial()]
+
+    # =========================================================================================
+    # enabled
+    # =========================================================================================
+    def enabled(self, w: World) -> list[A.Action]:
+        out: list[A.Action] = []
+        self._enabled_protocol(w, out)
+        self._enabled_operator(w, out)
+        self._enabled_faults(w, out)
+        return out
+
+    def successors(self, w: World) -> Iterator[tuple[A.Action, World]]:
+        apply = self._apply
+        for action in self.enabled(w):
+            yield action, apply(w, action)
+
+    def _enabled_operator(self, w: World, out: list[A.Action]) -> None:
+        b = w.budget
+        n = len(w.clusters)
+        for c, cl in enumerate(w.clusters):
+            for p in range(n):
+                if p == c:
+                    continue
+                row = cl.row(p)
+                if b.tokens and row is None:
+                    out.append(A.GenerateToken(c, p))
+                if b.establishes and row is None:
+                    for (a, g) in w.tokens:
+                        if a == p:
+                            out.append(A.Establish(c, a, g))
+                if row is not None and row.state != DELETING and (
+                    b.cleanups if row.state == TERMINATED else b.deletes
+                ):
+                    # A refused delete (a bug) still spends the budget and records the request.
+                    out.append(A.Delete(c, p))
+            if b.churn:
+                for s in self.config.services:
+                    if s in cl.registered:
+                        out.append(A.Deregister(c, s))
+                    else:
+                        out.append(A.Register(c, s))
+                    for p in range(n):
+                        if p != c:
+                            if (s, p) in cl.exports:
+                                out.append(A.Unexport(c, s, p))
+                            else:
+                                out.append(A.Export(c, s, p))
+
+    def _enabled_faults(self, w: World, out: list[A.Action]) -> None:
+        b = w.budget
+        if b.faults:
+            for st in w.streams:
+                if (st.a_phase != DONE and st.up.end != RESET) or (
+                    st.d_phase != DONE and st.down.end != RESET
+                ):
+                    out.append(A.Reset(st.sid))
+                if self.config.heartbeat_faults:
+                    if st.d_phase == OPEN:
+                        out.append(A.HeartbeatTimeout(st.sid, "d"))
+                    if st.a_phase == OPEN:
+                        out.append(A.HeartbeatTimeout(st.sid, "a"))
+        if b.failovers:
+            for c in range(len(w.clusters)):
+                out.append(A.Failover(c))
+
+    def _enabled_protocol(self, w: World, out: list[A.Action]) -> None:
+        for c, cl in enumerate(w.clusters):
+            if cl.snapshot is not None:
+                out.append(A.SyncApply(c))
+            elif cl.sync_due:
+                out.append(A.SyncSnapshot(c) if self.config.split_sync else A.Sync(c))
+            for gen in cl.dialing:
+                row = cl.row_by_gen(gen)
+                if row is not None and row.active and not self._dialer_end_live(w, c, gen):
+                    out.append(A.Dial(c, gen))
+            for row in cl.rows:
+                if row.active:
+                    continue
+                imp = cl.imports_from(row.peer)
+                if imp is not None and imp.services:
+                    out.append(A.DeleteNodes(c, row.peer))
+                elif imp is not None and imp.bundle:
+                    out.append(A.DeleteBundle(c, row.peer))
+                elif not isinstance(self.lifecycle[self._role(row), row.state, DELETION_FINISHED],
+                                    Refused):
+                    out.append(A.DeleteRow(c, row.peer))
+            if cl.zombies:
+                out.append(A.Spin(c))
+        for st in w.streams:
+            for side in ("d", "a"):
+                phase = st.d_phase if side == "d" else st.a_phase
+                if phase == DONE:
+                    continue
+                inbound = st.down if side == "d" else st.up
+                if inbound.msgs:
+                    out.append(A.Deliver(st.sid, side, "msg"))
+                    if inbound.end == RESET:
+                        out.append(A.Deliver(st.sid, side, "reset"))
+                elif inbound.end != LIVE:
+                    out.append(A.Deliver(st.sid, side, "end"))
+                if (side == "a" and inbound.end == RESET and self.config.python_server_eof_first):
+                    out.append(A.Deliver(st.sid, side, "eof"))
+                if phase == OPEN:
+                    done = st.d_done if side == "d" else st.a_done
+                    if done:
+                        out.append(A.SendTerminated(st.sid, side))
+                    if any(True for _ in self._pending_publishes(w, st, side)):
+                        out.append(A.Publish(st.sid, side))
+
+    def _dialer_end_live(self, w: World, c: int, gen: int) -> bool:
+        for st in w.streams:
+            if st.dialer == c and st.dialer_gen == gen and st.d_phase != DONE:
+                return True
+        return False
+
+    def export_view(self, cl: Cluster, peer: int, resource: str) -> bool:
+        """Whether `cl` exports `resource` to the peer named `peer` (the trust bundle: always)."""
+        if resource == ROOTS:
+            return True
+        return resource in cl.registered and (resource, peer) in cl.exports
+
+    def _pending_publishes(self, w: World, st: Stream, side: str) -> Iterator[str]:
+        c, gen, peer = self._side(st, side)
+        cl = w.clusters[c]
+        row = cl.row_by_gen(gen)
+        # peerkit: an inactive peering exports nothing (PeeringsForService skips it, §7.2); the
+        # trust bundle goes out once, when the handler starts.
+        if row is None or not row.active:
+            return
+        outbound = st.up if side == "d" else st.down
+        if outbound.end != LIVE:
+            return
+        sent = dict(st.d_sent if side == "d" else st.a_sent)
+        for res in self.config.services:
+            if self.export_view(cl, peer, res) != sent.get(res, False):
+                yield res
+
+    @staticmethod
+    def _side(st: Stream, side: str) -> tuple[int, int, int]:
+        """(cluster, local row ID, peer cluster) of one end of a stream."""
+        if side == "d":
+            return st.dialer, st.dialer_gen, st.acceptor
+        return st.acceptor, st.peer_gen, st.dialer
+
+    @staticmethod
+    def _role(row: Row) -> str:
+        return DIALER if row.dialer else ACCEPTOR
+
+    # =========================================================================================
+    # step
+    # =========================================================================================
+    def step(self, w: World, action: A.Action) -> World:
+        """The world after `action`; IllegalAction if it is not enabled (nothing changes)."""
+        if action not in self.enabled(w):
+            raise IllegalAction(self.why_not(w, action))
+        return self._apply(w, action)
+
+    def _apply(self, w: World, action: A.Action) -> World:
+        handler = getattr(self, "_do_" + type(action).__name__)
+        result: World = handler(w, action)
+        return result
+
+    def why_not(self, w: World, action: object) -> str:
+        """Explain why `action` is not enabled in `w` (for errors and tests)."""
+        try:
+            kind = A.kind_of(action)
+        except TypeError as exc:
+            return str(exc)
+        b = w.budget
+        budget_of = {
+            "GenerateToken": ("tokens", b.tokens), "Establish": ("establishes", b.establishes),
+            "Delete": ("deletes", b.deletes), "Register": ("churn", b.churn),
+            "Deregister": ("churn", b.churn), "Export": ("churn", b.churn),
+            "Unexport": ("churn", b.churn), "Reset": ("faults", b.faults),
+            "HeartbeatTimeout": ("faults", b.faults), "Failover": ("failovers", b.failovers),
+        }
+        name = type(action).__name__
+        if isinstance(action, A.Delete) and 0 <= getattr(action, "cluster", -1) < len(w.clusters):
+            row = w.clusters[action.cluster].row(action.peer)
+            if row is not None and row.state == TERMINATED:
+                budget_of["Delete"] = ("cleanups", b.cleanups)
+        if name in budget_of and budget_of[name][1] == 0:
+            return f"{name}: the {budget_of[name][0]} budget is spent"
+        cluster = getattr(action, "cluster", None)
+        if cluster is not None and not (isinstance(cluster, int) and 0 <= cluster < len(w.clusters)):
+            return f"{name}: there is no cluster {cluster!r}"
+        if isinstance(action, A.GenerateToken | A.Establish):
+            peer = action.peer if isinstance(action, A.GenerateToken) else action.acceptor
+            if peer == action.cluster:
+                return f"{name}: a cluster cannot peer with itself"
+            cl = w.clusters[action.cluster]
+            row = cl.row(peer) if isinstance(peer, int) else None
+            if row is not None:
+                role = ACCEPTOR if isinstance(action, A.GenerateToken) else DIALER
+                event = GENERATE_TOKEN if role == ACCEPTOR else ESTABLISH
+                nxt = self.lifecycle.get((role, row.state, event))
+                if row.active:
+                    return f"{name}: a peering with this name exists"
+                return f"{name}: {ERR_WRITE_MARKED}" if nxt is not None else f"{name}: refused"
+            if isinstance(action, A.Establish) and (action.acceptor, action.token_gen) not in w.tokens:
+                return f"{name}: no such token was issued"
+        if isinstance(action, A.Delete):
+            row = w.clusters[action.cluster].row(action.peer)
+            if row is None:
+                return f"{name}: there is no such peering (a no-op)"
+            if row.state == DELETING:
+                return f"{name}: already marked for deletion (a no-op)"
+        if isinstance(action, A.DeleteRow):
+            row = w.clusters[action.cluster].row(action.peer)
+            if row is not None and row.active:
+                return f"{name}: {ERR_DELETE_UNMARKED}"
+        return f"{name} ({kind}) is not enabled in this state"
+
+    # -- small world editors ------------------------------------------------------------------
+    @staticmethod
+    def _set_cluster(w: World, c: int, cl: Cluster) -> World:
+        clusters = w.clusters
+        return w._replace(clusters=(*clusters[:c], cl, *clusters[c + 1:]))
+
+    @staticmethod
+    def _set_stream(w: World, st: Stream | None, sid: int) -> World:
+        """Replace stream `sid` by `st`, or remove it (st None, or both ends done)."""
+        if st is not None and st.d_phase == DONE and st.a_phase == DONE:
+            st = None
+        streams = tuple(s for s in w.streams if s.sid != sid)
+        if st is not None:
+            streams = tuple(sorted((*streams, st)))
+        return w._replace(streams=streams)
+
+    @staticmethod
+    def _stream(w: World, sid: int) -> Stream:
+        for st in w.streams:
+            if st.sid == sid:
+                return st
+        raise IllegalAction(f"there is no stream {sid}")
+
+    @staticmethod
+    def _with_row(cl: Cluster, row: Row | None, peer: int) -> Cluster:
+        rows = tuple(r for r in cl.rows if r.peer != peer)
+        if row is not None:
+            rows = tuple(sorted((*rows, row)))
+        return cl._replace(rows=rows)
+
+    @staticmethod
+    def _without_dialing(cl: Cluster, gen: int) -> Cluster:
+        if gen in cl.dialing:
+            return cl._replace(dialing=tuple(g for g in cl.dialing if g != gen))
+        return cl
+
+    def _set_row_state(self, w: World, c: int, row: Row, state: int) -> World:
+        """Write a row's new stored state (or remove it); the peering watch fires."""
+        cl = w.clusters[c]
+        if state == REMOVED:
+            cl = self._with_row(cl, None, row.peer)
+        else:
+            cl = self._with_row(cl, row._replace(state=state), row.peer)
+        if state in (REMOVED, DELETING, TERMINATED):
+            cl = self._without_dialing(cl, row.gen)
+        return self._set_cluster(w, c, cl._replace(sync_due=True))
+
+    # -- operator -----------------------------------------------------------------------------
+    def _do_GenerateToken(self, w: World, a: A.GenerateToken) -> World:  # noqa: N802
+        cl = w.clusters[a.cluster]
+        nxt = self.lifecycle[ACCEPTOR, None, GENERATE_TOKEN]
+        assert not isinstance(nxt, Refused)
+        row = Row(peer=a.peer, gen=cl.next_gen, state=nxt, peer_gen=0, dialer=False)
+        cl = self._with_row(cl, row, a.peer)._replace(next_gen=cl.next_gen + 1, sync_due=True)
+        w = self._set_cluster(w, a.cluster, cl)
+        return w._replace(tokens=tuple(sorted((*w.tokens, (a.cluster, row.gen)))),
+                          budget=w.budget._replace(tokens=w.budget.tokens - 1))
+
+    def _do_Establish(self, w: World, a: A.Establish) -> World:  # noqa: N802
+        cl = w.clusters[a.cluster]
+        nxt = self.lifecycle[DIALER, None, ESTABLISH]
+        assert not isinstance(nxt, Refused)
+        row = Row(peer=a.acceptor, gen=cl.next_gen, state=nxt, peer_gen=a.token_gen,
+                  dialer=True)
+        cl = self._with_row(cl, row, a.acceptor)._replace(next_gen=cl.next_gen + 1,
+                                                          sync_due=True)
+        w = self._set_cluster(w, a.cluster, cl)
+        return w._replace(budget=w.budget._replace(establishes=w.budget.establishes - 1))
+
+    def _do_Delete(self, w: World, a: A.Delete) -> World:  # noqa: N802
+        row = w.clusters[a.cluster].row(a.peer)
+        assert row is not None
+        nxt: LifecycleNext = self.lifecycle[self._role(row), row.state, USER_DELETE]
+        if not isinstance(nxt, Refused):
+            w = self._set_row_state(w, a.cluster, row, nxt)
+        ghost = w.ghost
+        key = (a.cluster, row.gen)
+        if key not in ghost.user_deleted:
+            ghost = ghost._replace(user_deleted=tuple(sorted((*ghost.user_deleted, key))))
+        if row.state == TERMINATED:
+            budget = w.budget._replace(cleanups=w.budget.cleanups - 1)
+        else:
+            budget = w.budget._replace(deletes=w.budget.deletes - 1)
+        return w._replace(ghost=ghost, budget=budget)
+
+    def _churn(self, w: World, c: int, cl: Cluster) -> World:
+        w = self._set_cluster(w, c, cl)
+        return w._replace(budget=w.budget._replace(churn=w.budget.churn - 1))
+
+    def _do_Register(self, w: World, a: A.Register) -> World:  # noqa: N802
+        cl = w.clusters[a.cluster]
+        return self._churn(w, a.cluster,
+                           cl._replace(registered=_sorted_tuple((*cl.registered, a.service))))
+
+    def _do_Deregister(self, w: World, a: A.Deregister) -> World:  # noqa: N802
+        cl = w.clusters[a.cluster]
+        return self._churn(w, a.cluster, cl._replace(
+            registered=tuple(s for s in cl.registered if s != a.service)))
+
+    def _do_Export(self, w: World, a: A.Export) -> World:  # noqa: N802
+        cl = w.clusters[a.cluster]
+        return self._churn(w, a.cluster, cl._replace(
+            exports=_sorted_tuple((*cl.exports, (a.service, a.peer)))))
+
+    def _do_Unexport(self, w: World, a: A.Unexport) -> World:  # noqa: N802
+        cl = w.clusters[a.cluster]
+        return self._churn(w, a.cluster, cl._replace(
+            exports=tuple(e for e in cl.exports if e != (a.service, a.peer))))
+
+    # -- faults -------------------------------------------------------------------------------
+    def _faulted(self, w: World, **spent: int) -> World:
+        return w._replace(budget=w.budget._replace(**spent),
+                          ghost=w.ghost._replace(faulted=True))
+
+    def _do_Reset(self, w: World, a: A.Reset) -> World:  # noqa: N802
+        st = self._stream(w, a.sid)
+        st = st._replace(up=st.up._replace(end=RESET), down=st.down._replace(end=RESET))
+        if st.d_phase == DONE:
+            st = st._replace(down=Channel((), RESET))
+        if st.a_phase == DONE:
+            st = st._replace(up=Channel((), RESET))
+        w = self._set_stream(w, st, a.sid)
+        return self._faulted(w, faults=w.budget.faults - 1)
+
+    def _do_HeartbeatTimeout(self, w: World, a: A.HeartbeatTimeout) -> World:  # noqa: N802
+        st = self._stream(w, a.sid)
+        c, gen, _ = self._side(st, a.side)
+        w = self._track_disconnect(w, c, gen)
+        # the handler returns an error: the dialer abandons its call, the acceptor's RPC fails
+        w, st = self._finish(w, st, a.side, error=True)
+        w = self._set_stream(w, st, a.sid)
+        return self._faulted(w, faults=w.budget.faults - 1)
+
+    def _do_Failover(self, w: World, a: A.Failover) -> World:  # noqa: N802
+        c = a.cluster
+        cl = w.clusters[c]
+        zombies = cl.zombies + (1 if self.deletion_no_stop_bug else 0)
+        cl = cl._replace(term=cl.term + 1, tracker=(), sync_due=True, snapshot=None,
+                         dialing=(), zombies=zombies)
+        w = self._set_cluster(w, c, cl)
+        # every handler the old leader ran is gone; its peers see their streams reset
+        for st in w.streams:
+            new = st
+            if st.dialer == c and new.d_phase != DONE:
+                new = new._replace(d_phase=DONE, down=Channel((), RESET),
+                                   up=new.up._replace(end=RESET))
+            if st.acceptor == c and new.a_phase != DONE:
+                new = new._replace(a_phase=DONE, up=Channel((), RESET),
+                                   down=new.down._replace(end=RESET))
+            if new is not st:
+                w = self._set_stream(w, new, st.sid)
+        return self._faulted(w, failovers=w.budget.failovers - 1)
+
+    # -- leader routines ----------------------------------------------------------------------
+    def _do_SyncSnapshot(self, w: World, a: A.SyncSnapshot) -> World:  # noqa: N802
+        cl = w.clusters[a.cluster]
+        snapshot = tuple(t.gen for t in cl.tracker if t.connected)
+        return self._set_cluster(w, a.cluster, cl._replace(sync_due=False, snapshot=snapshot))
+
+    def _do_SyncApply(self, w: World, a: A.SyncApply) -> World:  # noqa: N802
+        c = a.cluster
+        cl = w.clusters[c]
+        assert cl.snapshot is not None
+        stored = set()
+        dialing = set(cl.dialing)
+        for row in cl.rows:
+            if not row.active:
+                continue  # the fix skips inactive peerings (and so did nothing store them)
+            if not self.stored_map_bug or row.dialer:
+                stored.add(row.gen)
+            if not row.dialer:
+                continue
+            track = cl.track(row.gen)
+            if (track is None or not track.connected) and not self._dialer_end_live(w, c, row.gen):
+                dialing.add(row.gen)
+        w = self._set_cluster(w, c, cl._replace(snapshot=None, dialing=tuple(sorted(dialing))))
+        for gen in cl.snapshot:
+            if gen in stored:
+                continue
+            for st in w.streams:
+                if st.dialer == c and st.dialer_gen == gen and st.d_phase == OPEN \
+                        and not st.d_done:
+                    w = self._set_stream(w, st._replace(d_done=True), st.sid)
+                elif st.acceptor == c and st.peer_gen == gen and st.a_phase == OPEN \
+                        and not st.a_done:
+                    w = self._set_stream(w, st._replace(a_done=True), st.sid)
+        return w
+
+    def _do_Sync(self, w: World, a: A.Sync) -> World:  # noqa: N802
+        w = self._do_SyncSnapshot(w, A.SyncSnapshot(a.cluster))
+        return self._do_SyncApply(w, A.SyncApply(a.cluster))
+
+    def _do_Dial(self, w: World, a: A.Dial) -> World:  # noqa: N802
+        c = a.cluster
+        cl = w.clusters[c]
+        row = cl.row_by_gen(a.gen)
+        assert row is not None
+        acceptor = row.peer
+        used = {st.sid for st in w.streams}
+        sid = next(i for i in range(len(used) + 1) if i not in used)
+        st = Stream(
+            sid=sid, dialer=c, acceptor=acceptor, dialer_gen=a.gen, peer_gen=row.peer_gen,
+            d_term=cl.term, a_term=w.clusters[acceptor].term, d_phase=OPEN, a_phase=NEW,
+            d_done=False, a_done=False, up=Channel(((MSG_OPEN,),), LIVE),
+            down=Channel((), LIVE), d_sent=(), a_sent=(),
+        )
+        st = self._initial_snapshot(w, st, "d")
+        w = self._track_connect(w, c, a.gen)
+        return self._set_stream(w, st, sid)
+
+    def _do_DeleteNodes(self, w: World, a: A.DeleteNodes) -> World:  # noqa: N802
+        cl = w.clusters[a.cluster]
+        imp = cl.imports_from(a.peer)
+        assert imp is not None
+        imp = imp._replace(services=imp.services[self.config.batch:])
+        return self._set_cluster(w, a.cluster, self._with_import(cl, imp))
+
+    def _do_DeleteBundle(self, w: World, a: A.DeleteBundle) -> World:  # noqa: N802
+        cl = w.clusters[a.cluster]
+        imp = cl.imports_from(a.peer)
+        assert imp is not None
+        return self._set_cluster(w, a.cluster, self._with_import(cl, imp._replace(bundle=False)))
+
+    def _do_DeleteRow(self, w: World, a: A.DeleteRow) -> World:  # noqa: N802
+        row = w.clusters[a.cluster].row(a.peer)
+        assert row is not None
+        nxt = self.lifecycle[self._role(row), row.state, DELETION_FINISHED]
+        assert not isinstance(nxt, Refused)
+        return self._set_row_state(w, a.cluster, row, nxt)
+
+    def _do_Spin(self, w: World, a: A.Spin) -> World:  # noqa: N802
+        return w  # the deposed leader's deletion loop spins: nothing changes, forever
+
+    @staticmethod
+    def _with_import(cl: Cluster, imp: Imported) -> Cluster:
+        rest = tuple(i for i in cl.imported if i.peer != imp.peer)
+        if imp.services or imp.bundle:
+            rest = tuple(sorted((*rest, imp)))
+        return cl._replace(imported=rest)
+
+    # -- tracker ------------------------------------------------------------------------------
+    def _track_connect(self, w: World, c: int, gen: int) -> World:
+        cl = w.clusters[c]
+        tracker = tuple(sorted((*(t for t in cl.tracker if t.gen != gen), Track(gen, True))))
+        return self._set_cluster(w, c, cl._replace(tracker=tracker))
+
+    def _track_disconnect(self, w: World, c: int, gen: int) -> World:
+        cl = w.clusters[c]
+        t = cl.track(gen)
+        if t is None or not t.connected:
+            return w
+        tracker = tuple(Track(gen, False) if x.gen == gen else x for x in cl.tracker)
+        return self._set_cluster(w, c, cl._replace(tracker=tracker))
+
+    def _track_delete(self, w: World, c: int, gen: int) -> World:
+        cl = w.clusters[c]
+        if cl.track(gen) is None:
+            return w
+        return self._set_cluster(w, c, cl._replace(
+            tracker=tuple(t for t in cl.tracker if t.gen != gen)))
+
+    # -- streams ------------------------------------------------------------------------------
+    def _do_Publish(self, w: World, a: A.Publish) -> World:  # noqa: N802
+        st = self._stream(w, a.sid)
+        changed = tuple(self._pending_publishes(w, st, a.side))
+        return self._set_stream(w, self._publish(w, st, a.side, changed), a.sid)
+
+    def _publish(self, w: World, st: Stream, side: str, resources: Sequence[str]) -> Stream:
+        """Send one Response per resource (in name order) and remember what was sent."""
+        c, _gen, peer = self._side(st, side)
+        cl = w.clusters[c]
+        sent = dict(st.d_sent if side == "d" else st.a_sent)
+        msgs: list[Message] = []
+        for res in resources:
+            present = self.export_view(cl, peer, res)
+            msgs.append((MSG_RESPONSE, res, present))
+            sent[res] = present
+        sent_t = tuple(sorted(sent.items()))
+        if side == "d":
+            return st._replace(up=st.up._replace(msgs=(*st.up.msgs, *msgs)), d_sent=sent_t)
+        return st._replace(down=st.down._replace(msgs=(*st.down.msgs, *msgs)), a_sent=sent_t)
+
+    def _initial_snapshot(self, w: World, st: Stream, side: str) -> Stream:
+        """A handler starts: its subscription manager sends the trust bundle and every service
+        exported to the peer at once (one Response each)."""
+        c, _gen, peer = self._side(st, side)
+        cl = w.clusters[c]
+        exported = [s for s in self.config.services if self.export_view(cl, peer, s)]
+        return self._publish(w, st, side, (ROOTS, *exported))
+
+    def _do_SendTerminated(self, w: World, a: A.SendTerminated) -> World:  # noqa: N802
+        st = self._stream(w, a.sid)
+        return self._handle(w, st, a.side, TEARDOWN, None)
+
+    def _do_Deliver(self, w: World, a: A.Deliver) -> World:  # noqa: N802
+        st = self._stream(w, a.sid)
+        inbound = st.down if a.side == "d" else st.up
+        msg: Message | None = None
+        if a.how == "msg":
+            msg = inbound.msgs[0]
+            inbound = inbound._replace(msgs=inbound.msgs[1:])
+            kind = msg[0]
+            if kind == MSG_OPEN:
+                inp = self._classify_open(w, st)
+            else:
+                inp = _MSG_INPUT[kind]
+        elif a.how == "reset":
+            inbound = Channel((), RESET)
+            inp = IN_RESET
+        elif a.how == "eof":
+            inbound = Channel((), RESET)
+            inp = IN_EOF
+        else:
+            inp = _END_INPUT[inbound.end]
+        if a.side == "d":
+            st = st._replace(down=inbound)
+        else:
+            st = st._replace(up=inbound)
+        return self._handle(w, st, a.side, inp, msg)
+
+    def _classify_open(self, w: World, st: Stream) -> str:
+        cl = w.clusters[st.acceptor]
+        row = cl.row_by_gen(st.peer_gen)
+        if row is None or row.peer != st.dialer or row.dialer:
+            return OPEN_UNKNOWN
+        if row.state == TERMINATED:
+            return OPEN_TERMINATED
+        if not row.active:
+            return OPEN_DELETED
+        track = cl.track(row.gen)
+        if track is not None and track.connected:
+            return OPEN_DUPLICATE
+        return OPEN_VALID
+
+    def _handle(self, w: World, st: Stream, side: str, inp: str, msg: Message | None) -> World:
+        role = DIALER if side == "d" else ACCEPTOR
+        phase = st.d_phase if side == "d" else st.a_phase
+        outcome: Outcome | None = self.endpoint.get((role, phase, inp))
+        if outcome is None:
+            reason = IMPOSSIBLE.get((role, phase, inp), "not in the table")
+            raise ProtocolError(f"{role} handler in phase {phase} got {inp!r}: {reason}")
+        c, gen, _peer = self._side(st, side)
+        error = False
+        for effect in outcome.effects:
+            if effect == "import":
+                assert msg is not None
+                w, st = self._import(w, st, side, msg)
+            elif effect == "accept":
+                w = self._track_connect(w, c, gen)
+                w = self._link(w, st)
+                st = self._initial_snapshot(w, st, "a")
+            elif effect == "terminate":
+                w = self._terminate_by_id(w, c, gen)
+                w = self._track_disconnect(w, c, gen)
+            elif effect == "disconnect":
+                w = self._track_disconnect(w, c, gen)
+            elif effect in ("send-terminated", "send-terminated-only"):
+                st = self._send(st, side, (MSG_TERMINATED,))
+                if effect == "send-terminated":
+                    w = self._track_delete(w, c, gen)
+            elif effect == "close-send":
+                st = self._end_outbound(st, side, EOF)
+            elif effect == "cancel":
+                st = self._end_outbound(st, side, RESET, force=True)
+            elif effect == "end-error":
+                error = True
+            elif effect == "stop-retrying":
+                w = self._set_cluster(w, c, self._without_dialing(w.clusters[c], gen))
+            elif effect in ("retry", "discard", "warn"):
+                pass
+            else:  # pragma: no cover - the tables name only these
+                raise ProtocolError(f"unknown effect {effect!r}")
+        if side == "d":
+            st = st._replace(d_phase=outcome.next)
+        else:
+            st = st._replace(a_phase=outcome.next)
+        if outcome.next == DONE:
+            w, st = self._finish(w, st, side, error=error)
+        return self._set_stream(w, st, st.sid)
+
+    @staticmethod
+    def _send(st: Stream, side: str, msg: Message) -> Stream:
+        if side == "d":
+            return st._replace(up=st.up._replace(msgs=(*st.up.msgs, msg)))
+        return st._replace(down=st.down._replace(msgs=(*st.down.msgs, msg)))
+
+    @staticmethod
+    def _end_outbound(st: Stream, side: str, end: int, force: bool = False) -> Stream:
+        out = st.up if side == "d" else st.down
+        if out.end == LIVE or (force and out.end != RESET):
+            out = out._replace(end=end)
+        return st._replace(up=out) if side == "d" else st._replace(down=out)
+
+    def _finish(self, w: World, st: Stream, side: str, error: bool) -> tuple[World, Stream]:
+        """The handler at `side` has returned: drop its inbound side, end its outbound side."""
+        if side == "d":
+            # the attempt function returns and closes the connection: an unfinished call is reset
+            st = self._end_outbound(st, "d", RESET)
+            st = st._replace(d_phase=DONE, down=Channel((), st.down.end))
+        else:
+            st = self._end_outbound(st, "a", ERROR if error else EOF)
+            st = st._replace(a_phase=DONE, up=Channel((), st.up.end))
+        return w, st
+
+    def _link(self, w: World, st: Stream) -> World:
+        """Ghost: the acceptor accepted a stream between these two rows."""
+        for c, gen in ((st.acceptor, st.peer_gen), (st.dialer, st.dialer_gen)):
+            cl = w.clusters[c]
+            row = cl.row_by_gen(gen)
+            if row is not None and not row.linked:
+                w = self._set_cluster(w, c, self._with_row(cl, row._replace(linked=True),
+                                                           row.peer))
+        return w
+
+    def _terminate_by_id(self, w: World, c: int, gen: int) -> World:
+        row = w.clusters[c].row_by_gen(gen)
+        if row is None:
+            return w  # TerminateByID of a missing ID is a no-op
+        nxt = self.lifecycle[self._role(row), row.state, TERMINATED_RECEIVED]
+        if isinstance(nxt, Refused):
+            return w
+        return self._set_row_state(w, c, row, nxt)
+
+    def _import(self, w: World, st: Stream, side: str, msg: Message) -> tuple[World, Stream]:
+        c, gen, peer = self._side(st, side)
+        cl = w.clusters[c]
+        resource, present = str(msg[1]), bool(msg[2])
+        row = cl.row_by_gen(gen)
+        accepted = True
+        if present and (row is None or not row.active):
+            accepted = False  # the store refuses: ERR_IMPORT_INACTIVE
+        else:
+            imp = cl.imports_from(peer) or Imported(peer, (), False)
+            if resource == ROOTS:
+                imp = imp._replace(bundle=present)
+            elif present and resource not in imp.services:
+                imp = imp._replace(services=_sorted_tuple((*imp.services, resource)))
+            elif not present and resource in imp.services:
+                imp = imp._replace(services=tuple(s for s in imp.services if s != resource))
+            new_cl = self._with_import(cl, imp)
+            if new_cl != cl:
+                w = self._set_cluster(w, c, new_cl)
+        if self.config.acks:
+            out = st.up if side == "d" else st.down
+            if out.end == LIVE:
+                st = self._send(st, side, (MSG_ACK if accepted else MSG_NACK, resource))
+        return w, st
+
+
+# The stored states a row of each role can hold while active (for specs and tests).
+ACTIVE_STATES = {ACCEPTOR: PENDING, DIALER: ESTABLISHING}
+
+__all__ = ["ERR_CREATE_MARKED", "IllegalAction", "PeeringModel", "ProtocolError"]
