@@ -31,7 +31,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
-from .api import Invariant, Liveness, Model, Reduction, TransitionInvariant
+from .api import InvariantLike, LivenessLike, Model, ReductionLike, TransitionInvariantLike
 
 S = TypeVar("S", bound=Hashable)
 A = TypeVar("A")
@@ -170,12 +170,12 @@ class _Search(Generic[S, A]):
         self.bounds = bounds
         self.progress = progress
         self.progress_interval = progress_interval
-        self.invariants: Sequence[Invariant[S]] = tuple(model.invariants)
-        self.transition_invariants: Sequence[TransitionInvariant[S, A]] = tuple(
+        self.invariants: Sequence[InvariantLike[S]] = tuple(model.invariants)
+        self.transition_invariants: Sequence[TransitionInvariantLike[S, A]] = tuple(
             model.transition_invariants
         )
-        self.liveness: Sequence[Liveness[S, A]] = tuple(model.liveness)
-        self.reductions: Sequence[Reduction[S]] = tuple(model.reductions)
+        self.liveness: Sequence[LivenessLike[S, A]] = tuple(model.liveness)
+        self.reductions: Sequence[ReductionLike[S]] = tuple(model.reductions)
         ids = [i.id for i in self.invariants]
         ids += [t.id for t in self.transition_invariants]
         ids += [lv.id for lv in self.liveness]
@@ -341,8 +341,10 @@ class _Search(Generic[S, A]):
                         if canonical is not None:
                             nxt = canonical(nxt)
                         transitions += 1
-                        nid = index.get(nxt)
-                        if nid is None:
+                        known = index.get(nxt)
+                        if known is not None:
+                            nid = known
+                        else:
                             nid = len(states)
                             if nid == max_states:
                                 raise _Stop(f"state bound {max_states} reached")

@@ -27,11 +27,11 @@ class CounterModel:
         self.name = f"counters({n}, {top})"
         self.n = n
         self.top = top
-        self.invariants = (
-            Invariant[Counters](
-                "in-range", "no counter exceeds top", lambda s, top=top: max(s) <= top
-            ),
-        )
+
+        def in_range(state: Counters) -> bool:
+            return max(state) <= top
+
+        self.invariants = (Invariant[Counters]("in-range", "no counter exceeds top", in_range),)
         self.transition_invariants = ()
         self.liveness = ()
         self.reductions: tuple[Reduction[Counters], ...] = ()
