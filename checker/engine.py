@@ -337,9 +337,10 @@ class _Search(Generic[S, A]):
                     continue
                 for sid in range(cursor, level_end):
                     state = states[sid]
-                    for action, nxt in successors(state):
-                        if canonical is not None:
-                            nxt = canonical(nxt)
+                    for action, concrete in successors(state):
+                        # transition invariants judge the concrete step (state, action,
+                        # concrete); the search itself moves on to the representative
+                        nxt = canonical(concrete) if canonical is not None else concrete
                         transitions += 1
                         known = index.get(nxt)
                         if known is not None:
@@ -360,9 +361,9 @@ class _Search(Generic[S, A]):
                                 self.transitions = transitions
                                 self._tick(sid + 1, depth + 1)
                         for pid, tholds in tinvs:
-                            if not tholds(state, action, nxt) and pid not in violated:
+                            if not tholds(state, action, concrete) and pid not in violated:
                                 self.transitions = transitions
-                                self._transition_violation(pid, sid, action, nxt)
+                                self._transition_violation(pid, sid, action, concrete)
                         for counts, src, dst in live:
                             if counts(action):
                                 src.append(sid)
