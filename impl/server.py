@@ -1,0 +1,791 @@
+"""One peerkit server: a cluster's state store, leadership and RPC surface over a transport.
+
+One job: compose the store, the leader routines (``.leader``) and the stream handler
+(``.stream``) into ``PeeringServer`` and serve, over any ``Transport`` (in-memory or gRPC):
+
+* ``PeeringService``: GenerateToken, Establish, PeeringRead, PeeringList, PeeringDelete,
+  TrustBundleRead, TrustBundleListByService (upstream behaviour, peering-protocol.md §1.6, §2);
+* ``PeerStreamService``: StreamResources (the acceptor's side: first-message validation, then
+  the stream handler, then the drain) and ExchangeSecret;
+* peerkit's ``AdminService``: register / deregister service instances, export / unexport,
+  ReadCatalog, Status.
+
+Leadership is explicit: ``become_leader()`` starts a new term (fresh tracker, routines);
+``lose_leadership()`` ends it (routines, dialers and accepted streams stop; the store survives).
+Writes need the leader (FailedPrecondition ``ERR_NOT_LEADER`` otherwise); reads are answered
+from the local store. Every input is validated before anything changes (InvalidArgument).
+
+The acceptor's first-message checks, in order (mirroring ``_classify_open`` of the model):
+not leader → FailedPrecondition ``ERR_FOLLOWER``; the first receive fails → that error; not Open
+→ InvalidArgument ``ERR_FIRST_NOT_OPEN``; empty PeerID → ``ERR_OPEN_NO_PEER_ID``; unknown (or a
+dialer row) → InvalidArgument ``ERR_UNKNOWN_PEER``; TERMINATED → Aborted
+``ERR_PEERING_TERMINATED``; marked for deletion → send Terminated, then Aborted
+``ERR_MARKED_DELETED`` (bug ``dial-deleted``: accepted); wrong stream secret → PermissionDenied
+``ERR_OPEN_BAD_SECRET``; a connected stream already → AlreadyExists "failed to register stream:
+" + ``ERR_ACTIVE_STREAM``. The inactive checks come before the secret check because an inactive
+row holds no secrets. The FailedPrecondition carries the message only: the transport has no
+status details, so there is no LeaderAddress detail.
+
+May import: the standard library, trio, protobuf, ``peerkit.proto``, ``peerkit.model`` and the
+sibling modules of ``peerkit.impl``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Any, Final, TypeVar
+
+import trio
+from google.protobuf.message import Message
+from peerkit.model.tables import ACCEPTOR
+from peerkit.model.vocabulary import (
+    ERR_FIRST_NOT_OPEN,
+    ERR_FOLLOWER,
+    ERR_HEARTBEAT_TIMEOUT,
+    ERR_MARKED_DELETED,
+    ERR_NOT_LEADER_ANYMORE,
+    ERR_OPEN_BAD_SECRET,
+    ERR_OPEN_NO_PEER_ID,
+    ERR_PEERING_TERMINATED,
+    ERR_UNKNOWN_PEER,
+    ERR_WRITE_MARKED,
+    PeeringState,
+    validate_bugs,
+)
+from peerkit.proto import admin_pb2, peering_pb2, peerstream_pb2
+
+from .codec import (
+    ADMIN_METHODS,
+    METHOD_EXCHANGE_SECRET,
+    METHOD_STREAM_RESOURCES,
+    PEERING_METHODS,
+    PeeringToken,
+    TokenError,
+    bundle_to_pb,
+    csn_to_pb,
+    decode_token,
+    encode_token,
+    peering_to_pb,
+    to_timestamp,
+)
+from .leader import MAX_BATCH_BYTES, SPIN_LIMIT, LeaderConfig, Leadership, NotLeaderAnymore
+from .logs import EventLog
+from .store import (
+    DEFAULT_PARTITION,
+    PEERINGS,
+    TRUST_BUNDLES,
+    Check,
+    CheckServiceNode,
+    Node,
+    Peering,
+    Service,
+    StateStore,
+    StoreDump,
+    StoreError,
+)
+from .stream import (
+    HEARTBEAT,
+    HEARTBEAT_INTERVAL,
+    HEARTBEAT_TIMEOUT,
+    REGISTER_FAILED,
+    Ending,
+    ReplicationMessage,
+    ReplicationStream,
+    StreamParams,
+    StreamSession,
+)
+from .tracker import StreamStatus
+from .transport import (
+    AbortStream,
+    EndOfStream,
+    Handler,
+    StatusCode,
+    StreamFailed,
+    StreamMethod,
+    Transport,
+    TransportError,
+    UnaryMethod,
+)
+
+__all__ = ["ERR_NOT_LEADER", "PeeringServer", "read_state"]
+
+# peerkit's own error texts (the reference records no upstream wording for these)
+ERR_NOT_LEADER: Final = "this server is not the leader"
+ERR_NAME_EXISTS: Final = "a peering with this name exists"
+ERR_DIALER_TOKEN: Final = "cannot generate a peering token for a peering that dials its peer"
+ERR_BAD_ESTABLISHMENT_SECRET: Final = "invalid establishment secret for PeerID: {id}"
+ERR_EXCHANGE_UNKNOWN: Final = "no peering with PeerID: {id}"
+
+_NAME_RE: Final = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})$")
+_EXCHANGE_TIMEOUT: Final = 10.0
+
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
+
+
+def _invalid(message: str) -> AbortStream:
+    return AbortStream(StatusCode.INVALID_ARGUMENT, message)
+
+
+def _name(value: str, what: str) -> str:
+    if not value:
+        raise _invalid(f"{what} is required")
+    if not _NAME_RE.match(value):
+        raise _invalid(
+            f"{what} {value!r} is not valid: use 1-63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def _partition(value: str) -> str:
+    return _name(value, "Partition") if value else DEFAULT_PARTITION
+
+
+def _address(value: str, what: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise _invalid(f"{what} {value!r} is not a host:port address")
+    return value
+
+
+def read_state(row: Peering, status: StreamStatus | None) -> PeeringState:
+    """The state PeeringRead reports (``VIEW_RULES`` of the model): ACTIVE / FAILING come from
+    the tracker for an active row; an inactive row reports its stored state."""
+    if not row.is_active() or status is None:
+        return row.state
+    return PeeringState.ACTIVE if status.connected else PeeringState.FAILING
+
+
+class PeeringServer:
+    """A peerkit server (one cluster's leader or follower).
+
+    ``advertise_addr`` goes into peering tokens; None means "the address ``serve`` bound".
+    Timers use trio's clock (virtual under a MockClock); ``wall_clock`` stamps DeletedAt and
+    converts tracker times for Status. ``bugs`` switches on historical bugs by name
+    (``peerkit.model.vocabulary.BUGS``); none is on by default.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        store: StateStore,
+        transport: Transport,
+        advertise_addr: str | None = None,
+        *,
+        bugs: Iterable[str] = frozenset(),
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
+        deletion_batch_bytes: int = MAX_BATCH_BYTES,
+        spin_limit: int = SPIN_LIMIT,
+        wall_clock: Callable[[], float] = time.time,
+        secret_factory: Callable[[], str] | None = None,
+        log: EventLog | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ValueError(f"server name {name!r} is not valid")
+        if advertise_addr is not None:
+            host, sep, port = advertise_addr.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"advertise_addr must be host:port, got {advertise_addr!r}")
+        self.name = name
+        self.store = store
+        self.transport = transport
+        self._advertise = advertise_addr
+        self.bugs = validate_bugs(bugs)
+        self.wall_clock = wall_clock
+        self._secret: Callable[[], str] = secret_factory or (lambda: secrets.token_hex(16))
+        self.log = log or EventLog("peerkit.server", {"server": name})
+        self.trust_domain = f"{name}.peerkit.local"
+        self.root_pems = (_fake_root_pem(name),)
+        self._cfg = LeaderConfig(
+            name=name,
+            store=store,
+            transport=transport,
+            log=self.log,
+            trust_domain=self.trust_domain,
+            root_pems=self.root_pems,
+            bugs=self.bugs,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
+            deletion_batch_bytes=deletion_batch_bytes,
+            spin_limit=spin_limit,
+        )
+        self._nursery: trio.Nursery | None = None
+        self._leadership: Leadership | None = None
+        self._terms: list[Leadership] = []
+        self.address: str | None = None
+        self._wall_offset = 0.0
+
+    # =========================================================================================
+    # running
+    # =========================================================================================
+
+    @property
+    def advertise_addr(self) -> str:
+        addr = self._advertise or self.address
+        if addr is None:
+            raise RuntimeError("the server is not serving yet")
+        return addr
+
+    @asynccontextmanager
+    async def serve(
+        self, address: str, *, leader: bool = True, grace: float = 0.0
+    ) -> AsyncIterator[PeeringServer]:
+        """Listen on ``address`` and run until the block ends (then leadership is dropped, the
+        listener stops after ``grace`` seconds and every task of this server ends)."""
+        if self._nursery is not None:
+            raise RuntimeError("this server is already serving")
+        self._wall_offset = self.wall_clock() - trio.current_time()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                async with self.transport.serve(address, self.handlers(), grace=grace) as srv:
+                    self.address = srv.address
+                    self.log.info("serving", address=srv.address,
+                                  advertise=self.advertise_addr,
+                                  bugs=sorted(self.bugs))
+                    if leader:
+                        self.become_leader()
+                    try:
+                        yield self
+                    finally:
+                        self.lose_leadership()
+            finally:
+                nursery.cancel_scope.cancel()
+                self._nursery = None
+                self.log.info("stopped")
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leadership is not None and not self._leadership.stopped
+
+    @property
+    def leadership(self) -> Leadership | None:
+        """The current term, or None on a follower."""
+        return self._leadership if self.is_leader else None
+
+    @property
+    def terms(self) -> list[Leadership]:
+        """Every term this server has led, oldest first (for tests and diagnostics)."""
+        return list(self._terms)
+
+    def become_leader(self) -> Leadership:
+        """Start a new leadership term (no-op if already leader); returns the current term."""
+        if self._nursery is None:
+            raise RuntimeError("become_leader() needs a serving server")
+        if self._leadership is not None and not self._leadership.stopped:
+            return self._leadership
+        term = Leadership(self._cfg, len(self._terms) + 1)
+        self._leadership = term
+        self._terms.append(term)
+        self._nursery.start_soon(term.run, self._nursery)
+        return term
+
+    def lose_leadership(self) -> None:
+        """End the current term: routines, dialers and accepted streams stop; the tracker is
+        dropped; the store stays. No-op on a follower."""
+        term = self._leadership
+        self._leadership = None
+        if term is not None:
+            term.stop()
+
+    def _require_leader(self) -> Leadership:
+        term = self.leadership
+        if term is None:
+            raise AbortStream(StatusCode.FAILED_PRECONDITION, ERR_NOT_LEADER)
+        return term
+
+    def _status(self, peering_id: str) -> StreamStatus | None:
+        term = self.leadership
+        return None if term is None else term.tracker.stream_status(peering_id)
+
+    # =========================================================================================
+    # handler table
+    # =========================================================================================
+
+    def handlers(self) -> list[Handler]:
+        p, a = PEERING_METHODS, ADMIN_METHODS
+        return [
+            StreamMethod(
+                METHOD_STREAM_RESOURCES,
+                self._stream_resources,
+                ReplicationMessage.FromString,
+                ReplicationMessage.SerializeToString,
+            ),
+            _unary(METHOD_EXCHANGE_SECRET, peerstream_pb2.ExchangeSecretRequest,
+                   self.exchange_secret),
+            _unary(p["GenerateToken"], peering_pb2.GenerateTokenRequest, self.generate_token),
+            _unary(p["Establish"], peering_pb2.EstablishRequest, self.establish),
+            _unary(p["PeeringRead"], peering_pb2.PeeringReadRequest, self.peering_read),
+            _unary(p["PeeringList"], peering_pb2.PeeringListRequest, self.peering_list),
+            _unary(p["PeeringDelete"], peering_pb2.PeeringDeleteRequest, self.peering_delete),
+            _unary(p["TrustBundleRead"], peering_pb2.TrustBundleReadRequest,
+                   self.trust_bundle_read),
+            _unary(p["TrustBundleListByService"], peering_pb2.TrustBundleListByServiceRequest,
+                   self.trust_bundle_list_by_service),
+            _unary(a["RegisterService"], admin_pb2.RegisterServiceRequest, self.register_service),
+            _unary(a["DeregisterService"], admin_pb2.DeregisterServiceRequest,
+                   self.deregister_service),
+            _unary(a["ExportService"], admin_pb2.ExportServiceRequest, self.export_service),
+            _unary(a["UnexportService"], admin_pb2.UnexportServiceRequest,
+                   self.unexport_service),
+            _unary(a["ReadCatalog"], admin_pb2.ReadCatalogRequest, self.read_catalog),
+            _unary(a["Status"], admin_pb2.StatusRequest, self.status),
+        ]
+
+    # =========================================================================================
+    # PeeringService
+    # =========================================================================================
+
+    async def generate_token(
+        self, req: peering_pb2.GenerateTokenRequest
+    ) -> peering_pb2.GenerateTokenResponse:
+        name = _name(req.PeerName, "PeerName")
+        partition = _partition(req.Partition)
+        addresses = [_address(a, "ServerExternalAddresses entry")
+                     for a in req.ServerExternalAddresses] or [self.advertise_addr]
+        self._require_leader()
+        existing = self.store.peering_read(name, partition)
+        if existing is not None:
+            if not existing.is_active():
+                raise AbortStream(StatusCode.FAILED_PRECONDITION, ERR_WRITE_MARKED)
+            if existing.should_dial():
+                raise AbortStream(StatusCode.FAILED_PRECONDITION, ERR_DIALER_TOKEN)
+        secret = self._secret()
+        row = self.store.peering_write(
+            Peering(
+                name=name,
+                partition=partition,
+                meta=dict(req.Meta),
+                establishment_secret=secret,
+                stream_secret=None if existing is None else existing.stream_secret,
+            )
+        )
+        self.log.info("generated peering token", peer_name=name, peering_id=row.id,
+                      reused=existing is not None)
+        token = PeeringToken(
+            server_addresses=tuple(addresses),
+            server_name=f"server.{self.name}.peerkit",
+            peer_id=row.id,
+            establishment_secret=secret,
+        )
+        return peering_pb2.GenerateTokenResponse(PeeringToken=encode_token(token))
+
+    async def establish(self, req: peering_pb2.EstablishRequest) -> peering_pb2.EstablishResponse:
+        name = _name(req.PeerName, "PeerName")
+        partition = _partition(req.Partition)
+        try:
+            token = decode_token(req.PeeringToken)
+        except TokenError as exc:
+            raise _invalid(str(exc)) from None
+        self._require_leader()
+        self._check_new_name(name, partition)
+        stream_secret = await self._exchange_with_peer(token)
+        self._require_leader()
+        self._check_new_name(name, partition)  # the exchange awaited: look again
+        row = self.store.peering_write(
+            Peering(
+                name=name,
+                partition=partition,
+                meta=dict(req.Meta),
+                peer_id=token.peer_id,
+                peer_server_name=token.server_name,
+                peer_server_addresses=token.server_addresses,
+                stream_secret=stream_secret,
+            )
+        )
+        self.log.info("established peering", peer_name=name, peering_id=row.id,
+                      peer_id=token.peer_id, addresses=list(token.server_addresses))
+        return peering_pb2.EstablishResponse()
+
+    def _check_new_name(self, name: str, partition: str) -> None:
+        existing = self.store.peering_read(name, partition)
+        if existing is None:
+            return
+        if not existing.is_active():
+            raise AbortStream(StatusCode.FAILED_PRECONDITION, ERR_WRITE_MARKED)
+        raise AbortStream(StatusCode.ALREADY_EXISTS, ERR_NAME_EXISTS)
+
+    async def _exchange_with_peer(self, token: PeeringToken) -> str:
+        """ExchangeSecret against the token's servers, in order; the first answer wins."""
+        request = peerstream_pb2.ExchangeSecretRequest(
+            PeerID=token.peer_id, EstablishmentSecret=token.establishment_secret
+        )
+        failures: list[str] = []
+        for address in token.server_addresses:
+            try:
+                async with self.transport.connect(address) as channel:
+                    response = await channel.unary(
+                        METHOD_EXCHANGE_SECRET,
+                        request,
+                        peerstream_pb2.ExchangeSecretRequest.SerializeToString,
+                        peerstream_pb2.ExchangeSecretResponse.FromString,
+                        timeout=_EXCHANGE_TIMEOUT,
+                    )
+            except StreamFailed as exc:
+                if exc.code in (StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED,
+                                StatusCode.FAILED_PRECONDITION):
+                    failures.append(f"{address}: {exc}")
+                    continue
+                raise AbortStream(exc.code, f"peer refused the establishment secret: "
+                                            f"{exc.message}") from None
+            if not response.StreamSecret:
+                raise AbortStream(StatusCode.INTERNAL, "peer returned an empty stream secret")
+            return response.StreamSecret
+        raise AbortStream(StatusCode.UNAVAILABLE,
+                          "failed to exchange the establishment secret: " + "; ".join(failures))
+
+    async def peering_read(
+        self, req: peering_pb2.PeeringReadRequest
+    ) -> peering_pb2.PeeringReadResponse:
+        name = _name(req.Name, "Name")
+        partition = _partition(req.Partition)
+        row = self.store.peering_read(name, partition)
+        if row is None:
+            return peering_pb2.PeeringReadResponse()
+        return peering_pb2.PeeringReadResponse(Peering=self._peering_view(row))
+
+    def _peering_view(self, row: Peering) -> peering_pb2.Peering:
+        return peering_to_pb(
+            row,
+            read_state(row, self._status(row.id)),
+            imported_services=len(self.store.imported_service_names(row.name, row.partition)),
+            exported_services=len(
+                self.store.exported_services_for_peer(row.name, partition=row.partition)
+            ),
+        )
+
+    async def peering_list(
+        self, req: peering_pb2.PeeringListRequest
+    ) -> peering_pb2.PeeringListResponse:
+        partition = _partition(req.Partition)
+        rows = self.store.peering_list(partition)
+        return peering_pb2.PeeringListResponse(
+            Peerings=[self._peering_view(r) for r in rows],
+            Index=self.store.table_index(PEERINGS),
+        )
+
+    async def peering_delete(
+        self, req: peering_pb2.PeeringDeleteRequest
+    ) -> peering_pb2.PeeringDeleteResponse:
+        name = _name(req.Name, "Name")
+        partition = _partition(req.Partition)
+        self._require_leader()
+        row = self.store.peering_read(name, partition)
+        if row is None:
+            return peering_pb2.PeeringDeleteResponse()  # nothing to do: success
+        if "terminated-undeletable" in self.bugs and not row.is_active():
+            self.log.info("peering is not active; nothing to delete", peer_name=name, bug=True)
+            return peering_pb2.PeeringDeleteResponse()
+        marked = self.store.peering_mark_deleted(name, partition, self.wall_clock())
+        if marked is not None:
+            self.log.info("marked peering for deletion", peer_name=name, peering_id=marked.id,
+                          was=row.state.name)
+        return peering_pb2.PeeringDeleteResponse()
+
+    async def trust_bundle_read(
+        self, req: peering_pb2.TrustBundleReadRequest
+    ) -> peering_pb2.TrustBundleReadResponse:
+        name = _name(req.Name, "Name")
+        partition = _partition(req.Partition)
+        bundle = self.store.trust_bundle_read(name, partition)
+        out = peering_pb2.TrustBundleReadResponse(Index=self.store.table_index(TRUST_BUNDLES))
+        if bundle is not None:
+            out.Bundle.CopyFrom(bundle_to_pb(bundle))
+        return out
+
+    async def trust_bundle_list_by_service(
+        self, req: peering_pb2.TrustBundleListByServiceRequest
+    ) -> peering_pb2.TrustBundleListByServiceResponse:
+        service = _name(req.ServiceName, "ServiceName")
+        partition = _partition(req.Partition)
+        bundles = []
+        for peering in self.store.peerings_for_service(service, partition=partition):
+            bundle = self.store.trust_bundle_read(peering.name, peering.partition)
+            if bundle is not None:
+                bundles.append(bundle_to_pb(bundle))
+        return peering_pb2.TrustBundleListByServiceResponse(
+            Index=self.store.table_index(TRUST_BUNDLES), Bundles=bundles
+        )
+
+    # =========================================================================================
+    # PeerStreamService
+    # =========================================================================================
+
+    async def exchange_secret(
+        self, req: peerstream_pb2.ExchangeSecretRequest
+    ) -> peerstream_pb2.ExchangeSecretResponse:
+        if not req.PeerID:
+            raise _invalid("PeerID is required")
+        if not req.EstablishmentSecret:
+            raise _invalid("EstablishmentSecret is required")
+        self._require_leader()
+        row = self.store.peering_read_by_id(req.PeerID)
+        if row is None or row.should_dial():
+            raise AbortStream(StatusCode.NOT_FOUND, ERR_EXCHANGE_UNKNOWN.format(id=req.PeerID))
+        if row.state is PeeringState.TERMINATED:
+            raise AbortStream(StatusCode.ABORTED, ERR_PEERING_TERMINATED.format(id=req.PeerID))
+        if not row.is_active():
+            raise AbortStream(StatusCode.ABORTED, ERR_MARKED_DELETED.format(id=req.PeerID))
+        if row.establishment_secret is None or not secrets.compare_digest(
+            row.establishment_secret, req.EstablishmentSecret
+        ):
+            raise AbortStream(StatusCode.PERMISSION_DENIED,
+                              ERR_BAD_ESTABLISHMENT_SECRET.format(id=req.PeerID))
+        stream_secret = self._secret()
+        self.store.peering_write(replace(row, establishment_secret=None,
+                                         stream_secret=stream_secret))
+        self.log.info("exchanged establishment secret", peering_id=row.id, peer_name=row.name)
+        return peerstream_pb2.ExchangeSecretResponse(StreamSecret=stream_secret)
+
+    async def _stream_resources(self, stream: ReplicationStream) -> None:
+        """The acceptor's StreamResources (see the module docstring for the checks)."""
+        term = self.leadership
+        if term is None:
+            raise AbortStream(StatusCode.FAILED_PRECONDITION, ERR_FOLLOWER)
+        try:
+            first = await stream.receive()
+        except EndOfStream:
+            raise AbortStream(StatusCode.UNKNOWN, "EOF") from None
+        if term.stopped:
+            raise AbortStream(StatusCode.FAILED_PRECONDITION, ERR_NOT_LEADER_ANYMORE)
+        row = await self._check_open(stream, first)
+        log = self.log.bind(peering_id=row.id, peer_name=row.name)
+        session = StreamSession(
+            term.stream_env,
+            StreamParams(role=ACCEPTOR, local_id=row.id, peer_name=row.name,
+                         partition=row.partition),
+            stream,
+        )
+        try:
+            with term.handler_scope():
+                ending = await session.run()
+        except NotLeaderAnymore:
+            log.info("leadership lost during a stream")
+            raise AbortStream(StatusCode.FAILED_PRECONDITION, ERR_NOT_LEADER_ANYMORE) from None
+        self._finish_accepted(ending)
+
+    async def _check_open(self, stream: ReplicationStream, first: ReplicationMessage) -> Peering:
+        if first.WhichOneof("Payload") != "open":
+            raise _invalid(ERR_FIRST_NOT_OPEN)
+        peer_id = first.open.PeerID
+        if not peer_id:
+            raise _invalid(ERR_OPEN_NO_PEER_ID)
+        row = self.store.peering_read_by_id(peer_id)
+        if row is None or row.should_dial():
+            raise _invalid(ERR_UNKNOWN_PEER.format(id=peer_id))
+        if row.state is PeeringState.TERMINATED:
+            raise AbortStream(StatusCode.ABORTED, ERR_PEERING_TERMINATED.format(id=peer_id))
+        if not row.is_active():
+            if "dial-deleted" in self.bugs:
+                self.log.info("accepting a stream for a deleted peering", peering_id=peer_id,
+                              bug=True)
+                return row  # the bug's era had no secrets to check
+            self.log.info("dial for a deleted peering: sending Terminated", peering_id=peer_id)
+            try:
+                await stream.send(ReplicationMessage(terminated=ReplicationMessage.Terminated()))
+            except TransportError as exc:
+                self.log.debug("could not send Terminated", error=str(exc))
+            raise AbortStream(StatusCode.ABORTED, ERR_MARKED_DELETED.format(id=peer_id))
+        if row.stream_secret is None or not secrets.compare_digest(
+            row.stream_secret, first.open.StreamSecretID
+        ):
+            raise AbortStream(StatusCode.PERMISSION_DENIED, ERR_OPEN_BAD_SECRET.format(id=peer_id))
+        return row
+
+    @staticmethod
+    def _finish_accepted(ending: Ending) -> None:
+        """Turn the acceptor handler's ending into the RPC's status."""
+        if ending.nil:
+            return  # drained to EOF: status OK
+        if ending.reason == REGISTER_FAILED:
+            raise AbortStream(StatusCode.ALREADY_EXISTS, ending.message)
+        if ending.reason == HEARTBEAT:
+            raise AbortStream(StatusCode.UNKNOWN, ERR_HEARTBEAT_TIMEOUT)
+        if isinstance(ending.inbound, EndOfStream):
+            return  # the dialer half-closed without Terminated (model: the RPC ends OK)
+        if isinstance(ending.inbound, StreamFailed):
+            raise ending.inbound  # the RPC has already ended with this status
+        raise AbortStream(StatusCode.UNKNOWN, ending.error_text)
+
+    # =========================================================================================
+    # AdminService
+    # =========================================================================================
+
+    async def register_service(
+        self, req: admin_pb2.RegisterServiceRequest
+    ) -> admin_pb2.RegisterServiceResponse:
+        node_name = _name(req.NodeName, "NodeName")
+        service_name = _name(req.ServiceName, "ServiceName")
+        service_id = _name(req.ServiceID, "ServiceID") if req.ServiceID else service_name
+        if not 0 <= req.Port <= 65535:
+            raise _invalid(f"Port {req.Port} is out of range")
+        for tag in req.Tags:
+            if not tag:
+                raise _invalid("Tags must not contain empty strings")
+        self._require_leader()
+        node = Node(name=node_name)
+        service = Service(id=service_id, name=service_name, port=req.Port, tags=tuple(req.Tags),
+                          node=node_name)
+        check = Check(check_id=f"service:{service_id}", name=f"Service '{service_name}' check",
+                      status="passing", service_id=service_id, node=node_name)
+        self.store.register_service(node, service, [check])
+        self.log.info("registered service", service=service_name, service_id=service_id,
+                      node=node_name)
+        return admin_pb2.RegisterServiceResponse(ServiceID=service_id)
+
+    async def deregister_service(
+        self, req: admin_pb2.DeregisterServiceRequest
+    ) -> admin_pb2.DeregisterServiceResponse:
+        if bool(req.ServiceID) == bool(req.ServiceName):
+            raise _invalid("exactly one of ServiceID and ServiceName must be set")
+        if req.ServiceID:
+            _name(req.ServiceID, "ServiceID")
+        else:
+            _name(req.ServiceName, "ServiceName")
+        self._require_leader()
+        removed = 0
+        if req.ServiceID:
+            local = [s for s in self.store.dump().services
+                     if s.peer_name == "" and s.id == req.ServiceID]
+        else:
+            local = [s for s in self.store.dump().services
+                     if s.peer_name == "" and s.name == req.ServiceName]
+        for service in local:
+            if self.store.deregister_service(service.id, node=service.node,
+                                             partition=service.partition):
+                removed += 1
+        self.log.info("deregistered service", service_id=req.ServiceID,
+                      service=req.ServiceName, removed=removed)
+        return admin_pb2.DeregisterServiceResponse(Removed=removed)
+
+    async def export_service(
+        self, req: admin_pb2.ExportServiceRequest
+    ) -> admin_pb2.ExportServiceResponse:
+        service = _name(req.ServiceName, "ServiceName")
+        peer = _name(req.PeerName, "PeerName")
+        self._require_leader()
+        self.store.export_service(service, peer)
+        self.log.info("exported service", service=service, peer_name=peer)
+        return admin_pb2.ExportServiceResponse()
+
+    async def unexport_service(
+        self, req: admin_pb2.UnexportServiceRequest
+    ) -> admin_pb2.UnexportServiceResponse:
+        service = _name(req.ServiceName, "ServiceName")
+        peer = _name(req.PeerName, "PeerName")
+        self._require_leader()
+        self.store.unexport_service(service, peer)
+        self.log.info("unexported service", service=service, peer_name=peer)
+        return admin_pb2.UnexportServiceResponse()
+
+    async def read_catalog(
+        self, req: admin_pb2.ReadCatalogRequest
+    ) -> admin_pb2.ReadCatalogResponse:
+        dump = self.store.dump()
+        out = admin_pb2.ReadCatalogResponse(
+            LocalServices=[csn_to_pb(c) for c in _instances(dump, "")],
+            Exports=[
+                admin_pb2.ExportEntry(ServiceName=e.service, PeerNames=sorted(e.peers))
+                for e in sorted(dump.exports, key=lambda e: (e.service, e.partition))
+            ],
+        )
+        peers = sorted({n.peer_name for n in dump.nodes if n.peer_name}
+                       | {b.peer_name for b in dump.trust_bundles})
+        for peer in peers:
+            entry = admin_pb2.ImportedFromPeer(
+                PeerName=peer, Nodes=[csn_to_pb(c) for c in _instances(dump, peer)]
+            )
+            for bundle in dump.trust_bundles:
+                if bundle.peer_name == peer:
+                    entry.TrustBundle.CopyFrom(bundle_to_pb(bundle))
+                    break
+            out.Imports.append(entry)
+        return out
+
+    async def status(self, req: admin_pb2.StatusRequest) -> admin_pb2.StatusResponse:
+        out = admin_pb2.StatusResponse(ServerName=self.name, IsLeader=self.is_leader)
+        term = self.leadership
+        if term is None:
+            return out
+        for peering_id, st in term.tracker.all_statuses().items():
+            row = self.store.peering_read_by_id(peering_id)
+            entry = admin_pb2.StreamStatus(
+                PeeringID=peering_id,
+                PeerName="" if row is None else row.name,
+                Connected=st.connected,
+                LastNackMessage=st.last_nack_message,
+                LastSendErrorMessage=st.last_send_error_message,
+                LastReceiveErrorMessage=st.last_receive_error_message,
+            )
+            for field_name, value in (
+                ("DisconnectTime", st.disconnect_time),
+                ("LastAck", st.last_ack),
+                ("LastNack", st.last_nack),
+                ("LastSendError", st.last_send_error),
+                ("LastReceiveSuccess", st.last_receive_success),
+                ("LastReceiveError", st.last_receive_error),
+                ("LastHeartbeat", st.last_heartbeat),
+            ):
+                if value is not None:
+                    getattr(entry, field_name).CopyFrom(to_timestamp(value + self._wall_offset))
+            out.Streams.append(entry)
+        return out
+
+
+# =============================================================================================
+# helpers
+# =============================================================================================
+
+
+def _unary(
+    name: str, request_type: type[Req], fn: Callable[[Req], Awaitable[Any]]
+) -> UnaryMethod[Req, Any]:
+    """A unary handler; a store refusal becomes FailedPrecondition with the store's message."""
+
+    async def handler(request: Req) -> Any:
+        try:
+            return await fn(request)
+        except StoreError as exc:
+            raise AbortStream(StatusCode.FAILED_PRECONDITION, exc.message) from None
+
+    def serialize(message: Any) -> bytes:
+        data: bytes = message.SerializeToString()
+        return data
+
+    return UnaryMethod(name, handler, request_type.FromString, serialize)
+
+
+def _instances(dump: StoreDump, peer_name: str) -> list[CheckServiceNode]:
+    """Service instances (with node and checks) of local data ("") or of one peer's imports,
+    sorted by service ID, then node."""
+    nodes = {(n.partition, n.name): n for n in dump.nodes if n.peer_name == peer_name}
+    out: list[CheckServiceNode] = []
+    for s in sorted((s for s in dump.services if s.peer_name == peer_name),
+                    key=lambda s: (s.id, s.node, s.partition)):
+        node = nodes.get((s.partition, s.node))
+        if node is None:
+            continue
+        checks = tuple(
+            c for c in dump.checks
+            if c.peer_name == peer_name and c.partition == s.partition and c.node == s.node
+            and c.service_id in ("", s.id)
+        )
+        out.append(CheckServiceNode(node=node, service=s, checks=checks))
+    return out
+
+
+def _fake_root_pem(name: str) -> str:
+    """A stand-in CA root for the trust bundle: peerkit runs without TLS, so the bundle only
+    needs to be recognisably this cluster's."""
+    body = base64.b64encode(hashlib.sha256(f"peerkit root CA {name}".encode()).digest()).decode()
+    return f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n"
+
