@@ -148,7 +148,6 @@ class Leadership:
 
     async def run(self, outer: trio.Nursery) -> None:
         """Run the routines until ``stop()``. ``outer`` outlives the term (bug only)."""
-        self.log.info("leadership established; starting leader routines")
         with self._scope:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery

@@ -244,24 +244,34 @@ class PeeringServer:
         if self._nursery is not None:
             raise RuntimeError("this server is already serving")
         self._wall_offset = self.wall_clock() - trio.current_time()
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            try:
-                async with self.transport.serve(address, self.handlers(), grace=grace) as srv:
-                    self.address = srv.address
-                    self.log.info("serving", address=srv.address,
-                                  advertise=self.advertise_addr,
-                                  bugs=sorted(self.bugs))
-                    if leader:
-                        self.become_leader()
-                    try:
-                        yield self
-                    finally:
-                        self.lose_leadership()
-            finally:
-                nursery.cancel_scope.cancel()
-                self._nursery = None
-                self.log.info("stopped")
+        body_error: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    async with self.transport.serve(address, self.handlers(),
+                                                    grace=grace) as srv:
+                        self.address = srv.address
+                        self.log.info("serving", address=srv.address,
+                                      advertise=self.advertise_addr, bugs=sorted(self.bugs))
+                        if leader:
+                            self.become_leader()
+                        try:
+                            yield self
+                        finally:
+                            self.lose_leadership()
+                except BaseException as exc:
+                    body_error = exc
+                    raise
+                finally:
+                    nursery.cancel_scope.cancel()
+                    self._nursery = None
+                    self.log.info("stopped")
+        except BaseExceptionGroup as group:
+            # the nursery wrapped our own body's exception: re-raise it bare
+            if body_error is not None and list(group.exceptions) == [body_error]:
+                raise body_error from None
+            raise
 
     @property
     def is_leader(self) -> bool:
@@ -284,6 +294,7 @@ class PeeringServer:
         if self._leadership is not None and not self._leadership.stopped:
             return self._leadership
         term = Leadership(self._cfg, len(self._terms) + 1)
+        term.log.info("leadership established; starting leader routines")
         self._leadership = term
         self._terms.append(term)
         self._nursery.start_soon(term.run, self._nursery)

@@ -1,0 +1,130 @@
+"""``peerkit serve``: run one peerkit server on a SQLite data dir over real gRPC until stopped.
+
+One job: the command-line entry of a single server. ``add_arguments(parser)`` declares
+``--name``, ``--data-dir``, ``--grpc-addr``, ``--advertise-addr``, ``--bug NAME`` (repeatable)
+and ``--log-level``; ``run(args)`` serves until Ctrl-C or SIGTERM and returns the exit code
+(0 after a clean shutdown, 1 when the address is taken or the data dir cannot be opened, 2 for
+bad arguments).
+
+The server is the leader from the start, keeps its state in ``<data-dir>/peerkit-state.sqlite``
+(so a restart on the same data dir resumes, e.g. a half-finished deletion continues), and logs
+one JSON object per line on stderr. It prints one line on stdout once it listens:
+``peerkit serve: <name> listening on <address> (advertised as <address>)``. Bugs are never on
+unless ``--bug`` names them, and then a loud warning is printed first.
+
+May import: the standard library, trio, ``peerkit.model.vocabulary`` and the sibling modules of
+``peerkit.impl`` (the gRPC transport included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sqlite3
+import sys
+from typing import Final
+
+import trio
+from peerkit.model.vocabulary import BUGS, validate_bugs
+
+from .logs import EventLog, configure_logging
+from .server import PeeringServer
+from .store import SqliteStore
+from .transport import AddressInUseError
+from .transport.grpc_bridge import GrpcTransport
+
+__all__ = ["add_arguments", "run"]
+
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+SHUTDOWN_GRACE: Final = 2.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", required=True, help="this cluster's name, e.g. dc1")
+    parser.add_argument("--data-dir", required=True, help="directory for the SQLite state")
+    parser.add_argument("--grpc-addr", required=True,
+                        help="host:port to listen on, e.g. 127.0.0.1:8502 (port 0: any)")
+    parser.add_argument("--advertise-addr", default=None,
+                        help="host:port put into peering tokens (default: the listen address)")
+    parser.add_argument("--bug", action="append", default=[], metavar="NAME",
+                        choices=sorted(BUGS),
+                        help="switch on a historical bug (repeatable): " + ", ".join(sorted(BUGS)))
+    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+
+
+def _check_address(value: str, what: str) -> str | None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        return f"{what} must look like host:port, got {value!r}"
+    return None
+
+
+def _warn_bugs(bugs: frozenset[str]) -> None:
+    if not bugs:
+        return
+    bar = "!" * 78
+    lines = [bar, "!! WARNING: historical bugs are switched ON in this server:"]
+    for name in sorted(bugs):
+        lines.append(f"!!   {name}: {BUGS[name].summary}")
+    lines += ["!! It does NOT behave like a correct peering implementation.", bar]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_interrupt(e) for e in exc.exceptions)
+    return False
+
+
+async def _serve(args: argparse.Namespace, bugs: frozenset[str]) -> int:
+    log = EventLog("peerkit.serve", {"server": args.name})
+    try:
+        store = SqliteStore(args.data_dir)
+    except (OSError, sqlite3.Error) as exc:
+        print(f"peerkit serve: cannot open data dir {args.data_dir!r}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async with GrpcTransport() as transport:
+                server = PeeringServer(args.name, store, transport, args.advertise_addr,
+                                       bugs=bugs)
+                try:
+                    async with server.serve(args.grpc_addr, leader=True, grace=SHUTDOWN_GRACE):
+                        print(f"peerkit serve: {args.name} listening on {server.address} "
+                              f"(advertised as {server.advertise_addr})", flush=True)
+                        async for signum in signals:
+                            log.info("signal received; shutting down", signal=int(signum))
+                            break
+                except AddressInUseError as exc:
+                    print(f"peerkit serve: {exc}", file=sys.stderr)
+                    return 1
+    finally:
+        store.close()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until Ctrl-C or SIGTERM; return the exit code."""
+    for value, what in ((args.grpc_addr, "--grpc-addr"), (args.advertise_addr,
+                                                          "--advertise-addr")):
+        problem = None if value is None else _check_address(value, what)
+        if problem:
+            print(f"peerkit serve: {problem}", file=sys.stderr)
+            return 2
+    try:
+        bugs = validate_bugs(args.bug or [])
+        configure_logging(args.log_level)
+    except ValueError as exc:
+        print(f"peerkit serve: {exc}", file=sys.stderr)
+        return 2
+    _warn_bugs(bugs)
+    try:
+        code: int = trio.run(_serve, args, bugs, restrict_keyboard_interrupt_to_checkpoints=True)
+    except BaseException as exc:
+        if not _is_interrupt(exc):
+            raise
+        print("peerkit serve: interrupted; shut down cleanly", file=sys.stderr)
+        return 0
+    return code
