@@ -519,10 +519,12 @@ class _Search(Generic[S, A]):
                 if prop.id in self.violated:
                     verdict: Verdict = "violated"
                     note = ""
-                elif kind == "liveness" and not complete:
-                    verdict, note = "unknown", "the search was cut short, so liveness is undecided"
-                elif not complete and kind != "liveness":
-                    verdict, note = "holds", "holds in every state explored (search incomplete)"
+                elif not complete:
+                    verdict = "unknown"
+                    note = ("the search stopped early, so liveness is undecided"
+                            if kind == "liveness" else
+                            f"no violation in the {len(self.states):,} states explored before "
+                            "the search stopped")
                 else:
                     verdict, note = "holds", ""
                 out.append(PropertyResult(prop.id, prop.title, kind, verdict, note))

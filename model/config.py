@@ -91,22 +91,37 @@ CONFIGS: dict[str, Config] = {
     for c in (
         Config(
             "default",
-            description="2 clusters, 1 peering, 2 exported services, 2 deletes, "
-            "1 connection fault and 1 leader failover",
+            description="2 clusters with an established peering replicating 2 services; "
+            "budgets: 1 delete, 1 delete of a TERMINATED peering, 1 connection reset, "
+            "1 leader failover",
         ),
         Config(
             "ci",
             faults=1,
             failovers=0,
-            description="the default without failover: every bug is still reachable except "
-            "deletion-no-stop, which needs a failover; quick enough for every CI run",
+            description="the default without the failover: quick enough for every test run; "
+            "finds every bug except deletion-no-stop, which needs a failover",
         ),
         Config(
             "deep",
+            start="empty",
+            deletes=2,
+            faults=1,
+            failovers=0,
+            split_sync=True,
+            acks=True,
+            heartbeat_faults=True,
+            description="from no peering at all: token, establish, 2 deletes (both sides may "
+            "delete at once), 1 reset or heartbeat timeout, the sync pass in two steps, "
+            "ACK/NACK messages; a few million states",
+        ),
+        Config(
+            "churn",
             churn=1,
             faults=1,
-            failovers=1,
-            description="the default plus one register/deregister/export/unexport change",
+            failovers=0,
+            description="the default without failover, plus one register, deregister, export "
+            "or unexport while the peering runs",
         ),
         Config(
             "tiny",
@@ -114,7 +129,9 @@ CONFIGS: dict[str, Config] = {
             faults=0,
             failovers=0,
             deletes=1,
-            description="1 service, 1 delete, no faults: a few thousand states, for tests",
+            start="empty",
+            description="from no peering: 1 service, 1 delete, no faults; about 10,000 "
+            "states, for tests",
         ),
     )
 }

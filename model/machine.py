@@ -46,6 +46,7 @@ from .state import (
     PENDING,
     RESET,
     ROOTS,
+    SERVICE_LIST,
     TERMINATED,
     Budget,
     Channel,
@@ -668,6 +669,10 @@ class PeeringModel:
         sent = dict(st.d_sent if side == "d" else st.a_sent)
         msgs: list[Message] = []
         for res in resources:
+            if res == SERVICE_LIST:
+                names = tuple(s for s in self.config.services if self.export_view(cl, peer, s))
+                msgs.append((MSG_RESPONSE, res, names))
+                continue
             present = self.export_view(cl, peer, res)
             msgs.append((MSG_RESPONSE, res, present))
             sent[res] = present
@@ -677,12 +682,12 @@ class PeeringModel:
         return st._replace(down=st.down._replace(msgs=(*st.down.msgs, *msgs)), a_sent=sent_t)
 
     def _initial_snapshot(self, w: World, st: Stream, side: str) -> Stream:
-        """A handler starts: its subscription manager sends the trust bundle and every service
-        exported to the peer at once (one Response each)."""
+        """A handler starts: its subscription manager sends at once the trust bundle, the list of
+        exported services, and every exported service (one Response each)."""
         c, _gen, peer = self._side(st, side)
         cl = w.clusters[c]
         exported = [s for s in self.config.services if self.export_view(cl, peer, s)]
-        return self._publish(w, st, side, (ROOTS, *exported))
+        return self._publish(w, st, side, (ROOTS, SERVICE_LIST, *exported))
 
     def _do_SendTerminated(self, w: World, a: A.SendTerminated) -> World:  # noqa: N802
         st = self._stream(w, a.sid)
@@ -820,10 +825,18 @@ class PeeringModel:
     def _import(self, w: World, st: Stream, side: str, msg: Message) -> tuple[World, Stream]:
         c, gen, peer = self._side(st, side)
         cl = w.clusters[c]
-        resource, present = str(msg[1]), bool(msg[2])
+        resource = str(msg[1])
         row = cl.row_by_gen(gen)
         accepted = True
-        if present and (row is None or not row.active):
+        if resource == SERVICE_LIST:
+            # drop what the exporter no longer exports (deletes are always allowed)
+            names = msg[2]
+            assert isinstance(names, tuple)
+            imp = cl.imports_from(peer)
+            if imp is not None and any(s not in names for s in imp.services):
+                imp = imp._replace(services=tuple(s for s in imp.services if s in names))
+                w = self._set_cluster(w, c, self._with_import(cl, imp))
+        elif (present := bool(msg[2])) and (row is None or not row.active):
             accepted = False  # the store refuses: ERR_IMPORT_INACTIVE
         else:
             imp = cl.imports_from(peer) or Imported(peer, (), False)

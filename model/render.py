@@ -32,6 +32,9 @@ _SIDE = {"d": "dialer", "a": "acceptor"}
 
 def describe_message(msg: Message) -> str:
     kind = msg[0]
+    if kind == MSG_RESPONSE and msg[1] == "exported-services":
+        names = msg[2] if isinstance(msg[2], tuple) else ()
+        return f"Response(exported services: {', '.join(map(str, names)) or 'none'})"
     if kind == MSG_RESPONSE:
         what = "trust bundle" if msg[1] == "roots" else f"service {msg[1]}"
         return f"Response({what}, {'UPSERT' if msg[2] else 'DELETE'})"
@@ -244,3 +247,30 @@ def _safe(text: str) -> str:
 
 __all__ = ["MSG_OPEN", "describe_action", "describe_message", "describe_step", "mermaid",
            "summarize"]
+
+
+def replay_program(config: str, bugs: Sequence[str], actions: Sequence[A.Action]) -> str:
+    """A Python program that replays a run step by step (paste it into a file and run it).
+
+    It ends by printing which properties the final state (and the final step) break.
+    """
+    lines = [
+        "# Replays a peerkit run step by step; a step that is not enabled raises IllegalAction.",
+        "from peerkit.model import PeeringModel, get_config",
+        "from peerkit.model.actions import *  # noqa: F403",
+        "from peerkit.model.render import summarize",
+        "",
+        f"model = PeeringModel(get_config({config!r}), bugs={sorted(bugs)!r})",
+        "before = world = model.initial()",
+    ]
+    for action in actions:
+        lines.append(f"before, world = world, model.step(world, step := {action!r})")
+    if actions:
+        lines += [
+            "broken = [p.id for p in model.invariants if not p.holds(world)]",
+            "broken += [p.id for p in model.transition_invariants "
+            "if not p.holds(before, step, world)]",
+            "print('properties broken at the end:', broken or 'none')",
+        ]
+    lines += ["print(*summarize(world), sep='\\n')"]
+    return "\n".join(lines) + "\n"

@@ -33,7 +33,11 @@ FAILING = int(PeeringState.FAILING)
 DELETING = int(PeeringState.DELETING)
 TERMINATED = int(PeeringState.TERMINATED)
 
-ROOTS = "roots"  # the trust-bundle resource; every other resource name is a service
+ROOTS = "roots"  # the trust-bundle resource
+#: the ExportedServiceList resource: the names of every service exported to the peer, sent when a
+#: stream starts so the importer can drop services it still holds from an earlier stream
+SERVICE_LIST = "exported-services"
+# every other resource name is a service
 
 
 class Row(NamedTuple):
@@ -125,12 +129,14 @@ END_NAMES = {LIVE: "live", EOF: "EOF", ERROR: "error status", RESET: "reset"}
 
 # Message kinds on a channel. Messages are tuples whose first item is the kind.
 MSG_OPEN = "Open"
-MSG_RESPONSE = "Response"  # (MSG_RESPONSE, resource, present): UPSERT if present, else DELETE
+# (MSG_RESPONSE, resource, present): UPSERT if present, else DELETE; for SERVICE_LIST the third
+# item is the tuple of exported service names
+MSG_RESPONSE = "Response"
 MSG_ACK = "Ack"  # (MSG_ACK, resource): a Request echoing the nonce, no error
 MSG_NACK = "Nack"  # (MSG_NACK, resource): a Request with an error
 MSG_TERMINATED = "Terminated"
 
-Message = tuple[str, ...] | tuple[str, str, bool]
+Message = tuple[object, ...]
 
 
 class Channel(NamedTuple):
@@ -195,3 +201,29 @@ def read_state(cluster: Cluster, row: Row) -> PeeringState:
 
 def cluster_name(index: int) -> str:
     return f"dc{index + 1}"
+
+
+def _install_fast_replace(cls: type) -> None:
+    """Give a NamedTuple a leaner `_replace` (the stock one goes through map, pop and _make).
+
+    The model replaces fields of these records millions of times per search; this version
+    builds the new tuple directly and is about twice as fast. Unknown field names still raise.
+    """
+    fields: tuple[str, ...] = cls._fields  # type: ignore[attr-defined]
+    index = {name: i for i, name in enumerate(fields)}
+    new = tuple.__new__
+
+    def _replace(self: tuple[object, ...], **changes: object) -> tuple[object, ...]:
+        values = list(self)
+        for name, value in changes.items():
+            try:
+                values[index[name]] = value
+            except KeyError:
+                raise ValueError(f"{cls.__name__} has no field {name!r}") from None
+        return new(cls, values)  # type: ignore[no-any-return]
+
+    cls._replace = _replace  # type: ignore[attr-defined]
+
+
+for _record in (Row, Imported, Track, Cluster, Channel, Stream, Ghost, Budget, World):
+    _install_fast_replace(_record)

@@ -1,0 +1,286 @@
+"""The `peerkit` command line.
+
+Subcommands:
+
+* ``peerkit check``: model-check a configuration, optionally with bug switches on. Exit 0 when
+  every property holds, 1 when one is violated, 2 on bad usage, 3 when the search was cut short by
+  a bound before any violation was found (so some property is undecided).
+* ``peerkit bugs``: one line per bug switch: its name (the word ``--bug`` takes), then what it does.
+* ``peerkit configs`` / ``peerkit properties``: list the named configurations and the properties.
+* ``peerkit serve`` / ``peerkit demo``: run the reference implementation (peerkit.impl).
+
+This module may import everything; nothing imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from .checker.engine import Bounds, Progress, check
+from .checker.report import format_counterexample, format_summary, format_verdicts, result_json
+from .model import BUGS, CONFIGS, PeeringModel, get_config
+from .model.render import describe_step, mermaid, replay_program, summarize
+
+EXIT_OK, EXIT_VIOLATED, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _bug_name(text: str) -> str:
+    if text not in BUGS:
+        raise argparse.ArgumentTypeError(
+            f"unknown bug {text!r}; `peerkit bugs` lists them: {', '.join(sorted(BUGS))}"
+        )
+    return text
+
+
+def _config_name(text: str) -> str:
+    if text not in CONFIGS:
+        raise argparse.ArgumentTypeError(
+            f"unknown configuration {text!r}; known: {', '.join(sorted(CONFIGS))}"
+        )
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="peerkit",
+        description="Model, model checker and reference implementation of Consul cluster "
+        "peering's deletion lifecycle and peer-stream shutdown.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    chk = sub.add_parser("check", help="model-check a configuration (exit 0: all properties "
+                         "hold, 1: one is violated, 3: search cut short)")
+    chk.add_argument("--config", type=_config_name, default="default",
+                     help="named configuration (see `peerkit configs`; default: default)")
+    chk.add_argument("--bug", type=_bug_name, action="append", default=[], metavar="NAME",
+                     help="switch a known bug on (repeatable; see `peerkit bugs`)")
+    chk.add_argument("--json", action="store_true",
+                     help="print one JSON object on stdout instead of the text report")
+    chk.add_argument("--trace-out", type=Path, metavar="FILE",
+                     help="write the counterexample as a Mermaid sequence diagram (Markdown, or "
+                     "raw Mermaid if FILE ends in .mmd)")
+    chk.add_argument("--all", action="store_true",
+                     help="keep going after the first violation and report each property's "
+                     "shortest counterexample")
+    chk.add_argument("--max-states", type=_positive_int, metavar="N")
+    chk.add_argument("--max-depth", type=_positive_int, metavar="N")
+    chk.add_argument("--max-seconds", type=_positive_float, metavar="S")
+    chk.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
+
+    sub.add_parser("bugs", help="list the bug switches, one per line")
+    sub.add_parser("configs", help="list the named configurations")
+    sub.add_parser("properties", help="list the properties the checker decides")
+
+    serve = sub.add_parser("serve", help="run one cluster's peering server (reference "
+                           "implementation)")
+    demo = sub.add_parser("demo", help="two clusters on loopback walk the whole lifecycle")
+    _add_impl_arguments(serve, "serve")
+    _add_impl_arguments(demo, "demo")
+    return parser
+
+
+def _add_impl_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    try:
+        module = _impl_module(name)
+    except ImportError:
+        parser.set_defaults(impl_missing=True)
+        return
+    module.add_arguments(parser)
+
+
+def _impl_module(name: str) -> Any:
+    if name == "serve":
+        from .impl import serve as module
+    else:
+        from .impl import demo as module
+    return module
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class _ProgressPrinter:
+    """States, depth, queue and rate on stderr: a live line on a terminal, a line every few
+    seconds otherwise (CI logs)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last = 0.0
+
+    def __call__(self, p: Progress) -> None:
+        now = time.monotonic()
+        if not self.tty and now - self.last < 5.0:
+            return
+        self.last = now
+        text = (f"  {p.states:>10,} states  depth {p.depth:>3}  queue {p.queue:>9,}  "
+                f"{p.states_per_second:>9,.0f} states/s  {p.seconds:6.1f} s")
+        if self.tty:
+            self.stream.write("\r" + text)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.tty and self.last:
+            self.stream.write("\r" + " " * 90 + "\r")
+            self.stream.flush()
+
+
+def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    config = get_config(args.config)
+    bugs = sorted(set(args.bug))
+    model = PeeringModel(config, bugs)
+    bounds = Bounds(max_depth=args.max_depth, max_states=args.max_states,
+                    max_seconds=args.max_seconds, stop_at_first=not args.all)
+    progress = None if args.no_progress else _ProgressPrinter(err)
+    if progress is not None and not args.json:
+        err.write(f"peerkit check: configuration {config.name!r} ({config.description})"
+                  f"{'; bugs: ' + ', '.join(bugs) if bugs else ''}\n")
+    result = check(model, bounds, progress=progress, progress_interval=0.5)
+    if progress is not None:
+        progress.done()
+
+    def describe(before: Any, action: Any, after: Any) -> str:
+        return describe_step(model, before, action, after)
+
+    titles = {p.id: p.title for p in result.properties}
+    ce = result.counterexample
+    if args.trace_out is not None and ce is not None:
+        _write_trace(args.trace_out, model, ce, titles.get(ce.property_id, ""))
+
+    if args.json:
+        report = result_json(result, describe, extra={"config": config.name, "bugs": bugs})
+        if ce is not None and args.trace_out is not None:
+            report["trace_out"] = str(args.trace_out)
+        json.dump(report, out, indent=2)
+        out.write("\n")
+    else:
+        w = out.write
+        w(f"peerkit check --config {config.name}"
+          f"{''.join(' --bug ' + b for b in bugs)}\n")
+        for line in format_summary(result):
+            w(line + "\n")
+        w("\n")
+        for violation in result.counterexamples:
+            for line in format_counterexample(violation, describe,
+                                              titles.get(violation.property_id, "")):
+                w(line + "\n")
+            last = violation.steps[-1].state if violation.steps else violation.initial
+            if violation.loop:
+                last = violation.loop[-1].state
+            w("\n  The state at the end:\n")
+            for line in summarize(last):
+                w(f"    {line}\n")
+            w("\n  To replay it in Python:\n\n")
+            actions = [*violation.actions, *(s.action for s in violation.loop)]
+            for line in replay_program(config.name, bugs, actions).splitlines():
+                w(f"    {line}\n")
+            w("\n")
+        for line in format_verdicts(result):
+            w(line + "\n")
+        if ce is not None and args.trace_out is not None:
+            w(f"\nsequence diagram written to {args.trace_out}\n")
+    if not result.ok:
+        return EXIT_VIOLATED
+    if not result.complete:
+        if not args.json:
+            out.write("\nThe search was cut short; properties marked ?? are undecided.\n")
+        return EXIT_INCOMPLETE
+    return EXIT_OK
+
+
+def _write_trace(path: Path, model: PeeringModel, ce: Any, title: str) -> None:
+    actions = [*ce.actions, *(s.action for s in ce.loop)]
+    diagram = mermaid(model, ce.initial, actions,
+                      title=f"{ce.property_id} violated ({model.name})")
+    if path.suffix == ".mmd":
+        text = diagram
+    else:
+        text = (f"# Counterexample: {ce.property_id}\n\n{title}\n\n{ce.explanation}\n\n"
+                f"Model: `{model.name}`, {len(ce.steps)} steps"
+                f"{f' then a loop of {len(ce.loop)}' if ce.loop else ''}.\n\n"
+                f"```mermaid\n{diagram}```\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def run_bugs(out: TextIO) -> int:
+    width = max(len(name) for name in BUGS)
+    for bug in BUGS.values():
+        out.write(f"{bug.name:<{width}}  {bug.summary} (fixed by {bug.fixed_by})\n")
+    return EXIT_OK
+
+
+def run_configs(out: TextIO) -> int:
+    width = max(len(name) for name in CONFIGS)
+    for cfg in CONFIGS.values():
+        out.write(f"{cfg.name:<{width}}  {cfg.description}\n")
+    return EXIT_OK
+
+
+def run_properties(out: TextIO) -> int:
+    model = PeeringModel(get_config("tiny"))
+    rows: list[tuple[str, str, str]] = []
+    rows += [(p.id, "invariant", p.title) for p in model.invariants]
+    rows += [(p.id, "transition", p.title) for p in model.transition_invariants]
+    rows += [(p.id, "liveness", p.title) for p in model.liveness]
+    width = max(len(r[0]) for r in rows)
+    for pid, kind, title in rows:
+        out.write(f"{pid:<{width}}  {kind:<10}  {title}\n")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
+         err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command == "check":
+        return run_check(args, out, err)
+    if args.command == "bugs":
+        return run_bugs(out)
+    if args.command == "configs":
+        return run_configs(out)
+    if args.command == "properties":
+        return run_properties(out)
+    if getattr(args, "impl_missing", False):
+        err.write(f"peerkit {args.command}: the reference implementation is not available\n")
+        return EXIT_USAGE
+    result: int = _impl_module(args.command).run(args)
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
