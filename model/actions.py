@@ -31,18 +31,18 @@ ACTION_TYPES: dict[str, type] = {}
 
 def _action(kind: str) -> Callable[[type[_T]], type[_T]]:
     def mark(cls: type[_T]) -> type[_T]:
-        def __eq__(self: Any, other: object) -> bool:  # noqa: N807
-            return type(self) is type(other) and tuple.__eq__(self, other)  # type: ignore[arg-type]
+        def __eq__(self: Any, other: object) -> bool:
+            return type(self) is type(other) and tuple.__eq__(self, other)  # type: ignore[operator]
 
-        def __ne__(self: Any, other: object) -> bool:  # noqa: N807
+        def __ne__(self: Any, other: object) -> bool:
             return not __eq__(self, other)
 
-        def __hash__(self: Any) -> int:  # noqa: N807
+        def __hash__(self: Any) -> int:
             return hash((cls.__name__, *self))
 
-        cls.__eq__ = __eq__  # type: ignore[assignment,method-assign]
-        cls.__ne__ = __ne__  # type: ignore[assignment,method-assign]
-        cls.__hash__ = __hash__  # type: ignore[assignment,method-assign]
+        cls.__eq__ = __eq__  # type: ignore[method-assign]
+        cls.__ne__ = __ne__  # type: ignore[method-assign]
+        cls.__hash__ = __hash__  # type: ignore[method-assign]
         cls.KIND = kind  # type: ignore[attr-defined]
         ACTION_TYPES[cls.__name__] = cls
         return cls

@@ -23,9 +23,10 @@ class Config:
     exporter: int = 0
     #: whether every cluster starts with the other clusters' names in its export entries
     exported_at_start: bool = True
-    #: budgets (see `Budget` in state.py)
-    tokens: int = 1
-    establishes: int = 1
+    #: budgets (see `Budget` in state.py); with the established start, tokens and establishes
+    #: beyond the set-up are for peering again after a deletion
+    tokens: int = 0
+    establishes: int = 0
     deletes: int = 1
     cleanups: int = 1
     churn: int = 0
@@ -53,7 +54,8 @@ class Config:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError("a configuration needs a non-empty name")
-        ints = ("clusters", "tokens", "establishes", "deletes", "cleanups", "churn", "faults", "failovers",
+        ints = ("clusters", "tokens", "establishes", "deletes", "cleanups", "churn", "faults",
+                "failovers",
                 "batch", "exporter")
         for name in ints:
             value = getattr(self, name)
@@ -105,6 +107,8 @@ CONFIGS: dict[str, Config] = {
         Config(
             "deep",
             start="empty",
+            tokens=1,
+            establishes=1,
             deletes=2,
             faults=1,
             failovers=0,
@@ -125,6 +129,8 @@ CONFIGS: dict[str, Config] = {
         ),
         Config(
             "tiny",
+            tokens=1,
+            establishes=1,
             services=("web",),
             faults=0,
             failovers=0,

@@ -25,13 +25,13 @@ Import rules: standard library and ``peerkit.model`` only.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from . import actions as A
 from .config import Config
 from .state import (
     DELETING,
     DONE,
-    DRAINING,
     EOF,
     ERROR,
     ESTABLISHING,
@@ -104,8 +104,8 @@ class ProtocolError(Exception):
     """A handler met an input its table does not allow (a bug in the model or the tables)."""
 
 
-def _sorted_tuple(items: Sequence[object]) -> tuple:  # type: ignore[type-arg]
-    return tuple(sorted(items))  # type: ignore[type-var]
+def _sorted_tuple(items: Sequence[Any]) -> tuple[Any, ...]:
+    return tuple(sorted(items))
 
 
 class PeeringModel:
@@ -171,7 +171,8 @@ class PeeringModel:
         w = self.step(w, A.Establish(1, 0, w.tokens[0][1]))
         for _ in range(1000):
             todo = [a for a in self.enabled(w) if A.is_protocol(a)
-                    and not (isinstance(a, A.SyncSnapshot | A.SyncApply) and a.cluster == 0)]
+                    and not (isinstance(a, A.Sync | A.SyncSnapshot | A.SyncApply)
+                             and a.cluster == 0)]
             if not todo:
                 break
             w = self._apply(w, todo[0])
@@ -366,7 +367,9 @@ class PeeringModel:
         if name in budget_of and budget_of[name][1] == 0:
             return f"{name}: the {budget_of[name][0]} budget is spent"
         cluster = getattr(action, "cluster", None)
-        if cluster is not None and not (isinstance(cluster, int) and 0 <= cluster < len(w.clusters)):
+        if cluster is not None and not (
+            isinstance(cluster, int) and 0 <= cluster < len(w.clusters)
+        ):
             return f"{name}: there is no cluster {cluster!r}"
         if isinstance(action, A.GenerateToken | A.Establish):
             peer = action.peer if isinstance(action, A.GenerateToken) else action.acceptor
@@ -381,7 +384,9 @@ class PeeringModel:
                 if row.active:
                     return f"{name}: a peering with this name exists"
                 return f"{name}: {ERR_WRITE_MARKED}" if nxt is not None else f"{name}: refused"
-            if isinstance(action, A.Establish) and (action.acceptor, action.token_gen) not in w.tokens:
+            if isinstance(action, A.Establish) and (
+                (action.acceptor, action.token_gen) not in w.tokens
+            ):
                 return f"{name}: no such token was issued"
         if isinstance(action, A.Delete):
             row = w.clusters[action.cluster].row(action.peer)
@@ -443,7 +448,7 @@ class PeeringModel:
         return self._set_cluster(w, c, cl._replace(sync_due=True))
 
     # -- operator -----------------------------------------------------------------------------
-    def _do_GenerateToken(self, w: World, a: A.GenerateToken) -> World:  # noqa: N802
+    def _do_GenerateToken(self, w: World, a: A.GenerateToken) -> World:
         cl = w.clusters[a.cluster]
         nxt = self.lifecycle[ACCEPTOR, None, GENERATE_TOKEN]
         assert not isinstance(nxt, Refused)
@@ -453,7 +458,7 @@ class PeeringModel:
         return w._replace(tokens=tuple(sorted((*w.tokens, (a.cluster, row.gen)))),
                           budget=w.budget._replace(tokens=w.budget.tokens - 1))
 
-    def _do_Establish(self, w: World, a: A.Establish) -> World:  # noqa: N802
+    def _do_Establish(self, w: World, a: A.Establish) -> World:
         cl = w.clusters[a.cluster]
         nxt = self.lifecycle[DIALER, None, ESTABLISH]
         assert not isinstance(nxt, Refused)
@@ -464,7 +469,7 @@ class PeeringModel:
         w = self._set_cluster(w, a.cluster, cl)
         return w._replace(budget=w.budget._replace(establishes=w.budget.establishes - 1))
 
-    def _do_Delete(self, w: World, a: A.Delete) -> World:  # noqa: N802
+    def _do_Delete(self, w: World, a: A.Delete) -> World:
         row = w.clusters[a.cluster].row(a.peer)
         assert row is not None
         nxt: LifecycleNext = self.lifecycle[self._role(row), row.state, USER_DELETE]
@@ -484,22 +489,22 @@ class PeeringModel:
         w = self._set_cluster(w, c, cl)
         return w._replace(budget=w.budget._replace(churn=w.budget.churn - 1))
 
-    def _do_Register(self, w: World, a: A.Register) -> World:  # noqa: N802
+    def _do_Register(self, w: World, a: A.Register) -> World:
         cl = w.clusters[a.cluster]
         return self._churn(w, a.cluster,
                            cl._replace(registered=_sorted_tuple((*cl.registered, a.service))))
 
-    def _do_Deregister(self, w: World, a: A.Deregister) -> World:  # noqa: N802
+    def _do_Deregister(self, w: World, a: A.Deregister) -> World:
         cl = w.clusters[a.cluster]
         return self._churn(w, a.cluster, cl._replace(
             registered=tuple(s for s in cl.registered if s != a.service)))
 
-    def _do_Export(self, w: World, a: A.Export) -> World:  # noqa: N802
+    def _do_Export(self, w: World, a: A.Export) -> World:
         cl = w.clusters[a.cluster]
         return self._churn(w, a.cluster, cl._replace(
             exports=_sorted_tuple((*cl.exports, (a.service, a.peer)))))
 
-    def _do_Unexport(self, w: World, a: A.Unexport) -> World:  # noqa: N802
+    def _do_Unexport(self, w: World, a: A.Unexport) -> World:
         cl = w.clusters[a.cluster]
         return self._churn(w, a.cluster, cl._replace(
             exports=tuple(e for e in cl.exports if e != (a.service, a.peer))))
@@ -509,7 +514,7 @@ class PeeringModel:
         return w._replace(budget=w.budget._replace(**spent),
                           ghost=w.ghost._replace(faulted=True))
 
-    def _do_Reset(self, w: World, a: A.Reset) -> World:  # noqa: N802
+    def _do_Reset(self, w: World, a: A.Reset) -> World:
         st = self._stream(w, a.sid)
         st = st._replace(up=st.up._replace(end=RESET), down=st.down._replace(end=RESET))
         if st.d_phase == DONE:
@@ -519,7 +524,7 @@ class PeeringModel:
         w = self._set_stream(w, st, a.sid)
         return self._faulted(w, faults=w.budget.faults - 1)
 
-    def _do_HeartbeatTimeout(self, w: World, a: A.HeartbeatTimeout) -> World:  # noqa: N802
+    def _do_HeartbeatTimeout(self, w: World, a: A.HeartbeatTimeout) -> World:
         st = self._stream(w, a.sid)
         c, gen, _ = self._side(st, a.side)
         w = self._track_disconnect(w, c, gen)
@@ -528,7 +533,7 @@ class PeeringModel:
         w = self._set_stream(w, st, a.sid)
         return self._faulted(w, faults=w.budget.faults - 1)
 
-    def _do_Failover(self, w: World, a: A.Failover) -> World:  # noqa: N802
+    def _do_Failover(self, w: World, a: A.Failover) -> World:
         c = a.cluster
         cl = w.clusters[c]
         zombies = cl.zombies + (1 if self.deletion_no_stop_bug else 0)
@@ -549,12 +554,12 @@ class PeeringModel:
         return self._faulted(w, failovers=w.budget.failovers - 1)
 
     # -- leader routines ----------------------------------------------------------------------
-    def _do_SyncSnapshot(self, w: World, a: A.SyncSnapshot) -> World:  # noqa: N802
+    def _do_SyncSnapshot(self, w: World, a: A.SyncSnapshot) -> World:
         cl = w.clusters[a.cluster]
         snapshot = tuple(t.gen for t in cl.tracker if t.connected)
         return self._set_cluster(w, a.cluster, cl._replace(sync_due=False, snapshot=snapshot))
 
-    def _do_SyncApply(self, w: World, a: A.SyncApply) -> World:  # noqa: N802
+    def _do_SyncApply(self, w: World, a: A.SyncApply) -> World:
         c = a.cluster
         cl = w.clusters[c]
         assert cl.snapshot is not None
@@ -583,11 +588,11 @@ class PeeringModel:
                     w = self._set_stream(w, st._replace(a_done=True), st.sid)
         return w
 
-    def _do_Sync(self, w: World, a: A.Sync) -> World:  # noqa: N802
+    def _do_Sync(self, w: World, a: A.Sync) -> World:
         w = self._do_SyncSnapshot(w, A.SyncSnapshot(a.cluster))
         return self._do_SyncApply(w, A.SyncApply(a.cluster))
 
-    def _do_Dial(self, w: World, a: A.Dial) -> World:  # noqa: N802
+    def _do_Dial(self, w: World, a: A.Dial) -> World:
         c = a.cluster
         cl = w.clusters[c]
         row = cl.row_by_gen(a.gen)
@@ -605,27 +610,27 @@ class PeeringModel:
         w = self._track_connect(w, c, a.gen)
         return self._set_stream(w, st, sid)
 
-    def _do_DeleteNodes(self, w: World, a: A.DeleteNodes) -> World:  # noqa: N802
+    def _do_DeleteNodes(self, w: World, a: A.DeleteNodes) -> World:
         cl = w.clusters[a.cluster]
         imp = cl.imports_from(a.peer)
         assert imp is not None
         imp = imp._replace(services=imp.services[self.config.batch:])
         return self._set_cluster(w, a.cluster, self._with_import(cl, imp))
 
-    def _do_DeleteBundle(self, w: World, a: A.DeleteBundle) -> World:  # noqa: N802
+    def _do_DeleteBundle(self, w: World, a: A.DeleteBundle) -> World:
         cl = w.clusters[a.cluster]
         imp = cl.imports_from(a.peer)
         assert imp is not None
         return self._set_cluster(w, a.cluster, self._with_import(cl, imp._replace(bundle=False)))
 
-    def _do_DeleteRow(self, w: World, a: A.DeleteRow) -> World:  # noqa: N802
+    def _do_DeleteRow(self, w: World, a: A.DeleteRow) -> World:
         row = w.clusters[a.cluster].row(a.peer)
         assert row is not None
         nxt = self.lifecycle[self._role(row), row.state, DELETION_FINISHED]
         assert not isinstance(nxt, Refused)
         return self._set_row_state(w, a.cluster, row, nxt)
 
-    def _do_Spin(self, w: World, a: A.Spin) -> World:  # noqa: N802
+    def _do_Spin(self, w: World, a: A.Spin) -> World:
         return w  # the deposed leader's deletion loop spins: nothing changes, forever
 
     @staticmethod
@@ -657,7 +662,7 @@ class PeeringModel:
             tracker=tuple(t for t in cl.tracker if t.gen != gen)))
 
     # -- streams ------------------------------------------------------------------------------
-    def _do_Publish(self, w: World, a: A.Publish) -> World:  # noqa: N802
+    def _do_Publish(self, w: World, a: A.Publish) -> World:
         st = self._stream(w, a.sid)
         changed = tuple(self._pending_publishes(w, st, a.side))
         return self._set_stream(w, self._publish(w, st, a.side, changed), a.sid)
@@ -689,11 +694,11 @@ class PeeringModel:
         exported = [s for s in self.config.services if self.export_view(cl, peer, s)]
         return self._publish(w, st, side, (ROOTS, SERVICE_LIST, *exported))
 
-    def _do_SendTerminated(self, w: World, a: A.SendTerminated) -> World:  # noqa: N802
+    def _do_SendTerminated(self, w: World, a: A.SendTerminated) -> World:
         st = self._stream(w, a.sid)
         return self._handle(w, st, a.side, TEARDOWN, None)
 
-    def _do_Deliver(self, w: World, a: A.Deliver) -> World:  # noqa: N802
+    def _do_Deliver(self, w: World, a: A.Deliver) -> World:
         st = self._stream(w, a.sid)
         inbound = st.down if a.side == "d" else st.up
         msg: Message | None = None
@@ -704,7 +709,7 @@ class PeeringModel:
             if kind == MSG_OPEN:
                 inp = self._classify_open(w, st)
             else:
-                inp = _MSG_INPUT[kind]
+                inp = _MSG_INPUT[str(kind)]
         elif a.how == "reset":
             inbound = Channel((), RESET)
             inp = IN_RESET

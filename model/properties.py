@@ -158,11 +158,11 @@ def unsettled_reason(model: PeeringModel, w: World) -> str | None:
                 if row.state == DELETING:
                     return f"{name}: the row for {cluster_name(row.peer)} awaits deletion"
         for gen in cl.dialing:
-            row = cl.row_by_gen(gen)
-            if row is None or not row.active or _has_live_dialer_end(w, c, gen):
+            dialer = cl.row_by_gen(gen)
+            if dialer is None or not dialer.active or _has_live_dialer_end(w, c, gen):
                 continue
-            if not dial_is_futile(w, c, row):
-                return f"{name}: the dialer of {cluster_name(row.peer)} will dial"
+            if not dial_is_futile(w, c, dialer):
+                return f"{name}: the dialer of {cluster_name(dialer.peer)} will dial"
     for st in w.streams:
         if st.d_phase != OPEN or st.a_phase != OPEN:
             return f"stream {st.sid} is opening or closing"
@@ -208,10 +208,9 @@ def unclean_reason(model: PeeringModel, w: World) -> str | None:
                 continue
             other = counterpart(w, c, row)
             if other is not None and other.active:
-                if row.dialer:
-                    if _connected_stream(w, c, row) is None:
-                        return (f"(c) {name} and {cluster_name(row.peer)} are both active but "
-                                "not connected")
+                if row.dialer and _connected_stream(w, c, row) is None:
+                    return (f"(c) {name} and {cluster_name(row.peer)} are both active but "
+                            "not connected")
                 reason = _replication_gap(model, w, c, row.peer)
                 if reason:
                     return f"(c) {reason}"
@@ -269,7 +268,7 @@ def store_rules_reason(w: World) -> str | None:
                 return f"{name} has a row ID {r.gen} the store never handed out"
             if r.state not in _STORABLE:
                 return f"{name} stores a row in state {r.state}"
-            if r.state == PENDING and r.dialer or r.state == ESTABLISHING and not r.dialer:
+            if (r.state == PENDING and r.dialer) or (r.state == ESTABLISHING and not r.dialer):
                 return f"{name} has a row in a state that does not fit its role"
             if r.peer == c or not 0 <= r.peer < len(w.clusters):
                 return f"{name} has a row naming no other cluster"

@@ -63,7 +63,8 @@ def describe_action(action: object) -> str:
     if isinstance(action, A.Reset):
         return f"FAULT: the connection of stream {action.sid} is reset"
     if isinstance(action, A.HeartbeatTimeout):
-        return f"FAULT: the {_SIDE[action.side]} end of stream {action.sid} hits its heartbeat timeout"
+        return (f"FAULT: the {_SIDE[action.side]} end of stream {action.sid} hits its "
+                "heartbeat timeout")
     if isinstance(action, A.Failover):
         return f"FAULT: {n(action.cluster)}'s leader fails over (tracker and routines are lost)"
     if isinstance(action, A.Sync):

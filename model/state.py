@@ -220,7 +220,7 @@ def _install_fast_replace(cls: type) -> None:
                 values[index[name]] = value
             except KeyError:
                 raise ValueError(f"{cls.__name__} has no field {name!r}") from None
-        return new(cls, values)  # type: ignore[no-any-return]
+        return new(cls, values)
 
     cls._replace = _replace  # type: ignore[attr-defined]
 

@@ -1,4 +1,4 @@
-"""The shared vocabulary of peerkit: names that the model, the specs and the implementation agree on.
+"""The shared vocabulary: names that the model, the specs and the implementation agree on.
 
 Everything here is plain data: the peering state enum in its released numbering, the bug
 switches, the property identifiers, and the exact error strings of the store and the stream.
@@ -43,7 +43,7 @@ STORED_STATES = frozenset(
 
 
 def is_active_state(state: PeeringState, deleted: bool) -> bool:
-    """The activity predicate of upstream's ``IsActive()``: not TERMINATED and not marked deleted."""
+    """Upstream's ``IsActive()``: not TERMINATED and not marked for deletion."""
     return state is not PeeringState.TERMINATED and not deleted
 
 
@@ -113,7 +113,7 @@ def validate_bugs(names: object) -> frozenset[str]:
     """Check a collection of bug names; raise ValueError naming the unknown ones."""
     if isinstance(names, str) or not hasattr(names, "__iter__"):
         raise TypeError(f"bugs must be a collection of bug names, not {type(names).__name__}")
-    chosen = frozenset(names)  # type: ignore[call-overload]
+    chosen = frozenset(names)
     for name in chosen:
         if not isinstance(name, str):
             raise TypeError(f"bug names are strings, got {name!r}")
@@ -179,4 +179,6 @@ ERR_UNKNOWN_PEER = "initial subscription for unknown PeerID: {id}"
 ERR_MARKED_DELETED = "peering is marked as deleted: {id}"
 ERR_PEERING_TERMINATED = "peering is terminated: {id}"  # peerkit: TERMINATED acceptor row
 ERR_HEARTBEAT_TIMEOUT = "heartbeat timeout"
-WARN_DRAIN_FAILED = "failed to tear down stream gracefully: peer may not have received termination message"
+WARN_DRAIN_FAILED = (
+    "failed to tear down stream gracefully: peer may not have received termination message"
+)
