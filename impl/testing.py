@@ -1,0 +1,220 @@
+"""Test support for the implementation (like ``trio.testing``): peered clusters and waits.
+
+One job: build running peerkit clusters, peer them, and wait for store-visible conditions without
+sleeping, for peerkit's own tests and for anyone driving the implementation. Every wait
+here is event-driven: it re-checks a predicate each time the watched store commits a write
+(``StateStore.wait_for_change``), so it works the same under a MockClock (in-memory network) and
+with the real clock (gRPC). ``let_time_pass`` is the one deliberate sleep: under a MockClock it
+lets *virtual* time run so that a test can assert that something does NOT happen.
+
+May import: the standard library, trio, ``peerkit.proto``, ``peerkit.model.vocabulary`` and the
+sibling modules of ``peerkit.impl``. Never pytest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from peerkit.model.vocabulary import PeeringState
+
+from .client import PeerkitClient
+from .codec import METHOD_STREAM_RESOURCES, decode_token
+from .logs import FIELDS_ATTR
+from .server import PeeringServer
+from .store import (
+    WATCH_TABLES,
+    Check,
+    MemoryStore,
+    Node,
+    Peering,
+    Service,
+    StateStore,
+)
+from .stream import ReplicationMessage
+from .transport import BidiStream, MemoryCall, MemoryNetwork, Transport
+
+ClientStream = BidiStream[ReplicationMessage, ReplicationMessage]
+
+
+@dataclass
+class Cluster:
+    name: str
+    server: PeeringServer
+    store: StateStore
+    client: PeerkitClient
+    address: str
+
+    def row(self, peer: str) -> Peering | None:
+        return self.store.peering_read(peer)
+
+    def state(self, peer: str) -> PeeringState | None:
+        """The state PeeringRead would report (ACTIVE/FAILING from the tracker)."""
+        row = self.row(peer)
+        if row is None:
+            return None
+        term = self.server.leadership
+        status = None if term is None else term.tracker.stream_status(row.id)
+        if not row.is_active() or status is None:
+            return row.state
+        return PeeringState.ACTIVE if status.connected else PeeringState.FAILING
+
+    def imported(self, peer: str) -> list[str]:
+        return self.store.imported_service_names(peer, "default")
+
+    def connected(self, peer: str) -> bool:
+        row = self.row(peer)
+        term = self.server.leadership
+        if row is None or term is None:
+            return False
+        status = term.tracker.stream_status(row.id)
+        return status is not None and status.connected
+
+
+@dataclass
+class Pair:
+    """dc1 is the acceptor (it generated the token), dc2 the dialer."""
+
+    dc1: Cluster
+    dc2: Cluster
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+async def until(store: StateStore, predicate: Callable[[], bool],
+                tables: Iterable[str] = WATCH_TABLES) -> None:
+    """Wait until ``predicate()`` holds, re-checking after every write to ``store``."""
+    watched = tuple(tables)
+    while not predicate():
+        index = max(store.table_index(t) for t in watched)
+        await store.wait_for_change(watched, index)
+
+
+async def let_time_pass(seconds: float) -> None:
+    """Let (virtual, under a MockClock) time run, to show that nothing happens meanwhile."""
+    await trio.sleep(seconds)
+
+
+@asynccontextmanager
+async def running_cluster(
+    transport: Transport,
+    name: str,
+    address: str,
+    *,
+    store: StateStore | None = None,
+    leader: bool = True,
+    **server_kwargs: Any,
+) -> AsyncIterator[Cluster]:
+    store = store if store is not None else MemoryStore()
+    server = PeeringServer(name, store, transport, **server_kwargs)
+    async with server.serve(address, leader=leader):
+        assert server.address is not None
+        async with PeerkitClient.connect(transport, server.address) as client:
+            yield Cluster(name, server, store, client, server.address)
+
+
+@asynccontextmanager
+async def two_clusters(
+    transport: Transport,
+    *,
+    addresses: tuple[str, str] = ("dc1:8502", "dc2:8502"),
+    bugs1: Iterable[str] = (),
+    bugs2: Iterable[str] = (),
+    **server_kwargs: Any,
+) -> AsyncIterator[tuple[Cluster, Cluster]]:
+    async with AsyncExitStack() as stack:
+        dc1 = await stack.enter_async_context(
+            running_cluster(transport, "dc1", addresses[0], bugs=bugs1, **server_kwargs))
+        dc2 = await stack.enter_async_context(
+            running_cluster(transport, "dc2", addresses[1], bugs=bugs2, **server_kwargs))
+        yield dc1, dc2
+
+
+async def register_and_export(c: Cluster, services: Sequence[str], peer: str) -> None:
+    for i, service in enumerate(services):
+        await c.client.register_service(f"{c.name}-node-{i}", service, port=8000 + i)
+        await c.client.export_service(service, peer)
+
+
+async def peer(
+    dc1: Cluster,
+    dc2: Cluster,
+    *,
+    services1: Sequence[str] = ("api", "web"),
+    services2: Sequence[str] = ("db",),
+) -> None:
+    """dc1 exports ``services1`` to dc2 and dc2 ``services2`` to dc1; dc1 generates a token,
+    dc2 establishes it. Returns once each side imported the other's bundle and services."""
+    await register_and_export(dc1, services1, "dc2")
+    await register_and_export(dc2, services2, "dc1")
+    token = await dc1.client.generate_token("dc2")
+    await dc2.client.establish("dc1", token)
+    await until(dc2.store, lambda: dc2.imported("dc1") == sorted(services1)
+                and dc2.store.trust_bundle_read("dc1") is not None)
+    await until(dc1.store, lambda: dc1.imported("dc2") == sorted(services2)
+                and dc1.store.trust_bundle_read("dc2") is not None)
+
+
+def memory_call(net: MemoryNetwork, index: int = -1) -> MemoryCall:
+    """The ``index``-th StreamResources call opened on the network (default: the last)."""
+    calls = [c for c in net.streams if c.method == METHOD_STREAM_RESOURCES]
+    return calls[index]
+
+
+def imported_instances(peer_name: str, count: int, service: str = "bulk",
+                       ) -> list[tuple[Node, Service, list[Check]]]:
+    """``count`` instances of ``service`` on nodes node-0000..., for store.import_service_nodes."""
+    out: list[tuple[Node, Service, list[Check]]] = []
+    for i in range(count):
+        node = f"node-{i:04d}"
+        out.append((
+            Node(name=node, peer_name=peer_name),
+            Service(id=f"{service}-{i}", name=service, node=node, peer_name=peer_name),
+            [Check(check_id="serfHealth", node=node, peer_name=peer_name)],
+        ))
+    return out
+
+
+async def open_raw_stream(client: PeerkitClient) -> ClientStream:
+    """A StreamResources call opened by hand (the test plays the dialer)."""
+    stream: ClientStream = client.channel.open_stream(
+        METHOD_STREAM_RESOURCES, ReplicationMessage.SerializeToString,
+        ReplicationMessage.FromString)
+    await trio.lowlevel.checkpoint()
+    return stream
+
+
+def open_message(peer_id: str, secret: str = "") -> ReplicationMessage:
+    return ReplicationMessage(open=ReplicationMessage.Open(PeerID=peer_id, StreamSecretID=secret))
+
+
+async def token_and_secret(acceptor: Cluster, peer_name: str = "dc2") -> tuple[str, str]:
+    """GenerateToken on ``acceptor`` and trade the establishment secret: (peer id, secret)."""
+    token = decode_token(await acceptor.client.generate_token(peer_name))
+    secret = await acceptor.client.exchange_secret(token.peer_id, token.establishment_secret)
+    return token.peer_id, secret
+
+
+async def receive_until(stream: ClientStream,
+                        predicate: Callable[[ReplicationMessage], bool]) -> ReplicationMessage:
+    """Receive (discarding others) until a message matches."""
+    while True:
+        msg = await stream.receive()
+        if predicate(msg):
+            return msg
+
+
+def kind(msg: ReplicationMessage) -> str | None:
+    return msg.WhichOneof("Payload")
+
+
+def log_records(caplog: Any, message: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage() == message]
+
+
+def fields(record: logging.LogRecord) -> dict[str, Any]:
+    value: dict[str, Any] = getattr(record, FIELDS_ATTR, {})
+    return value

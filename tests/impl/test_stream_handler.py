@@ -1,0 +1,445 @@
+"""The acceptor's StreamResources and the stream handler, driven by a hand-played dialer over the
+in-memory network (virtual time).
+
+Covers the first-message validation (status codes and messages, §5.3 adapted to Open), upstream's
+TestStreamResources_Server_StreamTracker / _Terminate / processResponse validation (§7.3),
+replication pushes (initial snapshot, UPSERT/DELETE on changes, nothing from an inactive row),
+and heartbeats (#13806).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+import trio.testing
+from peerkit.impl.testing import (
+    ClientStream,
+    Cluster,
+    imported_instances,
+    kind,
+    let_time_pass,
+    open_message,
+    open_raw_stream,
+    receive_until,
+    running_cluster,
+    token_and_secret,
+    until,
+)
+from peerkit.impl.transport import MemoryNetwork, StatusCode, StreamFailed
+from peerkit.model.vocabulary import (
+    ERR_ACTIVE_STREAM,
+    ERR_FIRST_NOT_OPEN,
+    ERR_FOLLOWER,
+    ERR_HEARTBEAT_TIMEOUT,
+    ERR_MARKED_DELETED,
+    ERR_OPEN_BAD_SECRET,
+    ERR_OPEN_NO_PEER_ID,
+    ERR_PEERING_TERMINATED,
+    ERR_UNKNOWN_PEER,
+)
+from peerkit.proto import catalog_pb2, peering_pb2, peerstream_pb2, status_pb2
+from peerkit.proto.resources import (
+    TRUST_BUNDLE_RESOURCE_ID,
+    TYPE_URL_EXPORTED_SERVICE,
+    TYPE_URL_PEERING_TRUST_BUNDLE,
+)
+
+RM = peerstream_pb2.ReplicationMessage
+
+
+@pytest.fixture
+async def dc1() -> AsyncIterator[Cluster]:
+    net = MemoryNetwork()
+    async with running_cluster(net, "dc1", "dc1:8502", deletion_batch_bytes=1) as cluster:
+        yield cluster
+
+
+async def expect_failure(stream: ClientStream) -> StreamFailed:
+    with pytest.raises(StreamFailed) as info:
+        while True:
+            await stream.receive()
+    return info.value
+
+
+async def handshake(dc1: Cluster) -> tuple[str, ClientStream]:
+    peer_id, secret = await token_and_secret(dc1)
+    stream = await open_raw_stream(dc1.client)
+    await stream.send(open_message(peer_id, secret))
+    await until(dc1.store, lambda: True)
+    await trio.testing.wait_all_tasks_blocked()
+    return peer_id, stream
+
+
+def exported_service(name: str, node: str = "n1") -> RM:
+    payload = peerstream_pb2.ExportedService(Nodes=[catalog_pb2.CheckServiceNode(
+        Node=catalog_pb2.Node(Name=node, Address="10.0.0.1"),
+        Service=catalog_pb2.Service(ID=name + "-1", Name=name, Port=80),
+        Checks=[catalog_pb2.HealthCheck(CheckID="serfHealth", Status="passing")],
+    )])
+    response = RM.Response(Nonce="21", ResourceURL=TYPE_URL_EXPORTED_SERVICE, ResourceID=name,
+                           operation=peerstream_pb2.OPERATION_UPSERT)
+    response.Resource.Pack(payload)
+    return RM(response=response)
+
+
+# ---------------------------------------------------------------------------------------------
+# first-message validation
+
+
+async def test_follower_refuses(autojump_clock: trio.testing.MockClock, dc1: Cluster) -> None:
+    _peer_id, _secret = await token_and_secret(dc1)
+    dc1.server.lose_leadership()
+    stream = await open_raw_stream(dc1.client)
+    failure = await expect_failure(stream)
+    assert (failure.code, failure.message) == (StatusCode.FAILED_PRECONDITION, ERR_FOLLOWER)
+
+
+@pytest.mark.parametrize(
+    "case", ["not-open", "no-peer-id", "unknown", "dialer-row", "bad-secret", "no-secret"])
+async def test_open_validation(
+    autojump_clock: trio.testing.MockClock, dc1: Cluster, case: str
+) -> None:
+    peer_id, secret = await token_and_secret(dc1)
+    first = {
+        "not-open": RM(request=RM.Request(ResourceURL=TYPE_URL_EXPORTED_SERVICE, PeerID=peer_id)),
+        "no-peer-id": open_message("", secret),
+        "unknown": open_message("d0e7ea2b-0000-4000-8000-000000000000", secret),
+        "dialer-row": open_message("@dialer", secret),
+        "bad-secret": open_message(peer_id, "not-the-secret"),
+        "no-secret": open_message(peer_id, ""),
+    }[case]
+    if case == "dialer-row":
+        # a row this side dials is not a peering anyone may dial in on
+        from peerkit.impl.store import Peering
+
+        row = dc1.store.peering_write(Peering(name="dc9", peer_server_addresses=("x:1",),
+                                              peer_id="remote"))
+        first = open_message(row.id, secret)
+    expected = {
+        "not-open": (StatusCode.INVALID_ARGUMENT, ERR_FIRST_NOT_OPEN),
+        "no-peer-id": (StatusCode.INVALID_ARGUMENT, ERR_OPEN_NO_PEER_ID),
+        "unknown": (StatusCode.INVALID_ARGUMENT,
+                    ERR_UNKNOWN_PEER.format(id="d0e7ea2b-0000-4000-8000-000000000000")),
+        "dialer-row": (StatusCode.INVALID_ARGUMENT, ERR_UNKNOWN_PEER.format(id=first.open.PeerID)),
+        "bad-secret": (StatusCode.PERMISSION_DENIED, ERR_OPEN_BAD_SECRET.format(id=peer_id)),
+        "no-secret": (StatusCode.PERMISSION_DENIED, ERR_OPEN_BAD_SECRET.format(id=peer_id)),
+    }[case]
+    stream = await open_raw_stream(dc1.client)
+    await stream.send(first)
+    failure = await expect_failure(stream)
+    assert (failure.code, failure.message) == expected
+    # nothing was registered, nothing changed
+    term = dc1.server.leadership
+    assert term is not None and term.tracker.all_statuses() == {}
+
+
+async def test_dial_for_deleted_peering_gets_terminated_then_aborted(
+    autojump_clock: trio.testing.MockClock, dc1: Cluster
+) -> None:
+    peer_id, secret = await token_and_secret(dc1)
+    # imported data keeps the deletion routine busy (1 node per batch, 10/s) so the row stays
+    dc1.store.import_service_nodes("dc2", "default", "bulk", imported_instances("dc2", 40))
+    await dc1.client.peering_delete("dc2")
+    stream = await open_raw_stream(dc1.client)
+    await stream.send(open_message(peer_id, secret))
+    first = await stream.receive()
+    assert kind(first) == "terminated"
+    failure = await expect_failure(stream)
+    assert (failure.code, failure.message) == (StatusCode.ABORTED,
+                                               ERR_MARKED_DELETED.format(id=peer_id))
+    row = dc1.store.peering_read_by_id(peer_id)
+    assert row is not None and not row.is_active()  # still there: the check was on a DELETING row
+
+
+async def test_dial_for_terminated_peering_is_aborted(
+    autojump_clock: trio.testing.MockClock, dc1: Cluster
+) -> None:
+    peer_id, secret = await token_and_secret(dc1)
+    dc1.store.peering_terminate_by_id(peer_id)
+    stream = await open_raw_stream(dc1.client)
+    await stream.send(open_message(peer_id, secret))
+    failure = await expect_failure(stream)  # no Terminated first
+    assert (failure.code, failure.message) == (StatusCode.ABORTED,
+                                               ERR_PEERING_TERMINATED.format(id=peer_id))
+
+
+async def test_duplicate_stream_is_refused(
+    autojump_clock: trio.testing.MockClock, dc1: Cluster
+) -> None:
+    peer_id, first = await handshake(dc1)
+    row = dc1.store.peering_read_by_id(peer_id)
+    assert row is not None and row.stream_secret is not None
+    second = await open_raw_stream(dc1.client)
+    await second.send(open_message(peer_id, row.stream_secret))
+    failure = await expect_failure(second)
+    assert failure.code is StatusCode.ALREADY_EXISTS
+    assert failure.message == "failed to register stream: " + ERR_ACTIVE_STREAM.format(id=peer_id)
+    # the first stream is untouched
+    status = dc1.server.leadership.tracker.stream_status(peer_id)  # type: ignore[union-attr]
+    assert status is not None and status.connected
+    first.cancel()
+
+
+# ---------------------------------------------------------------------------------------------
+# TestStreamResources_Server_StreamTracker, processResponse validation
+
+
+async def test_stream_tracker_steps(autojump_clock: trio.testing.MockClock, dc1: Cluster) -> None:
+    peer_id, stream = await handshake(dc1)
+    tracker = dc1.server.leadership.tracker  # type: ignore[union-attr]
+
+    def status():  # type: ignore[no-untyped-def]
+        st = tracker.stream_status(peer_id)
+        assert st is not None
+        return st
+
+    # 1. connected
+    assert status().connected and status().last_ack is None
+    # 2. an ACK
+    await stream.send(RM(request=RM.Request(ResponseNonce="1",
+                                            ResourceURL=TYPE_URL_EXPORTED_SERVICE)))
+    await trio.testing.wait_all_tasks_blocked()
+    assert status().last_ack == trio.current_time()
+    await let_time_pass(1)
+    # 3. a NACK
+    await stream.send(RM(request=RM.Request(
+        ResponseNonce="2", ResourceURL=TYPE_URL_EXPORTED_SERVICE,
+        Error=status_pb2.Status(code=StatusCode.UNAVAILABLE.value, message="bad bad not good"))))
+    await trio.testing.wait_all_tasks_blocked()
+    assert status().last_nack == trio.current_time()
+    assert status().last_nack_message == (
+        "client peer was unable to apply resource: bad bad not good")
+    # 4. a valid UPSERT gets an ACK echoing its nonce
+    await stream.send(exported_service("api"))
+    reply = await receive_until(stream, lambda m: kind(m) == "request"
+                                and m.request.ResponseNonce == "21")
+    assert reply.request.ResourceURL == TYPE_URL_EXPORTED_SERVICE
+    assert not reply.request.HasField("Error")
+    assert status().last_receive_success == trio.current_time()
+    assert dc1.imported("dc2") == ["api"]
+    # 5. an unknown operation gets a NACK
+    bad = exported_service("api")
+    bad.response.operation = peerstream_pb2.OPERATION_UNSPECIFIED
+    bad.response.Nonce = "22"
+    await stream.send(bad)
+    reply = await receive_until(stream, lambda m: kind(m) == "request"
+                                and m.request.ResponseNonce == "22")
+    assert reply.request.Error.code == StatusCode.INVALID_ARGUMENT.value
+    assert reply.request.Error.message == 'unsupported operation: "OPERATION_UNSPECIFIED"'
+    assert status().last_receive_error == trio.current_time()
+    assert status().last_receive_error_message == reply.request.Error.message
+    # 6. the client closes: disconnected, LastReceiveErrorMessage "EOF"
+    await let_time_pass(1)
+    await stream.close_send()
+    outcome = None
+    with pytest.raises(trio.EndOfChannel):
+        async for _ in stream:
+            pass
+        outcome = await stream.wait_finished()
+        raise trio.EndOfChannel
+    assert outcome is not None and outcome.ok
+    assert not status().connected
+    assert status().disconnect_time == trio.current_time()
+    assert status().last_receive_error_message == "EOF"
+
+
+@pytest.mark.parametrize("case", ["upsert", "delete", "bad-url", "no-content", "op-100000",
+                                  "bundle", "bundle-wrong-payload", "delete-bundle"])
+async def test_process_response_validation(
+    autojump_clock: trio.testing.MockClock, dc1: Cluster, case: str
+) -> None:
+    _peer_id, stream = await handshake(dc1)
+    msg = exported_service("api")
+    expected: tuple[int, str] = (0, "")
+    if case == "delete":
+        await stream.send(exported_service("api"))
+        await receive_until(stream, lambda m: kind(m) == "request"
+                            and m.request.ResponseNonce == "21")
+        assert dc1.imported("dc2") == ["api"]
+        msg = RM(response=RM.Response(Nonce="21", ResourceURL=TYPE_URL_EXPORTED_SERVICE,
+                                      ResourceID="api",
+                                      operation=peerstream_pb2.OPERATION_DELETE))
+    elif case == "bad-url":
+        msg.response.ResourceURL = "nope"
+        expected = (StatusCode.INVALID_ARGUMENT.value,
+                    'received response for unknown resource type "nope"')
+    elif case == "no-content":
+        msg.response.ClearField("Resource")
+        expected = (StatusCode.INVALID_ARGUMENT.value, "received upsert response with no content")
+    elif case == "op-100000":
+        msg.response.operation = 100000  # type: ignore[assignment]
+        expected = (StatusCode.INVALID_ARGUMENT.value, "unsupported operation: 100000")
+    elif case in ("bundle", "bundle-wrong-payload", "delete-bundle"):
+        msg.response.ResourceURL = TYPE_URL_PEERING_TRUST_BUNDLE
+        msg.response.ResourceID = TRUST_BUNDLE_RESOURCE_ID
+        if case == "bundle":
+            msg.response.Resource.Pack(peering_pb2.PeeringTrustBundle(
+                TrustDomain="dc2.example", RootPEMs=["PEM"]))
+        elif case == "delete-bundle":
+            msg.response.ClearField("Resource")
+            msg.response.operation = peerstream_pb2.OPERATION_DELETE
+            expected = (StatusCode.INTERNAL.value,
+                        f'delete error, ResourceURL: "{TYPE_URL_PEERING_TRUST_BUNDLE}", '
+                        f'ResourceID: "roots": unexpected resourceURL: '
+                        f'{TYPE_URL_PEERING_TRUST_BUNDLE}')
+        else:
+            expected = (StatusCode.INTERNAL.value,
+                        f'upsert error, ResourceURL: "{TYPE_URL_PEERING_TRUST_BUNDLE}", '
+                        f'ResourceID: "roots": unexpected payload type '
+                        f'{msg.response.Resource.type_url}')
+    await stream.send(msg)
+    reply = await receive_until(stream, lambda m: kind(m) == "request"
+                                and m.request.ResponseNonce == "21")
+    got = (reply.request.Error.code, reply.request.Error.message)
+    assert got == expected
+    if case == "delete":
+        assert dc1.imported("dc2") == []
+    if case == "bundle":
+        bundle = dc1.store.trust_bundle_read("dc2")
+        assert bundle is not None and bundle.trust_domain == "dc2.example"
+    stream.cancel()
+
+
+# ---------------------------------------------------------------------------------------------
+# replication
+
+
+async def test_initial_snapshot_and_updates(
+    autojump_clock: trio.testing.MockClock, dc1: Cluster
+) -> None:
+    await dc1.client.register_service("n1", "api", port=80)
+    await dc1.client.register_service("n2", "web", port=81)
+    await dc1.client.export_service("web", "dc2")
+    await dc1.client.export_service("api", "dc2")
+    _peer_id, stream = await handshake(dc1)
+    # at once: the trust bundle, then every exported service (by name), one Response each
+    responses = []
+    while len(responses) < 3:
+        msg = await stream.receive()
+        if kind(msg) == "response":
+            responses.append(msg.response)
+    assert [(r.ResourceURL, r.ResourceID) for r in responses] == [
+        (TYPE_URL_PEERING_TRUST_BUNDLE, "roots"),
+        (TYPE_URL_EXPORTED_SERVICE, "api"),
+        (TYPE_URL_EXPORTED_SERVICE, "web"),
+    ]
+    assert [r.Nonce for r in responses] == ["00000001", "00000002", "00000003"]
+    bundle = peering_pb2.PeeringTrustBundle()
+    assert responses[0].Resource.Unpack(bundle) and bundle.TrustDomain == "dc1.peerkit.local"
+    api = peerstream_pb2.ExportedService()
+    assert responses[1].Resource.Unpack(api)
+    assert [(n.Node.Name, n.Service.ID, n.Service.Port) for n in api.Nodes] == [("n1", "api", 80)]
+    assert [c.CheckID for c in api.Nodes[0].Checks] == ["service:api"]
+
+    async def next_response() -> RM.Response:
+        msg = await receive_until(stream, lambda m: kind(m) == "response")
+        return msg.response
+
+    # a new instance: UPSERT with both
+    await dc1.client.register_service("n3", "api", service_id="api-2", port=82)
+    r = await next_response()
+    assert (r.ResourceID, r.operation) == ("api", peerstream_pb2.OPERATION_UPSERT)
+    assert r.Resource.Unpack(api) and sorted(n.Service.ID for n in api.Nodes) == ["api", "api-2"]
+    # un-exported: DELETE without payload
+    await dc1.client.unexport_service("web", "dc2")
+    r = await next_response()
+    assert (r.ResourceID, r.operation, r.HasField("Resource")) == (
+        "web", peerstream_pb2.OPERATION_DELETE, False)
+    # no instances left: DELETE
+    await dc1.client.deregister_service(service="api")
+    r = await next_response()
+    assert (r.ResourceID, r.operation) == ("api", peerstream_pb2.OPERATION_DELETE)
+    # re-registered: UPSERT again
+    await dc1.client.register_service("n1", "api", port=80)
+    r = await next_response()
+    assert (r.ResourceID, r.operation) == ("api", peerstream_pb2.OPERATION_UPSERT)
+    stream.cancel()
+
+
+async def test_inactive_row_exports_nothing(
+    autojump_clock: trio.testing.MockClock, dc1: Cluster
+) -> None:
+    await dc1.client.register_service("n1", "api", port=80)
+    await dc1.client.export_service("api", "dc2")
+    _peer_id, stream = await handshake(dc1)
+    await receive_until(stream, lambda m: kind(m) == "response" and m.response.ResourceID == "api")
+    # the row is marked for deletion: no DELETE goes out, only Terminated (then the RPC ends OK
+    # once we half-close)
+    await dc1.client.peering_delete("dc2")
+    after: list[str | None] = []
+    while True:
+        msg = await stream.receive()
+        after.append(kind(msg))
+        if kind(msg) == "terminated":
+            break
+    assert after[-1] == "terminated" and "response" not in after
+    await stream.close_send()
+    with pytest.raises(trio.EndOfChannel):
+        async for _ in stream:
+            pass
+        raise trio.EndOfChannel
+    assert (await stream.wait_finished()).ok
+
+
+# ---------------------------------------------------------------------------------------------
+# TestStreamResources_Server_Terminate
+
+
+async def test_closing_done_sends_exactly_one_terminated(
+    autojump_clock: trio.testing.MockClock, dc1: Cluster
+) -> None:
+    peer_id, stream = await handshake(dc1)
+    tracker = dc1.server.leadership.tracker  # type: ignore[union-attr]
+    tracker.connected_streams()[peer_id].set()
+    await receive_until(stream, lambda m: kind(m) == "terminated")
+    await trio.testing.wait_all_tasks_blocked()
+    assert tracker.stream_status(peer_id) is None
+    # the acceptor is draining: it returns only after our half-close, and sends nothing more
+    assert stream.outcome is None
+    await stream.close_send()
+    rest = [kind(m) async for m in stream]
+    assert "terminated" not in rest
+    assert (await stream.wait_finished()).ok
+
+
+# ---------------------------------------------------------------------------------------------
+# heartbeats
+
+
+async def test_heartbeats_and_timeout(autojump_clock: trio.testing.MockClock, dc1: Cluster) -> None:
+    peer_id, stream = await handshake(dc1)
+    start = trio.current_time()
+    heartbeats: list[float] = []
+    with pytest.raises(StreamFailed) as info:
+        while True:
+            msg = await stream.receive()
+            if kind(msg) == "heartbeat":
+                heartbeats.append(trio.current_time() - start)
+    assert (info.value.code, info.value.message) == (StatusCode.UNKNOWN, ERR_HEARTBEAT_TIMEOUT)
+    assert heartbeats == pytest.approx([15, 30, 45, 60, 75, 90, 105])
+    assert trio.current_time() - start == pytest.approx(120)
+    status = dc1.server.leadership.tracker.stream_status(peer_id)  # type: ignore[union-attr]
+    assert status is not None and not status.connected
+    assert status.disconnect_error_message == ERR_HEARTBEAT_TIMEOUT
+
+
+async def test_heartbeats_keep_the_stream_alive(
+    autojump_clock: trio.testing.MockClock, dc1: Cluster
+) -> None:
+    peer_id, stream = await handshake(dc1)
+
+    async def beat() -> None:
+        while True:
+            await trio.sleep(60)
+            await stream.send(RM(heartbeat=RM.Heartbeat()))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(beat)
+        await let_time_pass(600)
+        status = dc1.server.leadership.tracker.stream_status(peer_id)  # type: ignore[union-attr]
+        assert status is not None and status.connected
+        assert status.last_heartbeat == pytest.approx(trio.current_time(), abs=60)
+        nursery.cancel_scope.cancel()
+    stream.cancel()
