@@ -239,7 +239,7 @@ async def test_deletion_stops_on_leadership_loss_and_resumes(
         await dc1.client.peering_delete("dc2")
         term1 = dc1.server.leadership
         assert term1 is not None
-        await trio.sleep(2.0)  # virtual: 10 (burst) + 20 batches
+        await trio.sleep(2.05)  # virtual: 10 (burst) + 20 batches
         dc1.server.lose_leadership()
         await trio.testing.wait_all_tasks_blocked()
         assert term1.deletion.finished.is_set()  # stopped at once
