@@ -221,6 +221,8 @@ class PeeringServer:
         self._nursery: trio.Nursery | None = None
         self._leadership: Leadership | None = None
         self._terms: list[Leadership] = []
+        self._leadership_changed = trio.Event()
+        self.leadership_version = 0  # incremented whenever leadership is gained or lost
         self.address: str | None = None
         self._wall_offset = 0.0
 
@@ -298,6 +300,7 @@ class PeeringServer:
         self._leadership = term
         self._terms.append(term)
         self._nursery.start_soon(term.run, self._nursery)
+        self._notify_leadership()
         return term
 
     def lose_leadership(self) -> None:
@@ -307,6 +310,18 @@ class PeeringServer:
         self._leadership = None
         if term is not None:
             term.stop()
+            self._notify_leadership()
+
+    def _notify_leadership(self) -> None:
+        self.leadership_version += 1
+        event, self._leadership_changed = self._leadership_changed, trio.Event()
+        event.set()
+
+    async def wait_for_leadership_change(self, after: int) -> int:
+        """Wait until ``leadership_version`` exceeds ``after``; return it (for observers)."""
+        while self.leadership_version <= after:
+            await self._leadership_changed.wait()
+        return self.leadership_version
 
     def _require_leader(self) -> Leadership:
         term = self.leadership

@@ -88,9 +88,66 @@ async def until(store: StateStore, predicate: Callable[[], bool],
                 tables: Iterable[str] = WATCH_TABLES) -> None:
     """Wait until ``predicate()`` holds, re-checking after every write to ``store``."""
     watched = tuple(tables)
-    while not predicate():
-        index = max(store.table_index(t) for t in watched)
+    while True:
+        index = max(store.table_index(t) for t in watched)  # before the check: no lost wakeup
+        if predicate():
+            return
         await store.wait_for_change(watched, index)
+
+
+async def eventually(predicate: Callable[[], bool], *clusters: Cluster) -> None:
+    """Wait until ``predicate()`` holds, re-checking after every store write, stream-tracker
+    change or leadership change of ``clusters``. Versions are read BEFORE each check, so a
+    change between the check and the wait is never missed."""
+    while True:
+        marks = [_Marks.of(c) for c in clusters]
+        if predicate():
+            return
+        async with trio.open_nursery() as nursery:
+            for mark in marks:
+                nursery.start_soon(mark.wait, nursery.cancel_scope)
+
+
+@dataclass
+class _Marks:
+    cluster: Cluster
+    store_index: int
+    tracker_version: int | None
+    leadership_version: int
+
+    @classmethod
+    def of(cls, c: Cluster) -> _Marks:
+        term = c.server.leadership
+        return cls(
+            c,
+            max(c.store.table_index(t) for t in WATCH_TABLES),
+            None if term is None else term.tracker.version,
+            c.server.leadership_version,
+        )
+
+    async def wait(self, done: trio.CancelScope) -> None:
+        """Return (cancelling ``done``) at the first change after the marks."""
+        c = self.cluster
+        term = c.server.leadership
+
+        async def store() -> None:
+            await c.store.wait_for_change(WATCH_TABLES, self.store_index)
+            done.cancel()
+
+        async def leadership() -> None:
+            await c.server.wait_for_leadership_change(self.leadership_version)
+            done.cancel()
+
+        async def tracker(version: int) -> None:
+            assert term is not None
+            await term.tracker.wait_for_change(version)
+            done.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store)
+            nursery.start_soon(leadership)
+            if term is not None and self.tracker_version is not None:
+                nursery.start_soon(tracker, self.tracker_version)
 
 
 async def let_time_pass(seconds: float) -> None:

@@ -15,6 +15,8 @@ Rules (upstream's June–July 2022 tracker):
   (after ``delete_status`` the handler's final "disconnected" does nothing).
 * ``stream_status(id)`` returns an immutable copy, or None.
 * ``connected_streams()`` lists connected entries only, with their done events.
+* ``wait_for_change()`` wakes observers (tests, status pages) when an entry is added,
+  (dis)connected or deleted; statistics updates do not wake it.
 
 Times are ``trio.current_time()`` (so virtual under a MockClock). The tracker is lost with the
 leadership that owns it. May import: the standard library, trio and ``peerkit.model.vocabulary``.
@@ -72,6 +74,20 @@ class StreamTracker:
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
         self._clock: Callable[[], float] = clock or trio.current_time
         self._entries: dict[str, _Entry] = {}
+        self._changed = trio.Event()
+        self.version = 0  # incremented by every change that wakes ``wait_for_change``
+
+    def _notify(self) -> None:
+        self.version += 1
+        event, self._changed = self._changed, trio.Event()
+        event.set()
+
+    async def wait_for_change(self, after: int) -> int:
+        """Wait until ``version`` exceeds ``after`` (an entry was added, connected, disconnected
+        or deleted since the caller read ``version``); return the new version."""
+        while self.version <= after:
+            await self._changed.wait()
+        return self.version
 
     # ---- lifecycle of an entry -------------------------------------------------------------
 
@@ -82,12 +98,14 @@ class StreamTracker:
         if entry is None:
             entry = _Entry()
             self._entries[peering_id] = entry
+            self._notify()
             return entry.done
         if entry.status.connected:
             raise DuplicateStreamError(peering_id)
         entry.status = replace(
             entry.status, connected=True, disconnect_time=None, disconnect_error_message=""
         )
+        self._notify()
         return entry.done
 
     def disconnected(self, peering_id: str, error: str | None = None) -> None:
@@ -102,11 +120,13 @@ class StreamTracker:
             disconnect_time=self._clock(),
             disconnect_error_message=error or "",
         )
+        self._notify()
 
     def delete_status(self, peering_id: str) -> None:
         """Forget the entry (after sending Terminated); a missing entry is a no-op."""
         _check_id(peering_id)
-        self._entries.pop(peering_id, None)
+        if self._entries.pop(peering_id, None) is not None:
+            self._notify()
 
     def close_done(self, peering_id: str) -> None:
         """Close (set) that stream's done event; idempotent; a missing entry is a no-op."""
