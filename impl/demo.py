@@ -58,6 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="server log lines on stderr (default: warning)")
 
 
+def _is(state: PeeringState) -> Callable[[peering_pb2.Peering | None], bool]:
+    return lambda p: p is not None and PeeringState(p.State) is state
+
+
 def _state(p: peering_pb2.Peering | None) -> str:
     if p is None:
         return "(no row)"
@@ -113,9 +117,9 @@ async def _story(transport: GrpcTransport, timeout: float, tl: Timeline) -> None
                    f"{', '.join(row2.PeerServerAddresses) if row2 else '?'}")
 
             await _until("dc2 to read its peering ACTIVE", lambda: c2.peering_read("dc1"),
-                         lambda p: p is not None and p.State == PeeringState.ACTIVE, timeout)
+                         _is(PeeringState.ACTIVE), timeout)
             await _until("dc1 to read its peering ACTIVE", lambda: c1.peering_read("dc2"),
-                         lambda p: p is not None and p.State == PeeringState.ACTIVE, timeout)
+                         _is(PeeringState.ACTIVE), timeout)
             tl.say("the peer stream is up: dc1 reads ACTIVE, dc2 reads ACTIVE")
 
             await c1.export_service("api", "dc2")
@@ -136,7 +140,7 @@ async def _story(transport: GrpcTransport, timeout: float, tl: Timeline) -> None
             tl.say("dc1 PeeringDelete(dc2) returned: the row is marked for deletion "
                    f"(dc1 now reads {_state(await c1.peering_read('dc2'))})")
             await _until("dc2 to read TERMINATED", lambda: c2.peering_read("dc1"),
-                         lambda p: p is not None and p.State == PeeringState.TERMINATED, timeout)
+                         _is(PeeringState.TERMINATED), timeout)
             tl.say("dc2 received Terminated on the stream: its row is TERMINATED")
             await _until("dc2's imported services to be removed",
                          lambda: c2.imported_services("dc1"), lambda names: names == [], timeout)
@@ -149,7 +153,7 @@ async def _story(transport: GrpcTransport, timeout: float, tl: Timeline) -> None
             tl.say("dc1's deletion routine removed dc2's trust bundle, then dc1's row: gone")
 
             final2 = await c2.peering_read("dc1")
-            if final2 is None or final2.State != PeeringState.TERMINATED:
+            if final2 is None or PeeringState(final2.State) is not PeeringState.TERMINATED:
                 raise DemoFailed(f"dc2's row should stay TERMINATED, found {_state(final2)}")
             catalog2 = await c2.read_catalog()
             tl.say("final state:")

@@ -58,6 +58,8 @@ from .stream import (
     StreamEnv,
     StreamParams,
     StreamSession,
+    deserialize,
+    serialize,
 )
 from .tracker import StreamTracker
 from .transport import Transport, TransportError
@@ -479,11 +481,7 @@ class DialLoop:
         self.attempts.append(address)
         self.log.debug("dialing", address=address)
         async with cfg.transport.connect(address) as channel:
-            stream = channel.open_stream(
-                METHOD_STREAM_RESOURCES,
-                ReplicationMessage.SerializeToString,
-                ReplicationMessage.FromString,
-            )
+            stream = channel.open_stream(METHOD_STREAM_RESOURCES, serialize, deserialize)
             self.in_attempt = True
             try:
                 try:

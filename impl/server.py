@@ -100,6 +100,8 @@ from .stream import (
     ReplicationStream,
     StreamParams,
     StreamSession,
+    deserialize,
+    serialize,
 )
 from .tracker import StreamStatus
 from .transport import (
@@ -340,12 +342,7 @@ class PeeringServer:
     def handlers(self) -> list[Handler]:
         p, a = PEERING_METHODS, ADMIN_METHODS
         return [
-            StreamMethod(
-                METHOD_STREAM_RESOURCES,
-                self._stream_resources,
-                ReplicationMessage.FromString,
-                ReplicationMessage.SerializeToString,
-            ),
+            StreamMethod(METHOD_STREAM_RESOURCES, self._stream_resources, deserialize, serialize),
             _unary(METHOD_EXCHANGE_SECRET, peerstream_pb2.ExchangeSecretRequest,
                    self.exchange_secret),
             _unary(p["GenerateToken"], peering_pb2.GenerateTokenRequest, self.generate_token),

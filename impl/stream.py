@@ -71,10 +71,22 @@ __all__ = [
     "StreamEnv",
     "StreamParams",
     "StreamSession",
+    "deserialize",
+    "serialize",
 ]
 
 ReplicationMessage = peerstream_pb2.ReplicationMessage
 ReplicationStream = BidiStream[ReplicationMessage, ReplicationMessage]
+
+
+def serialize(message: ReplicationMessage) -> bytes:
+    """The stream's serializer (typed, unlike the generated ``SerializeToString``)."""
+    data: bytes = message.SerializeToString()
+    return data
+
+
+def deserialize(data: bytes) -> ReplicationMessage:
+    return ReplicationMessage.FromString(data)
 
 HEARTBEAT_INTERVAL: Final = 15.0  # seconds between Heartbeats sent (#13806)
 HEARTBEAT_TIMEOUT: Final = 120.0  # seconds without any message before giving up

@@ -35,7 +35,7 @@ from .store import (
     Service,
     StateStore,
 )
-from .stream import ReplicationMessage
+from .stream import ReplicationMessage, deserialize, serialize
 from .transport import BidiStream, MemoryCall, MemoryNetwork, Transport
 
 ClientStream = BidiStream[ReplicationMessage, ReplicationMessage]
@@ -237,9 +237,8 @@ def imported_instances(peer_name: str, count: int, service: str = "bulk",
 
 async def open_raw_stream(client: PeerkitClient) -> ClientStream:
     """A StreamResources call opened by hand (the test plays the dialer)."""
-    stream: ClientStream = client.channel.open_stream(
-        METHOD_STREAM_RESOURCES, ReplicationMessage.SerializeToString,
-        ReplicationMessage.FromString)
+    stream: ClientStream = client.channel.open_stream(METHOD_STREAM_RESOURCES, serialize,
+                                                      deserialize)
     await trio.lowlevel.checkpoint()
     return stream
 

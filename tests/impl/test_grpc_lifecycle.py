@@ -44,7 +44,7 @@ async def test_client_deletion(transport: GrpcTransport) -> None:
             row2 = dc2.row("dc1")
             assert row2 is not None
             p2 = await dc2.client.peering_read("dc1")
-            assert p2 is not None and p2.State == PeeringState.ACTIVE
+            assert p2 is not None and PeeringState(p2.State) is PeeringState.ACTIVE
             await dc2.client.peering_delete("dc1")
             term2 = dc2.server.leadership
             assert term2 is not None
@@ -53,7 +53,7 @@ async def test_client_deletion(transport: GrpcTransport) -> None:
             await until(dc1.store, lambda: dc1.imported("dc2") == []
                         and dc1.store.trust_bundle_read("dc2") is None)
             p1 = await dc1.client.peering_read("dc2")
-            assert p1 is not None and p1.State == PeeringState.TERMINATED
+            assert p1 is not None and PeeringState(p1.State) is PeeringState.TERMINATED
             assert await dc1.client.imported_services("dc2") == []
 
 
@@ -72,7 +72,7 @@ async def test_server_deletion(transport: GrpcTransport) -> None:
                         and dc2.store.trust_bundle_read("dc1") is None
                         and dc2.state("dc1") is PeeringState.TERMINATED)
             p2 = await dc2.client.peering_read("dc1")
-            assert p2 is not None and p2.State == PeeringState.TERMINATED
+            assert p2 is not None and PeeringState(p2.State) is PeeringState.TERMINATED
             await eventually(lambda: not dc2.connected("dc1"), dc2)
             status = await dc2.client.status()
             assert [s.Connected for s in status.Streams] == [False]

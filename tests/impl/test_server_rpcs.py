@@ -210,7 +210,7 @@ async def test_read_list_and_counts(autojump_clock: trio.testing.MockClock) -> N
         assert await dc1.client.peering_read("dc2") is None
         await peer(dc1, dc2)
         p1 = await dc1.client.peering_read("DC2")  # names are case-insensitive
-        assert p1 is not None and p1.State == PeeringState.ACTIVE
+        assert p1 is not None and PeeringState(p1.State) is PeeringState.ACTIVE
         assert (p1.ImportedServiceCount, p1.ExportedServiceCount) == (1, 2)
         p2 = await dc2.client.peering_read("dc1")
         assert p2 is not None and (p2.ImportedServiceCount, p2.ExportedServiceCount) == (2, 1)
@@ -234,7 +234,7 @@ async def test_read_list_and_counts(autojump_clock: trio.testing.MockClock) -> N
         memory_call(net).reset()
         await trio.testing.wait_all_tasks_blocked()
         p2 = await dc2.client.peering_read("dc1")
-        assert p2 is not None and p2.State == PeeringState.FAILING
+        assert p2 is not None and PeeringState(p2.State) is PeeringState.FAILING
 
 
 async def test_delete_rules(dc1: Cluster) -> None:
@@ -254,7 +254,7 @@ async def test_delete_rules(dc1: Cluster) -> None:
         row = dc1.row(name)
         assert row is not None and row.state is PeeringState.DELETING and row.deleted_at == NOW
         p = await dc1.client.peering_read(name)
-        assert p is not None and p.State == PeeringState.DELETING
+        assert p is not None and PeeringState(p.State) is PeeringState.DELETING
         assert from_timestamp(p.DeletedAt) == NOW
     marked = dc1.row("a")
     await dc1.client.peering_delete("a")  # already marked: no-op

@@ -27,6 +27,7 @@ from peerkit.impl.testing import (
     token_and_secret,
     until,
 )
+from peerkit.impl.tracker import StreamStatus
 from peerkit.impl.transport import MemoryNetwork, StatusCode, StreamFailed
 from peerkit.model.vocabulary import (
     ERR_ACTIVE_STREAM,
@@ -190,7 +191,7 @@ async def test_stream_tracker_steps(autojump_clock: trio.testing.MockClock, dc1:
     peer_id, stream = await handshake(dc1)
     tracker = dc1.server.leadership.tracker  # type: ignore[union-attr]
 
-    def status():  # type: ignore[no-untyped-def]
+    def status() -> StreamStatus:
         st = tracker.stream_status(peer_id)
         assert st is not None
         return st
@@ -315,7 +316,7 @@ async def test_initial_snapshot_and_updates(
     await dc1.client.export_service("api", "dc2")
     _peer_id, stream = await handshake(dc1)
     # at once: the trust bundle, then every exported service (by name), one Response each
-    responses = []
+    responses: list[RM.Response] = []
     while len(responses) < 3:
         msg = await stream.receive()
         if kind(msg) == "response":
