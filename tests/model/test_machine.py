@@ -4,8 +4,8 @@ transition, and that an action that is not enabled is refused and changes nothin
 from __future__ import annotations
 
 import pytest
-
-from peerkit.model import IllegalAction, PeeringModel, actions as A, get_config
+from peerkit.model import IllegalAction, PeeringModel, get_config
+from peerkit.model import actions as A
 from peerkit.model.state import (
     DELETING,
     DONE,

@@ -8,9 +8,9 @@ import itertools
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from peerkit.model import BUGS
 from peerkit.model.state import DONE, DRAINING, NEW, OPEN
+from peerkit.model.tables import EFFECTS as EFFECT_DOCS
 from peerkit.model.tables import (
     ENDPOINT,
     ENDPOINT_BUGS,
@@ -28,7 +28,6 @@ from peerkit.model.tables import (
     endpoint_table,
     lifecycle_table,
 )
-from peerkit.model.tables import EFFECTS as EFFECT_DOCS
 
 ALL_BUG_SETS = [frozenset(), *(frozenset({b}) for b in BUGS), frozenset(BUGS)]
 
