@@ -407,7 +407,10 @@ def _setup(args: argparse.Namespace) -> list[Tool]:
                           f"{musil.version} (frozen-dataclass states)", control=True))
     wanted = set(args.tools.split(",")) if args.tools else None
     if wanted is not None:
-        tools = [t for t in tools if t.name in wanted or t.kind in wanted]
+        unknown = wanted - {t.name for t in tools}
+        if unknown:
+            raise SystemExit(f"unknown tools {sorted(unknown)}; have {[t.name for t in tools]}")
+        tools = [t for t in tools if t.name in wanted]
     missing = [t for t in tools if t.skipped]
     if missing and not args.skip_missing:
         reasons = "; ".join(f"{t.name}: {t.skipped}" for t in missing)
@@ -516,8 +519,11 @@ def _ratio(tools: dict[str, Tool], a: str, b: str) -> dict[str, Any] | None:
     ]
     median_a = statistics.median(r["states_per_second"] for r in ta.runs)
     median_b = statistics.median(r["states_per_second"] for r in tb.runs)
+    cpu_a = statistics.median(r["cpu_states_per_second"] for r in ta.runs)
+    cpu_b = statistics.median(r["cpu_states_per_second"] for r in tb.runs)
     return {
         "of_medians": round(median_a / median_b, 3),
+        "of_cpu_time_medians": round(cpu_a / cpu_b, 3),
         "per_round_median": round(statistics.median(paired), 3),
         "per_round_min": round(min(paired), 3),
         "per_round_max": round(max(paired), 3),
@@ -535,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-missing", action="store_true",
                         help="report a tool that cannot be installed as skipped, not an error")
     parser.add_argument("--tools", default="",
-                        help="comma-separated subset: engine,bare,musil,minicheck (and controls)")
+                        help="comma-separated subset of the rows, e.g. engine,bare,minicheck")
     parser.add_argument("--no-controls", dest="controls", action="store_false",
                         help="do not run engine and bare under musil's interpreter as well")
     parser.add_argument("--musil-python", default=None,
@@ -580,7 +586,9 @@ def main(argv: list[str] | None = None) -> int:
         if r is None:
             return {"target": text, "met": None, "note": "not measured (tool skipped)"}
         return {"target": text, "met": r["of_medians"] >= threshold,
-                "ratio_of_medians": r["of_medians"]}
+                "ratio_of_medians": r["of_medians"],
+                "met_on_cpu_time": r["of_cpu_time_medians"] >= threshold,
+                "ratio_of_cpu_time_medians": r["of_cpu_time_medians"]}
 
     targets = {
         "engine faster than musil": target("engine/musil", 1.0, "engine/musil > 1"),
@@ -640,6 +648,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{'spread':>7} {'CPU st/s':>9} {'s median':>9} {'peak RSS':>9}  version")
     print(header)
     print("-" * len(header))
+    # states/s = states / wall seconds of the search call; "CPU st/s" uses process CPU time,
+    # which waiting for the CPU (another process on a 2-core machine) does not inflate
     for tool in tools:
         if tool.skipped:
             print(f"{tool.name:<16} skipped: {tool.skipped}")
@@ -655,10 +665,15 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for name, r in ratios.items():
         print(f"{name:<34} {r['of_medians']:.2f} (per round {r['per_round_min']:.2f}"
-              f"-{r['per_round_max']:.2f})")
+              f"-{r['per_round_max']:.2f}; on CPU time {r['of_cpu_time_medians']:.2f})")
     print()
     for name, t in targets.items():
-        status = "not measured" if t["met"] is None else ("met" if t["met"] else "NOT met")
+        if t["met"] is None:
+            status = "not measured"
+        else:
+            status = (f"{'met' if t['met'] else 'NOT met'} ({t['ratio_of_medians']:.2f}); "
+                      f"on CPU time {'met' if t['met_on_cpu_time'] else 'NOT met'} "
+                      f"({t['ratio_of_cpu_time_medians']:.2f})")
         print(f"target: {name:<34} {status}")
     print(f"\nwritten: {args.json}")
     return 0
