@@ -206,3 +206,28 @@ async def test_python_server_eof_before_cancel(autojump_clock: trio.testing.Mock
                     and dc1.imported("dc2") == [])
         await trio.testing.wait_all_tasks_blocked()
         assert call.server_outcome == OK and call.client_outcome == OK
+
+
+async def test_both_sides_delete_at_once(autojump_clock: trio.testing.MockClock,
+                                         caplog_info: pytest.LogCaptureFixture) -> None:
+    """Both operators delete: each side sends Terminated and drains past the other's; neither
+    row turns TERMINATED (a row marked for deletion stays marked) and both are removed."""
+    net = MemoryNetwork()
+    async with two_clusters(net) as (dc1, dc2):
+        await peer(dc1, dc2)
+        call = memory_call(net)
+        call.hold(C2S)
+        call.hold(S2C)
+        await dc1.client.peering_delete("dc2")
+        await dc2.client.peering_delete("dc1")
+        await trio.testing.wait_all_tasks_blocked()
+        assert TERMINATED_BYTES in call.in_flight(C2S) and TERMINATED_BYTES in call.in_flight(S2C)
+        call.release(C2S)
+        call.release(S2C)
+        await until(dc1.store, lambda: dc1.row("dc2") is None and dc1.imported("dc2") == [])
+        await until(dc2.store, lambda: dc2.row("dc1") is None and dc2.imported("dc1") == [])
+        await trio.testing.wait_all_tasks_blocked()
+        assert call.server_outcome == OK and call.client_outcome == OK
+        assert log_records(caplog_info, WARN_DRAIN_FAILED) == []
+        assert len(log_records(caplog_info, "local peering is already inactive; left as it is")
+                   ) == 0  # each side's handler had already returned when the other's arrived

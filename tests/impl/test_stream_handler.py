@@ -9,6 +9,7 @@ and heartbeats (#13806).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
@@ -39,6 +40,7 @@ from peerkit.model.vocabulary import (
     ERR_OPEN_NO_PEER_ID,
     ERR_PEERING_TERMINATED,
     ERR_UNKNOWN_PEER,
+    PeeringState,
 )
 from peerkit.proto import catalog_pb2, peering_pb2, peerstream_pb2, status_pb2
 from peerkit.proto.resources import (
@@ -444,3 +446,33 @@ async def test_heartbeats_keep_the_stream_alive(
         assert status.last_heartbeat == pytest.approx(trio.current_time(), abs=60)
         nursery.cancel_scope.cancel()
     stream.cancel()
+
+
+async def test_terminated_for_a_marked_row_leaves_it_marked(
+    autojump_clock: trio.testing.MockClock, dc1: Cluster, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """peerkit decision (model/tables.py): a Terminated that arrives while the local row is
+    already marked for deletion does not turn it TERMINATED: it stays DELETING."""
+    caplog.set_level(logging.INFO, logger="peerkit")
+    _peer_id, stream = await handshake(dc1)
+    term = dc1.server.leadership
+    assert term is not None
+    # hold back this term's sync pass so that our Terminated reaches an OPEN handler, and its
+    # deletion routine so that the marked row stays to be looked at
+    monkeypatch.setattr(term.sync, "sync_pass", lambda: dc1.store.table_index("peerings"))
+
+    async def never(ctx: object = None) -> None:
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(term.deletion.limiter, "wait", never)
+    dc1.store.peering_mark_deleted("dc2", "default", 1_750_000_000.0)
+    await stream.send(RM(terminated=RM.Terminated()))
+    await stream.close_send()
+    rest = [kind(m) async for m in stream]
+    assert "terminated" not in rest
+    assert (await stream.wait_finished()).ok
+    row = dc1.row("dc2")
+    assert row is not None and row.state is PeeringState.DELETING
+    assert any(r.getMessage() == "local peering is already inactive; left as it is"
+               for r in caplog.records)
