@@ -1,0 +1,116 @@
+"""The command line's contract: exit codes, the JSON report's keys, `peerkit bugs`, --trace-out,
+and clear errors for bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from peerkit.cli import main
+from peerkit.model import BUGS
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_bugs_lists_one_bug_per_line_name_first() -> None:
+    code, out, _ = run("bugs")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == list(BUGS)
+    for line in lines:
+        assert len(line.split(None, 1)[1]) > 20  # a description follows the name
+
+
+def test_check_passes_with_exit_0_and_json_keys() -> None:
+    code, out, _ = run("check", "--config", "ci", "--json", "--no-progress")
+    assert code == 0
+    report = json.loads(out)
+    for key in ("config", "bugs", "distinct_states", "transitions", "depth", "seconds",
+                "states_per_second", "properties"):
+        assert key in report, key
+    assert report["config"] == "ci" and report["bugs"] == []
+    assert report["complete"] is True and report["ok"] is True
+    assert all(p["verdict"] == "holds" for p in report["properties"])
+    assert "counterexample" not in report
+
+
+def test_check_with_a_bug_exits_1_with_a_counterexample(tmp_path: Path) -> None:
+    trace = tmp_path / "trace.md"
+    code, out, _ = run("check", "--bug", "termination-race", "--json", "--no-progress",
+                       "--trace-out", str(trace))
+    assert code == 1
+    report = json.loads(out)
+    assert report["bugs"] == ["termination-race"]
+    assert report["violated_property"] == "settled-is-clean"
+    steps = report["counterexample"]
+    assert [s["step"] for s in steps] == list(range(1, len(steps) + 1))
+    assert all("type" in s["action"] and s["description"] for s in steps)
+    verdicts = {p["id"]: p["verdict"] for p in report["properties"]}
+    assert verdicts["settled-is-clean"] == "violated"
+    text = trace.read_text()
+    assert "```mermaid" in text and "sequenceDiagram" in text and "participant dc1" in text
+
+
+def test_text_report_numbers_the_steps_and_names_the_property() -> None:
+    code, out, _ = run("check", "--bug", "dial-deleted", "--no-progress")
+    assert code == 1
+    assert "VIOLATED no-export-when-inactive" in out
+    assert "  1. " in out and "To replay it in Python" in out
+
+
+def test_printed_replay_program_runs_and_shows_the_violation(tmp_path: Path) -> None:
+    _, out, _ = run("check", "--bug", "dial-deleted", "--no-progress")
+    program = out.split("To replay it in Python:\n\n", 1)[1].split("\n\n", 1)[0]
+    source = "\n".join(line[4:] for line in program.splitlines())
+    script = tmp_path / "replay.py"
+    script.write_text(source)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          check=True)
+    assert "no-export-when-inactive" in done.stdout
+
+
+def test_raw_mermaid_when_the_file_ends_in_mmd(tmp_path: Path) -> None:
+    trace = tmp_path / "t.mmd"
+    run("check", "--bug", "stored-map", "--no-progress", "--trace-out", str(trace))
+    assert trace.read_text().startswith("sequenceDiagram")
+
+
+def test_a_cut_short_search_exits_3() -> None:
+    code, out, _ = run("check", "--config", "ci", "--max-states", "50", "--no-progress")
+    assert code == 3
+    assert "??" in out
+
+
+@pytest.mark.parametrize("argv", [
+    ["check", "--bug", "no-such-bug"],
+    ["check", "--config", "no-such-config"],
+    ["check", "--max-states", "-4"],
+    ["check", "--max-seconds", "zero"],
+    ["frobnicate"],
+])
+def test_bad_input_is_a_usage_error(argv: list[str]) -> None:
+    code, _, err = run(*argv)
+    assert code == 2
+    assert err  # argparse explains on stderr
+
+
+def test_configs_and_properties_are_listed() -> None:
+    code, out, _ = run("configs")
+    assert code == 0 and out.splitlines()[0].startswith("default")
+    code, out, _ = run("properties")
+    assert code == 0 and "settles" in out and "no-orphans" in out
+
+
+def test_console_script_is_installed() -> None:
+    done = subprocess.run([sys.executable, "-m", "peerkit", "bugs"], capture_output=True,
+                          text=True, check=True)
+    assert done.stdout.split()[0] == "stored-map"
