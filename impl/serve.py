@@ -120,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"peerkit serve: {exc}", file=sys.stderr)
         return 2
     _warn_bugs(bugs)
+    host = args.grpc_addr.rpartition(":")[0]
+    if args.advertise_addr is None and host in ("0.0.0.0", "::", "[::]"):
+        print(f"peerkit serve: note: tokens will advertise {args.grpc_addr!r}, which peers "
+              "cannot dial; pass --advertise-addr", file=sys.stderr)
     try:
         code: int = trio.run(_serve, args, bugs, restrict_keyboard_interrupt_to_checkpoints=True)
     except BaseException as exc:
