@@ -157,7 +157,8 @@ PHASES = (NEW, OPEN, DRAINING, DONE_PHASE)
 
 #: What each effect does. machine.py implements exactly these.
 EFFECTS: Mapping[str, str] = {
-    "accept": "register the stream in the tracker as connected and push the trust bundle",
+    "accept": "register the stream in the tracker as connected; the subscription manager "
+    "sends the trust bundle, the exported-service list and every exported service",
     "import": "apply the Response to the local catalog (refused for an inactive peering) and "
     "reply with an Ack, or a Nack if it was refused",
     "terminate": "TerminateByID on the local peering (ignored if it is already inactive), and "

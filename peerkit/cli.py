@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from . import specgen
 from .checker.engine import Bounds, Progress, check
 from .checker.report import format_counterexample, format_summary, format_verdicts, result_json
 from .model import BUGS, CONFIGS, PeeringModel, get_config
@@ -98,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("bugs", help="list the bug switches, one per line")
     sub.add_parser("configs", help="list the named configurations")
     sub.add_parser("properties", help="list the properties the checker decides")
+    specs = sub.add_parser("specs", help="regenerate specs/generated (tables and diagrams from "
+                           "the model), or --check that it is current")
+    specgen.add_arguments(specs)
 
     serve = sub.add_parser("serve", help="run one cluster's peering server (reference "
                            "implementation)")
@@ -277,6 +281,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
         return run_configs(out)
     if args.command == "properties":
         return run_properties(out)
+    if args.command == "specs":
+        return specgen.run(args, out)
     if getattr(args, "impl_missing", False):
         err.write(f"peerkit {args.command}: the reference implementation is not available\n")
         return EXIT_USAGE
