@@ -110,7 +110,7 @@ def test_configs_and_properties_are_listed() -> None:
     assert code == 0 and "settles" in out and "no-orphans" in out
 
 
-def test_console_script_is_installed() -> None:
+def test_console_script_is_installed(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "peerkit", "bugs"], capture_output=True,
-                          text=True, check=True)
+                          text=True, check=True, cwd=tmp_path)
     assert done.stdout.split()[0] == "stored-map"
