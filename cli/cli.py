@@ -122,11 +122,9 @@ def _add_impl_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def _impl_module(name: str) -> Any:
-    if name == "serve":
-        from .impl import serve as module
-    else:
-        from .impl import demo as module
-    return module
+    import importlib
+
+    return importlib.import_module(f"peerkit.impl.{name}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ Import rules: standard library and ``peerkit.model`` only.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 from . import actions as A
@@ -111,7 +111,7 @@ def _sorted_tuple(items: Sequence[Any]) -> tuple[Any, ...]:
 class PeeringModel:
     """The peering model for one configuration and one set of bug switches."""
 
-    def __init__(self, config: Config, bugs: frozenset[str] | set[str] | tuple[str, ...] = ()):
+    def __init__(self, config: Config, bugs: Collection[str] = ()) -> None:
         if not isinstance(config, Config):
             raise TypeError(f"config must be a Config, not {type(config).__name__}")
         self.config = config
