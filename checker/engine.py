@@ -299,6 +299,12 @@ class _Search(Generic[S, A]):
         max_depth = self.bounds.max_depth
         max_states = self.bounds.max_states if self.bounds.max_states is not None else -1
         clock_due = len(states) + _CLOCK_EVERY
+        # One comparison per new state covers both the state bound and the clock: `due` is
+        # whichever comes first, and the rare branch tells them apart.
+        due = clock_due if max_states < 0 else min(clock_due, max_states)
+        # With exactly one invariant (common in small models), call it directly rather than
+        # looping over a one-element list for every new state.
+        single_check = checks[0] if len(checks) == 1 else None
         transitions = 0
         cursor = 0
         depth = 0
@@ -319,19 +325,25 @@ class _Search(Generic[S, A]):
                             if nxt in seen:
                                 continue
                             nid = len(states)
-                            if nid == max_states:
-                                raise _Stop(f"state bound {max_states} reached")
+                            if nid >= due:
+                                if nid == max_states:
+                                    raise _Stop(f"state bound {max_states} reached")
+                                clock_due = nid + _CLOCK_EVERY
+                                due = clock_due if max_states < 0 else min(clock_due, max_states)
+                                self.transitions = transitions
+                                self._tick(sid + 1, depth + 1)
                             add_seen(nxt)
                             append_state(nxt)
                             append_parent(sid)
-                            for holds in checks:
-                                if not holds(nxt):
+                            if single_check is not None:
+                                if not single_check(nxt):
                                     self.transitions = transitions
                                     self._state_failed(nid)
-                            if nid >= clock_due:
-                                clock_due = nid + _CLOCK_EVERY
-                                self.transitions = transitions
-                                self._tick(sid + 1, depth + 1)
+                            else:
+                                for holds in checks:
+                                    if not holds(nxt):
+                                        self.transitions = transitions
+                                        self._state_failed(nid)
                     cursor = level_end
                     depth += 1
                     continue
@@ -347,19 +359,25 @@ class _Search(Generic[S, A]):
                             nid = known
                         else:
                             nid = len(states)
-                            if nid == max_states:
-                                raise _Stop(f"state bound {max_states} reached")
+                            if nid >= due:
+                                if nid == max_states:
+                                    raise _Stop(f"state bound {max_states} reached")
+                                clock_due = nid + _CLOCK_EVERY
+                                due = clock_due if max_states < 0 else min(clock_due, max_states)
+                                self.transitions = transitions
+                                self._tick(sid + 1, depth + 1)
                             index[nxt] = nid
                             append_state(nxt)
                             append_parent(sid)
-                            for holds in checks:
-                                if not holds(nxt):
+                            if single_check is not None:
+                                if not single_check(nxt):
                                     self.transitions = transitions
                                     self._state_failed(nid)
-                            if nid >= clock_due:
-                                clock_due = nid + _CLOCK_EVERY
-                                self.transitions = transitions
-                                self._tick(sid + 1, depth + 1)
+                            else:
+                                for holds in checks:
+                                    if not holds(nxt):
+                                        self.transitions = transitions
+                                        self._state_failed(nid)
                         for pid, tholds in tinvs:
                             if not tholds(state, action, concrete) and pid not in violated:
                                 self.transitions = transitions
