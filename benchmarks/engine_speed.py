@@ -671,9 +671,9 @@ def main(argv: list[str] | None = None) -> int:
         if t["met"] is None:
             status = "not measured"
         else:
-            status = (f"{'met' if t['met'] else 'NOT met'} ({t['ratio_of_medians']:.2f}); "
+            status = (f"{'met' if t['met'] else 'NOT met'} ({t['ratio_of_medians']:.3f}); "
                       f"on CPU time {'met' if t['met_on_cpu_time'] else 'NOT met'} "
-                      f"({t['ratio_of_cpu_time_medians']:.2f})")
+                      f"({t['ratio_of_cpu_time_medians']:.3f})")
         print(f"target: {name:<34} {status}")
     print(f"\nwritten: {args.json}")
     return 0
