@@ -5,6 +5,9 @@ TestLeader_Peering_DeferredDeletion) and §7.4
 (TestLeader_Peering_DialerReestablishesConnectionOnError, #13745). Real clock, servers on
 127.0.0.1 port 0, stopped inside each test. Waits are event-driven (store and tracker watches),
 bounded by a generous ``trio.fail_after``.
+
+May import: pytest, trio, peerkit.impl (store, testing, transport incl. grpc_bridge),
+peerkit.model.vocabulary.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+
 from peerkit.impl.store import CATALOG, PEERINGS, TRUST_BUNDLES, Change, Check, Node, Service
 from peerkit.impl.testing import (
     eventually,

@@ -4,6 +4,8 @@ Every test is parametrized: with the switch on it asserts the BUGGY outcome the 
 describes (peering-protocol.md, bug table), with it off the correct one. All of them run on the
 in-memory network in virtual time; the network's hold/reset controls make the races
 deterministic.
+
+May import: pytest, trio, peerkit.impl (codec, store, testing, transport), peerkit.model.vocabulary.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import pytest
 import trio
 import trio.testing
+
 from peerkit.impl.codec import METHOD_STREAM_RESOURCES
 from peerkit.impl.store import CATALOG, PEERINGS, TRUST_BUNDLES
 from peerkit.impl.testing import (

@@ -1,5 +1,8 @@
 """The leader routines under virtual time: the sync pass, the deferred-deletion routine, and
 stopping everything on leadership loss (the fix of #14344 / #17483).
+
+May import: pytest, trio, peerkit.impl (leader, logs, store, testing, transport),
+peerkit.model.vocabulary.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import logging
 import pytest
 import trio
 import trio.testing
+
 from peerkit.impl.leader import (
     MAX_BATCH_BYTES,
     AddressRing,

@@ -3,6 +3,8 @@ dir: a half-finished deletion continues after a restart.
 
 The serve tests run the real command in a subprocess (real gRPC on 127.0.0.1, port 0) and stop
 it with SIGTERM; the demo runs in-process. The restart test uses SQLite under virtual time.
+
+May import: pytest, trio, the standard library (subprocess), peerkit.impl, peerkit.model.vocabulary.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+
 from peerkit.impl import demo, serve
 from peerkit.impl.client import PeerkitClient
 from peerkit.impl.store import SqliteStore

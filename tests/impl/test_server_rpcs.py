@@ -1,6 +1,9 @@
 """PeeringService, ExchangeSecret and AdminService RPCs of one server: behaviour, input
 validation (InvalidArgument, nothing changes), leader-only writes, and the token format.
 In-memory network, virtual time.
+
+May import: pytest, trio, peerkit.impl (codec, server, store, testing, transport), peerkit.proto,
+peerkit.model.vocabulary.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import trio
 import trio.testing
+
 from peerkit.impl.codec import (
     PeeringToken,
     TokenError,

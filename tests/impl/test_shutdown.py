@@ -5,6 +5,9 @@ other side marks its row TERMINATED; the dialer half-closes and drains; the acce
 that half-close; both RPC ends see a clean end (status OK / EOF). The network's per-direction
 hold/release proves the order: while one direction is held, the side waiting on it is still
 draining.
+
+May import: pytest, trio, peerkit.impl (testing, transport), peerkit.proto,
+peerkit.model.vocabulary.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import pytest
 import trio
 import trio.testing
+
 from peerkit.impl.testing import (
     Pair,
     fields,

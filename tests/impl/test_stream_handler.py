@@ -5,6 +5,9 @@ Covers the first-message validation (status codes and messages, §5.3 adapted to
 TestStreamResources_Server_StreamTracker / _Terminate / processResponse validation (§7.3),
 replication pushes (initial snapshot, UPSERT/DELETE on changes, nothing from an inactive row),
 and heartbeats (#13806).
+
+May import: pytest, trio, peerkit.impl (server, testing, transport, tracker), peerkit.proto,
+peerkit.model.vocabulary.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 import trio.testing
+
 from peerkit.impl.testing import (
     ClientStream,
     Cluster,

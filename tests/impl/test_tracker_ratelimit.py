@@ -3,6 +3,8 @@
 
 The tracker tests port upstream's TestStreamTracker_EnsureConnectedDisconnected and
 TestStreamTracker_connectedStreams (peering-protocol.md §7.3) to peerkit's API.
+
+May import: pytest, trio and peerkit.impl.{tracker,ratelimit}, peerkit.model.vocabulary.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import itertools
 import pytest
 import trio
 import trio.testing
+
 from peerkit.impl.ratelimit import (
     DELETION_BURST,
     DELETION_RATE,
