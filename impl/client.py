@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from typing import TypeVar
 
 from google.protobuf.message import Message
+
 from peerkit.proto import admin_pb2, peering_pb2, peerstream_pb2
 
 from .codec import ADMIN_METHODS, METHOD_EXCHANGE_SECRET, PEERING_METHODS

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from google.protobuf import timestamp_pb2
 from google.protobuf.descriptor import FileDescriptor
+
 from peerkit.model.vocabulary import PeeringState
 from peerkit.proto import admin_pb2, catalog_pb2, peering_pb2, peerstream_pb2
 

@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
 
 import trio
+
 from peerkit.model.vocabulary import PeeringState
 from peerkit.proto import peering_pb2
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import trio
+
 from peerkit.model.tables import DIALER
 from peerkit.model.vocabulary import ERR_NOT_LEADER_ANYMORE, PeeringState
 from peerkit.proto import peering_pb2

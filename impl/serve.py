@@ -25,6 +25,7 @@ import sys
 from typing import Final
 
 import trio
+
 from peerkit.model.vocabulary import BUGS, validate_bugs
 
 from .logs import EventLog, configure_logging

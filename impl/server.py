@@ -44,6 +44,7 @@ from typing import Any, Final, TypeVar
 
 import trio
 from google.protobuf.message import Message
+
 from peerkit.model.tables import ACCEPTOR
 from peerkit.model.vocabulary import (
     ERR_FIRST_NOT_OPEN,

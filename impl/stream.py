@@ -38,6 +38,7 @@ from typing import Final
 
 import trio
 from google.protobuf import any_pb2
+
 from peerkit.model.tables import ACCEPTOR, DIALER
 from peerkit.model.vocabulary import ERR_HEARTBEAT_TIMEOUT, WARN_DRAIN_FAILED
 from peerkit.proto import peering_pb2, peerstream_pb2, status_pb2

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
+
 from peerkit.model.vocabulary import PeeringState
 
 from .client import PeerkitClient

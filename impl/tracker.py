@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import trio
+
 from peerkit.model.vocabulary import ERR_ACTIVE_STREAM
 
 __all__ = ["DuplicateStreamError", "StreamStatus", "StreamTracker"]
