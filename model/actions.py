@@ -214,7 +214,8 @@ class DeleteRow(NamedTuple):
 
 @_action(PROTOCOL)
 class Spin(NamedTuple):
-    """A deletion routine left running on a deposed leader loops without doing anything."""
+    """A deletion routine left running on a deposed leader loops without doing anything (and
+    returns once no inactive peering has deletion work left)."""
 
     cluster: int
 

@@ -536,7 +536,11 @@ class PeeringModel:
     def _do_Failover(self, w: World, a: A.Failover) -> World:
         c = a.cluster
         cl = w.clusters[c]
-        zombies = cl.zombies + (1 if self.deletion_no_stop_bug else 0)
+        # With the bug, a deletion routine that was busy (some inactive peering still had work)
+        # neither is stopped nor checks its cancelled context: it keeps looping on the deposed
+        # leader. One that was blocked on its watch returns when the watch fails.
+        busy = self.deletion_no_stop_bug and self._has_deletion_work(cl)
+        zombies = cl.zombies + (1 if busy else 0)
         cl = cl._replace(term=cl.term + 1, tracker=(), sync_due=True, snapshot=None,
                          dialing=(), zombies=zombies)
         w = self._set_cluster(w, c, cl)
@@ -631,7 +635,20 @@ class PeeringModel:
         return self._set_row_state(w, a.cluster, row, nxt)
 
     def _do_Spin(self, w: World, a: A.Spin) -> World:
-        return w  # the deposed leader's deletion loop spins: nothing changes, forever
+        """The deposed leader's deletion loop goes round once. While there is deletion work it
+        changes nothing (its rate-limiter wait fails at once); once the list of inactive
+        peerings with work is empty, it blocks on its watch, which fails, and it returns."""
+        cl = w.clusters[a.cluster]
+        if self._has_deletion_work(cl):
+            return w
+        return self._set_cluster(w, a.cluster, cl._replace(zombies=cl.zombies - 1))
+
+    def _has_deletion_work(self, cl: Cluster) -> bool:
+        for row in cl.rows:
+            if not row.active and (cl.imports_from(row.peer) is not None
+                                   or row.state == DELETING):
+                return True
+        return False
 
     @staticmethod
     def _with_import(cl: Cluster, imp: Imported) -> Cluster:
@@ -689,8 +706,13 @@ class PeeringModel:
     def _initial_snapshot(self, w: World, st: Stream, side: str) -> Stream:
         """A handler starts: its subscription manager sends at once the trust bundle, the list of
         exported services, and every exported service (one Response each)."""
-        c, _gen, peer = self._side(st, side)
+        c, gen, peer = self._side(st, side)
         cl = w.clusters[c]
+        row = cl.row_by_gen(gen)
+        if row is None or not row.active:
+            # only reachable with the bug dial-deleted: an inactive peering exports nothing,
+            # but the trust bundle goes out with every new stream
+            return self._publish(w, st, side, (ROOTS,))
         exported = [s for s in self.config.services if self.export_view(cl, peer, s)]
         return self._publish(w, st, side, (ROOTS, SERVICE_LIST, *exported))
 

@@ -91,7 +91,7 @@ def describe_action(action: object) -> str:
     if isinstance(action, A.DeleteRow):
         return f"{n(action.cluster)}: deletion routine deletes the row for {n(action.peer)}"
     if isinstance(action, A.Spin):
-        return f"{n(action.cluster)}: the deposed leader's deletion loop spins"
+        return f"{n(action.cluster)}: the deposed leader's deletion loop goes round"
     return repr(action)
 
 

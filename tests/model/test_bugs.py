@@ -5,6 +5,7 @@ switched on, the `ci` configuration passes completely."""
 from __future__ import annotations
 
 import pytest
+
 from peerkit.checker.engine import check, replay
 from peerkit.model import BUGS, PeeringModel, get_config
 from peerkit.model.vocabulary import (
@@ -21,7 +22,7 @@ EXPECTED = {
     "termination-race": (SETTLED_IS_CLEAN, 9),
     "terminated-undeletable": (SETTLED_IS_CLEAN, 13),
     "no-reconnect": (SETTLED_IS_CLEAN, 3),
-    "deletion-no-stop": (ROUTINES_ONLY_ON_LEADER, 1),
+    "deletion-no-stop": (ROUTINES_ONLY_ON_LEADER, 2),
     "dial-deleted": (NO_EXPORT_WHEN_INACTIVE, 5),
 }
 

@@ -4,6 +4,7 @@ transition, and that an action that is not enabled is refused and changes nothin
 from __future__ import annotations
 
 import pytest
+
 from peerkit.model import IllegalAction, PeeringModel, get_config
 from peerkit.model import actions as A
 from peerkit.model.state import (
@@ -231,10 +232,15 @@ def test_failover_loses_leader_memory_but_keeps_the_store() -> None:
 
 def test_deletion_no_stop_leaves_a_zombie_routine() -> None:
     m = model(ESTABLISHED, {"deletion-no-stop"})
-    w = run(m, m.initial(), A.Failover(0))
-    assert w.clusters[0].zombies == 1
+    idle = run(m, m.initial(), A.Failover(0))
+    assert idle.clusters[0].zombies == 0  # a routine blocked on its watch does return
+    w = run(m, m.initial(), A.Delete(0, 1), A.Failover(0))
+    assert w.clusters[0].zombies == 1  # a busy one keeps looping on the deposed leader
     assert A.Spin(0) in m.enabled(w)
     assert m.step(w, A.Spin(0)) == w
+    w = drive(m, w, avoid=(A.Spin, A.Dial))  # the new leader finishes the deletion
+    assert w.clusters[0].zombies == 1 and w.clusters[0].rows == ()
+    assert m.step(w, A.Spin(0)).clusters[0].zombies == 0  # then the zombie's watch fails
 
 
 def test_stored_map_bug_tears_down_the_accepted_stream() -> None:

@@ -7,6 +7,7 @@ from collections import deque
 from typing import Any
 
 import pytest
+
 from peerkit.checker.engine import check
 from peerkit.model import PeeringModel, get_config
 from peerkit.model import actions as A

@@ -8,6 +8,7 @@ import itertools
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from peerkit.model import BUGS
 from peerkit.model.state import DONE, DRAINING, NEW, OPEN
 from peerkit.model.tables import EFFECTS as EFFECT_DOCS

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+
 from peerkit.model import PeeringModel, get_config
 from peerkit.model import actions as A
 from peerkit.model.properties import unsettled_reason
