@@ -14,6 +14,7 @@ from itertools import pairwise
 from typing import Any
 
 import pytest
+
 from peerkit.checker.api import (
     Invariant,
     Liveness,

@@ -16,6 +16,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from peerkit.checker.api import Invariant, Liveness, StepModel, TransitionInvariant
 from peerkit.checker.engine import Bounds, Counterexample, Result, check, replay
 
