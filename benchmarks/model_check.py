@@ -24,7 +24,7 @@ from peerkit.checker.engine import check
 from peerkit.model import BUGS, PeeringModel, get_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine_info import machine_info  # noqa: E402
+from machine_info import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results" / "model_check.json"
 

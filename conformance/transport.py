@@ -22,6 +22,7 @@ from typing import Any, Final, TypeVar
 
 import trio
 import trio.testing
+
 from peerkit.impl.transport.base import (
     AbortStream,
     AddressInUseError,

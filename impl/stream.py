@@ -43,9 +43,11 @@ from peerkit.model.tables import ACCEPTOR, DIALER
 from peerkit.model.vocabulary import ERR_HEARTBEAT_TIMEOUT, WARN_DRAIN_FAILED
 from peerkit.proto import peering_pb2, peerstream_pb2, status_pb2
 from peerkit.proto.resources import (
+    EXPORTED_SERVICE_LIST_RESOURCE_ID,
     RESOURCE_TYPE_URLS,
     TRUST_BUNDLE_RESOURCE_ID,
     TYPE_URL_EXPORTED_SERVICE,
+    TYPE_URL_EXPORTED_SERVICE_LIST,
     TYPE_URL_PEERING_TRUST_BUNDLE,
 )
 
@@ -301,8 +303,10 @@ class StreamSession:
         done: trio.Event,
     ) -> Ending:
         self._last_received = trio.current_time()
-        # The subscription manager pushes the trust bundle and the exported services at once.
+        # The subscription manager pushes at once the trust bundle, the list of exported
+        # services (so the peer drops what it kept from an earlier stream) and each service.
         await self._send_trust_bundle()
+        await self._send_service_list()
         await self._publish()
         for url in RESOURCE_TYPE_URLS:
             await self._send(
@@ -466,7 +470,8 @@ class StreamSession:
 
     def _apply_response(self, resp: ReplicationMessage.Response) -> _Reply:
         url, rid = resp.ResourceURL, resp.ResourceID
-        if url not in (TYPE_URL_EXPORTED_SERVICE, TYPE_URL_PEERING_TRUST_BUNDLE):
+        if url not in (TYPE_URL_EXPORTED_SERVICE, TYPE_URL_PEERING_TRUST_BUNDLE,
+                       TYPE_URL_EXPORTED_SERVICE_LIST):
             msg = f"received response for unknown resource type {_go_quote(url)}"
             return _Reply(StatusCode.INVALID_ARGUMENT.value, msg, msg)
         op = resp.operation
@@ -505,6 +510,15 @@ class StreamSession:
                 store.import_service_nodes(peer, partition, rid, instances)
             else:
                 store.import_delete_service(peer, partition, rid)
+            return
+        if url == TYPE_URL_EXPORTED_SERVICE_LIST:
+            listed = peerstream_pb2.ExportedServiceList()
+            if not resource.Unpack(listed):
+                raise ValueError(f"unexpected payload type {resource.type_url}")
+            keep = set(listed.Services)
+            for service in store.imported_service_names(peer, partition):
+                if service not in keep:
+                    store.import_delete_service(peer, partition, service)
             return
         bundle = peering_pb2.PeeringTrustBundle()
         if not resource.Unpack(bundle):
@@ -549,6 +563,26 @@ class StreamSession:
                 )
             ),
             "trust bundle",
+        )
+
+    async def _send_service_list(self) -> None:
+        current = self._current_exports()
+        if current is None:
+            return  # an inactive peering exports nothing
+        payload = any_pb2.Any()
+        payload.Pack(peerstream_pb2.ExportedServiceList(Services=sorted(current)))
+        await self._send(
+            ReplicationMessage(
+                response=ReplicationMessage.Response(
+                    Nonce=self._next_nonce(),
+                    ResourceURL=TYPE_URL_EXPORTED_SERVICE_LIST,
+                    ResourceID=EXPORTED_SERVICE_LIST_RESOURCE_ID,
+                    Resource=payload,
+                    operation=OP_UPSERT,
+                )
+            ),
+            "exported-service list",
+            services=sorted(current),
         )
 
     def _current_exports(self) -> dict[str, tuple[CheckServiceNode, ...]] | None:

@@ -21,6 +21,16 @@ TYPE_URL_EXPORTED_SERVICE = (
     "type.googleapis.com/hashicorp.consul.internal.peerstream.ExportedService"
 )
 
+#: The names of every service exported to the peer, sent when a stream starts (UPSERT with a
+#: ``hashicorp.consul.internal.peerstream.ExportedServiceList`` payload) so that the importer can
+#: drop services it still holds from an earlier stream (specs/findings.md, F4).
+TYPE_URL_EXPORTED_SERVICE_LIST = (
+    "type.googleapis.com/hashicorp.consul.internal.peerstream.ExportedServiceList"
+)
+
+#: ResourceID of the exported-service list: there is one list per stream direction.
+EXPORTED_SERVICE_LIST_RESOURCE_ID = "exported-services"
+
 #: The exporter's CA roots. The payload is a
 #: ``hashicorp.consul.internal.peering.PeeringTrustBundle`` carrying TrustDomain and RootPEMs;
 #: the importer fills in its own PeerName and Partition.

@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import trio
+
 from peerkit.model.vocabulary import (
     ERR_CREATE_MARKED,
     ERR_DELETE_UNMARKED,

@@ -22,6 +22,7 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from peerkit.impl.store import (
     DB_FILENAME,
     Change,

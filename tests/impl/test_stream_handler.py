@@ -50,6 +50,7 @@ from peerkit.proto import catalog_pb2, peering_pb2, peerstream_pb2, status_pb2
 from peerkit.proto.resources import (
     TRUST_BUNDLE_RESOURCE_ID,
     TYPE_URL_EXPORTED_SERVICE,
+    TYPE_URL_EXPORTED_SERVICE_LIST,
     TYPE_URL_PEERING_TRUST_BUNDLE,
 )
 
@@ -321,22 +322,26 @@ async def test_initial_snapshot_and_updates(
     await dc1.client.export_service("web", "dc2")
     await dc1.client.export_service("api", "dc2")
     _peer_id, stream = await handshake(dc1)
-    # at once: the trust bundle, then every exported service (by name), one Response each
+    # at once: the trust bundle, the exported-service list, then every exported service (by
+    # name), one Response each
     responses: list[RM.Response] = []
-    while len(responses) < 3:
+    while len(responses) < 4:
         msg = await stream.receive()
         if kind(msg) == "response":
             responses.append(msg.response)
     assert [(r.ResourceURL, r.ResourceID) for r in responses] == [
         (TYPE_URL_PEERING_TRUST_BUNDLE, "roots"),
+        (TYPE_URL_EXPORTED_SERVICE_LIST, "exported-services"),
         (TYPE_URL_EXPORTED_SERVICE, "api"),
         (TYPE_URL_EXPORTED_SERVICE, "web"),
     ]
-    assert [r.Nonce for r in responses] == ["00000001", "00000002", "00000003"]
+    assert [r.Nonce for r in responses] == ["00000001", "00000002", "00000003", "00000004"]
     bundle = peering_pb2.PeeringTrustBundle()
     assert responses[0].Resource.Unpack(bundle) and bundle.TrustDomain == "dc1.peerkit.local"
+    listed = peerstream_pb2.ExportedServiceList()
+    assert responses[1].Resource.Unpack(listed) and list(listed.Services) == ["api", "web"]
     api = peerstream_pb2.ExportedService()
-    assert responses[1].Resource.Unpack(api)
+    assert responses[2].Resource.Unpack(api)
     assert [(n.Node.Name, n.Service.ID, n.Service.Port) for n in api.Nodes] == [("n1", "api", 80)]
     assert [c.CheckID for c in api.Nodes[0].Checks] == ["service:api"]
 

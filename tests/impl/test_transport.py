@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+
 from peerkit.conformance.transport import ALL_CHECKS, TransportTarget
 from peerkit.impl.transport import (
     AbortStream,
