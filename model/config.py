@@ -136,7 +136,7 @@ CONFIGS: dict[str, Config] = {
             failovers=0,
             deletes=1,
             start="empty",
-            description="from no peering: 1 service, 1 delete, no faults; about 10,000 "
+            description="from no peering: 1 service, 1 delete, no faults; a few thousand "
             "states, for tests",
         ),
     )

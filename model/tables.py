@@ -20,7 +20,8 @@ buggy protocol is visibly the fixed one with a few rows changed. Bugs that live 
 routine rather than in a table (stored-map, deletion-no-stop) are described in `ROUTINE_BUGS` and
 implemented in machine.py.
 
-The diagrams in specs/ are generated from these tables (``python -m peerkit.model.diagrams``).
+The tables and diagrams in specs/generated/ are built from these tables (model/diagrams.py) by
+``peerkit specs``; a test fails when the committed ones are stale.
 
 Import rules: standard library and ``peerkit.model`` only.
 """
