@@ -58,9 +58,12 @@ class Bounds:
                                       or value < 0):
                 raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
         if self.max_seconds is not None and not (
-            isinstance(self.max_seconds, (int, float)) and self.max_seconds > 0
+            isinstance(self.max_seconds, (int, float)) and not isinstance(self.max_seconds, bool)
+            and self.max_seconds > 0
         ):
             raise ValueError(f"max_seconds must be positive or None, got {self.max_seconds!r}")
+        if not isinstance(self.stop_at_first, bool):
+            raise ValueError(f"stop_at_first must be a bool, got {self.stop_at_first!r}")
 
 
 @dataclass(frozen=True)
@@ -272,12 +275,13 @@ class _Search(Generic[S, A]):
                 self._record(inv.id, "invariant", sid, None, note)
 
     def _record(self, pid: str, kind: Kind, sid: int, extra: tuple[A, S] | None,
-                note: str, loop: tuple[Step[S, A], ...] = ()) -> None:
+                note: str, loop: tuple[Step[S, A], ...] = (),
+                breaks: Callable[[S, A, S], bool] | None = None) -> None:
         initial, steps = self._path_to(sid)
         if extra is not None:
             action, _ = extra
             last = steps[-1].state if steps else initial
-            steps = (*steps, self._concrete_step(last, action, extra[1]))
+            steps = (*steps, self._concrete_step(last, action, extra[1], breaks))
         self.violated[pid] = Counterexample(pid, kind, initial, steps, note, loop)
         if self.bounds.stop_at_first:
             raise _Stop(f"property {pid} is violated")
@@ -394,7 +398,8 @@ class _Search(Generic[S, A]):
     def _transition_violation(self, pid: str, sid: int, action: A, nxt: S) -> None:
         tinv = next(t for t in self.transition_invariants if t.id == pid)
         note = tinv.explain(self.states[sid], action, nxt) if tinv.explain else ""
-        self._record(pid, "transition", sid, (action, nxt), note)
+        self._record(pid, "transition", sid, (action, nxt), note,
+                     breaks=lambda s, a, t: not tinv.holds(s, a, t))
 
     def _tick(self, cursor: int, depth: int) -> None:
         now = time.perf_counter()
@@ -447,15 +452,27 @@ class _Search(Generic[S, A]):
                 raise AssertionError("successors are not deterministic: an explored edge vanished")
         return tuple(steps)
 
-    def _concrete_step(self, current: S, action: A, canonical_next: S) -> Step[S, A]:
-        for candidate, nxt in self.model.successors(current):
-            if candidate == action and self._canonical(nxt) == self._canonical(canonical_next):
-                return Step(candidate, nxt)
-        # with a reduction the concrete state may enable a symmetric action instead
-        for candidate, nxt in self.model.successors(current):
-            if self._canonical(nxt) == self._canonical(canonical_next):
-                return Step(candidate, nxt)
-        raise AssertionError("successors are not deterministic: an explored edge vanished")
+    def _concrete_step(self, current: S, action: A, canonical_next: S,
+                       breaks: Callable[[S, A, S], bool] | None = None) -> Step[S, A]:
+        """The last step of a transition counterexample, taken from the concrete state.
+
+        Without a reduction this is the explored edge itself. With one, the concrete state may
+        reach the same canonical successor by several (symmetric) steps; we take one that
+        breaks the property (`breaks`), preferring the explored action, so the printed step is
+        a real violation and not merely its mirror image.
+        """
+        target = self._canonical(canonical_next)
+        matching = [(candidate, nxt) for candidate, nxt in self.model.successors(current)
+                    if self._canonical(nxt) == target]
+        if not matching:
+            raise AssertionError("successors are not deterministic: an explored edge vanished")
+        matching.sort(key=lambda pair: pair[0] != action)  # the explored action first
+        if breaks is not None:
+            for candidate, nxt in matching:
+                if breaks(current, candidate, nxt):
+                    return Step(candidate, nxt)
+        candidate, nxt = matching[0]
+        return Step(candidate, nxt)
 
     # -- liveness --------------------------------------------------------------------------
     def _decide_liveness(self) -> None:
