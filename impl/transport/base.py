@@ -251,6 +251,11 @@ class BidiStream(ABC, Generic[SendT, RecvT]):
     side: Side
     method: str
 
+    def __init__(self) -> None:
+        # The ending as known at this end: set once, by `_set_ending`, never changed after.
+        self._ending: Outcome | None = None
+        self._finished = trio.Event()
+
     @abstractmethod
     async def send(self, message: SendT) -> None:
         """Send one message. Raises ClosedForSending, EndOfStream, StreamCancelled, StreamFailed."""
@@ -268,13 +273,21 @@ class BidiStream(ABC, Generic[SendT, RecvT]):
         """Cancel the RPC from this end (idempotent; no-op once the ending is known here)."""
 
     @property
-    @abstractmethod
     def outcome(self) -> Outcome | None:
         """The ending known at this end, or None while the RPC is still running here."""
+        return self._ending
 
-    @abstractmethod
+    def _set_ending(self, outcome: Outcome) -> None:
+        """Record the ending (the first one wins) and wake `wait_finished`."""
+        if self._ending is None:
+            self._ending = outcome
+            self._finished.set()
+
     async def wait_finished(self) -> Outcome:
         """Wait until the ending is known at this end, and return it."""
+        await self._finished.wait()
+        assert self._ending is not None
+        return self._ending
 
     async def aclose(self) -> None:
         """``cancel()`` if the RPC has not ended here, then checkpoint. Idempotent."""

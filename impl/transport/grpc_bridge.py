@@ -250,8 +250,7 @@ class GrpcServerStream(BidiStream[SendT, RecvT]):
         self._done = done
         self._serializer: Callable[[SendT], bytes] = entry.response_serializer
         self._deserializer: Callable[[bytes], RecvT] = entry.request_deserializer
-        self._ending: Outcome | None = None
-        self._finished = trio.Event()
+        super().__init__()
         self._inbound_eof = False
         self._send_closed = False
         self._receiving = False
@@ -261,20 +260,6 @@ class GrpcServerStream(BidiStream[SendT, RecvT]):
 
     def __repr__(self) -> str:
         return f"<GrpcServerStream {self.method} outcome={self._ending}>"
-
-    @property
-    def outcome(self) -> Outcome | None:
-        return self._ending
-
-    def _set_ending(self, outcome: Outcome) -> None:
-        if self._ending is None:
-            self._ending = outcome
-            self._finished.set()
-
-    async def wait_finished(self) -> Outcome:
-        await self._finished.wait()
-        assert self._ending is not None
-        return self._ending
 
     # trio thread, posted by the loop thread
     def _rpc_cancelled(self) -> None:
@@ -608,8 +593,7 @@ class GrpcClientStream(BidiStream[SendT, RecvT]):
         self._lt = lt
         self._serializer = serializer
         self._deserializer = deserializer
-        self._ending: Outcome | None = None
-        self._finished = trio.Event()
+        super().__init__()
         self._cancelled_locally = False
         self._send_closed = False
         self._receiving = False
@@ -622,20 +606,6 @@ class GrpcClientStream(BidiStream[SendT, RecvT]):
 
     def __repr__(self) -> str:
         return f"<GrpcClientStream {self.method} outcome={self._ending}>"
-
-    @property
-    def outcome(self) -> Outcome | None:
-        return self._ending
-
-    def _set_ending(self, outcome: Outcome) -> None:
-        if self._ending is None:
-            self._ending = outcome
-            self._finished.set()
-
-    async def wait_finished(self) -> Outcome:
-        await self._finished.wait()
-        assert self._ending is not None
-        return self._ending
 
     # ---- loop thread --------------------------------------------------------------------
 

@@ -428,28 +428,13 @@ class MemoryStream(BidiStream[SendT, RecvT]):
         self.method = call.method
         self._serializer = serializer
         self._deserializer = deserializer
-        self._ending: Outcome | None = None
-        self._finished = trio.Event()
+        super().__init__()
         self._send_closed = False
         self._receiving = False
         self._sending = False
 
     def __repr__(self) -> str:
         return f"<MemoryStream {self.side} end of call #{self.call.id} {self.method}>"
-
-    @property
-    def outcome(self) -> Outcome | None:
-        return self._ending
-
-    def _set_ending(self, outcome: Outcome) -> None:
-        if self._ending is None:
-            self._ending = outcome
-            self._finished.set()
-
-    async def wait_finished(self) -> Outcome:
-        await self._finished.wait()
-        assert self._ending is not None
-        return self._ending
 
     def _inbound(self) -> Direction:
         if self.side == "client":
