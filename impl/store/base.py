@@ -709,15 +709,20 @@ class StateStore:
             nodes = tx.scan(Node, prefix)
             services = tx.scan(Service, prefix)
             checks = tx.scan(Check, prefix)
+        # group once by node (a per-node filter over all services would be quadratic)
+        by_node_services: dict[str, list[Service]] = {}
+        for service in services:
+            by_node_services.setdefault(service.node, []).append(service)
+        by_node_checks: dict[str, list[Check]] = {}
+        for check in checks:
+            by_node_checks.setdefault(check.node, []).append(check)
         out: list[NodeInfo] = []
         for node in sorted(nodes, key=key_of):
             out.append(
                 NodeInfo(
                     node=node,
-                    services=tuple(
-                        sorted((s for s in services if s.node == node.name), key=key_of)
-                    ),
-                    checks=tuple(sorted((c for c in checks if c.node == node.name), key=key_of)),
+                    services=tuple(sorted(by_node_services.get(node.name, ()), key=key_of)),
+                    checks=tuple(sorted(by_node_checks.get(node.name, ()), key=key_of)),
                 )
             )
         return out

@@ -1,9 +1,14 @@
 """The in-memory backend: dicts of immutable rows, with an undo log so a failed transaction leaves
 no trace. ``MemoryStore()`` is a ``StateStore`` over it.
+
+Each table also keeps its keys in sorted order, so a prefix scan (all services of one node, all
+nodes of one peer) is a binary search plus the matching rows, not a pass over the whole table:
+deleting 10,000 imported nodes scans twice per node, which was quadratic without it.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -22,8 +27,10 @@ def _table(tables: dict[str, _Table], name: str) -> _Table:
 class _MemoryTxn(BackendTxn):
     """Writes go straight into the tables; every overwritten or removed row is logged first."""
 
-    def __init__(self, tables: dict[str, _Table], *, write: bool) -> None:
+    def __init__(self, tables: dict[str, _Table], keys: dict[str, list[Key]], *,
+                 write: bool) -> None:
         self._tables = tables
+        self._keys = keys  # per table, every key in sorted order
         self._write = write
         self._undo: list[tuple[str, Key, Row | None]] = []
 
@@ -33,7 +40,10 @@ class _MemoryTxn(BackendTxn):
     def put(self, table: str, key: Key, row: Row) -> None:
         self._check_write()
         rows = _table(self._tables, table)
-        self._undo.append((table, key, rows.get(key)))
+        old = rows.get(key)
+        self._undo.append((table, key, old))
+        if old is None:
+            bisect.insort(self._keys[table], key)
         rows[key] = row
 
     def delete(self, table: str, key: Key) -> bool:
@@ -42,23 +52,38 @@ class _MemoryTxn(BackendTxn):
         if key not in rows:
             return False
         self._undo.append((table, key, rows.pop(key)))
+        self._drop_key(table, key)
         return True
 
     def scan(self, table: str, prefix: Key = ()) -> list[Row]:
         rows = _table(self._tables, table)
         if not prefix:
             return list(rows.values())
+        keys = self._keys[table]
         n = len(prefix)
-        return [row for key, row in rows.items() if key[:n] == prefix]
+        out = []
+        for i in range(bisect.bisect_left(keys, prefix), len(keys)):
+            key = keys[i]
+            if key[:n] != prefix:
+                break
+            out.append(rows[key])
+        return out
 
     def rollback(self) -> None:
         for table, key, old in reversed(self._undo):
             rows = self._tables[table]
             if old is None:
-                rows.pop(key, None)
+                if rows.pop(key, None) is not None:
+                    self._drop_key(table, key)
             else:
+                if key not in rows:
+                    bisect.insort(self._keys[table], key)
                 rows[key] = old
         self._undo.clear()
+
+    def _drop_key(self, table: str, key: Key) -> None:
+        keys = self._keys[table]
+        del keys[bisect.bisect_left(keys, key)]
 
     def _check_write(self) -> None:
         if not self._write:
@@ -70,13 +95,14 @@ class MemoryBackend(Backend):
 
     def __init__(self) -> None:
         self._tables: dict[str, _Table] = {name: {} for name in TABLES}
+        self._keys: dict[str, list[Key]] = {name: [] for name in TABLES}
         self._closed = False
 
     @contextmanager
     def transaction(self, *, write: bool) -> Iterator[BackendTxn]:
         if self._closed:
             raise RuntimeError("the memory backend is closed")
-        txn = _MemoryTxn(self._tables, write=write)
+        txn = _MemoryTxn(self._tables, self._keys, write=write)
         try:
             yield txn
         except BaseException:
