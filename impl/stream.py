@@ -591,12 +591,9 @@ class StreamSession:
         row = store.peering_read_by_id(self.params.local_id)
         if row is None or not row.is_active():
             return None
-        out: dict[str, tuple[CheckServiceNode, ...]] = {}
-        for service in store.exported_services_for_peer(row.name, partition=row.partition):
-            instances = tuple(store.local_service_instances(service, partition=row.partition))
-            if instances:
-                out[service] = instances
-        return out
+        exported = store.exported_services_for_peer(row.name, partition=row.partition)
+        found = store.local_instances_by_service(exported, partition=row.partition)
+        return {service: tuple(instances) for service, instances in found.items() if instances}
 
     async def _publish(self) -> None:
         current = self._current_exports()

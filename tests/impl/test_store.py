@@ -495,6 +495,21 @@ def test_local_catalog(store: StateStore) -> None:
     assert store.dump() == dump
 
 
+def test_local_instances_by_service_answers_many_services_in_one_call(store: StateStore) -> None:
+    for i, name in enumerate(["web", "web", "db", "cache"]):
+        node = Node(name=f"n{i}", address=f"10.0.0.{i}")
+        store.register_service(node, Service(id=f"{name}-{i}", name=name, node=node.name),
+                               [Check(check_id=f"{name}-{i}:ok", service_id=f"{name}-{i}",
+                                      node=node.name)])
+    found = store.local_instances_by_service(["web", "db", "missing"])
+    assert sorted(found) == ["db", "web"]  # services without instances are left out
+    assert [i.service.id for i in found["web"]] == ["web-0", "web-1"]
+    for name in ("web", "db"):  # the same answer as one call per service
+        assert found[name] == store.local_service_instances(name)
+    with pytest.raises(ValueError):
+        store.local_instances_by_service(["web", ""])
+
+
 def test_local_catalog_validation(store: StateStore) -> None:
     node = Node(name="n1")
     svc = Service(id="s", name="s", node="n1")
