@@ -34,8 +34,9 @@ printed next to what was measured.
    echo handler), so the ratio can be split into bridge cost and protocol cost. The peerkit row
    runs on MemoryStore; a second peerkit row runs both clusters on SqliteStore (what
    ``peerkit serve`` uses). Alongside, the store reads an exporter's stream end makes before
-   each publish (``exported_services_for_peer`` + ``local_service_instances`` per service, as
-   ``StreamSession._current_exports`` does), timed alone with K services exported.
+   each publish (``exported_services_for_peer``, then one ``local_instances_by_service`` call
+   for all of them, as ``StreamSession._current_exports`` does), timed alone with K services
+   exported.
 
 3. **Memory** of a leader ``PeeringServer`` holding P peerings (default 100) with I imported
    service instances each (default 100, i.e. 10,000 instances; each instance on its own node
@@ -479,8 +480,8 @@ def w_stream_impl(p: Params) -> Result:
 
 def w_publish_scan(p: Params) -> Result:
     """The store reads an exporter's stream end makes to compute what to publish
-    (``StreamSession._current_exports``: ``exported_services_for_peer``, then
-    ``local_service_instances`` for each exported service), with K services exported. The
+    (``StreamSession._current_exports``: ``exported_services_for_peer``, then one
+    ``local_instances_by_service`` call for all of them), with K services exported. The
     stream does this twice when it starts and once after every catalog/exports/peerings
     change on the exporter, on the trio thread."""
     from peerkit.impl.store import Peering
@@ -492,7 +493,7 @@ def w_publish_scan(p: Params) -> Result:
         w0 = time.perf_counter()
         c0 = time.process_time()
         names = store.exported_services_for_peer("dc2")
-        current = {name: store.local_service_instances(name) for name in names}
+        current = store.local_instances_by_service(names)
         w1 = time.perf_counter()
         c1 = time.process_time()
     return {"seconds": w1 - w0, "cpu_seconds": c1 - c0, "services": len(current)}
