@@ -289,6 +289,11 @@ class BidiStream(ABC, Generic[SendT, RecvT]):
         assert self._ending is not None
         return self._ending
 
+    def _ending_exception(self) -> BaseException:
+        """The exception that reports the (known) ending to a caller of send or receive."""
+        assert self._ending is not None
+        return self._ending.exception()
+
     async def aclose(self) -> None:
         """``cancel()`` if the RPC has not ended here, then checkpoint. Idempotent."""
         self.cancel()
@@ -314,6 +319,36 @@ class BidiStream(ABC, Generic[SendT, RecvT]):
             return await self.receive()
         except EndOfStream:
             raise StopAsyncIteration from None
+
+
+class HandlerOutcome:
+    """How a server's stream handler ended, as the RPC's status (filled in by `run_handler`).
+
+    Until the handler finishes the outcome says CANCELLED with `shutdown_message`: that is what
+    the client sees when the server is shut down around a running handler."""
+
+    def __init__(self, shutdown_message: str) -> None:
+        self.value = Outcome(StatusCode.CANCELLED, shutdown_message)
+
+
+async def run_handler(handler: Callable[[Any], Awaitable[None]], stream: Any,
+                      outcome: HandlerOutcome) -> None:
+    """Run a stream handler and record its ending in `outcome`, as both transports must:
+    returning is OK; AbortStream and StreamFailed give their status; trio.Cancelled leaves the
+    shutdown outcome; anything else is UNKNOWN and propagates (it is a bug in the handler)."""
+    try:
+        await handler(stream)
+        outcome.value = OK
+    except AbortStream as exc:
+        outcome.value = Outcome(exc.code, exc.message)
+    except StreamFailed as exc:
+        outcome.value = Outcome(exc.code, exc.message)
+    except trio.Cancelled:
+        raise
+    except BaseException as exc:
+        outcome.value = Outcome(StatusCode.UNKNOWN,
+                                f"handler raised {type(exc).__name__}: {exc}")
+        raise
 
 
 def _check_method_name(name: str) -> None:

@@ -58,6 +58,7 @@ from .base import (
     ClosedForSending,
     EndOfStream,
     Handler,
+    HandlerOutcome,
     Outcome,
     StatusCode,
     StreamFailed,
@@ -69,6 +70,7 @@ from .base import (
     _check_timeout,
     _split_host_port,
     _unwrap_body_error,
+    run_handler,
 )
 
 __all__ = ["GrpcChannel", "GrpcClientStream", "GrpcServer", "GrpcServerStream", "GrpcTransport"]
@@ -328,10 +330,6 @@ class GrpcServerStream(BidiStream[SendT, RecvT]):
         self._set_ending(result)
         raise self._ending_exception()
 
-    def _ending_exception(self) -> BaseException:
-        assert self._ending is not None
-        return self._ending.exception()
-
     async def send(self, message: SendT) -> None:
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this stream")
@@ -499,28 +497,15 @@ class GrpcServer:
     async def _run_stream(
         self, entry: StreamMethod[Any, Any], stream: GrpcServerStream[Any, Any]
     ) -> None:
-        outcome = Outcome(StatusCode.CANCELLED, _SHUTDOWN_MSG)
+        outcome = HandlerOutcome(_SHUTDOWN_MSG)
         scope = trio.CancelScope()
         self._scopes.add(scope)
         try:
             with scope:
-                try:
-                    await entry.handler(stream)
-                    outcome = OK
-                except AbortStream as exc:
-                    outcome = Outcome(exc.code, exc.message)
-                except StreamFailed as exc:
-                    outcome = Outcome(exc.code, exc.message)
-                except trio.Cancelled:
-                    raise
-                except BaseException as exc:
-                    outcome = Outcome(
-                        StatusCode.UNKNOWN, f"handler raised {type(exc).__name__}: {exc}"
-                    )
-                    raise
+                await run_handler(entry.handler, stream, outcome)
         finally:
             self._scopes.discard(scope)
-            stream._handler_done(outcome)
+            stream._handler_done(outcome.value)
 
     def _spawn_unary(self, job: _UnaryJob) -> None:
         if self.closing or self._nursery is None:
@@ -715,10 +700,6 @@ class GrpcClientStream(BidiStream[SendT, RecvT]):
             return self._deserializer(result)
         self._set_ending(result)
         raise self._ending_exception()
-
-    def _ending_exception(self) -> BaseException:
-        assert self._ending is not None
-        return self._ending.exception()
 
     async def send(self, message: SendT) -> None:
         if self._sending:

@@ -56,6 +56,7 @@ from .base import (
     ClosedForSending,
     EndOfStream,
     Handler,
+    HandlerOutcome,
     Outcome,
     Side,
     StatusCode,
@@ -68,6 +69,7 @@ from .base import (
     _check_timeout,
     _split_host_port,
     _unwrap_body_error,
+    run_handler,
 )
 
 __all__ = [
@@ -563,28 +565,15 @@ class MemoryServer:
         self._nursery.start_soon(self._run_stream_handler, entry, call)
 
     async def _run_stream_handler(self, entry: StreamMethod[Any, Any], call: MemoryCall) -> None:
-        outcome = Outcome(StatusCode.CANCELLED, _SHUTDOWN_MSG)
+        outcome = HandlerOutcome(_SHUTDOWN_MSG)
         scope = trio.CancelScope()
         self._scopes.add(scope)
         try:
             with scope:
-                try:
-                    await entry.handler(call.server)
-                    outcome = OK
-                except AbortStream as exc:
-                    outcome = Outcome(exc.code, exc.message)
-                except StreamFailed as exc:
-                    outcome = Outcome(exc.code, exc.message)
-                except trio.Cancelled:
-                    raise
-                except BaseException as exc:
-                    outcome = Outcome(
-                        StatusCode.UNKNOWN, f"handler raised {type(exc).__name__}: {exc}"
-                    )
-                    raise
+                await run_handler(entry.handler, call.server, outcome)
         finally:
             self._scopes.discard(scope)
-            call._server_finish(outcome)
+            call._server_finish(outcome.value)
             self._live.discard(call)
             self._handler_done()
 
