@@ -314,26 +314,14 @@ def _fresh(old: tuple[Message, ...], new: tuple[Message, ...]) -> tuple[Message,
     return new
 
 
-_last_sent: list[object] = [None, None, []]
-
-
 def sent_messages(s: World, a: A.Action, s2: World) -> list[tuple[int, int, Message]]:
     """The messages a transition sent, as (sending cluster, sender's local row ID, message).
 
     Worked out from the two worlds alone (channels only grow at the tail), so the properties
-    that use it do not trust the model's own account of what an action does. Two properties ask
-    about the same transition one after the other, so the last answer is remembered.
+    that use it do not trust the model's own account of what an action does.
     """
     if s.streams is s2.streams:
         return []
-    if _last_sent[0] is s and _last_sent[1] is s2:
-        return _last_sent[2]  # type: ignore[return-value]
-    out = _sent_messages(s, s2)
-    _last_sent[:] = [s, s2, out]
-    return out
-
-
-def _sent_messages(s: World, s2: World) -> list[tuple[int, int, Message]]:
     before = {st.sid: st for st in s.streams}
     out: list[tuple[int, int, Message]] = []
     for st in s2.streams:
