@@ -34,7 +34,6 @@ from .state import (
     DONE,
     EOF,
     ERROR,
-    ESTABLISHING,
     LIVE,
     MSG_ACK,
     MSG_NACK,
@@ -43,7 +42,6 @@ from .state import (
     MSG_TERMINATED,
     NEW,
     OPEN,
-    PENDING,
     RESET,
     ROOTS,
     SERVICE_LIST,
@@ -85,7 +83,6 @@ from .tables import (
     lifecycle_table,
 )
 from .vocabulary import (
-    ERR_CREATE_MARKED,
     ERR_DELETE_UNMARKED,
     ERR_WRITE_MARKED,
     validate_bugs,
@@ -883,7 +880,4 @@ class PeeringModel:
         return w, st
 
 
-# The stored states a row of each role can hold while active (for specs and tests).
-ACTIVE_STATES = {ACCEPTOR: PENDING, DIALER: ESTABLISHING}
-
-__all__ = ["ERR_CREATE_MARKED", "IllegalAction", "PeeringModel", "ProtocolError"]
+__all__ = ["IllegalAction", "PeeringModel", "ProtocolError"]
