@@ -322,23 +322,29 @@ class BidiStream(ABC, Generic[SendT, RecvT]):
 
 
 class HandlerOutcome:
-    """How a server's stream handler ended, as the RPC's status (filled in by `run_handler`).
+    """How a server's handler ended, as the RPC's status (filled in by `run_handler`).
 
-    Until the handler finishes the outcome says CANCELLED with `shutdown_message`: that is what
-    the client sees when the server is shut down around a running handler."""
+    Until the handler finishes the outcome says `code` (CANCELLED by default) with
+    `shutdown_message`: that is what the client sees when the server is shut down around a
+    running handler."""
 
-    def __init__(self, shutdown_message: str) -> None:
-        self.value = Outcome(StatusCode.CANCELLED, shutdown_message)
+    def __init__(self, shutdown_message: str, code: StatusCode = StatusCode.CANCELLED) -> None:
+        self.value = Outcome(code, shutdown_message)
 
 
-async def run_handler(handler: Callable[[Any], Awaitable[None]], stream: Any,
-                      outcome: HandlerOutcome) -> None:
-    """Run a stream handler and record its ending in `outcome`, as both transports must:
-    returning is OK; AbortStream and StreamFailed give their status; trio.Cancelled leaves the
-    shutdown outcome; anything else is UNKNOWN and propagates (it is a bug in the handler)."""
+_R = TypeVar("_R")
+
+
+async def run_handler(handler: Callable[[_R], Awaitable[Any]], arg: _R,
+                      outcome: HandlerOutcome) -> Any:
+    """Run a server handler (stream or unary) and record its ending in `outcome`, as both
+    transports must: returning is OK; AbortStream and StreamFailed give their status;
+    trio.Cancelled leaves the shutdown outcome; anything else is UNKNOWN and propagates (it is
+    a bug in the handler). Returns what the handler returned (None if it did not finish)."""
     try:
-        await handler(stream)
+        result = await handler(arg)
         outcome.value = OK
+        return result
     except AbortStream as exc:
         outcome.value = Outcome(exc.code, exc.message)
     except StreamFailed as exc:
@@ -349,6 +355,18 @@ async def run_handler(handler: Callable[[Any], Awaitable[None]], stream: Any,
         outcome.value = Outcome(StatusCode.UNKNOWN,
                                 f"handler raised {type(exc).__name__}: {exc}")
         raise
+    return None
+
+
+def unary_call(entry: UnaryMethod[Any, Any]) -> Callable[[bytes], Awaitable[bytes]]:
+    """A unary method as bytes in, bytes out: deserialize, run the handler, serialize (a
+    serializer failure counts as the handler's, so it is UNKNOWN like any other bug)."""
+
+    async def call(request: bytes) -> bytes:
+        result = await entry.handler(entry.request_deserializer(request))
+        return _check_bytes(entry.response_serializer(result))
+
+    return call
 
 
 def _check_method_name(name: str) -> None:

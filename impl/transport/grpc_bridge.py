@@ -51,8 +51,6 @@ import grpc.aio
 import trio
 
 from .base import (
-    OK,
-    AbortStream,
     AddressInUseError,
     BidiStream,
     ClosedForSending,
@@ -61,7 +59,6 @@ from .base import (
     HandlerOutcome,
     Outcome,
     StatusCode,
-    StreamFailed,
     StreamMethod,
     UnaryMethod,
     _check_bytes,
@@ -71,6 +68,7 @@ from .base import (
     _split_host_port,
     _unwrap_body_error,
     run_handler,
+    unary_call,
 )
 
 __all__ = ["GrpcChannel", "GrpcClientStream", "GrpcServer", "GrpcServerStream", "GrpcTransport"]
@@ -518,32 +516,17 @@ class GrpcServer:
         self._lt.call_soon(_resolve, job.done, (outcome, response))
 
     async def _run_unary(self, job: _UnaryJob) -> None:
-        outcome = Outcome(StatusCode.UNAVAILABLE, _SHUTDOWN_MSG)
         response = b""
-        entry = job.entry
         self._scopes.add(job.scope)
+        ending = HandlerOutcome(_SHUTDOWN_MSG, StatusCode.UNAVAILABLE)
         try:
             with job.scope:
-                try:
-                    result = await entry.handler(entry.request_deserializer(job.request))
-                    response = _check_bytes(entry.response_serializer(result))
-                    outcome = OK
-                except AbortStream as exc:
-                    outcome = Outcome(exc.code, exc.message)
-                except StreamFailed as exc:
-                    outcome = Outcome(exc.code, exc.message)
-                except trio.Cancelled:
-                    raise
-                except BaseException as exc:
-                    outcome = Outcome(
-                        StatusCode.UNKNOWN, f"handler raised {type(exc).__name__}: {exc}"
-                    )
-                    raise
+                response = await run_handler(unary_call(job.entry), job.request, ending) or b""
             if job.cancelled_by_client:
-                outcome = Outcome(StatusCode.CANCELLED, "cancelled by the client")
+                ending.value = Outcome(StatusCode.CANCELLED, "cancelled by the client")
         finally:
             self._scopes.discard(job.scope)
-            self._finish_unary(job, outcome, response)
+            self._finish_unary(job, ending.value, response)
 
     async def _shutdown(self, grace: float) -> None:
         """Stop gRPC first (handlers still alive during ``grace``), then cancel handlers."""

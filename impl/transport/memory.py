@@ -49,8 +49,6 @@ from typing import Any, TypeVar
 import trio
 
 from .base import (
-    OK,
-    AbortStream,
     AddressInUseError,
     BidiStream,
     ClosedForSending,
@@ -70,6 +68,7 @@ from .base import (
     _split_host_port,
     _unwrap_body_error,
     run_handler,
+    unary_call,
 )
 
 __all__ = [
@@ -596,30 +595,18 @@ class MemoryServer:
         done: trio.Event,
         scope: trio.CancelScope,
     ) -> None:
-        outcome = Outcome(StatusCode.UNAVAILABLE, _SHUTDOWN_MSG)
+        ending = HandlerOutcome(_SHUTDOWN_MSG, StatusCode.UNAVAILABLE)
         self._scopes.add(scope)
         try:
             with scope:
-                try:
-                    response = await entry.handler(entry.request_deserializer(request))
-                    result.response = _check_bytes(entry.response_serializer(response))
-                    outcome = OK
-                except AbortStream as exc:
-                    outcome = Outcome(exc.code, exc.message)
-                except StreamFailed as exc:
-                    outcome = Outcome(exc.code, exc.message)
-                except trio.Cancelled:
-                    raise
-                except BaseException as exc:
-                    outcome = Outcome(
-                        StatusCode.UNKNOWN, f"handler raised {type(exc).__name__}: {exc}"
-                    )
-                    raise
+                response = await run_handler(unary_call(entry), request, ending)
+                if response is not None:
+                    result.response = response
             if scope.cancelled_caught and not self.closing:
-                outcome = Outcome(StatusCode.CANCELLED, _CLIENT_CANCEL_MSG)
+                ending.value = Outcome(StatusCode.CANCELLED, _CLIENT_CANCEL_MSG)
         finally:
             self._scopes.discard(scope)
-            result.outcome = outcome
+            result.outcome = ending.value
             done.set()
             self._handler_done()
 
