@@ -17,7 +17,14 @@ violation found has a shortest counterexample.
 Liveness is decided after the search, on the complete graph: we keep the edges the property
 `counts` and run a backward search from the target states. Any state not reached back is stuck;
 its counterexample is the shortest path to it followed by the cycle (or dead end) it is stuck in.
-If the search was cut short by a bound, liveness is reported as unknown rather than guessed.
+A property whose `fairness` is "weak" asks more: that every *fair* run of counted steps reaches
+a target, where a run is fair if no counted action stays enabled for ever without being taken.
+Backward reachability alone misses a cycle of counted steps that avoids the targets while a step
+that would leave it is sometimes disabled; so we also split the non-target states into strongly
+connected components (over counted edges, each labelled with its action) and report a component
+in which every action enabled in all of its states is taken on some edge inside it: a fair run
+can go round that component for ever. If the search was cut short by a bound, liveness is
+reported as unknown rather than guessed.
 
 Import rules: standard library and ``peerkit.checker.api`` only.
 """
@@ -196,10 +203,16 @@ class _Search(Generic[S, A]):
         self.concrete_initial: dict[int, S] = {}
         self.checks = [inv.holds for inv in self.invariants]
         self.violated: dict[str, Counterexample[S, A]] = {}
-        # liveness edges, one pair of arrays per liveness property
+        # liveness edges, one pair of arrays per liveness property; for a property under weak
+        # fairness also each edge's action, as a number (`action_ids`)
         self.edges: list[tuple[array[int], array[int]]] = [
             (array("q"), array("q")) for _ in self.liveness
         ]
+        self.labels: list[array[int] | None] = [
+            array("i") if getattr(lv, "fairness", "none") == "weak" else None
+            for lv in self.liveness
+        ]
+        self.action_ids: dict[A, int] = {}
 
     # -- the search ------------------------------------------------------------------------
     def run(self) -> Result[S, A]:
@@ -297,8 +310,9 @@ class _Search(Generic[S, A]):
         successors = self.model.successors
         checks = self.checks
         tinvs = [(t.id, t.holds) for t in self.transition_invariants]
-        live = [(p.counts, src, dst) for p, (src, dst) in zip(self.liveness, self.edges,
-                                                              strict=True)]
+        live = [(p.counts, src, dst, lab) for p, (src, dst), lab
+                in zip(self.liveness, self.edges, self.labels, strict=True)]
+        action_ids = self.action_ids
         canonical = self._canonical if self.reductions else None
         max_depth = self.bounds.max_depth
         max_states = self.bounds.max_states if self.bounds.max_states is not None else -1
@@ -386,10 +400,15 @@ class _Search(Generic[S, A]):
                             if not tholds(state, action, concrete) and pid not in violated:
                                 self.transitions = transitions
                                 self._transition_violation(pid, sid, action, concrete)
-                        for counts, src, dst in live:
+                        for counts, src, dst, lab in live:
                             if counts(action):
                                 src.append(sid)
                                 dst.append(nid)
+                                if lab is not None:
+                                    aid = action_ids.get(action)
+                                    if aid is None:
+                                        aid = action_ids[action] = len(action_ids)
+                                    lab.append(aid)
                 cursor = level_end
                 depth += 1
         finally:
@@ -477,7 +496,7 @@ class _Search(Generic[S, A]):
     # -- liveness --------------------------------------------------------------------------
     def _decide_liveness(self) -> None:
         n = len(self.states)
-        for prop, (src, dst) in zip(self.liveness, self.edges, strict=True):
+        for prop, (src, dst), lab in zip(self.liveness, self.edges, self.labels, strict=True):
             if prop.id in self.violated:
                 continue
             # reverse adjacency in CSR form
@@ -504,6 +523,10 @@ class _Search(Generic[S, A]):
                         stack.append(s)
             bad = good.find(0)
             if bad < 0:
+                if lab is not None:
+                    self._decide_fairness(prop, src, dst, lab)
+                    if prop.id in self.violated and self.bounds.stop_at_first:
+                        return
                 continue
             loop_ids, note = self._stuck_path(bad, src, dst, good)
             initial, steps = self._path_to(bad)
@@ -514,6 +537,92 @@ class _Search(Generic[S, A]):
             )
             if self.bounds.stop_at_first:
                 return
+
+    def _decide_fairness(self, prop: LivenessLike[S, A], src: array[int], dst: array[int],
+                         lab: array[int]) -> None:
+        """Look for a fair cycle that avoids the targets (see the module docstring)."""
+        n = len(self.states)
+        target = prop.target
+        off = bytearray(n)  # 1: a target state, outside the graph searched here
+        for i, st in enumerate(self.states):
+            if target(st):
+                off[i] = 1
+        # forward adjacency over edges between non-target states, in CSR form
+        start = [0] * (n + 1)
+        for s_, d_ in zip(src, dst, strict=True):
+            if not off[s_] and not off[d_]:
+                start[s_ + 1] += 1
+        for i in range(n):
+            start[i + 1] += start[i]
+        fill = start[:-1].copy()
+        succ = array("q", bytes(8 * start[n]))
+        succ_lab = array("i", bytes(4 * start[n]))
+        for s_, d_, a_ in zip(src, dst, lab, strict=True):
+            if not off[s_] and not off[d_]:
+                succ[fill[s_]] = d_
+                succ_lab[fill[s_]] = a_
+                fill[s_] += 1
+        comp = _strongly_connected(n, off, start, succ)
+        # the actions enabled in each state (all its counted edges, wherever they lead)
+        enabled: dict[int, set[int]] = {}
+        for s_, a_ in zip(src, lab, strict=True):
+            if not off[s_]:
+                enabled.setdefault(s_, set()).add(a_)
+        members: dict[int, list[int]] = {}
+        for i in range(n):
+            if not off[i]:
+                members.setdefault(comp[i], []).append(i)
+        for cid, nodes in sorted(members.items(), key=lambda kv: min(kv[1])):
+            inside: set[int] = set()
+            for v in nodes:
+                for k in range(start[v], start[v + 1]):
+                    if comp[succ[k]] == cid:
+                        inside.add(succ_lab[k])
+            if not inside:
+                continue  # a single state without a self-loop: no cycle here
+            always = set.intersection(*(enabled.get(v, set()) for v in nodes))
+            if not always <= inside:
+                continue  # some step enabled throughout is never taken: every cycle is unfair
+            entry = min(nodes)  # discovered first, so the shortest path leads to it
+            loop_ids = self._cycle_in(entry, cid, comp, start, succ)
+            initial, steps = self._path_to(entry)
+            entry_state = steps[-1].state if steps else initial
+            loop = self._walk(entry_state, loop_ids, prop.counts)
+            note = (f"a fair cycle avoids every target state: the {len(nodes)} state(s) of this "
+                    "component can be gone round for ever, and every step that stays enabled "
+                    "in all of them is taken somewhere inside it (the cycle below is one way "
+                    "round)")
+            self.violated[prop.id] = Counterexample(
+                prop.id, "liveness", initial, steps, note, loop
+            )
+            return
+
+    @staticmethod
+    def _cycle_in(entry: int, cid: int, comp: array[int], start: list[int],
+                  succ: array[int]) -> list[int]:
+        """A shortest cycle from `entry` back to itself inside component `cid` (state ids
+        after `entry`, ending with `entry`)."""
+        prev: dict[int, int] = {}
+        frontier = [entry]
+        while frontier:
+            nxt_frontier: list[int] = []
+            for v in frontier:
+                for k in range(start[v], start[v + 1]):
+                    d_ = succ[k]
+                    if comp[d_] != cid or d_ in prev:
+                        continue
+                    prev[d_] = v
+                    if d_ == entry:
+                        path = [entry]
+                        node = v
+                        while node != entry:
+                            path.append(node)
+                            node = prev[node]
+                        path.reverse()
+                        return path
+                    nxt_frontier.append(d_)
+            frontier = nxt_frontier
+        raise AssertionError("a component with an inner edge has a cycle through each state")
 
     def _stuck_path(
         self, start: int, src: array[int], dst: array[int], good: bytearray
@@ -564,6 +673,54 @@ class _Search(Generic[S, A]):
                     verdict, note = "holds", ""
                 out.append(PropertyResult(prop.id, prop.title, kind, verdict, note))
         return out
+
+
+def _strongly_connected(n: int, off: bytearray, start: list[int], succ: array[int]
+                        ) -> array[int]:
+    """Tarjan's algorithm, iterative: a component number for every state not `off`."""
+    index = array("q", [-1]) * n
+    low = array("q", [0]) * n
+    comp = array("q", [-1]) * n
+    on_stack = bytearray(n)
+    stack: list[int] = []
+    counter = 0
+    ncomp = 0
+    for root in range(n):
+        if off[root] or index[root] >= 0:
+            continue
+        work = [(root, start[root])]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack[root] = 1
+        while work:
+            v, k = work[-1]
+            if k < start[v + 1]:
+                work[-1] = (v, k + 1)
+                w = succ[k]
+                if index[w] < 0:
+                    index[w] = low[w] = counter
+                    counter += 1
+                    stack.append(w)
+                    on_stack[w] = 1
+                    work.append((w, start[w]))
+                elif on_stack[w] and index[w] < low[v]:
+                    low[v] = index[w]
+                continue
+            work.pop()
+            if work:
+                u = work[-1][0]
+                if low[v] < low[u]:
+                    low[u] = low[v]
+            if low[v] == index[v]:
+                while True:
+                    w = stack.pop()
+                    on_stack[w] = 0
+                    comp[w] = ncomp
+                    if w == v:
+                        break
+                ncomp += 1
+    return comp
 
 
 def replay(model: Model[S, A], initial: S, actions: Sequence[A]) -> list[S]:

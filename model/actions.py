@@ -129,6 +129,24 @@ class Failover(NamedTuple):
     cluster: int
 
 
+@_action(FAULT)
+class HandlerWriteFails(NamedTuple):
+    """The handler at `side` of stream `sid` receives its next message, and the store write that
+    message calls for (TerminateByID, or an imported item) fails: a raft apply error."""
+
+    sid: int
+    side: str
+
+
+@_action(FAULT)
+class RoutineWriteFails(NamedTuple):
+    """The deletion routine's next raft apply for `peer`'s data in `cluster` fails; the routine
+    logs it and retries on its next pass."""
+
+    cluster: int
+    peer: int
+
+
 # -- protocol ----------------------------------------------------------------------------------
 
 
@@ -214,15 +232,15 @@ class DeleteRow(NamedTuple):
 
 @_action(PROTOCOL)
 class Spin(NamedTuple):
-    """A deletion routine left running on a deposed leader loops without doing anything (and
-    returns once no inactive peering has deletion work left)."""
+    """A deletion routine left running on a deposed leader (bug deletion-no-stop) loops once
+    without doing anything; it returns once no inactive peering has deletion work left."""
 
     cluster: int
 
 
 Action = (
     GenerateToken | Establish | Delete | Register | Deregister | Export | Unexport
-    | Reset | HeartbeatTimeout | Failover
+    | Reset | HeartbeatTimeout | Failover | HandlerWriteFails | RoutineWriteFails
     | Sync | SyncSnapshot | SyncApply | Dial | Deliver | Publish | SendTerminated
     | DeleteNodes | DeleteBundle | DeleteRow | Spin
 )

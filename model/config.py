@@ -21,6 +21,8 @@ class Config:
     services: tuple[str, ...] = ("api", "web")
     #: the cluster that registers and exports `services` (to every other cluster)
     exporter: int = 0
+    #: further clusters that register and export the same services (e.g. the dialer too)
+    also_exporting: tuple[int, ...] = ()
     #: whether every cluster starts with the other clusters' names in its export entries
     exported_at_start: bool = True
     #: budgets (see `Budget` in state.py); with the established start, tokens and establishes
@@ -46,6 +48,9 @@ class Config:
     acks: bool = False
     #: heartbeat timeouts as faults (a handler gives up on its own); they share the faults budget
     heartbeat_faults: bool = False
+    #: failed store writes (raft applies) of handlers and the deletion routine as faults; they
+    #: share the faults budget (finding F6)
+    write_faults: bool = False
     #: a Python gRPC server may see a client's cancel first as end-of-stream (python-stack.md §3)
     python_server_eof_first: bool = True
     description: str = ""
@@ -67,6 +72,12 @@ class Config:
             raise ValueError(f"batch must be at least 1, got {self.batch}")
         if self.exporter >= self.clusters:
             raise ValueError(f"exporter {self.exporter} is not one of {self.clusters} clusters")
+        if not isinstance(self.also_exporting, tuple) or not all(
+            isinstance(c, int) and not isinstance(c, bool) and 0 <= c < self.clusters
+            for c in self.also_exporting
+        ):
+            raise ValueError(f"also_exporting must be a tuple of cluster indexes below "
+                             f"{self.clusters}, got {self.also_exporting!r}")
         if not isinstance(self.services, tuple) or not all(
             isinstance(s, str) and s and s != "roots" for s in self.services
         ):
@@ -76,7 +87,7 @@ class Config:
         if self.start not in ("empty", "established"):
             raise ValueError(f"start must be 'empty' or 'established', got {self.start!r}")
         for name in ("acks", "python_server_eof_first", "exported_at_start", "split_sync",
-                     "heartbeat_faults"):
+                     "heartbeat_faults", "write_faults"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool")
 
@@ -126,6 +137,46 @@ CONFIGS: dict[str, Config] = {
             failovers=0,
             description="the default without failover, plus one register, deregister, export "
             "or unexport while the peering runs",
+        ),
+        Config(
+            "race",
+            clusters=3,
+            services=("web",),
+            tokens=1,
+            establishes=1,
+            deletes=0,
+            cleanups=0,
+            faults=0,
+            failovers=0,
+            split_sync=True,
+            description="3 clusters, dc1 and dc2 peered; dc1 may peer with dc3 too (1 token, 1 "
+            "establish) while its sync pass runs in two steps: the race that taking the "
+            "connected streams before listing the peerings prevents",
+        ),
+        Config(
+            "dialer-exports",
+            services=("web",),
+            also_exporting=(1,),
+            failovers=0,
+            description="the dialer exports too: both sides replicate web to each other; 1 "
+            "delete, 1 cleanup delete, 1 reset, no failover",
+        ),
+        Config(
+            "repeer",
+            services=("web",),
+            tokens=1,
+            establishes=1,
+            failovers=0,
+            description="peering again after a deletion: 1 more token and 1 more establish, 1 "
+            "delete, 1 cleanup delete, 1 reset, no failover",
+        ),
+        Config(
+            "apply-faults",
+            faults=1,
+            failovers=0,
+            write_faults=True,
+            description="the default without failover, where the 1 fault may also be a failed "
+            "store write (raft apply) of a handler or of the deletion routine (finding F6)",
         ),
         Config(
             "tiny",

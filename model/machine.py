@@ -29,6 +29,7 @@ from typing import Any
 
 from . import actions as A
 from .config import Config
+from .mutants import get_mutant
 from .state import (
     DELETING,
     DONE,
@@ -52,10 +53,12 @@ from .state import (
     Ghost,
     Imported,
     Message,
+    Pair,
     Row,
     Stream,
     Track,
     World,
+    pair_of,
 )
 from .tables import (
     ACCEPTOR,
@@ -73,6 +76,7 @@ from .tables import (
     OPEN_UNKNOWN,
     OPEN_VALID,
     REMOVED,
+    ROUTINE_BUGS,
     TEARDOWN,
     TERMINATED_RECEIVED,
     USER_DELETE,
@@ -108,16 +112,33 @@ def _sorted_tuple(items: Sequence[Any]) -> tuple[Any, ...]:
 class PeeringModel:
     """The peering model for one configuration and one set of bug switches."""
 
-    def __init__(self, config: Config, bugs: Collection[str] = ()) -> None:
+    def __init__(self, config: Config, bugs: Collection[str] = (),
+                 mutant: str | None = None) -> None:
         if not isinstance(config, Config):
             raise TypeError(f"config must be a Config, not {type(config).__name__}")
         self.config = config
         self.bugs = validate_bugs(bugs)
+        self.mutant = get_mutant(mutant) if mutant is not None else None
         self.lifecycle = lifecycle_table(self.bugs)
         self.endpoint = endpoint_table(self.bugs)
-        self.stored_map_bug = "stored-map" in self.bugs
-        self.deletion_no_stop_bug = "deletion-no-stop" in self.bugs
-        self.name = f"peering[{config.name}{''.join(' +' + b for b in sorted(self.bugs))}]"
+        #: the routine switches in force: the routine bugs switched on, and the mutant's switch
+        self.switches = frozenset(b for b in self.bugs if b in ROUTINE_BUGS)
+        if self.mutant is not None:
+            self.lifecycle.update(self.mutant.lifecycle)
+            self.endpoint.update(self.mutant.endpoint)
+            if self.mutant.switch:
+                self.switches |= {self.mutant.switch}
+        self.stored_map_bug = "stored-map" in self.switches
+        self.deletion_no_stop_bug = "deletion-no-stop" in self.switches
+        #: the deletion routine's order of writes for one peering (upstream: nodes, bundle, row)
+        self._deletion_order = ("nodes", "bundle", "row")
+        for switch, order in (("deletion-row-first", ("row", "nodes", "bundle")),
+                              ("deletion-row-before-bundle", ("nodes", "row", "bundle")),
+                              ("deletion-bundle-first", ("bundle", "nodes", "row"))):
+            if switch in self.switches:
+                self._deletion_order = order
+        self.name = (f"peering[{config.name}{''.join(' +' + b for b in sorted(self.bugs))}"
+                     f"{' mutant ' + self.mutant.name if self.mutant else ''}]")
         self.resources = (ROOTS, *config.services)
         from .properties import Properties  # properties reads the model's helpers
 
@@ -139,7 +160,7 @@ class PeeringModel:
         cfg = self.config
         clusters = []
         for c in range(cfg.clusters):
-            exporter = c == cfg.exporter
+            exporter = c == cfg.exporter or c in cfg.also_exporting
             registered = tuple(sorted(cfg.services)) if exporter else ()
             exports: tuple[tuple[str, int], ...] = ()
             if exporter and cfg.exported_at_start:
@@ -148,7 +169,7 @@ class PeeringModel:
             clusters.append(Cluster(
                 term=1, rows=(), next_gen=1, imported=(), registered=registered,
                 exports=exports, tracker=(), sync_due=False, snapshot=None, dialing=(),
-                zombies=0,
+                deleters=(1,),
             ))
         budget = Budget(cfg.tokens, cfg.establishes, cfg.deletes, cfg.cleanups, cfg.churn,
                         cfg.faults, cfg.failovers)
@@ -244,6 +265,19 @@ class PeeringModel:
         if b.failovers:
             for c in range(len(w.clusters)):
                 out.append(A.Failover(c))
+        if b.faults and self.config.write_faults:
+            for st in w.streams:
+                for side in ("d", "a"):
+                    if (st.d_phase if side == "d" else st.a_phase) != OPEN:
+                        continue
+                    inbound = st.down if side == "d" else st.up
+                    if inbound.msgs and inbound.msgs[0][0] in (MSG_RESPONSE, MSG_TERMINATED):
+                        out.append(A.HandlerWriteFails(st.sid, side))
+            for c, cl in enumerate(w.clusters):
+                if cl.term in cl.deleters:
+                    for row in cl.rows:
+                        if self._deletion_step(cl, row) is not None:
+                            out.append(A.RoutineWriteFails(c, row.peer))
 
     def _enabled_protocol(self, w: World, out: list[A.Action]) -> None:
         for c, cl in enumerate(w.clusters):
@@ -255,18 +289,13 @@ class PeeringModel:
                 row = cl.row_by_gen(gen)
                 if row is not None and row.active and not self._dialer_end_live(w, c, gen):
                     out.append(A.Dial(c, gen))
-            for row in cl.rows:
-                if row.active:
-                    continue
-                imp = cl.imports_from(row.peer)
-                if imp is not None and imp.services:
-                    out.append(A.DeleteNodes(c, row.peer))
-                elif imp is not None and imp.bundle:
-                    out.append(A.DeleteBundle(c, row.peer))
-                elif not isinstance(self.lifecycle[self._role(row), row.state, DELETION_FINISHED],
-                                    Refused):
-                    out.append(A.DeleteRow(c, row.peer))
-            if cl.zombies:
+            # only the deletion routine of the current leader's term writes
+            if cl.term in cl.deleters or "deletion-any-term" in self.switches:
+                for row in cl.rows:
+                    step = self._deletion_step(cl, row)
+                    if step is not None:
+                        out.append(step(c, row.peer))
+            if cl.deleters and cl.deleters[0] != cl.term:
                 out.append(A.Spin(c))
         for st in w.streams:
             for side in ("d", "a"):
@@ -288,6 +317,24 @@ class PeeringModel:
                         out.append(A.SendTerminated(st.sid, side))
                     if any(True for _ in self._pending_publishes(w, st, side)):
                         out.append(A.Publish(st.sid, side))
+
+    def _deletion_step(self, cl: Cluster, row: Row
+                       ) -> type[A.DeleteNodes | A.DeleteBundle | A.DeleteRow] | None:
+        """The deletion routine's next write for `row`, in upstream's order: nodes, then the
+        trust bundle, then the row (unless the lifecycle keeps it); None if it has none."""
+        if row.active:
+            return None
+        imp = cl.imports_from(row.peer)
+        order = self._deletion_order
+        for kind in order:
+            if kind == "nodes" and imp is not None and imp.services:
+                return A.DeleteNodes
+            if kind == "bundle" and imp is not None and imp.bundle:
+                return A.DeleteBundle
+            if kind == "row" and not isinstance(
+                    self.lifecycle[self._role(row), row.state, DELETION_FINISHED], Refused):
+                return A.DeleteRow
+        return None
 
     def _dialer_end_live(self, w: World, c: int, gen: int) -> bool:
         for st in w.streams:
@@ -470,8 +517,14 @@ class PeeringModel:
         row = w.clusters[a.cluster].row(a.peer)
         assert row is not None
         nxt: LifecycleNext = self.lifecycle[self._role(row), row.state, USER_DELETE]
+        pair = pair_of(a.cluster, row)
+        if row.active and not self._healthy_stream(w, pair):
+            # no stream can carry Terminated: a dialer row's peer will never be told; an
+            # acceptor row's peer is told only if it dials before the row is removed
+            w = self._ghost_add(w, "unannounced" if not row.dialer else "excused", pair)
         if not isinstance(nxt, Refused):
             w = self._set_row_state(w, a.cluster, row, nxt)
+        w = self._ghost_add(w, "deleted_by", (pair, a.cluster))
         ghost = w.ghost
         key = (a.cluster, row.gen)
         if key not in ghost.user_deleted:
@@ -507,28 +560,64 @@ class PeeringModel:
             exports=tuple(e for e in cl.exports if e != (a.service, a.peer))))
 
     # -- faults -------------------------------------------------------------------------------
-    def _faulted(self, w: World, **spent: int) -> World:
-        return w._replace(budget=w.budget._replace(**spent),
-                          ghost=w.ghost._replace(faulted=True))
+    def _spend(self, w: World, **spent: int) -> World:
+        return w._replace(budget=w.budget._replace(**spent))
+
+    # -- ghost: the windows in which a fault excuses an untold peer (finding F2) ---------------
+    def _excuse_if_terminating(self, w: World, st: Stream) -> World:
+        """A fault hits stream `st`. If either of its rows is inactive or gone, `Terminated` may
+        be pending, in flight or about to be sent on it: its pair is excused from clause (d)."""
+        for c, gen in ((st.dialer, st.dialer_gen), (st.acceptor, st.peer_gen)):
+            row = w.clusters[c].row_by_gen(gen)
+            if row is None or not row.active:
+                return self._ghost_add(w, "excused", (st.acceptor, st.peer_gen))
+        return w
+
+    @staticmethod
+    def _ghost_add(w: World, name: str, item: object) -> World:
+        have: tuple[object, ...] = getattr(w.ghost, name)
+        if item in have:
+            return w
+        return w._replace(ghost=w.ghost._replace(**{name: _sorted_tuple((*have, item))}))
+
+    @staticmethod
+    def _ghost_remove(w: World, name: str, item: object) -> World:
+        have: tuple[object, ...] = getattr(w.ghost, name)
+        if item not in have:
+            return w
+        return w._replace(ghost=w.ghost._replace(**{name: tuple(x for x in have if x != item)}))
+
+    @staticmethod
+    def _healthy_stream(w: World, pair: Pair) -> bool:
+        """Some accepted stream joins the pair's two rows with both handlers serving and both
+        directions open, so a teardown on either side can reach the other. (A dial still in
+        flight does not count: the acceptor answers it from the row, see `_deliver`.)"""
+        for st in w.streams:
+            if ((st.acceptor, st.peer_gen) == pair and st.d_phase == OPEN
+                    and st.a_phase == OPEN and st.up.end == LIVE and st.down.end == LIVE):
+                return True
+        return False
 
     def _do_Reset(self, w: World, a: A.Reset) -> World:
         st = self._stream(w, a.sid)
+        w = self._excuse_if_terminating(w, st)
         st = st._replace(up=st.up._replace(end=RESET), down=st.down._replace(end=RESET))
         if st.d_phase == DONE:
             st = st._replace(down=Channel((), RESET))
         if st.a_phase == DONE:
             st = st._replace(up=Channel((), RESET))
         w = self._set_stream(w, st, a.sid)
-        return self._faulted(w, faults=w.budget.faults - 1)
+        return self._spend(w, faults=w.budget.faults - 1)
 
     def _do_HeartbeatTimeout(self, w: World, a: A.HeartbeatTimeout) -> World:
         st = self._stream(w, a.sid)
+        w = self._excuse_if_terminating(w, st)
         c, gen, _ = self._side(st, a.side)
         w = self._track_disconnect(w, c, gen)
         # the handler returns an error: the dialer abandons its call, the acceptor's RPC fails
         w, st = self._finish(w, st, a.side, error=True)
         w = self._set_stream(w, st, a.sid)
-        return self._faulted(w, faults=w.budget.faults - 1)
+        return self._spend(w, faults=w.budget.faults - 1)
 
     def _do_Failover(self, w: World, a: A.Failover) -> World:
         c = a.cluster
@@ -537,11 +626,17 @@ class PeeringModel:
         # neither is stopped nor checks its cancelled context: it keeps looping on the deposed
         # leader. One that was blocked on its watch returns when the watch fails.
         busy = self.deletion_no_stop_bug and self._has_deletion_work(cl)
-        zombies = cl.zombies + (1 if busy else 0)
+        # leadership loss stops the routines of this term (#17483); the new leader starts its own
+        kept = tuple(t for t in cl.deleters if t != cl.term or busy)
+        started = () if "no-deletion-on-new-leader" in self.switches else (cl.term + 1,)
         cl = cl._replace(term=cl.term + 1, tracker=(), sync_due=True, snapshot=None,
-                         dialing=(), zombies=zombies)
+                         dialing=(), deleters=(*kept, *started))
         w = self._set_cluster(w, c, cl)
         # every handler the old leader ran is gone; its peers see their streams reset
+        for st in w.streams:
+            if (st.dialer == c and st.d_phase != DONE) or (st.acceptor == c
+                                                          and st.a_phase != DONE):
+                w = self._excuse_if_terminating(w, st)
         for st in w.streams:
             new = st
             if st.dialer == c and new.d_phase != DONE:
@@ -552,7 +647,7 @@ class PeeringModel:
                                    down=new.down._replace(end=RESET))
             if new is not st:
                 w = self._set_stream(w, new, st.sid)
-        return self._faulted(w, failovers=w.budget.failovers - 1)
+        return self._spend(w, failovers=w.budget.failovers - 1)
 
     # -- leader routines ----------------------------------------------------------------------
     def _do_SyncSnapshot(self, w: World, a: A.SyncSnapshot) -> World:
@@ -629,16 +724,30 @@ class PeeringModel:
         assert row is not None
         nxt = self.lifecycle[self._role(row), row.state, DELETION_FINISHED]
         assert not isinstance(nxt, Refused)
+        pair = pair_of(a.cluster, row)
+        if pair in w.ghost.unannounced:
+            # the row goes before any dial reached it: its peer can no longer be told (F2)
+            w = self._ghost_add(self._ghost_remove(w, "unannounced", pair), "excused", pair)
         return self._set_row_state(w, a.cluster, row, nxt)
 
     def _do_Spin(self, w: World, a: A.Spin) -> World:
-        """The deposed leader's deletion loop goes round once. While there is deletion work it
-        changes nothing (its rate-limiter wait fails at once); once the list of inactive
+        """The oldest deposed leader's deletion loop goes round once. While there is deletion
+        work it changes nothing (its rate-limiter wait fails at once); once the list of inactive
         peerings with work is empty, it blocks on its watch, which fails, and it returns."""
         cl = w.clusters[a.cluster]
         if self._has_deletion_work(cl):
             return w
-        return self._set_cluster(w, a.cluster, cl._replace(zombies=cl.zombies - 1))
+        return self._set_cluster(w, a.cluster, cl._replace(deleters=cl.deleters[1:]))
+
+    def _do_RoutineWriteFails(self, w: World, a: A.RoutineWriteFails) -> World:
+        """The raft apply fails: nothing is written; the routine retries on its next pass."""
+        return self._spend(w, faults=w.budget.faults - 1)
+
+    def _do_HandlerWriteFails(self, w: World, a: A.HandlerWriteFails) -> World:
+        st = self._stream(w, a.sid)
+        w = self._ghost_add(w, "apply_failed", (st.acceptor, st.peer_gen))
+        w = self._deliver(w, st, a.side, "msg", write_fails=True)
+        return self._spend(w, faults=w.budget.faults - 1)
 
     def _has_deletion_work(self, cl: Cluster) -> bool:
         for row in cl.rows:
@@ -718,46 +827,56 @@ class PeeringModel:
         return self._handle(w, st, a.side, TEARDOWN, None)
 
     def _do_Deliver(self, w: World, a: A.Deliver) -> World:
-        st = self._stream(w, a.sid)
-        inbound = st.down if a.side == "d" else st.up
+        return self._deliver(w, self._stream(w, a.sid), a.side, a.how)
+
+    def _deliver(self, w: World, st: Stream, side: str, how: str,
+                 write_fails: bool = False) -> World:
+        inbound = st.down if side == "d" else st.up
         msg: Message | None = None
-        if a.how == "msg":
+        if how == "msg":
             msg = inbound.msgs[0]
             inbound = inbound._replace(msgs=inbound.msgs[1:])
             kind = msg[0]
             if kind == MSG_OPEN:
                 inp = self._classify_open(w, st)
+                if inp == OPEN_DELETED and st.d_phase == OPEN and st.down.end == LIVE:
+                    # a dial reached the marked row, and an answer can still reach the dialer:
+                    # from here the dialer must be told (#14285)
+                    w = self._ghost_remove(w, "unannounced", (st.acceptor, st.peer_gen))
             else:
                 inp = _MSG_INPUT[str(kind)]
-        elif a.how == "reset":
+        elif how == "reset":
             inbound = Channel((), RESET)
             inp = IN_RESET
-        elif a.how == "eof":
+        elif how == "eof":
             inbound = Channel((), RESET)
             inp = IN_EOF
         else:
             inp = _END_INPUT[inbound.end]
-        if a.side == "d":
+        if side == "d":
             st = st._replace(down=inbound)
         else:
             st = st._replace(up=inbound)
-        return self._handle(w, st, a.side, inp, msg)
+        return self._handle(w, st, side, inp, msg, write_fails)
 
     def _classify_open(self, w: World, st: Stream) -> str:
+        """The acceptor's checks of a first message, in order: the peering must exist and be
+        this dialer's; no other stream may be connected for it; it must be active."""
         cl = w.clusters[st.acceptor]
         row = cl.row_by_gen(st.peer_gen)
         if row is None or row.peer != st.dialer or row.dialer:
             return OPEN_UNKNOWN
+        track = cl.track(row.gen)
+        if track is not None and track.connected:
+            return OPEN_DUPLICATE
         if row.state == TERMINATED:
             return OPEN_TERMINATED
         if not row.active:
             return OPEN_DELETED
-        track = cl.track(row.gen)
-        if track is not None and track.connected:
-            return OPEN_DUPLICATE
         return OPEN_VALID
 
-    def _handle(self, w: World, st: Stream, side: str, inp: str, msg: Message | None) -> World:
+    def _handle(self, w: World, st: Stream, side: str, inp: str, msg: Message | None,
+                write_fails: bool = False) -> World:
         role = DIALER if side == "d" else ACCEPTOR
         phase = st.d_phase if side == "d" else st.a_phase
         outcome: Outcome | None = self.endpoint.get((role, phase, inp))
@@ -769,13 +888,14 @@ class PeeringModel:
         for effect in outcome.effects:
             if effect == "import":
                 assert msg is not None
-                w, st = self._import(w, st, side, msg)
+                w, st = self._import(w, st, side, msg, write_fails)
             elif effect == "accept":
                 w = self._track_connect(w, c, gen)
                 w = self._link(w, st)
                 st = self._initial_snapshot(w, st, "a")
             elif effect == "terminate":
-                w = self._terminate_by_id(w, c, gen)
+                if not write_fails:  # a failed TerminateByID is only logged, as upstream
+                    w = self._terminate_by_id(w, c, gen)
                 w = self._track_disconnect(w, c, gen)
             elif effect == "disconnect":
                 w = self._track_disconnect(w, c, gen)
@@ -819,8 +939,10 @@ class PeeringModel:
     def _finish(self, w: World, st: Stream, side: str, error: bool) -> tuple[World, Stream]:
         """The handler at `side` has returned: drop its inbound side, end its outbound side."""
         if side == "d":
-            # the attempt function returns and closes the connection: an unfinished call is reset
-            st = self._end_outbound(st, "d", RESET)
+            # the attempt function returns and closes the connection: a call the acceptor has
+            # not finished is reset, and the reset may overtake what is still queued (so a
+            # dialer must drain to the end before returning, or Terminated can be lost)
+            st = self._end_outbound(st, "d", RESET, force=st.a_phase != DONE)
             st = st._replace(d_phase=DONE, down=Channel((), st.down.end))
         else:
             st = self._end_outbound(st, "a", ERROR if error else EOF)
@@ -846,13 +968,16 @@ class PeeringModel:
             return w
         return self._set_row_state(w, c, row, nxt)
 
-    def _import(self, w: World, st: Stream, side: str, msg: Message) -> tuple[World, Stream]:
+    def _import(self, w: World, st: Stream, side: str, msg: Message,
+                write_fails: bool = False) -> tuple[World, Stream]:
         c, gen, peer = self._side(st, side)
         cl = w.clusters[c]
         resource = str(msg[1])
         row = cl.row_by_gen(gen)
         accepted = True
-        if resource == SERVICE_LIST:
+        if write_fails:
+            accepted = False  # the raft apply failed: nothing is written, the reply is a Nack
+        elif resource == SERVICE_LIST:
             # drop what the exporter no longer exports (deletes are always allowed)
             names = msg[2]
             assert isinstance(names, tuple)

@@ -60,6 +60,7 @@ from .state import (
     ESTABLISHING,
     MSG_RESPONSE,
     MSG_TERMINATED,
+    NEW,
     OPEN,
     PENDING,
     TERMINATED,
@@ -69,8 +70,11 @@ from .state import (
     Stream,
     World,
     cluster_name,
+    pair_of,
 )
 from .vocabulary import (
+    ACCEPT_ONLY_WHEN_ACTIVE,
+    DELETION_BY_CURRENT_LEADER,
     NO_EXPORT_WHEN_INACTIVE,
     NO_IMPORT_WHEN_INACTIVE,
     NO_ORPHANS,
@@ -79,8 +83,11 @@ from .vocabulary import (
     SETTLED_IS_CLEAN,
     SETTLES,
     STORE_RULES,
+    TEARDOWN_OF_INACTIVE,
+    TERMINATED_ONLY_IF_PEER_DELETED,
     TERMINATED_ONLY_WHEN_INACTIVE,
     TERMINATED_ROW_KEPT,
+    TRACKER_CONSISTENT,
 )
 
 if TYPE_CHECKING:
@@ -111,6 +118,9 @@ class LivenessProperty(NamedTuple):
     title: str
     target: Callable[[World], bool]
     counts: Callable[[A.Action], bool]
+    #: "weak": every run of counted steps in which no step stays enabled for ever without being
+    #: taken reaches a target (the checker looks for fair cycles, not only for dead ends)
+    fairness: str = "none"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +159,7 @@ def unsettled_reason(model: PeeringModel, w: World) -> str | None:
         name = cluster_name(c)
         if cl.sync_due or cl.snapshot is not None:
             return f"{name}: a sync pass is pending"
-        if cl.zombies:
+        if cl.deleters and cl.deleters[0] != cl.term:
             return f"{name}: a deletion routine is still running on a deposed leader"
         for row in cl.rows:
             if not row.active:
@@ -207,14 +217,16 @@ def unclean_reason(model: PeeringModel, w: World) -> str | None:
             if not row.active:
                 continue
             other = counterpart(w, c, row)
+            pair = pair_of(c, row)
             if other is not None and other.active:
                 if row.dialer and _connected_stream(w, c, row) is None:
                     return (f"(c) {name} and {cluster_name(row.peer)} are both active but "
                             "not connected")
                 reason = _replication_gap(model, w, c, row.peer)
-                if reason:
+                if reason and pair not in w.ghost.apply_failed:
                     return f"(c) {reason}"
-            elif row.linked and not w.ghost.faulted:
+            elif (row.linked and pair not in w.ghost.excused
+                  and pair not in w.ghost.apply_failed):
                 told = "gone" if other is None else _state_name(other.state)
                 return (f"(d) {name}'s peering with {cluster_name(row.peer)} is still active, "
                         f"but the other side's row is {told}: {name} was never told")
@@ -280,14 +292,47 @@ def store_rules_reason(w: World) -> str | None:
 
 def leader_reason(w: World) -> str | None:
     for c, cl in enumerate(w.clusters):
-        if cl.zombies:
-            return (f"{cluster_name(c)}: {cl.zombies} deletion routine(s) still running on a "
-                    "server that is no longer the leader")
+        old = [t for t in cl.deleters if t != cl.term]
+        if old:
+            return (f"{cluster_name(c)}: the deletion routine of term {old[0]} still runs, but "
+                    f"the leader's term is {cl.term}: it lost leadership")
     for st in w.streams:
         if st.d_phase != DONE and st.d_term != w.clusters[st.dialer].term:
             return f"stream {st.sid}: the dialer end belongs to a deposed leader"
         if st.a_phase != DONE and st.a_term != w.clusters[st.acceptor].term:
             return f"stream {st.sid}: the acceptor end belongs to a deposed leader"
+    return None
+
+
+def tracker_reason(w: World) -> str | None:
+    """The tracker says "connected" for a peering exactly when one of the leader's handlers for
+    it is serving (an Open was accepted or a dial made, and the handler has not returned or begun
+    to drain). What an operator reads as ACTIVE or FAILING comes from here."""
+    for c, cl in enumerate(w.clusters):
+        serving = set()
+        for st in w.streams:
+            if st.dialer == c and st.d_phase == OPEN and st.d_term == cl.term:
+                serving.add(st.dialer_gen)
+            if st.acceptor == c and st.a_phase == OPEN and st.a_term == cl.term:
+                serving.add(st.peer_gen)
+        connected = {t.gen for t in cl.tracker if t.connected}
+        for gen in sorted(connected - serving):
+            return (f"{cluster_name(c)}'s tracker shows peering {gen} connected, but no "
+                    "handler of its leader serves a stream for it")
+        for gen in sorted(serving - connected):
+            return (f"{cluster_name(c)} serves a stream for peering {gen}, but its tracker "
+                    "does not show it connected")
+    return None
+
+
+def terminated_cause_reason(w: World) -> str | None:
+    """A row is TERMINATED only if the operator on the other side deleted that peering."""
+    deleted_by = w.ghost.deleted_by
+    for c, cl in enumerate(w.clusters):
+        for row in cl.rows:
+            if row.state == TERMINATED and (pair_of(c, row), row.peer) not in deleted_by:
+                return (f"{cluster_name(c)}'s peering with {cluster_name(row.peer)} is "
+                        f"TERMINATED, but {cluster_name(row.peer)}'s operator never deleted it")
     return None
 
 
@@ -378,6 +423,68 @@ def _teardown_reason(s: World, a: A.Action, s2: World) -> str | None:
                 if row is not None and row.active:
                     return (f"{cluster_name(c)} tore down the stream of its active peering with "
                             f"{cluster_name(row.peer)}")
+    return None
+
+
+def _teardown_inactive_reason(s: World, a: A.Action, s2: World) -> str | None:
+    """The dual of no-teardown-of-active: a sync pass closes the doneCh of every stream in its
+    snapshot whose peering is inactive or gone."""
+    if isinstance(a, A.SyncApply):
+        c = a.cluster
+        snapshot = s.clusters[c].snapshot or ()
+    elif isinstance(a, A.Sync):
+        c = a.cluster
+        snapshot = tuple(t.gen for t in s.clusters[c].tracker if t.connected)
+    else:
+        return None
+    cl = s.clusters[c]
+    for gen in snapshot:
+        row = cl.row_by_gen(gen)
+        if row is not None and row.active:
+            continue
+        for st in s2.streams:
+            if st.dialer == c and st.dialer_gen == gen and st.d_phase == OPEN and not st.d_done:
+                side = "dialer"
+            elif (st.acceptor == c and st.peer_gen == gen and st.a_phase == OPEN
+                  and not st.a_done):
+                side = "acceptor"
+            else:
+                continue
+            state = "gone" if row is None else _state_name(row.state)
+            return (f"{cluster_name(c)}'s sync pass left the {side} stream {st.sid} of its "
+                    f"peering {gen} running, although that peering is {state}")
+    return None
+
+
+def _accept_reason(s: World, a: A.Action, s2: World) -> str | None:
+    """An acceptor's handler goes from reading the first message to serving only for a peering
+    that is active."""
+    if s.streams is s2.streams:
+        return None
+    before = {st.sid: st for st in s.streams}
+    for st in s2.streams:
+        old = before.get(st.sid)
+        if old is None or old is st or old.a_phase != NEW or st.a_phase == NEW:
+            continue
+        if st.a_phase == OPEN:
+            row = s.clusters[st.acceptor].row_by_gen(st.peer_gen)
+            if row is None or not row.active:
+                state = "gone" if row is None else _state_name(row.state)
+                return (f"{cluster_name(st.acceptor)} accepted stream {st.sid} for its peering "
+                        f"with {cluster_name(st.dialer)}, which is {state}")
+    return None
+
+
+_DELETION_STEPS = (A.DeleteNodes, A.DeleteBundle, A.DeleteRow)
+
+
+def _deletion_leader_reason(s: World, a: A.Action, s2: World) -> str | None:
+    """Every write of the deletion routine comes from the routine of the current leader."""
+    if isinstance(a, _DELETION_STEPS):
+        cl = s.clusters[a.cluster]
+        if cl.term not in cl.deleters:
+            return (f"{cluster_name(a.cluster)} made a deletion write while no deletion routine "
+                    f"of its current leader (term {cl.term}) runs")
     return None
 
 
@@ -473,8 +580,19 @@ class Properties:
                       lambda w: leader_reason(w) is None, lambda w: leader_reason(w) or ""),
             StateProperty(SETTLED_IS_CLEAN, "every settled state is clean", settled_is_clean,
                       explain_unclean),
+            StateProperty(TRACKER_CONSISTENT,
+                          "the stream tracker shows connected exactly the streams being served",
+                          lambda w: tracker_reason(w) is None,
+                          lambda w: tracker_reason(w) or ""),
+            StateProperty(TERMINATED_ONLY_IF_PEER_DELETED,
+                          "a row is TERMINATED only if the peer's operator deleted the peering",
+                          lambda w: terminated_cause_reason(w) is None,
+                          lambda w: terminated_cause_reason(w) or ""),
         )
         self.transition_invariants: tuple[TransitionProperty, ...] = (
+            TransitionProperty(ACCEPT_ONLY_WHEN_ACTIVE,
+                               "a stream is accepted only for an active peering",
+                               _no_sends_or(_accept_reason), _explain(_accept_reason)),
             TransitionProperty(NO_IMPORT_WHEN_INACTIVE,
                                 "nothing is imported for a peering after it became inactive",
                                 _no_store_change_or(_import_reason),
@@ -493,8 +611,17 @@ class Properties:
             TransitionProperty(NO_TEARDOWN_OF_ACTIVE,
                                 "a stream is never torn down for an active peering",
                                 _no_sends_or(_teardown_reason), _explain(_teardown_reason)),
+            TransitionProperty(TEARDOWN_OF_INACTIVE,
+                               "a sync pass tears down every snapshotted stream of an inactive "
+                               "peering",
+                               _holds(_teardown_inactive_reason),
+                               _explain(_teardown_inactive_reason)),
+            TransitionProperty(DELETION_BY_CURRENT_LEADER,
+                               "every deletion write comes from the current leader's routine",
+                               _holds(_deletion_leader_reason),
+                               _explain(_deletion_leader_reason)),
         )
         self.liveness: tuple[LivenessProperty, ...] = (
-            LivenessProperty(SETTLES, "a settled state stays reachable by protocol steps alone",
-                     is_settled, A.is_protocol),
+            LivenessProperty(SETTLES, "every fair run of protocol steps reaches a settled state",
+                             is_settled, A.is_protocol, fairness="weak"),
         )

@@ -67,6 +67,12 @@ def describe_action(action: object) -> str:
                 "heartbeat timeout")
     if isinstance(action, A.Failover):
         return f"FAULT: {n(action.cluster)}'s leader fails over (tracker and routines are lost)"
+    if isinstance(action, A.HandlerWriteFails):
+        return (f"FAULT: stream {action.sid}: the {_SIDE[action.side]} receives the next "
+                "message, and the store write it calls for fails")
+    if isinstance(action, A.RoutineWriteFails):
+        return (f"FAULT: {n(action.cluster)}: the deletion routine's next write for "
+                f"{n(action.peer)} fails")
     if isinstance(action, A.Sync):
         return f"{n(action.cluster)}: sync pass (lists peerings, dials, tears down)"
     if isinstance(action, A.SyncSnapshot):

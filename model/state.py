@@ -83,7 +83,10 @@ class Cluster(NamedTuple):
     sync_due: bool  # the peering-table watch fired; a sync pass is pending
     snapshot: tuple[int, ...] | None  # mid-pass: connected stream IDs taken before the list
     dialing: tuple[int, ...]  # row IDs with a running dialer retry loop, sorted
-    zombies: int  # deletion routines still running on a deposed leader (bug deletion-no-stop)
+    #: the leader terms whose deletion routine is running, sorted. Each new leader starts its own
+    #: (so normally this is just `term`); a deposed leader's routine is stopped, except with the
+    #: bug deletion-no-stop, where a busy one keeps looping.
+    deleters: tuple[int, ...]
 
     def row(self, peer: int) -> Row | None:
         for r in self.rows:
@@ -163,12 +166,37 @@ class Stream(NamedTuple):
     a_sent: tuple[tuple[str, bool], ...]
 
 
-class Ghost(NamedTuple):
-    """History that only the properties read; the protocol never looks at it."""
+#: A peering *pair* is named by its acceptor row, (acceptor cluster, acceptor row ID): the token.
+Pair = tuple[int, int]
 
-    faulted: bool = False  # a connection fault, heartbeat timeout or failover has happened
+
+def pair_of(c: int, row: Row) -> Pair:
+    """The pair that cluster `c`'s `row` belongs to."""
+    return (row.peer, row.peer_gen) if row.dialer else (c, row.gen)
+
+
+class Ghost(NamedTuple):
+    """History that only the properties read; the protocol never looks at it.
+
+    Clause (d) of settled-is-clean ("the peer was told") cannot hold after some faults (finding
+    F2). Rather than excuse every run that ever had a fault, the ghost records the *pairs* for
+    which a fault struck inside a real window, and only those are excused (specs/properties.md).
+    """
+
     #: (cluster, row ID) of rows the operator asked to delete
     user_deleted: tuple[tuple[int, int], ...] = ()
+    #: (pair, deleting cluster): the operator of `deleting cluster` deleted its row of `pair`
+    deleted_by: tuple[tuple[Pair, int], ...] = ()
+    #: pairs whose peer may legitimately never be told (finding F2): a fault hit their stream
+    #: while one of the two rows was inactive or gone, or one side was deleted while no healthy
+    #: stream joined them and no later dial could reach the deleted row
+    excused: tuple[Pair, ...] = ()
+    #: pairs whose acceptor row was marked for deletion while no healthy stream joined the two
+    #: rows: the dialer can only learn of it by dialing before the row is removed (#14285)
+    unannounced: tuple[Pair, ...] = ()
+    #: pairs where a store write of a handler failed (finding F6): the peer may stay untold and
+    #: a replicated item may stay missing until the next change
+    apply_failed: tuple[Pair, ...] = ()
 
 
 class Budget(NamedTuple):
@@ -177,7 +205,7 @@ class Budget(NamedTuple):
     deletes: int  # operator deletes of an active peering
     cleanups: int  # operator deletes of a TERMINATED peering (the cleanup after being told)
     churn: int  # register / deregister / export / unexport
-    faults: int  # connection resets and heartbeat timeouts
+    faults: int  # connection resets, heartbeat timeouts and failed store writes
     failovers: int
 
 

@@ -138,6 +138,11 @@ TERMINATED_ONLY_WHEN_INACTIVE = "terminated-only-when-inactive"
 NO_TEARDOWN_OF_ACTIVE = "no-teardown-of-active"
 STORE_RULES = "store-rules"
 ROUTINES_ONLY_ON_LEADER = "routines-only-on-leader"
+TEARDOWN_OF_INACTIVE = "teardown-of-inactive"
+ACCEPT_ONLY_WHEN_ACTIVE = "accept-only-when-active"
+TRACKER_CONSISTENT = "tracker-consistent"
+TERMINATED_ONLY_IF_PEER_DELETED = "terminated-only-if-peer-deleted"
+DELETION_BY_CURRENT_LEADER = "deletion-by-current-leader"
 SETTLES = "settles"
 SETTLED_IS_CLEAN = "settled-is-clean"
 
@@ -148,8 +153,13 @@ PROPERTY_IDS = (
     TERMINATED_ROW_KEPT,
     TERMINATED_ONLY_WHEN_INACTIVE,
     NO_TEARDOWN_OF_ACTIVE,
+    TEARDOWN_OF_INACTIVE,
+    ACCEPT_ONLY_WHEN_ACTIVE,
     STORE_RULES,
     ROUTINES_ONLY_ON_LEADER,
+    DELETION_BY_CURRENT_LEADER,
+    TRACKER_CONSISTENT,
+    TERMINATED_ONLY_IF_PEER_DELETED,
     SETTLES,
     SETTLED_IS_CLEAN,
 )

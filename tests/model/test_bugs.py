@@ -9,7 +9,7 @@ import pytest
 from peerkit.checker.engine import check, replay
 from peerkit.model import BUGS, PeeringModel, get_config
 from peerkit.model.vocabulary import (
-    NO_EXPORT_WHEN_INACTIVE,
+    ACCEPT_ONLY_WHEN_ACTIVE,
     NO_TEARDOWN_OF_ACTIVE,
     ROUTINES_ONLY_ON_LEADER,
     SETTLED_IS_CLEAN,
@@ -23,7 +23,7 @@ EXPECTED = {
     "terminated-undeletable": (SETTLED_IS_CLEAN, 13),
     "no-reconnect": (SETTLED_IS_CLEAN, 3),
     "deletion-no-stop": (ROUTINES_ONLY_ON_LEADER, 2),
-    "dial-deleted": (NO_EXPORT_WHEN_INACTIVE, 5),
+    "dial-deleted": (ACCEPT_ONLY_WHEN_ACTIVE, 5),
 }
 
 

@@ -207,7 +207,8 @@ def test_acceptor_answers_a_dial_for_a_deleted_peering_with_terminated() -> None
 def test_reset_lets_the_dialer_reconnect() -> None:
     m = model(ESTABLISHED)
     w = run(m, m.initial(), A.Reset(0))
-    assert w.ghost.faulted and w.budget.faults == 0
+    assert w.budget.faults == 0
+    assert w.ghost.excused == ()  # both rows were active: nothing excuses an untold peer
     w = drive(m, w)
     assert len(w.streams) == 1 and w.streams[0].d_phase == OPEN == w.streams[0].a_phase
 
@@ -233,14 +234,22 @@ def test_failover_loses_leader_memory_but_keeps_the_store() -> None:
 def test_deletion_no_stop_leaves_a_zombie_routine() -> None:
     m = model(ESTABLISHED, {"deletion-no-stop"})
     idle = run(m, m.initial(), A.Failover(0))
-    assert idle.clusters[0].zombies == 0  # a routine blocked on its watch does return
+    assert idle.clusters[0].deleters == (2,)  # a routine blocked on its watch does return
     w = run(m, m.initial(), A.Delete(0, 1), A.Failover(0))
-    assert w.clusters[0].zombies == 1  # a busy one keeps looping on the deposed leader
+    assert w.clusters[0].deleters == (1, 2)  # a busy one keeps looping on the deposed leader
     assert A.Spin(0) in m.enabled(w)
     assert m.step(w, A.Spin(0)) == w
     w = drive(m, w, avoid=(A.Spin, A.Dial))  # the new leader finishes the deletion
-    assert w.clusters[0].zombies == 1 and w.clusters[0].rows == ()
-    assert m.step(w, A.Spin(0)).clusters[0].zombies == 0  # then the zombie's watch fails
+    assert w.clusters[0].deleters == (1, 2) and w.clusters[0].rows == ()
+    assert m.step(w, A.Spin(0)).clusters[0].deleters == (2,)  # then the zombie's watch fails
+
+
+def test_each_leader_term_runs_its_own_deletion_routine() -> None:
+    m = model(ESTABLISHED)
+    w = run(m, m.initial(), A.Delete(0, 1), A.Failover(0))
+    assert w.clusters[0].deleters == (2,)  # the old one stopped, the new leader started its own
+    assert A.DeleteBundle(0, 1) in m.enabled(w)
+    assert A.Spin(0) not in m.enabled(w)
 
 
 def test_stored_map_bug_tears_down_the_accepted_stream() -> None:
