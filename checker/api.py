@@ -56,6 +56,10 @@ class Liveness(Generic[S, A]):
     target: Callable[[S], bool]
     #: Which transitions may be used to get there (e.g. protocol steps, not operator or faults).
     counts: Callable[[A], bool] = _always
+    #: "none": a target stays reachable from every state (no dead end, no trap). "weak": also,
+    #: every run in which no counted action stays enabled for ever without being taken reaches a
+    #: target (no fair cycle avoids the targets). Actions are told apart by equality.
+    fairness: str = "none"
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from . import specgen
 from .checker.engine import Bounds, Progress, check
 from .checker.report import format_counterexample, format_summary, format_verdicts, result_json
 from .model import BUGS, CONFIGS, PeeringModel, get_config
+from .model.machine import SetupError
 from .model.render import describe_step, mermaid, replay_program, summarize
 
 EXIT_OK, EXIT_VIOLATED, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
@@ -61,6 +62,16 @@ def _bug_name(text: str) -> str:
     return text
 
 
+def _mutant_name(text: str) -> str:
+    from .model.mutants import MUTANTS
+
+    if text not in MUTANTS:
+        raise argparse.ArgumentTypeError(
+            f"unknown mutant {text!r}; `peerkit mutants` lists the {len(MUTANTS)} of them"
+        )
+    return text
+
+
 def _config_name(text: str) -> str:
     if text not in CONFIGS:
         raise argparse.ArgumentTypeError(
@@ -84,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="named configuration (see `peerkit configs`; default: default)")
     chk.add_argument("--bug", type=_bug_name, action="append", default=[], metavar="NAME",
                      help="switch a known bug on (repeatable; see `peerkit bugs`)")
+    chk.add_argument("--mutant", type=_mutant_name, metavar="NAME",
+                     help="check the model with one mistake of the mutation catalog in place "
+                     "(`peerkit mutants` lists them)")
     chk.add_argument("--json", action="store_true",
                      help="print one JSON object on stdout instead of the text report")
     chk.add_argument("--trace-out", type=Path, metavar="FILE",
@@ -99,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("bugs", help="list the bug switches, one per line")
     sub.add_parser("configs", help="list the named configurations")
+    sub.add_parser("mutants", help="list the mutation catalog: plausible mistakes in the fixed "
+                   "protocol, one per line (name, family, the mistake)")
     sub.add_parser("properties", help="list the properties the checker decides")
     specs = sub.add_parser("specs", help="regenerate specs/generated (tables and diagrams from "
                            "the model), or --check that it is current")
@@ -161,13 +177,20 @@ class _ProgressPrinter:
 def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     config = get_config(args.config)
     bugs = sorted(set(args.bug))
-    model = PeeringModel(config, bugs)
+    try:
+        model = PeeringModel(config, bugs, mutant=args.mutant)
+        model.initial()
+    except SetupError as exc:
+        err.write(f"peerkit check: {exc} (configuration {config.name!r}"
+                  f"{', mutant ' + args.mutant if args.mutant else ''})\n")
+        return EXIT_VIOLATED
     bounds = Bounds(max_depth=args.max_depth, max_states=args.max_states,
                     max_seconds=args.max_seconds, stop_at_first=not args.all)
     progress = None if args.no_progress else _ProgressPrinter(err)
     if progress is not None and not args.json:
         err.write(f"peerkit check: configuration {config.name!r} ({config.description})"
-                  f"{'; bugs: ' + ', '.join(bugs) if bugs else ''}\n")
+                  f"{'; bugs: ' + ', '.join(bugs) if bugs else ''}"
+                  f"{'; mutant: ' + args.mutant if args.mutant else ''}\n")
     result = check(model, bounds, progress=progress, progress_interval=0.5)
     if progress is not None:
         progress.done()
@@ -181,7 +204,8 @@ def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         _write_trace(args.trace_out, model, ce, titles.get(ce.property_id, ""))
 
     if args.json:
-        report = result_json(result, describe, extra={"config": config.name, "bugs": bugs})
+        report = result_json(result, describe, extra={"config": config.name, "bugs": bugs,
+                                                      "mutant": args.mutant})
         if ce is not None and args.trace_out is not None:
             report["trace_out"] = str(args.trace_out)
         json.dump(report, out, indent=2)
@@ -189,7 +213,8 @@ def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     else:
         w = out.write
         w(f"peerkit check --config {config.name}"
-          f"{''.join(' --bug ' + b for b in bugs)}\n")
+          f"{''.join(' --bug ' + b for b in bugs)}"
+          f"{' --mutant ' + args.mutant if args.mutant else ''}\n")
         for line in format_summary(result):
             w(line + "\n")
         w("\n")
@@ -205,7 +230,8 @@ def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 w(f"    {line}\n")
             w("\n  To replay it in Python:\n\n")
             actions = [*violation.actions, *(s.action for s in violation.loop)]
-            for line in replay_program(config.name, bugs, actions).splitlines():
+            for line in replay_program(config.name, bugs, actions,
+                                       mutant=args.mutant).splitlines():
                 w(f"    {line}\n")
             w("\n")
         for line in format_verdicts(result):
@@ -250,6 +276,18 @@ def run_configs(out: TextIO) -> int:
     return EXIT_OK
 
 
+def run_mutants(out: TextIO) -> int:
+    from .model.mutants import EQUIVALENT, MUTANTS
+
+    width = max(len(name) for name in MUTANTS)
+    for m in MUTANTS.values():
+        note = f"  [equivalent: {EQUIVALENT[m.name]}]" if m.name in EQUIVALENT else ""
+        out.write(f"{m.name:<{width}}  {m.family:<9}  {m.summary}{note}\n")
+    out.write(f"{len(MUTANTS)} mutants, {len(EQUIVALENT)} shown equivalent "
+              "(specs/mutants.md); `peerkit check --mutant NAME` checks one\n")
+    return EXIT_OK
+
+
 def run_properties(out: TextIO) -> int:
     model = PeeringModel(get_config("tiny"))
     rows: list[tuple[str, str, str]] = []
@@ -278,6 +316,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
         return run_bugs(out)
     if args.command == "configs":
         return run_configs(out)
+    if args.command == "mutants":
+        return run_mutants(out)
     if args.command == "properties":
         return run_properties(out)
     if args.command == "specs":

@@ -101,6 +101,10 @@ class IllegalAction(Exception):
     """The action is not enabled in this world; the world is unchanged."""
 
 
+class SetupError(Exception):
+    """The configuration's starting world cannot be reached by the model's own steps."""
+
+
 class ProtocolError(Exception):
     """A handler met an input its table does not allow (a bug in the model or the tables)."""
 
@@ -129,6 +133,8 @@ class PeeringModel:
             if self.mutant.switch:
                 self.switches |= {self.mutant.switch}
         self.stored_map_bug = "stored-map" in self.switches
+        self.dial_inactive = "dial-inactive" in self.switches
+        self.export_when_inactive = "export-when-inactive" in self.switches
         self.deletion_no_stop_bug = "deletion-no-stop" in self.switches
         #: the deletion routine's order of writes for one peering (upstream: nodes, bundle, row)
         self._deletion_order = ("nodes", "bundle", "row")
@@ -186,6 +192,9 @@ class PeeringModel:
         budget = w.budget
         w = w._replace(budget=budget._replace(tokens=1, establishes=1))
         w = self.step(w, A.GenerateToken(0, 1))
+        if not w.tokens:
+            raise SetupError("the established start cannot be reached: GenerateToken made no "
+                             "token")
         w = self.step(w, A.Establish(1, 0, w.tokens[0][1]))
         for _ in range(1000):
             todo = [a for a in self.enabled(w) if A.is_protocol(a)
@@ -194,8 +203,12 @@ class PeeringModel:
             if not todo:
                 break
             w = self._apply(w, todo[0])
-        else:  # pragma: no cover - the happy path is short
-            raise AssertionError("setting up the established peering did not settle")
+        else:
+            raise SetupError("the established start cannot be reached: setting up the "
+                             "peering did not settle")
+        if not any(st.d_phase == OPEN and st.a_phase == OPEN for st in w.streams):
+            raise SetupError("the established start cannot be reached: no stream connects "
+                             "the two clusters after the set-up")
         return w._replace(budget=budget._replace(tokens=budget.tokens,
                                                  establishes=budget.establishes))
 
@@ -287,10 +300,11 @@ class PeeringModel:
                 out.append(A.SyncSnapshot(c) if self.config.split_sync else A.Sync(c))
             for gen in cl.dialing:
                 row = cl.row_by_gen(gen)
-                if row is not None and row.active and not self._dialer_end_live(w, c, gen):
+                if row is not None and (row.active or self.dial_inactive) \
+                        and not self._dialer_end_live(w, c, gen):
                     out.append(A.Dial(c, gen))
             # only the deletion routine of the current leader's term writes
-            if cl.term in cl.deleters or "deletion-any-term" in self.switches:
+            if cl.term in cl.deleters or "deletion-without-routine" in self.switches:
                 for row in cl.rows:
                     step = self._deletion_step(cl, row)
                     if step is not None:
@@ -322,7 +336,7 @@ class PeeringModel:
                        ) -> type[A.DeleteNodes | A.DeleteBundle | A.DeleteRow] | None:
         """The deletion routine's next write for `row`, in upstream's order: nodes, then the
         trust bundle, then the row (unless the lifecycle keeps it); None if it has none."""
-        if row.active:
+        if row.active != ("deletion-guard-inverted" in self.switches):
             return None
         imp = cl.imports_from(row.peer)
         order = self._deletion_order
@@ -354,7 +368,7 @@ class PeeringModel:
         row = cl.row_by_gen(gen)
         # peerkit: an inactive peering exports nothing (PeeringsForService skips it, §7.2); the
         # trust bundle goes out once, when the handler starts.
-        if row is None or not row.active:
+        if row is None or (not row.active and not self.export_when_inactive):
             return
         outbound = st.up if side == "d" else st.down
         if outbound.end != LIVE:
@@ -487,7 +501,8 @@ class PeeringModel:
             cl = self._with_row(cl, None, row.peer)
         else:
             cl = self._with_row(cl, row._replace(state=state), row.peer)
-        if state in (REMOVED, DELETING, TERMINATED):
+        if state in (REMOVED, DELETING, TERMINATED) and not (
+                self.dial_inactive and state != REMOVED):
             cl = self._without_dialing(cl, row.gen)
         return self._set_cluster(w, c, cl._replace(sync_due=True))
 
@@ -495,7 +510,8 @@ class PeeringModel:
     def _do_GenerateToken(self, w: World, a: A.GenerateToken) -> World:
         cl = w.clusters[a.cluster]
         nxt = self.lifecycle[ACCEPTOR, None, GENERATE_TOKEN]
-        assert not isinstance(nxt, Refused)
+        if isinstance(nxt, Refused):  # only a mutant refuses: the RPC fails, the budget is spent
+            return w._replace(budget=w.budget._replace(tokens=w.budget.tokens - 1))
         row = Row(peer=a.peer, gen=cl.next_gen, state=nxt, peer_gen=0, dialer=False)
         cl = self._with_row(cl, row, a.peer)._replace(next_gen=cl.next_gen + 1, sync_due=True)
         w = self._set_cluster(w, a.cluster, cl)
@@ -505,7 +521,8 @@ class PeeringModel:
     def _do_Establish(self, w: World, a: A.Establish) -> World:
         cl = w.clusters[a.cluster]
         nxt = self.lifecycle[DIALER, None, ESTABLISH]
-        assert not isinstance(nxt, Refused)
+        if isinstance(nxt, Refused):  # only a mutant refuses: the RPC fails, the budget is spent
+            return w._replace(budget=w.budget._replace(establishes=w.budget.establishes - 1))
         row = Row(peer=a.acceptor, gen=cl.next_gen, state=nxt, peer_gen=a.token_gen,
                   dialer=True)
         cl = self._with_row(cl, row, a.acceptor)._replace(next_gen=cl.next_gen + 1,
@@ -628,8 +645,10 @@ class PeeringModel:
         busy = self.deletion_no_stop_bug and self._has_deletion_work(cl)
         # leadership loss stops the routines of this term (#17483); the new leader starts its own
         kept = tuple(t for t in cl.deleters if t != cl.term or busy)
-        started = () if "no-deletion-on-new-leader" in self.switches else (cl.term + 1,)
-        cl = cl._replace(term=cl.term + 1, tracker=(), sync_due=True, snapshot=None,
+        started = () if self.switches & {"no-deletion-on-new-leader",
+                                         "deletion-without-routine"} else (cl.term + 1,)
+        tracker = cl.tracker if "failover-keeps-tracker" in self.switches else ()
+        cl = cl._replace(term=cl.term + 1, tracker=tracker, sync_due=True, snapshot=None,
                          dialing=(), deleters=(*kept, *started))
         w = self._set_cluster(w, c, cl)
         # every handler the old leader ran is gone; its peers see their streams reset
@@ -652,6 +671,10 @@ class PeeringModel:
     # -- leader routines ----------------------------------------------------------------------
     def _do_SyncSnapshot(self, w: World, a: A.SyncSnapshot) -> World:
         cl = w.clusters[a.cluster]
+        if "sync-list-before-snapshot" in self.switches:
+            # the mistake: the first half lists the peerings; the streams are copied later
+            return self._set_cluster(w, a.cluster, cl._replace(
+                sync_due=False, snapshot=tuple(sorted(self._stored(cl)))))
         snapshot = tuple(t.gen for t in cl.tracker if t.connected)
         return self._set_cluster(w, a.cluster, cl._replace(sync_due=False, snapshot=snapshot))
 
@@ -659,21 +682,21 @@ class PeeringModel:
         c = a.cluster
         cl = w.clusters[c]
         assert cl.snapshot is not None
-        stored = set()
+        snapshot = cl.snapshot
+        stored = self._stored(cl)
+        if "sync-list-before-snapshot" in self.switches:
+            snapshot, stored = tuple(t.gen for t in cl.tracker if t.connected), set(snapshot)
         dialing = set(cl.dialing)
         for row in cl.rows:
-            if not row.active:
-                continue  # the fix skips inactive peerings (and so did nothing store them)
-            if not self.stored_map_bug or row.dialer:
-                stored.add(row.gen)
-            if not row.dialer:
+            if not row.active or not row.dialer or "sync-no-redial" in self.switches:
                 continue
             track = cl.track(row.gen)
             if (track is None or not track.connected) and not self._dialer_end_live(w, c, row.gen):
                 dialing.add(row.gen)
         w = self._set_cluster(w, c, cl._replace(snapshot=None, dialing=tuple(sorted(dialing))))
-        for gen in cl.snapshot:
-            if gen in stored:
+        teardown_stored = "sync-teardown-stored" in self.switches
+        for gen in snapshot:
+            if (gen in stored) != teardown_stored:
                 continue
             for st in w.streams:
                 if st.dialer == c and st.dialer_gen == gen and st.d_phase == OPEN \
@@ -683,6 +706,17 @@ class PeeringModel:
                         and not st.a_done:
                     w = self._set_stream(w, st._replace(a_done=True), st.sid)
         return w
+
+    def _stored(self, cl: Cluster) -> set[int]:
+        """The sync pass's stored map: every active peering (the seed's fix), whatever its role;
+        inactive ones are skipped."""
+        stored = set()
+        for row in cl.rows:
+            if not row.active and "sync-keeps-inactive" not in self.switches:
+                continue
+            if not self.stored_map_bug or row.dialer:
+                stored.add(row.gen)
+        return stored
 
     def _do_Sync(self, w: World, a: A.Sync) -> World:
         w = self._do_SyncSnapshot(w, A.SyncSnapshot(a.cluster))
@@ -820,7 +854,12 @@ class PeeringModel:
             # but the trust bundle goes out with every new stream
             return self._publish(w, st, side, (ROOTS,))
         exported = [s for s in self.config.services if self.export_view(cl, peer, s)]
-        return self._publish(w, st, side, (ROOTS, SERVICE_LIST, *exported))
+        first: tuple[str, ...] = (ROOTS, SERVICE_LIST)
+        if self.switches & {"no-service-list", "no-trust-bundle"}:
+            first = tuple(r for r in first if not (
+                (r == ROOTS and "no-trust-bundle" in self.switches)
+                or (r == SERVICE_LIST and "no-service-list" in self.switches)))
+        return self._publish(w, st, side, (*first, *exported))
 
     def _do_SendTerminated(self, w: World, a: A.SendTerminated) -> World:
         st = self._stream(w, a.sid)
@@ -968,6 +1007,13 @@ class PeeringModel:
             return w
         return self._set_row_state(w, c, row, nxt)
 
+    def _import_refused(self, row: Row | None) -> bool:
+        """The store's import guard: imported data only for an active peering (finding F5)."""
+        if "import-when-inactive" in self.switches:
+            return row is None
+        inactive = row is None or not row.active
+        return not inactive if "import-guard-inverted" in self.switches else inactive
+
     def _import(self, w: World, st: Stream, side: str, msg: Message,
                 write_fails: bool = False) -> tuple[World, Stream]:
         c, gen, peer = self._side(st, side)
@@ -977,6 +1023,8 @@ class PeeringModel:
         accepted = True
         if write_fails:
             accepted = False  # the raft apply failed: nothing is written, the reply is a Nack
+        elif resource == SERVICE_LIST and "service-list-ignored" in self.switches:
+            pass
         elif resource == SERVICE_LIST:
             # drop what the exporter no longer exports (deletes are always allowed)
             names = msg[2]
@@ -985,7 +1033,7 @@ class PeeringModel:
             if imp is not None and any(s not in names for s in imp.services):
                 imp = imp._replace(services=tuple(s for s in imp.services if s in names))
                 w = self._set_cluster(w, c, self._with_import(cl, imp))
-        elif (present := bool(msg[2])) and (row is None or not row.active):
+        elif (present := bool(msg[2])) and self._import_refused(row):
             accepted = False  # the store refuses: ERR_IMPORT_INACTIVE
         else:
             imp = cl.imports_from(peer) or Imported(peer, (), False)
@@ -1005,4 +1053,4 @@ class PeeringModel:
         return w, st
 
 
-__all__ = ["IllegalAction", "PeeringModel", "ProtocolError"]
+__all__ = ["IllegalAction", "PeeringModel", "ProtocolError", "SetupError"]

@@ -256,7 +256,8 @@ __all__ = ["MSG_OPEN", "describe_action", "describe_message", "describe_step", "
            "summarize"]
 
 
-def replay_program(config: str, bugs: Sequence[str], actions: Sequence[A.Action]) -> str:
+def replay_program(config: str, bugs: Sequence[str], actions: Sequence[A.Action],
+                   mutant: str | None = None) -> str:
     """A Python program that replays a run step by step (paste it into a file and run it).
 
     It ends by printing which properties the final state (and the final step) break.
@@ -267,7 +268,8 @@ def replay_program(config: str, bugs: Sequence[str], actions: Sequence[A.Action]
         "from peerkit.model.actions import *  # noqa: F403",
         "from peerkit.model.render import summarize",
         "",
-        f"model = PeeringModel(get_config({config!r}), bugs={sorted(bugs)!r})",
+        f"model = PeeringModel(get_config({config!r}), bugs={sorted(bugs)!r}"
+        + (f", mutant={mutant!r})" if mutant else ")"),
         "before = world = model.initial()",
     ]
     for action in actions:

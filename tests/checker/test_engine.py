@@ -599,3 +599,53 @@ def test_reduction_composition_and_initial_states() -> None:
     ce = result.counterexample
     assert ce is not None and ce.initial == (1, 0) and len(ce.steps) == 1
     _replayed_states(model, ce)
+
+
+# --------------------------------------------------------------------------------------------
+# liveness under weak fairness
+
+
+def _named_model(edges: Mapping[int, Sequence[tuple[str, int]]], fairness: str
+                 ) -> StepModel[int, str]:
+    """A model whose actions are names, so one action can be enabled in several states."""
+    return StepModel(
+        name="named",
+        initial=lambda: [0],
+        enabled=lambda s: [a for a, _ in edges.get(s, ())],
+        step=lambda s, a: dict(edges[s])[a],
+        liveness=(Liveness("reach-9", "9 is reached", lambda s: s == 9,
+                           fairness=fairness),),
+    )
+
+
+def test_weak_fairness_finds_a_fair_cycle_that_reachability_misses() -> None:
+    # 0 <-> 1 by "spin"; "leave" reaches the target 9 but only from 1, so it is not enabled
+    # throughout the cycle: a fair run may spin for ever. Backward reachability cannot see it.
+    edges = {0: [("spin", 1)], 1: [("spin", 0), ("leave", 9)]}
+    assert check(_named_model(edges, "none")).ok
+    result = check(_named_model(edges, "weak"))
+    assert _verdicts(result) == {"reach-9": "violated"}
+    ce = result.counterexample
+    assert ce is not None and "fair cycle" in ce.explanation
+    assert [s.action for s in ce.loop] == ["spin", "spin"]
+    assert ce.loop[-1].state == (ce.steps[-1].state if ce.steps else ce.initial)
+
+
+def test_weak_fairness_accepts_a_cycle_left_by_a_step_enabled_throughout() -> None:
+    # "leave" is enabled in both states of the cycle: weak fairness forces it to be taken
+    edges = {0: [("spin", 1), ("leave", 9)], 1: [("spin", 0), ("leave", 9)]}
+    assert check(_named_model(edges, "weak")).ok
+
+
+def test_weak_fairness_keeps_reporting_dead_ends() -> None:
+    edges = {0: [("go", 1)], 1: []}
+    result = check(_named_model(edges, "weak"))
+    assert _verdicts(result) == {"reach-9": "violated"}
+    assert result.counterexample is not None and "dead end" in result.counterexample.explanation
+
+
+def test_weak_fairness_self_loop_is_a_fair_cycle_only_if_nothing_else_is_always_enabled() -> None:
+    stutter = {0: [("wait", 0)]}
+    assert not check(_named_model(stutter, "weak")).ok  # also a trap for reachability
+    escapable = {0: [("wait", 0), ("go", 9)]}
+    assert check(_named_model(escapable, "weak")).ok
