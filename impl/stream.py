@@ -38,6 +38,7 @@ from typing import Final
 
 import trio
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError, Message
 
 from peerkit.model.tables import ACCEPTOR, DIALER
 from peerkit.model.vocabulary import ERR_HEARTBEAT_TIMEOUT, WARN_DRAIN_FAILED
@@ -90,6 +91,17 @@ def serialize(message: ReplicationMessage) -> bytes:
 
 def deserialize(data: bytes) -> ReplicationMessage:
     return ReplicationMessage.FromString(data)
+
+def _unpack(resource: any_pb2.Any, into: Message) -> None:
+    """Unpack a Response's payload; ValueError (the caller NACKs) when it is of another type or
+    does not decode (upstream: "failed to unmarshal resource: ..."), never a crash."""
+    try:
+        matched = resource.Unpack(into)
+    except DecodeError as exc:
+        raise ValueError(f"failed to unmarshal resource: {exc}") from None
+    if not matched:
+        raise ValueError(f"unexpected payload type {resource.type_url}")
+
 
 HEARTBEAT_INTERVAL: Final = 15.0  # seconds between Heartbeats sent (#13806)
 HEARTBEAT_TIMEOUT: Final = 120.0  # seconds without any message before giving up
@@ -503,8 +515,7 @@ class StreamSession:
             if not rid:
                 raise ValueError("a service resource needs a ResourceID (the service name)")
             exported = peerstream_pb2.ExportedService()
-            if not resource.Unpack(exported):
-                raise ValueError(f"unexpected payload type {resource.type_url}")
+            _unpack(resource, exported)
             instances = [csn_from_pb(n, peer, partition) for n in exported.Nodes]
             if instances:
                 store.import_service_nodes(peer, partition, rid, instances)
@@ -513,16 +524,14 @@ class StreamSession:
             return
         if url == TYPE_URL_EXPORTED_SERVICE_LIST:
             listed = peerstream_pb2.ExportedServiceList()
-            if not resource.Unpack(listed):
-                raise ValueError(f"unexpected payload type {resource.type_url}")
+            _unpack(resource, listed)
             keep = set(listed.Services)
             for service in store.imported_service_names(peer, partition):
                 if service not in keep:
                     store.import_delete_service(peer, partition, service)
             return
         bundle = peering_pb2.PeeringTrustBundle()
-        if not resource.Unpack(bundle):
-            raise ValueError(f"unexpected payload type {resource.type_url}")
+        _unpack(resource, bundle)
         store.trust_bundle_write(
             TrustBundle(
                 peer_name=peer,
