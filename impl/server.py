@@ -64,11 +64,13 @@ from peerkit.proto import admin_pb2, peering_pb2, peerstream_pb2
 
 from .codec import (
     ADMIN_METHODS,
+    MAX_TOKEN_ADDRESSES,
     METHOD_EXCHANGE_SECRET,
     METHOD_STREAM_RESOURCES,
     PEERING_METHODS,
     PeeringToken,
     TokenError,
+    address_problem,
     bundle_to_pb,
     csn_to_pb,
     decode_token,
@@ -153,9 +155,9 @@ def _partition(value: str) -> str:
 
 
 def _address(value: str, what: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-        raise _invalid(f"{what} {value!r} is not a host:port address")
+    problem = address_problem(value)
+    if problem is not None:
+        raise _invalid(f"{what} {value[:80]!r} is not a host:port address: it {problem}")
     return value
 
 
@@ -374,6 +376,9 @@ class PeeringServer:
     ) -> peering_pb2.GenerateTokenResponse:
         name = _name(req.PeerName, "PeerName")
         partition = _partition(req.Partition)
+        if len(req.ServerExternalAddresses) > MAX_TOKEN_ADDRESSES:
+            raise _invalid(f"ServerExternalAddresses has {len(req.ServerExternalAddresses)} "
+                           f"entries; at most {MAX_TOKEN_ADDRESSES} are allowed")
         addresses = [_address(a, "ServerExternalAddresses entry")
                      for a in req.ServerExternalAddresses] or [self.advertise_addr]
         self._require_leader()
