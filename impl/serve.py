@@ -30,7 +30,7 @@ from peerkit.model.vocabulary import BUGS, validate_bugs
 
 from .logs import EventLog, configure_logging
 from .server import PeeringServer
-from .store import SqliteStore
+from .store import SqliteStore, StoreOpenError
 from .transport import AddressInUseError
 from .transport.grpc_bridge import GrpcTransport
 
@@ -83,7 +83,7 @@ async def _serve(args: argparse.Namespace, bugs: frozenset[str]) -> int:
     log = EventLog("peerkit.serve", {"server": args.name})
     try:
         store = SqliteStore(args.data_dir)
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, sqlite3.Error, StoreOpenError) as exc:
         print(f"peerkit serve: cannot open data dir {args.data_dir!r}: {exc}", file=sys.stderr)
         return 1
     try:

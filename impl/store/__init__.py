@@ -27,7 +27,7 @@ from .records import (
     Service,
     TrustBundle,
 )
-from .sqlite import DB_FILENAME, SqliteBackend, SqliteStore
+from .sqlite import DB_FILENAME, LOCK_FILENAME, SqliteBackend, SqliteStore, StoreOpenError
 
 __all__ = [
     "CATALOG",
@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_PARTITION",
     "EXPORTS",
     "HEALTH_STATUSES",
+    "LOCK_FILENAME",
     "PEERINGS",
     "TRUST_BUNDLES",
     "WATCH_TABLES",
@@ -56,5 +57,6 @@ __all__ = [
     "StateStore",
     "StoreDump",
     "StoreError",
+    "StoreOpenError",
     "TrustBundle",
 ]
