@@ -108,6 +108,10 @@ async def _serve(args: argparse.Namespace, bugs: frozenset[str]) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C or SIGTERM; return the exit code."""
+    if not args.data_dir.strip():
+        # Path("") is the current directory: refuse rather than quietly write the database there
+        print("peerkit serve: --data-dir must not be empty", file=sys.stderr)
+        return 2
     for value, what in ((args.grpc_addr, "--grpc-addr"), (args.advertise_addr,
                                                           "--advertise-addr")):
         problem = None if value is None else _check_address(value, what)
