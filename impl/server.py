@@ -92,6 +92,7 @@ from .store import (
     StateStore,
     StoreDump,
     StoreError,
+    StoreFailure,
 )
 from .stream import (
     HEARTBEAT,
@@ -127,6 +128,7 @@ ERR_NAME_EXISTS: Final = "a peering with this name exists"
 ERR_DIALER_TOKEN: Final = "cannot generate a peering token for a peering that dials its peer"
 ERR_BAD_ESTABLISHMENT_SECRET: Final = "invalid establishment secret for PeerID: {id}"
 ERR_EXCHANGE_UNKNOWN: Final = "no peering with PeerID: {id}"
+ERR_STORE_FAILED: Final = "the state store failed"
 
 # Names of nodes, services, service IDs, partitions and of this server: 1-63 letters, digits,
 # '.', '_' or '-', starting with a letter or digit. Matched with fullmatch: a pattern ending in
@@ -634,7 +636,11 @@ class PeeringServer:
             raise AbortStream(StatusCode.UNKNOWN, "EOF") from None
         if term.stopped:
             raise AbortStream(StatusCode.FAILED_PRECONDITION, ERR_NOT_LEADER_ANYMORE)
-        row = await self._check_open(stream, first)
+        try:
+            row = await self._check_open(stream, first)
+        except StoreFailure as exc:
+            self.log.error("state store failed while checking a stream's Open", error=str(exc))
+            raise AbortStream(StatusCode.UNAVAILABLE, f"{ERR_STORE_FAILED}: {exc}") from None
         log = self.log.bind(peering_id=row.id, peer_name=row.name)
         session = StreamSession(
             term.stream_env,
@@ -838,6 +844,8 @@ def _unary(
             return await fn(request)
         except StoreError as exc:
             raise AbortStream(StatusCode.FAILED_PRECONDITION, exc.message) from None
+        except StoreFailure as exc:
+            raise AbortStream(StatusCode.UNAVAILABLE, f"{ERR_STORE_FAILED}: {exc}") from None
 
     def serialize(message: Any) -> bytes:
         data: bytes = message.SerializeToString()

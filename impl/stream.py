@@ -54,7 +54,16 @@ from peerkit.proto.resources import (
 
 from .codec import csn_from_pb, instances_to_pb
 from .logs import EventLog
-from .store import CATALOG, EXPORTS, PEERINGS, CheckServiceNode, StateStore, StoreError, TrustBundle
+from .store import (
+    CATALOG,
+    EXPORTS,
+    PEERINGS,
+    CheckServiceNode,
+    StateStore,
+    StoreError,
+    StoreFailure,
+    TrustBundle,
+)
 from .tracker import DuplicateStreamError, StreamTracker
 from .transport import (
     BidiStream,
@@ -118,6 +127,7 @@ INBOUND_END: Final = "inbound-end"  # error: the inbound side ended (EOF, status
 HEARTBEAT: Final = "heartbeat-timeout"  # error
 SEND_FAILED: Final = "send-failed"  # error: Terminated could not be sent
 REGISTER_FAILED: Final = "register-failed"  # error: a stream for this peering is connected
+STORE_FAILED: Final = "store-failed"  # error: the state store failed (StoreFailure)
 
 
 @dataclass(frozen=True)
@@ -318,8 +328,11 @@ class StreamSession:
         # The subscription manager pushes at once the trust bundle, the list of exported
         # services (so the peer drops what it kept from an earlier stream) and each service.
         await self._send_trust_bundle()
-        await self._send_service_list()
-        await self._publish()
+        try:
+            await self._send_service_list()
+            await self._publish()
+        except StoreFailure as exc:
+            return self._store_failed(exc)
         for url in RESOURCE_TYPE_URLS:
             await self._send(
                 ReplicationMessage(
@@ -360,6 +373,18 @@ class StreamSession:
                 return ending
 
     async def _on_event(self, event: _Event) -> Ending | None:
+        try:
+            return await self._on_event_unguarded(event)
+        except StoreFailure as exc:
+            return self._store_failed(exc)
+
+    def _store_failed(self, exc: StoreFailure) -> Ending:
+        """The store failed where the stream cannot go on without it (what to export): end
+        the stream with an error (the dialer retries later), never crash the server."""
+        self.log.error("state store failed; ending the stream", error=str(exc))
+        return self._ended_with_error(STORE_FAILED, f"state store failed: {exc}")
+
+    async def _on_event_unguarded(self, event: _Event) -> Ending | None:
         if isinstance(event, _Inbound):
             self._last_received = trio.current_time()
             return await self._on_message(event.msg)
@@ -501,7 +526,7 @@ class StreamSession:
                 self._upsert(url, rid, resp.Resource)
             else:
                 self._delete(url, rid)
-        except (StoreError, ValueError, TypeError) as exc:
+        except (StoreError, StoreFailure, ValueError, TypeError) as exc:
             text = exc.message if isinstance(exc, StoreError) else str(exc)
             msg = (f"{verb} error, ResourceURL: {_go_quote(url)}, "
                    f"ResourceID: {_go_quote(rid)}: {text}")

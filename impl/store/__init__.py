@@ -12,6 +12,7 @@ from .base import (
     StateStore,
     StoreDump,
     StoreError,
+    StoreFailure,
 )
 from .memory import MemoryBackend, MemoryStore
 from .records import (
@@ -57,6 +58,7 @@ __all__ = [
     "StateStore",
     "StoreDump",
     "StoreError",
+    "StoreFailure",
     "StoreOpenError",
     "TrustBundle",
 ]

@@ -21,14 +21,14 @@ import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from peerkit.model.vocabulary import PeeringState
 
-from .base import TABLES, Backend, BackendTxn, Key, Row, StateStore
+from .base import TABLES, Backend, BackendTxn, Key, Row, StateStore, StoreFailure
 from .records import FrozenMeta, Peering
 
 #: The database file inside the data dir.
@@ -80,6 +80,14 @@ def decode_row(table: str, text: str) -> Row:
     return cls(**data)
 
 
+def _decode_stored(table: str, text: str) -> Row:
+    """A stored row, or StoreFailure if it does not decode (a corrupt or foreign row)."""
+    try:
+        return decode_row(table, text)
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+        raise StoreFailure(f"a row of table {table!r} does not decode: {exc}") from None
+
+
 # --------------------------------------------------------------------------------------------
 # Backend
 # --------------------------------------------------------------------------------------------
@@ -101,7 +109,7 @@ class _SqliteTxn(BackendTxn):
             f"SELECT v FROM {_check_table(table)} WHERE k = ?", (encode_key(key),)
         )
         found = cur.fetchone()
-        return None if found is None else decode_row(table, found[0])
+        return None if found is None else _decode_stored(table, found[0])
 
     def put(self, table: str, key: Key, row: Row) -> None:
         self._check_write()
@@ -127,7 +135,7 @@ class _SqliteTxn(BackendTxn):
             )
         else:
             cur = self._conn.execute(f"SELECT v FROM {table}")
-        return [decode_row(table, text) for (text,) in cur.fetchall()]
+        return [_decode_stored(table, text) for (text,) in cur.fetchall()]
 
     def _check_write(self) -> None:
         if not self._write:
@@ -213,14 +221,19 @@ class SqliteBackend(Backend):
         conn = self._conn
         if conn is None:
             raise RuntimeError("the sqlite backend is closed")
-        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
-            yield _SqliteTxn(conn, write=write)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield _SqliteTxn(conn, write=write)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            # I/O error, disk full, locked, corrupt file: the operation changed nothing
+            raise StoreFailure(f"the SQLite database failed: {exc}") from exc
 
     def close(self) -> None:
         if self._conn is not None:

@@ -17,7 +17,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -27,18 +28,41 @@ import trio.testing
 from peerkit.impl.leader import DELETION_RETRY_MAX, DeletionRoutine
 from peerkit.impl.logs import EventLog
 from peerkit.impl.store import (
+    CATALOG,
     DB_FILENAME,
+    Change,
     MemoryStore,
     NodeInfo,
     Peering,
     SqliteStore,
     StoreOpenError,
 )
-from peerkit.impl.testing import imported_instances, let_time_pass, until
+from peerkit.impl.testing import (
+    Cluster,
+    eventually,
+    imported_instances,
+    let_time_pass,
+    open_message,
+    open_raw_stream,
+    peer,
+    running_cluster,
+    token_and_secret,
+    until,
+)
+from peerkit.impl.transport import MemoryNetwork, StatusCode, StreamFailed
 
 SERVE = ("import sys, argparse\nfrom peerkit.impl import serve\np = argparse.ArgumentParser()\n"
          "serve.add_arguments(p)\nsys.exit(serve.run(p.parse_args(sys.argv[1:])))")
 NOW = 1_750_000_000.0
+
+
+@asynccontextmanager
+async def two_clusters_with(net: MemoryNetwork,
+                            store1: SqliteStore) -> AsyncIterator[tuple[Cluster, Cluster]]:
+    """dc1 on ``store1`` (SQLite), dc2 on a memory store."""
+    async with running_cluster(net, "dc1", "dc1:8502", store=store1) as dc1, \
+            running_cluster(net, "dc2", "dc2:8502") as dc2:
+        yield dc1, dc2
 
 
 class FlakyStore(MemoryStore):
@@ -225,3 +249,102 @@ def test_serve_refuses_a_foreign_database(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "is not a peerkit database" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# a failing disk under a serving server
+
+
+class FailingConnection:
+    """Wraps a sqlite3 connection; while ``failing`` every statement raises a disk error."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.failing = False
+
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        if self.failing:
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.conn.execute(sql, params)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def break_disk(store: SqliteStore) -> FailingConnection:
+    backend = store._backend
+    wrapper = FailingConnection(backend._conn)  # type: ignore[attr-defined]
+    backend._conn = wrapper  # type: ignore[attr-defined]
+    return wrapper
+
+
+async def test_rpcs_on_a_failing_disk_are_unavailable_and_the_server_survives(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    store = SqliteStore(tmp_path)
+    async with running_cluster(MemoryNetwork(), "dc1", "dc1:8502", store=store) as dc1:
+        await dc1.client.generate_token("dc2")
+        peer_id, secret = await token_and_secret(dc1, "dc3")
+        disk = break_disk(store)
+        disk.failing = True
+        for call in (dc1.client.generate_token("dc4"), dc1.client.peering_read("dc2"),
+                     dc1.client.peering_list(), dc1.client.register_service("n1", "api"),
+                     dc1.client.peering_delete("dc2"), dc1.client.read_catalog()):
+            with pytest.raises(StreamFailed) as info:
+                await call
+            assert info.value.code is StatusCode.UNAVAILABLE
+            assert info.value.message.startswith("the state store failed: ")
+        stream = await open_raw_stream(dc1.client)
+        await stream.send(open_message(peer_id, secret))
+        with pytest.raises(StreamFailed) as sinfo:
+            await stream.receive()
+        assert sinfo.value.code is StatusCode.UNAVAILABLE
+        status = await dc1.client.status()  # needs no store
+        assert status.IsLeader
+        disk.failing = False
+        assert sorted(p.Name for p in await dc1.client.peering_list()) == ["dc2", "dc3"]
+        await dc1.client.register_service("n1", "api")
+    store.close()
+
+
+async def test_a_corrupt_row_is_unavailable_not_a_crash(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    store = SqliteStore(tmp_path)
+    async with running_cluster(MemoryNetwork(), "dc1", "dc1:8502", store=store) as dc1:
+        await dc1.client.generate_token("dc2")
+        other = sqlite3.connect(tmp_path / DB_FILENAME, isolation_level=None)
+        other.execute("UPDATE peerings SET v = '{\"not\": \"a peering\"}'")
+        other.close()
+        with pytest.raises(StreamFailed) as info:
+            await dc1.client.peering_read("dc2")
+        assert info.value.code is StatusCode.UNAVAILABLE
+        assert "a row of table 'peerings' does not decode" in info.value.message
+        assert (await dc1.client.status()).IsLeader
+    store.close()
+
+
+async def test_a_stream_ends_when_the_exporters_disk_fails_and_resumes_after(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    net = MemoryNetwork()
+    store1 = SqliteStore(tmp_path)
+    async with two_clusters_with(net, store1) as (dc1, dc2):
+        await peer(dc1, dc2, services1=("api",), services2=())
+        disk = break_disk(store1)
+        disk.failing = True
+        # a local change wakes the export watcher: the stream ends with an error, no crash
+        store1._committed(Change(store1.index + 1, frozenset({CATALOG})))
+        await eventually(lambda: not dc2.connected("dc1"), dc1, dc2)
+        assert dc1.server.is_leader  # still serving (Status itself reads the failing store)
+        disk.failing = False
+        assert (await dc1.client.status()).IsLeader
+        await dc1.client.register_service("n2", "web")
+        await dc1.client.export_service("web", "dc2")
+        await until(dc2.store, lambda: dc2.imported("dc1") == ["api", "web"])
+        assert dc2.connected("dc1")
+    store1.close()
