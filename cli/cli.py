@@ -254,14 +254,19 @@ def _probe_writable(path: Path) -> str | None:
     """Why ``path`` cannot be written (None if it can), found by creating it before the search
     (and removing it again if it did not exist), so a bad path fails in a second, not after."""
     existed = path.exists()
+    missing = [d for d in path.parents if not d.exists()]  # deepest first
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a"):
             pass
     except OSError as exc:
         return exc.strerror or str(exc)
-    if not existed:
-        path.unlink()
+    finally:
+        with contextlib.suppress(OSError):
+            if not existed and path.is_file():
+                path.unlink()
+            for directory in missing:
+                directory.rmdir()
     return None
 
 

@@ -171,6 +171,12 @@ def _name(value: str, what: str) -> str:
     return value
 
 
+def _clip(text: str, limit: int = 80) -> str:
+    """A client-chosen value quoted back in an error: at most ``limit`` characters (a 200 KB
+    PeerID echoed into the status made the status itself too large: RESOURCE_EXHAUSTED)."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _peer_name(value: str, what: str) -> str:
     """A name for a new peering: a lowercase DNS label (see ``_PEER_NAME_RE``)."""
     if not value:
@@ -609,7 +615,8 @@ class PeeringServer:
         self._require_leader()
         row = self.store.peering_read_by_id(req.PeerID)
         if row is None or row.should_dial():
-            raise AbortStream(StatusCode.NOT_FOUND, ERR_EXCHANGE_UNKNOWN.format(id=req.PeerID))
+            raise AbortStream(StatusCode.NOT_FOUND,
+                              ERR_EXCHANGE_UNKNOWN.format(id=_clip(req.PeerID)))
         if row.state is PeeringState.TERMINATED:
             raise AbortStream(StatusCode.ABORTED, ERR_PEERING_TERMINATED.format(id=req.PeerID))
         if not row.is_active():
@@ -664,7 +671,7 @@ class PeeringServer:
             raise _invalid(ERR_OPEN_NO_PEER_ID)
         row = self.store.peering_read_by_id(peer_id)
         if row is None or row.should_dial():
-            raise _invalid(ERR_UNKNOWN_PEER.format(id=peer_id))
+            raise _invalid(ERR_UNKNOWN_PEER.format(id=_clip(peer_id)))
         if row.state is PeeringState.TERMINATED:
             raise AbortStream(StatusCode.ABORTED, ERR_PEERING_TERMINATED.format(id=peer_id))
         if not row.is_active():

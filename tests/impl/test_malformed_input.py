@@ -261,3 +261,23 @@ async def test_undecodable_resource_payload_is_nacked_and_the_stream_goes_on(
     assert not ack.request.HasField("Error")
     assert dc1.imported("dc2") == ["web"]
     stream.cancel()
+
+
+@pytest.mark.grpc
+async def test_grpc_huge_unknown_ids_get_the_real_status(grpc_dc1: Cluster) -> None:
+    """An unknown 200 KB PeerID is quoted back clipped: the client gets the real status, not
+    RESOURCE_EXHAUSTED for a status message too large for gRPC's trailers."""
+    dc1 = grpc_dc1
+    huge = "x" * 200_000
+    with trio.fail_after(DEADLINE):
+        stream = dc1.client.channel.open_stream(METHOD_STREAM_RESOURCES, serialize, deserialize)
+        await stream.send(open_message(huge))
+        with pytest.raises(StreamFailed) as info:
+            await stream.receive()
+        assert info.value.code is StatusCode.INVALID_ARGUMENT
+        assert len(info.value.message) < 200 and "xxx..." in info.value.message
+        with pytest.raises(StreamFailed) as xinfo:
+            await dc1.client.exchange_secret(huge, "secret")
+        assert xinfo.value.code is StatusCode.NOT_FOUND
+        assert len(xinfo.value.message) < 200
+        await _still_serves(dc1)
