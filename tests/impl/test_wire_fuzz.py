@@ -3,8 +3,10 @@ messages to every method and to the peer stream, from an unauthenticated client.
 
 One job: after every example the server still answers, nothing crashed it, and no imported data
 exists for an unknown or inactive peering (the client has no stream secret, so in fact none at
-all). Over the in-memory network (virtual time) and over real gRPC on 127.0.0.1 (real clock,
-fewer examples). Bounded: a few seconds each (small ``max_examples``, ``deadline=None``).
+all). A third test gives the client the active peering's stream secret (a real peer gone wrong):
+what it imports must be gone once its peering is inactive and the deletion routine has run.
+Over the in-memory network (virtual time) and over real gRPC on 127.0.0.1 (real clock, fewer
+examples). Bounded: a few seconds each (small ``max_examples``, ``deadline=None``).
 
 Each example runs its own ``trio.run`` with its own server, stopped at the end of the example.
 
@@ -25,13 +27,13 @@ import trio.testing
 from google.protobuf import any_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from peerkit.impl.codec import METHOD_STREAM_RESOURCES
 from peerkit.impl.server import PeeringServer
 from peerkit.impl.store import MemoryStore
-from peerkit.impl.testing import Cluster, running_cluster, token_and_secret
+from peerkit.impl.testing import Cluster, running_cluster, token_and_secret, until
 from peerkit.impl.transport import (
     Channel,
     MemoryNetwork,
@@ -43,7 +45,7 @@ from peerkit.impl.transport import (
 )
 from peerkit.impl.transport.grpc_bridge import GrpcTransport
 from peerkit.proto import catalog_pb2, peering_pb2, peerstream_pb2
-from peerkit.proto.resources import RESOURCE_TYPE_URLS
+from peerkit.proto.resources import RESOURCE_TYPE_URLS, TYPE_URL_EXPORTED_SERVICE_LIST
 
 RM = peerstream_pb2.ReplicationMessage
 UNARY_METHODS: list[str] = sorted(
@@ -135,7 +137,8 @@ class Body:
     def __repr__(self) -> str:  # what a falsifying example shows
         if self.kind == "garbage":
             return f"garbage({self.garbage!r})"
-        built = self.build([f"<id{i}>" for i in range(3)] + [""]) if self.build else None
+        shown = [f"<id{i}>" for i in range(3)] + ["", "<secret>"]
+        built = self.build(shown) if self.build else None
         text = f"{type(built).__name__}({str(built).strip()!r})"
         return f"truncated({text}, cut={self.cut})" if self.kind == "truncated" else text
 
@@ -176,7 +179,10 @@ def _payload(url: str, garbage: bytes | None, name: str) -> any_pb2.Any:
 
 
 def _open(peer: int, secret: str) -> Callable[[list[str]], Message]:
-    return lambda ids: RM(open=RM.Open(PeerID=ids[peer], StreamSecretID=secret))
+    """An Open; the secret "@s" stands for the active peering's stream secret, which only an
+    authenticated run knows (``ids[4]``; an unauthenticated run has "wrong" there)."""
+    return lambda ids: RM(open=RM.Open(
+        PeerID=ids[peer], StreamSecretID=ids[4] if secret == "@s" else secret))
 
 
 def _response(url: str, rid: str, op: int, garbage: bytes | None,
@@ -186,9 +192,10 @@ def _response(url: str, rid: str, op: int, garbage: bytes | None,
         Resource=_payload(url, garbage, name)))
 
 
-URLS = st.one_of(st.sampled_from(list(RESOURCE_TYPE_URLS)), st.text(max_size=8))
+KNOWN_URLS = [*RESOURCE_TYPE_URLS, TYPE_URL_EXPORTED_SERVICE_LIST]
+URLS = st.one_of(st.sampled_from(KNOWN_URLS), st.text(max_size=8))
 STREAM_GOOD: st.SearchStrategy[Callable[[list[str]], Message]] = st.one_of(
-    st.builds(_open, st.integers(0, 3), st.sampled_from(["", "wrong", "@0"])),
+    st.builds(_open, st.integers(0, 3), st.sampled_from(["", "wrong", "@0", "@s"])),
     st.builds(_response, URLS, TEXT, st.integers(-1, 5), st.none() | st.binary(max_size=8),
               TEXT),
     st.builds(lambda url, nonce: lambda ids: RM(request=RM.Request(ResourceURL=url,
@@ -218,6 +225,27 @@ OPS = st.one_of(
     st.builds(StreamOp, st.lists(bodies(STREAM_GOOD), min_size=1, max_size=4),
               st.sampled_from(["close", "cancel", "leave"])),
 )
+
+
+# what an authenticated peer sends: a correct Open, then mostly plausible Responses
+PLAUSIBLE = st.builds(
+    _response, st.sampled_from(KNOWN_URLS), st.sampled_from(["api", "web", "db", ""]),
+    st.sampled_from([peerstream_pb2.OPERATION_UPSERT] * 3 + [peerstream_pb2.OPERATION_DELETE, 0]),
+    st.none() | st.none() | st.none() | st.binary(max_size=4),
+    st.sampled_from(["api", "web", "db", "n1"]))
+
+# (one_of would treat repeated alternatives as one: weights are drawn explicitly)
+def _weighted(often: st.SearchStrategy[Any], seldom: st.SearchStrategy[Any],
+              odds: int = 3) -> st.SearchStrategy[Any]:
+    return st.integers(0, odds).flatmap(lambda i: often if i < odds else seldom)
+
+
+AUTH_STREAM = st.builds(
+    lambda rest, end: StreamOp([Body("good", _open(0, "@s")), *rest], end),
+    st.lists(_weighted(_weighted(PLAUSIBLE, STREAM_GOOD).map(lambda b: Body("good", b)),
+                       bodies(STREAM_GOOD)), min_size=1, max_size=6),
+    st.sampled_from(["close", "cancel", "leave"]))
+AUTH_OPS = _weighted(AUTH_STREAM, OPS, odds=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,32 +280,50 @@ async def run_op(channel: Channel, op: UnaryOp | StreamOp, ids: list[str],
 
 
 async def example(transport: Transport, address: str, ops: list[UnaryOp | StreamOp],
-                  wait: float) -> None:
+                  wait: float, *, authenticated: bool = False) -> None:
     async with running_cluster(transport, "dc1", address) as dc1:
         await dc1.client.register_service("n1", "api", port=80)
         await dc1.client.export_service("api", "dc2")
         await dc1.client.export_service("api", "dc3")
-        active_id, _ = await token_and_secret(dc1, "dc2")
+        active_id, secret = await token_and_secret(dc1, "dc2")
         terminated_id, _ = await token_and_secret(dc1, "dc3")
         dc1.store.peering_terminate_by_id(terminated_id)
-        ids = [active_id, terminated_id, "00000000-0000-0000-0000-000000000000", ""]
+        ids = [active_id, terminated_id, "00000000-0000-0000-0000-000000000000", "",
+               secret if authenticated else "wrong"]
+        imported: list[str] = []
+        dc1.store.subscribe(lambda change: imported.extend(
+            r.peer_name for r in (*dc1.store.dump().nodes, *dc1.store.dump().trust_bundles)
+            if r.peer_name))
         async with transport.connect(dc1.address) as channel:
             for op in ops:
                 await run_op(channel, op, ids, wait)
-        await check_server(dc1)
+        event(f"imported at some point: {bool(imported)}")
+        await check_server(dc1, authenticated=authenticated)
 
 
-async def check_server(dc1: Cluster) -> None:
-    status = await dc1.client.status()
-    assert status.ServerName == "dc1"
+def _orphans(dc1: Cluster) -> list[object]:
+    """Imported records whose peering is unknown or inactive."""
     dump = dc1.store.dump()
     active = {(p.name, p.partition) for p in dump.peerings if p.is_active()}
-    for record in (*dump.nodes, *dump.services, *dump.checks, *dump.trust_bundles):
-        if record.peer_name:
-            assert (record.peer_name, record.partition) in active, record
-    # the client never had a stream secret: nothing at all was imported
-    assert not [n for n in dump.nodes if n.peer_name]
-    assert not [b for b in dump.trust_bundles if b.peer_name]
+    return [record for record in (*dump.nodes, *dump.services, *dump.checks, *dump.trust_bundles)
+            if record.peer_name and (record.peer_name, record.partition) not in active]
+
+
+async def check_server(dc1: Cluster, *, authenticated: bool) -> None:
+    status = await dc1.client.status()
+    assert status.ServerName == "dc1"
+    if not authenticated:
+        # the client never had a stream secret: nothing at all was imported, at any moment
+        dump = dc1.store.dump()
+        assert not [n for n in dump.nodes if n.peer_name]
+        assert not [b for b in dump.trust_bundles if b.peer_name]
+        assert _orphans(dc1) == []
+        return
+    event(f"dc2 row: {'gone' if dc1.row('dc2') is None else dc1.row('dc2').state.name}")
+    # a peer that sent Terminated (or a peering deleted by a fuzzed RPC) leaves its imports to
+    # the deferred-deletion routine: they must be gone once it has run (virtual time)
+    with trio.fail_after(600):
+        await until(dc1.store, lambda: _orphans(dc1) == [])
 
 
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -288,6 +334,18 @@ FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_fuzz_memory(ops: list[UnaryOp | StreamOp]) -> None:
     async def main() -> None:
         await example(MemoryNetwork(), "dc1:8502", ops, wait=60.0)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@settings(FUZZ, max_examples=100)
+@given(ops=st.lists(AUTH_OPS, min_size=1, max_size=6))
+def test_fuzz_memory_authenticated_peer(ops: list[UnaryOp | StreamOp]) -> None:
+    """The same, from a client that knows the active peering's stream secret (a real peer gone
+    wrong): it may import, but nothing imported outlives its peering's activity."""
+
+    async def main() -> None:
+        await example(MemoryNetwork(), "dc1:8502", ops, wait=60.0, authenticated=True)
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
