@@ -30,7 +30,7 @@ from peerkit.model.vocabulary import BUGS, validate_bugs
 
 from .logs import EventLog, configure_logging
 from .server import PeeringServer
-from .store import SqliteStore, StoreOpenError
+from .store import SqliteStore, StoreFailure, StoreOpenError
 from .transport import AddressInUseError
 from .transport.grpc_bridge import GrpcTransport
 
@@ -83,7 +83,7 @@ async def _serve(args: argparse.Namespace, bugs: frozenset[str]) -> int:
     log = EventLog("peerkit.serve", {"server": args.name})
     try:
         store = SqliteStore(args.data_dir)
-    except (OSError, sqlite3.Error, StoreOpenError) as exc:
+    except (OSError, sqlite3.Error, StoreOpenError, StoreFailure) as exc:
         print(f"peerkit serve: cannot open data dir {args.data_dir!r}: {exc}", file=sys.stderr)
         return 1
     try:
@@ -108,6 +108,10 @@ async def _serve(args: argparse.Namespace, bugs: frozenset[str]) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C or SIGTERM; return the exit code."""
+    problem = PeeringServer.name_problem(args.name)
+    if problem is not None:
+        print(f"peerkit serve: --name: {problem}", file=sys.stderr)
+        return 2
     if not args.data_dir.strip():
         # Path("") is the current directory: refuse rather than quietly write the database there
         print("peerkit serve: --data-dir must not be empty", file=sys.stderr)

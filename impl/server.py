@@ -248,8 +248,9 @@ class PeeringServer:
         secret_factory: Callable[[], str] | None = None,
         log: EventLog | None = None,
     ) -> None:
-        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-            raise ValueError(f"server name {name!r} is not valid")
+        problem = self.name_problem(name)
+        if problem is not None:
+            raise ValueError(problem)
         if advertise_addr is not None:
             host, sep, port = advertise_addr.rpartition(":")
             if not sep or not host or not port.isdigit():
@@ -284,6 +285,15 @@ class PeeringServer:
         self.leadership_version = 0  # incremented whenever leadership is gained or lost
         self.address: str | None = None
         self._wall_offset = 0.0
+
+    @staticmethod
+    def name_problem(name: object) -> str | None:
+        """Why ``name`` cannot name a server (None if it can): the rule of node and service
+        names (1-63 letters, digits, '.', '_' or '-', starting with a letter or digit)."""
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+            return (f"server name {name!r} is not valid: use 1-63 letters, digits, '.', '_' "
+                    "or '-', starting with a letter or digit")
+        return None
 
     # =========================================================================================
     # running

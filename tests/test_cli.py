@@ -208,3 +208,13 @@ def test_bound_options_have_help() -> None:
     assert "--max-states N stop after N distinct states" in text
     assert "--max-depth N explore no state more than N steps" in text
     assert "--max-seconds S stop after S seconds of search" in text
+
+
+def test_serve_refuses_a_bad_name_before_touching_the_data_dir(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    done = subprocess.run([sys.executable, "-m", "peerkit", "serve", "--name", "bad name",
+                           "--data-dir", str(data), "--grpc-addr", "127.0.0.1:0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.startswith("peerkit serve: --name: server name 'bad name' is not valid")
+    assert "Traceback" not in done.stderr and not data.exists()

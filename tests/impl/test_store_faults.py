@@ -348,3 +348,13 @@ async def test_a_stream_ends_when_the_exporters_disk_fails_and_resumes_after(
         await until(dc2.store, lambda: dc2.imported("dc1") == ["api", "web"])
         assert dc2.connected("dc1")
     store1.close()
+
+
+def test_serve_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    (tmp_path / DB_FILENAME).write_text("this is not SQLite\n" * 100)
+    result = subprocess.run(
+        [sys.executable, "-c", SERVE, "--name", "dc1", "--data-dir", str(tmp_path),
+         "--grpc-addr", "127.0.0.1:0"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"peerkit serve: cannot open data dir {str(tmp_path)!r}: "
+                                     "file is not a database")
