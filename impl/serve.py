@@ -28,6 +28,7 @@ import trio
 
 from peerkit.model.vocabulary import BUGS, validate_bugs
 
+from .codec import address_problem
 from .logs import EventLog, configure_logging
 from .server import PeeringServer
 from .store import SqliteStore, StoreFailure, StoreOpenError
@@ -121,6 +122,13 @@ def run(args: argparse.Namespace) -> int:
         problem = None if value is None else _check_address(value, what)
         if problem:
             print(f"peerkit serve: {problem}", file=sys.stderr)
+            return 2
+    if args.advertise_addr is not None:
+        # it goes into peering tokens: it must pass the peer's token check (codec)
+        problem = address_problem(args.advertise_addr)
+        if problem is not None:
+            print(f"peerkit serve: --advertise-addr {args.advertise_addr!r} {problem}",
+                  file=sys.stderr)
             return 2
     try:
         bugs = validate_bugs(args.bug or [])

@@ -218,3 +218,14 @@ def test_serve_refuses_a_bad_name_before_touching_the_data_dir(tmp_path: Path) -
     assert done.returncode == 2
     assert done.stderr.startswith("peerkit serve: --name: server name 'bad name' is not valid")
     assert "Traceback" not in done.stderr and not data.exists()
+
+
+@pytest.mark.parametrize("address", ["dc1:0", "dc 1:8502", "300.1.1.1:8502"])
+def test_serve_refuses_an_advertise_addr_a_peer_could_not_dial(
+    address: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, _ = run("serve", "--name", "dc1", "--data-dir", str(tmp_path / "d"),
+                     "--grpc-addr", "127.0.0.1:0", "--advertise-addr", address)
+    assert code == 2
+    assert f"--advertise-addr {address!r}" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
