@@ -369,6 +369,10 @@ class _PipeGuard(io.TextIOBase):
     def isatty(self) -> bool:
         return self._stream.isatty()
 
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._stream.encoding
+
     def fileno(self) -> int:
         return self._stream.fileno()
 
