@@ -192,14 +192,27 @@ def csn_to_pb(csn: CheckServiceNode) -> catalog_pb2.CheckServiceNode:
     )
 
 
+MAX_IMPORTED_NAME_CHARS: Final = 256
+
+
 def csn_from_pb(
     msg: catalog_pb2.CheckServiceNode, peer_name: str, partition: str
 ) -> ImportedInstance:
     """An imported instance, stamped with the importer's ``peer_name`` and ``partition``.
 
-    Raises ValueError / TypeError (from the record constructors) for a malformed instance."""
+    Raises ValueError / TypeError (from the record constructors) for a malformed instance,
+    and ValueError for a name, ID or tag with control characters or longer than
+    ``MAX_IMPORTED_NAME_CHARS`` (a peer's data ends up in logs and in the operator's output)."""
     if not msg.HasField("Node") or not msg.HasField("Service"):
         raise ValueError("an exported instance needs a Node and a Service")
+    for what, value in (("node name", msg.Node.Name), ("node address", msg.Node.Address),
+                        ("service ID", msg.Service.ID), ("service name", msg.Service.Name),
+                        *(("tag", t) for t in msg.Service.Tags),
+                        *(("check ID", c.CheckID) for c in msg.Checks),
+                        *(("check name", c.Name) for c in msg.Checks)):
+        if len(value) > MAX_IMPORTED_NAME_CHARS or not value.isprintable():
+            raise ValueError(f"the {what} {value[:80]!r} is not valid: at most "
+                             f"{MAX_IMPORTED_NAME_CHARS} printable characters")
     node = Node(
         name=msg.Node.Name,
         address=msg.Node.Address,

@@ -3,7 +3,9 @@ service and partition names, Meta and tags. Each bad one is INVALID_ARGUMENT wit
 message, and the store is unchanged.
 
 One job: the name and field rules of ``peerkit.impl.server``, over the in-memory network under
-virtual time. May import: pytest, trio, peerkit.impl (server, store, testing, transport).
+virtual time; names a peer sends in its exported data are NACKed when they hold control
+characters. May import: pytest, trio, peerkit.impl (codec, server, store, stream, testing,
+transport), peerkit.proto.
 """
 
 from __future__ import annotations
@@ -14,10 +16,23 @@ import pytest
 import trio
 import trio.testing
 
+from peerkit.impl.codec import METHOD_STREAM_RESOURCES
 from peerkit.impl.server import PeeringServer
 from peerkit.impl.store import MemoryStore
-from peerkit.impl.testing import Cluster, running_cluster
+from peerkit.impl.stream import deserialize, serialize
+from peerkit.impl.testing import (
+    Cluster,
+    kind,
+    open_message,
+    receive_until,
+    running_cluster,
+    token_and_secret,
+)
 from peerkit.impl.transport import MemoryNetwork, StatusCode, StreamFailed
+from peerkit.proto import catalog_pb2, peerstream_pb2
+from peerkit.proto.resources import TYPE_URL_EXPORTED_SERVICE
+
+RM = peerstream_pb2.ReplicationMessage
 
 BAD_PEER_NAMES = ["dc9\n", "DC9", "Dc9", "-dc9", "dc9-", "dc_9", "dc.9", "dc 9", "a" * 64,
                   "dc9\x00", "\u0434\u04419", "dc9\r"]
@@ -96,3 +111,27 @@ async def test_meta_and_tags_are_bounded(dc1: Cluster) -> None:
 def test_server_name_with_a_newline_is_refused() -> None:
     with pytest.raises(ValueError, match="server name"):
         PeeringServer("dc1\n", MemoryStore(), MemoryNetwork())
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("node", "n\n1"), ("service", "api\x00"), ("tag", "t\r"), ("node", "n" * 257)])
+async def test_imported_names_with_control_characters_are_nacked(
+    dc1: Cluster, field: str, value: str
+) -> None:
+    peer_id, secret = await token_and_secret(dc1)
+    stream = dc1.client.channel.open_stream(METHOD_STREAM_RESOURCES, serialize, deserialize)
+    await stream.send(open_message(peer_id, secret))
+    node = catalog_pb2.Node(Name=value if field == "node" else "n1")
+    service = catalog_pb2.Service(ID="api-1", Name=value if field == "service" else "api",
+                                  Tags=[value] if field == "tag" else [])
+    response = RM.Response(Nonce="7", ResourceURL=TYPE_URL_EXPORTED_SERVICE, ResourceID="api",
+                           operation=peerstream_pb2.OPERATION_UPSERT)
+    response.Resource.Pack(peerstream_pb2.ExportedService(
+        Nodes=[catalog_pb2.CheckServiceNode(Node=node, Service=service)]))
+    await stream.send(RM(response=response))
+    nack = await receive_until(stream, lambda m: kind(m) == "request"
+                               and m.request.ResponseNonce == "7")
+    assert nack.request.Error.code == StatusCode.INTERNAL.value
+    assert "is not valid: at most 256 printable characters" in nack.request.Error.message
+    assert dc1.imported("dc2") == []
+    stream.cancel()
