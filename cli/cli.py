@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
-from . import specgen
+from . import __version__, specgen
 from .checker.engine import Bounds, Progress, check
 from .checker.report import format_counterexample, format_summary, format_verdicts, result_json
 from .model import BUGS, CONFIGS, PeeringModel, get_config
@@ -49,8 +51,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
     return value
 
 
@@ -86,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Model, model checker and reference implementation of Consul cluster "
         "peering's deletion lifecycle and peer-stream shutdown.",
     )
+    parser.add_argument("--version", action="version", version=f"peerkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -106,9 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--all", action="store_true",
                      help="keep going after the first violation and report each property's "
                      "shortest counterexample")
-    chk.add_argument("--max-states", type=_positive_int, metavar="N")
-    chk.add_argument("--max-depth", type=_positive_int, metavar="N")
-    chk.add_argument("--max-seconds", type=_positive_float, metavar="S")
+    chk.add_argument("--max-states", type=_positive_int, metavar="N",
+                     help="stop after N distinct states (exit 3 if nothing was violated)")
+    chk.add_argument("--max-depth", type=_positive_int, metavar="N",
+                     help="explore no state more than N steps from the start (exit 3 if "
+                     "deeper states were left unexplored and nothing was violated)")
+    chk.add_argument("--max-seconds", type=_positive_float, metavar="S",
+                     help="stop after S seconds of search (exit 3 if nothing was violated)")
     chk.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
 
     sub.add_parser("bugs", help="list the bug switches, one per line")
@@ -186,6 +193,11 @@ def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_VIOLATED
     bounds = Bounds(max_depth=args.max_depth, max_states=args.max_states,
                     max_seconds=args.max_seconds, stop_at_first=not args.all)
+    if args.trace_out is not None:
+        problem = _probe_writable(args.trace_out)
+        if problem is not None:
+            err.write(f"peerkit check: cannot write --trace-out {args.trace_out}: {problem}\n")
+            return EXIT_USAGE
     progress = None if args.no_progress else _ProgressPrinter(err)
     if progress is not None and not args.json:
         err.write(f"peerkit check: configuration {config.name!r} ({config.description})"
@@ -202,6 +214,9 @@ def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     ce = result.counterexample
     if args.trace_out is not None and ce is not None:
         _write_trace(args.trace_out, model, ce, titles.get(ce.property_id, ""))
+    elif args.trace_out is not None:
+        err.write(f"peerkit check: no property was violated, so no trace was written to "
+                  f"{args.trace_out}\n")
 
     if args.json:
         report = result_json(result, describe, extra={"config": config.name, "bugs": bugs,
@@ -216,12 +231,12 @@ def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
           f"{''.join(' --bug ' + b for b in bugs)}"
           f"{' --mutant ' + args.mutant if args.mutant else ''}\n")
         for line in format_summary(result):
-            w(line + "\n")
+            w(_singular(line) + "\n")
         w("\n")
         for violation in result.counterexamples:
             for line in format_counterexample(violation, describe,
                                               titles.get(violation.property_id, "")):
-                w(line + "\n")
+                w(_singular(line) + "\n")
             last = violation.steps[-1].state if violation.steps else violation.initial
             if violation.loop:
                 last = violation.loop[-1].state
@@ -247,6 +262,40 @@ def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+_ONE_PLURAL = re.compile(r"(?<![\d,.])1 ((?:distinct )?)(step|transition|state)s\b")
+
+
+def _singular(line: str) -> str:
+    """"1 steps" -> "1 step" (also transitions, states) in the checker's report lines. The
+    checker's own formatting (checker/report.py) should say it right; until it does, the CLI
+    mends its lines here."""
+    return _ONE_PLURAL.sub(r"1 \1\2", line)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _probe_writable(path: Path) -> str | None:
+    """Why ``path`` cannot be written (None if it can), found by creating it before the search
+    (and removing it again if it did not exist), so a bad path fails in a second, not after."""
+    existed = path.exists()
+    missing = [d for d in path.parents if not d.exists()]  # deepest first
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a"):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    finally:
+        with contextlib.suppress(OSError):
+            if not existed and path.is_file():
+                path.unlink()
+            for directory in missing:
+                directory.rmdir()
+    return None
+
+
 def _write_trace(path: Path, model: PeeringModel, ce: Any, title: str) -> None:
     actions = [*ce.actions, *(s.action for s in ce.loop)]
     diagram = mermaid(model, ce.initial, actions,
@@ -255,7 +304,7 @@ def _write_trace(path: Path, model: PeeringModel, ce: Any, title: str) -> None:
         text = diagram
     else:
         text = (f"# Counterexample: {ce.property_id}\n\n{title}\n\n{ce.explanation}\n\n"
-                f"Model: `{model.name}`, {len(ce.steps)} steps"
+                f"Model: `{model.name}`, {_count(len(ce.steps), 'step')}"
                 f"{f' then a loop of {len(ce.loop)}' if ce.loop else ''}.\n\n"
                 f"```mermaid\n{diagram}```\n")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -329,16 +378,62 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
     return result
 
 
+class _PipeGuard(io.TextIOBase):
+    """stdout for the console script: once the reader has gone (``peerkit check | head``),
+    further output is dropped instead of raising BrokenPipeError, so the command still ends
+    with its own exit code (a violation stays 1)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self._stream = stream
+        self.broken = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                self._stream.write(text)
+            except BrokenPipeError:
+                self._gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._gone()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._stream.encoding
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def _gone(self) -> None:
+        self.broken = True
+        # what is still buffered goes nowhere, quietly (also at interpreter exit)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+
+
 def console_main() -> None:
-    """The `peerkit` executable: main() plus a quiet exit when the reader goes away."""
+    """The `peerkit` executable: main() with stdout guarded against a reader that goes away
+    (e.g. `peerkit check | head -1`): the exit code is still the command's own."""
+    guard = _PipeGuard(sys.stdout)
+    sys.stdout = cast(TextIO, guard)
     try:
-        code = main()
-        sys.stdout.flush()
-    except BrokenPipeError:  # e.g. `peerkit bugs | head -1`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = 0
+        code = main(out=sys.stdout)
+        guard.flush()
     except KeyboardInterrupt:
         code = 130
+    finally:
+        sys.stdout = sys.__stdout__
     sys.exit(code)
 
 

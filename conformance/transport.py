@@ -734,6 +734,76 @@ async def check_channel_close(target: TransportTarget) -> None:
             _expect(isinstance(final, Outcome) and final.cancelled, f"server outcome {final}")
 
 
+def _strict(data: bytes) -> bytes:
+    """A deserializer that refuses b"bad" (as a protobuf one refuses bytes that do not parse)."""
+    if data == b"bad":
+        raise ValueError("not a message")
+    return data
+
+
+def _strict_reply(data: bytes) -> bytes:
+    """The client's deserializer: refuses a reply to b"BAD" ("echo:BAD", "ok:BAD")."""
+    return _strict(data.partition(b":")[2].lower())
+
+
+async def check_undecodable_messages(target: TransportTarget) -> None:
+    """A message that does not decode never crashes the server: a stream request ends that RPC
+    with INVALID_ARGUMENT (the handler's receive raises StreamFailed(INVALID_ARGUMENT)); a unary
+    request is INVALID_ARGUMENT without running the handler; a response that does not decode is
+    StreamFailed(INTERNAL) at the client. The server serves on afterwards."""
+    box = _Box()
+    unary_runs: list[bytes] = []
+
+    async def handler(stream: ServerStream) -> None:
+        box.stream = stream
+        try:
+            async for message in stream:
+                await stream.send(b"echo:" + message)
+        except StreamFailed as exc:
+            box.seen.append(exc.code)
+            raise
+
+    async def unary(request: bytes) -> bytes:
+        unary_runs.append(request)
+        return b"ok:" + request
+
+    entries: list[Any] = [StreamMethod(ECHO, handler, _strict, identity),
+                          UnaryMethod(UNARY, unary, _strict, identity)]
+    with trio.fail_after(target.timeout):
+        async with (
+            target.transport.serve(target.listen_address, entries) as server,
+            target.transport.connect(server.address) as channel,
+        ):
+            stream = _open(channel)
+            await stream.send(b"good")
+            _expect(await stream.receive() == b"echo:good", "echo before the bad message")
+            await stream.send(b"bad")
+            exc = await _raises(StreamFailed, stream.receive, "after an undecodable request")
+            _expect(exc.code is StatusCode.INVALID_ARGUMENT, f"undecodable request: {exc.code}")
+            _expect(box.seen == [StatusCode.INVALID_ARGUMENT], f"handler saw {box.seen}")
+            uexc = await _raises(StreamFailed, lambda: channel.unary(UNARY, b"bad", identity,
+                                                                     identity),
+                                 "unary with an undecodable request")
+            _expect(uexc.code is StatusCode.INVALID_ARGUMENT, f"unary bad request: {uexc.code}")
+            _expect(unary_runs == [], "the unary handler ran on an undecodable request")
+            # client side: a response that does not decode
+            picky = channel.open_stream(ECHO, identity, _strict_reply)
+            await picky.send(b"BAD")  # decodes on the server; the echo does not on the client
+            cexc = await _raises(StreamFailed, picky.receive, "undecodable response")
+            _expect(cexc.code is StatusCode.INTERNAL, f"undecodable response: {cexc.code}")
+            rexc = await _raises(StreamFailed, lambda: channel.unary(
+                UNARY, b"BAD", identity, _strict_reply), "unary with an undecodable response")
+            _expect(rexc.code is StatusCode.INTERNAL, f"unary bad response: {rexc.code}")
+            # still serving
+            _expect(await channel.unary(UNARY, b"y", identity, identity) == b"ok:y",
+                    "unary after the bad messages")
+            again = _open(channel)
+            await again.send(b"again")
+            _expect(await again.receive() == b"echo:again", "a new stream after the bad ones")
+            await again.close_send()
+            await _raises(EndOfStream, again.receive, "end of the new stream")
+
+
 ALL_CHECKS: tuple[Callable[[TransportTarget], Awaitable[None]], ...] = (
     check_echo,
     check_half_close_then_server_sends,
@@ -751,6 +821,7 @@ ALL_CHECKS: tuple[Callable[[TransportTarget], Awaitable[None]], ...] = (
     check_handler_crash,
     check_server_shutdown,
     check_channel_close,
+    check_undecodable_messages,
 )
 
 

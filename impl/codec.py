@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Final
 
 from google.protobuf import timestamp_pb2
 from google.protobuf.descriptor import FileDescriptor
@@ -32,11 +35,14 @@ from .store.base import ImportedInstance
 
 __all__ = [
     "ADMIN_METHODS",
+    "MAX_TOKEN_ADDRESSES",
+    "MAX_TOKEN_CHARS",
     "METHOD_EXCHANGE_SECRET",
     "METHOD_STREAM_RESOURCES",
     "PEERING_METHODS",
     "PeeringToken",
     "TokenError",
+    "address_problem",
     "bundle_to_pb",
     "csn_from_pb",
     "csn_to_pb",
@@ -186,14 +192,27 @@ def csn_to_pb(csn: CheckServiceNode) -> catalog_pb2.CheckServiceNode:
     )
 
 
+MAX_IMPORTED_NAME_CHARS: Final = 256
+
+
 def csn_from_pb(
     msg: catalog_pb2.CheckServiceNode, peer_name: str, partition: str
 ) -> ImportedInstance:
     """An imported instance, stamped with the importer's ``peer_name`` and ``partition``.
 
-    Raises ValueError / TypeError (from the record constructors) for a malformed instance."""
+    Raises ValueError / TypeError (from the record constructors) for a malformed instance,
+    and ValueError for a name, ID or tag with control characters or longer than
+    ``MAX_IMPORTED_NAME_CHARS`` (a peer's data ends up in logs and in the operator's output)."""
     if not msg.HasField("Node") or not msg.HasField("Service"):
         raise ValueError("an exported instance needs a Node and a Service")
+    for what, value in (("node name", msg.Node.Name), ("node address", msg.Node.Address),
+                        ("service ID", msg.Service.ID), ("service name", msg.Service.Name),
+                        *(("tag", t) for t in msg.Service.Tags),
+                        *(("check ID", c.CheckID) for c in msg.Checks),
+                        *(("check name", c.Name) for c in msg.Checks)):
+        if len(value) > MAX_IMPORTED_NAME_CHARS or not value.isprintable():
+            raise ValueError(f"the {what} {value[:80]!r} is not valid: at most "
+                             f"{MAX_IMPORTED_NAME_CHARS} printable characters")
     node = Node(
         name=msg.Node.Name,
         address=msg.Node.Address,
@@ -257,42 +276,158 @@ def encode_token(token: PeeringToken) -> str:
     return base64.b64encode(json.dumps(doc, separators=(",", ":")).encode()).decode("ascii")
 
 
-def _address_ok(address: str) -> bool:
+# Bounds on what a token may hold. A real token is a few hundred characters: one object holding
+# a list of a handful of "host:port" strings and three short strings. The bounds make a crafted
+# token (deep nesting, huge numbers, thousands of addresses) a clear InvalidArgument, never a
+# RecursionError / ValueError deep inside the JSON parser or minutes of dialing.
+MAX_TOKEN_CHARS: Final = 16 * 1024  # the base64 text
+MAX_TOKEN_DEPTH: Final = 3  # object -> list (ServerAddresses, CA) -> nothing deeper
+MAX_TOKEN_ADDRESSES: Final = 16
+MAX_ADDRESS_CHARS: Final = 261  # "[" + 253-char host or IPv6 literal + "]" + ":" + 5 digits
+MAX_TOKEN_STRING_CHARS: Final = 4096  # PeerID, ServerName, EstablishmentSecret, a CA PEM
+MAX_TOKEN_NUMBER_CHARS: Final = 32  # no field holds a number; any number at all stays short
+
+_HOSTNAME_RE: Final = re.compile(
+    r"\A(?=.{1,253}\Z)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+    r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?\Z"
+)
+
+
+def address_problem(address: object) -> str | None:
+    """Why ``address`` is not a dialable "host:port" (None when it is): host a DNS name, an
+    IPv4 address or a bracketed IPv6 address; port 1-65535 in ASCII digits."""
+    if not isinstance(address, str):
+        return f"must be a string, not {_json_type(address)}"
+    if len(address) > MAX_ADDRESS_CHARS:
+        return f"is longer than {MAX_ADDRESS_CHARS} characters"
     host, sep, port = address.rpartition(":")
-    return bool(sep and host and port.isdigit() and 0 < int(port) <= 65535)
+    if not sep or not host:
+        return "must look like host:port"
+    if not (port.isascii() and port.isdigit()) or len(port) > 5 or not 0 < int(port) <= 65535:
+        return "must end in a port from 1 to 65535"
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return "has an invalid IPv6 address"
+        return None
+    if not _HOSTNAME_RE.match(host):
+        return "has an invalid host name"
+    if all(ch.isdigit() or ch == "." for ch in host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return "has an invalid IPv4 address"
+    return None
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _json_depth_problem(text: str, limit: int) -> str | None:
+    """Scan JSON text for nesting deeper than ``limit`` before parsing it (the parser recurses
+    once per level and would hit Python's recursion limit first)."""
+    depth = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return f"nests deeper than {limit} levels"
+        elif ch in "]}":
+            depth -= 1
+    return None
+
+
+def _bounded_number(text: str) -> float:
+    if len(text) > MAX_TOKEN_NUMBER_CHARS:
+        raise TokenError(f"the peering token holds a number longer than "
+                         f"{MAX_TOKEN_NUMBER_CHARS} characters")
+    return float(text)
+
+
+def _no_constant(text: str) -> None:
+    raise TokenError(f"the peering token holds {text}, which is not JSON")
+
+
+def _token_string(doc: dict[str, Any], key: str, *, required: bool) -> str:
+    value = doc.get(key, "")
+    if not isinstance(value, str):
+        raise TokenError(f"the peering token's {key} must be a string, not {_json_type(value)}")
+    if required and not value:
+        raise TokenError(f"the peering token has no {key}")
+    if len(value) > MAX_TOKEN_STRING_CHARS:
+        raise TokenError(f"the peering token's {key} is longer than "
+                         f"{MAX_TOKEN_STRING_CHARS} characters")
+    if not value.isprintable():
+        raise TokenError(f"the peering token's {key} holds control characters")
+    return value
 
 
 def decode_token(text: str) -> PeeringToken:
-    """Decode and validate a token (see the module docstring); TokenError says what is wrong."""
+    """Decode and validate a token (see the module docstring); TokenError says what is wrong.
+
+    Bounded (``MAX_TOKEN_*``): the size is checked before decoding, the JSON nesting before
+    parsing, numbers while parsing; so no token can make this raise anything but TokenError."""
     if not isinstance(text, str):
         raise TokenError("the peering token must be a string")
-    if not text.strip():
+    text = text.strip()
+    if not text:
         raise TokenError("the peering token is empty")
+    if len(text) > MAX_TOKEN_CHARS:
+        raise TokenError(f"the peering token is longer than {MAX_TOKEN_CHARS} characters")
     try:
-        raw = base64.b64decode(text.strip(), validate=True)
+        raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise TokenError(f"the peering token is not valid base64: {exc}") from None
     try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        body = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TokenError(f"the peering token is not valid JSON (not UTF-8): {exc}") from None
+    problem = _json_depth_problem(body, MAX_TOKEN_DEPTH)
+    if problem is not None:
+        raise TokenError(f"the peering token is not a valid token: its JSON {problem}")
+    try:
+        doc = json.loads(body, parse_int=_bounded_number, parse_float=_bounded_number,
+                         parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
         raise TokenError(f"the peering token is not valid JSON: {exc}") from None
+    except RecursionError:  # not reachable after the depth scan; kept as a backstop
+        raise TokenError("the peering token is not a valid token: its JSON nests too deeply") \
+            from None
     if not isinstance(doc, dict):
-        raise TokenError("the peering token must hold a JSON object")
+        raise TokenError(f"the peering token must hold a JSON object, not {_json_type(doc)}")
     addresses = doc.get("ServerAddresses")
-    if not isinstance(addresses, list) or not addresses:
+    if addresses is None or addresses == []:
         raise TokenError("the peering token has no ServerAddresses")
+    if not isinstance(addresses, list):
+        raise TokenError(f"the peering token's ServerAddresses must be a list, "
+                         f"not {_json_type(addresses)}")
+    if len(addresses) > MAX_TOKEN_ADDRESSES:
+        raise TokenError(f"the peering token has {len(addresses)} server addresses; "
+                         f"at most {MAX_TOKEN_ADDRESSES} are allowed")
     for address in addresses:
-        if not isinstance(address, str) or not _address_ok(address):
-            raise TokenError(f"the peering token has an invalid server address: {address!r}")
-    server_name = doc.get("ServerName", "")
-    if not isinstance(server_name, str):
-        raise TokenError("the peering token's ServerName must be a string")
-    peer_id = doc.get("PeerID")
-    if not isinstance(peer_id, str) or not peer_id:
-        raise TokenError("the peering token has no PeerID")
-    secret = doc.get("EstablishmentSecret")
-    if not isinstance(secret, str) or not secret:
-        raise TokenError("the peering token has no EstablishmentSecret")
+        problem = address_problem(address)
+        if problem is not None:
+            shown = address[:80] if isinstance(address, str) else address
+            raise TokenError(f"the peering token has an invalid server address {shown!r}: "
+                             f"it {problem}")
+    server_name = _token_string(doc, "ServerName", required=False)
+    peer_id = _token_string(doc, "PeerID", required=True)
+    secret = _token_string(doc, "EstablishmentSecret", required=True)
     ca = doc.get("CA")
     if ca is not None and (
         not isinstance(ca, list) or not all(isinstance(pem, str) and pem for pem in ca)

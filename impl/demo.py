@@ -25,6 +25,7 @@ May import: the standard library, trio, ``peerkit.model.vocabulary`` and the sib
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
@@ -51,8 +52,19 @@ class DemoFailed(Exception):
     pass
 
 
+def _seconds(text: str) -> float:
+    """A finite, positive number of seconds (argparse type); nan, inf and <= 0 are refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--timeout", type=float, default=30.0,
+    parser.add_argument("--timeout", type=_seconds, default=30.0,
                         help="seconds to wait for each step before giving up (default 30)")
     parser.add_argument("--log-level", default="warning",
                         choices=("debug", "info", "warning", "error"),

@@ -12,7 +12,8 @@ tracker, while the store survives (the fix of #14344/#17483):
 * ``DeletionRoutine`` (§3.3–§3.4): for each inactive peering with something left to remove:
   imported nodes in Txn batches of at most 256 KiB (node + partition + peer name lengths), a
   10/s burst-10 token before each batch; then the trust bundle (token first); then a token; then
-  the row unless TERMINATED. Errors are logged and retried on the next pass. It blocks on a
+  the row unless TERMINATED. Errors (a store error anywhere in a pass included) are logged and
+  retried on the next pass, after a wait of 1, 2, 4, ... up to 64 s. It blocks on a
   peering-table change when no inactive peering has anything left to remove (peerkit: a
   TERMINATED row whose data is gone counts as finished, so it does not keep the loop busy as
   upstream's does, §3.5). With bug ``deletion-no-stop`` the routine runs outside the term's
@@ -80,6 +81,8 @@ __all__ = [
 
 MAX_BATCH_BYTES: Final = 256 * 1024  # "same as ACL batch upsert size"
 SPIN_LIMIT: Final = 1000  # bug deletion-no-stop: spins before the zombie gives up (tests end)
+DELETION_RETRY_BASE: Final = 1.0  # seconds: the first wait after a failed deletion pass
+DELETION_RETRY_MAX: Final = 64.0  # seconds: the longest wait (doubling from the base)
 
 
 class DialError(Exception):
@@ -299,6 +302,7 @@ class DeletionStats:
     rows_deleted: int = 0
     spins: int = 0  # passes after the context was cancelled (bug deletion-no-stop)
     failures: list[str] = field(default_factory=list)
+    backoffs: list[float] = field(default_factory=list)  # each wait after a failed pass
 
 
 class DeletionRoutine:
@@ -333,6 +337,7 @@ class DeletionRoutine:
 
     async def _loop(self) -> None:
         store = self.store
+        failed_passes = 0
         while True:
             if self.ctx is None:
                 await trio.lowlevel.checkpoint_if_cancelled()  # the fix: check ctx every pass
@@ -343,17 +348,18 @@ class DeletionRoutine:
                                    "peerkit stops it here", spins=self.stats.spins, bug=True)
                     return
             self.stats.passes += 1
-            index = store.table_index(PEERINGS)
             try:
+                index = store.table_index(PEERINGS)
                 deleted = store.peering_list_deleted()
+                work = [p for p in deleted if self._has_work(p)]
             except trio.ClosedResourceError:
                 raise
             except Exception as exc:
-                self.log.warning("failed to list deleted peerings", error=str(exc))
-                await trio.lowlevel.checkpoint()
+                self._failed(self.log, "failed to list deleted peerings", exc)
+                failed_passes = await self._back_off(failed_passes)
                 continue
-            work = [p for p in deleted if self._has_work(p)]
             if not work:
+                failed_passes = 0
                 try:
                     if self.ctx is None:
                         await store.wait_for_change((PEERINGS,), index)
@@ -363,8 +369,24 @@ class DeletionRoutine:
                 except ContextCancelled:
                     return
                 continue
+            ok = True
             for peering in work:
-                await self.remove_peering_and_data(peering)
+                ok = await self.remove_peering_and_data(peering) and ok
+            failed_passes = 0 if ok else await self._back_off(failed_passes)
+
+    async def _back_off(self, failed_passes: int) -> int:
+        """After a pass that failed (a store error): wait 1, 2, 4, ... up to
+        ``DELETION_RETRY_MAX`` seconds before the next pass, so a broken store is logged once
+        per wait, never in a tight loop. Returns the new count of failed passes in a row.
+        (Bug ``deletion-no-stop`` after leadership loss keeps its spin: no wait.)"""
+        if self.ctx is not None and self.ctx.cancelled:
+            return failed_passes
+        delay = min(DELETION_RETRY_BASE * (1 << min(failed_passes, 16)), DELETION_RETRY_MAX)
+        self.stats.backoffs.append(delay)
+        self.log.info("deletion routine backing off after an error", seconds=delay,
+                      failed_passes=failed_passes + 1)
+        await trio.sleep(delay)
+        return failed_passes + 1
 
     def _has_work(self, p: Peering) -> bool:
         if p.state is not PeeringState.TERMINATED:
@@ -377,32 +399,35 @@ class DeletionRoutine:
     async def _wait(self) -> None:
         await self.limiter.wait(self.ctx)
 
-    async def remove_peering_and_data(self, p: Peering) -> None:
-        """Nodes, then the trust bundle, then (unless TERMINATED) the row. Errors are logged."""
+    async def remove_peering_and_data(self, p: Peering) -> bool:
+        """Nodes, then the trust bundle, then (unless TERMINATED) the row. Errors are logged;
+        returns False after one."""
         log = self.log.bind(peering_id=p.id, peer_name=p.name)
         try:
             await self._delete_all_nodes(p)
         except Exception as exc:
             self._failed(log, "Failed to remove Nodes for peer", exc)
-            return
+            return False
         try:
             await self._delete_trust_bundle(p)
         except Exception as exc:
             self._failed(log, "Failed to remove trust bundle for peer", exc)
-            return
+            return False
         try:
             await self._wait()
         except Exception as exc:
             self._failed(log, "failed to wait for the deletion rate limiter", exc)
-            return
+            return False
         if p.state is PeeringState.TERMINATED:
-            return  # kept as a signal to the operator
+            return True  # kept as a signal to the operator
         try:
             if self.store.peering_delete(p.name, p.partition):
                 self.stats.rows_deleted += 1
                 log.info("deleted peering")
         except Exception as exc:
             self._failed(log, "failed to apply full peering deletion", exc)
+            return False
+        return True
 
     def _failed(self, log: EventLog, msg: str, exc: Exception) -> None:
         self.stats.failures.append(f"{msg}: {exc}")

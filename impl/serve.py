@@ -28,9 +28,10 @@ import trio
 
 from peerkit.model.vocabulary import BUGS, validate_bugs
 
+from .codec import address_problem
 from .logs import EventLog, configure_logging
 from .server import PeeringServer
-from .store import SqliteStore
+from .store import SqliteStore, StoreFailure, StoreOpenError
 from .transport import AddressInUseError
 from .transport.grpc_bridge import GrpcTransport
 
@@ -55,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_address(value: str, what: str) -> str | None:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         return f"{what} must look like host:port, got {value!r}"
     return None
 
@@ -83,7 +84,7 @@ async def _serve(args: argparse.Namespace, bugs: frozenset[str]) -> int:
     log = EventLog("peerkit.serve", {"server": args.name})
     try:
         store = SqliteStore(args.data_dir)
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, sqlite3.Error, StoreOpenError, StoreFailure) as exc:
         print(f"peerkit serve: cannot open data dir {args.data_dir!r}: {exc}", file=sys.stderr)
         return 1
     try:
@@ -108,11 +109,26 @@ async def _serve(args: argparse.Namespace, bugs: frozenset[str]) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C or SIGTERM; return the exit code."""
+    problem = PeeringServer.name_problem(args.name)
+    if problem is not None:
+        print(f"peerkit serve: --name: {problem}", file=sys.stderr)
+        return 2
+    if not args.data_dir.strip():
+        # Path("") is the current directory: refuse rather than quietly write the database there
+        print("peerkit serve: --data-dir must not be empty", file=sys.stderr)
+        return 2
     for value, what in ((args.grpc_addr, "--grpc-addr"), (args.advertise_addr,
                                                           "--advertise-addr")):
         problem = None if value is None else _check_address(value, what)
         if problem:
             print(f"peerkit serve: {problem}", file=sys.stderr)
+            return 2
+    if args.advertise_addr is not None:
+        # it goes into peering tokens: it must pass the peer's token check (codec)
+        problem = address_problem(args.advertise_addr)
+        if problem is not None:
+            print(f"peerkit serve: --advertise-addr {args.advertise_addr!r} {problem}",
+                  file=sys.stderr)
             return 2
     try:
         bugs = validate_bugs(args.bug or [])

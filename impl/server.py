@@ -37,7 +37,7 @@ import hashlib
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any, Final, TypeVar
@@ -64,11 +64,13 @@ from peerkit.proto import admin_pb2, peering_pb2, peerstream_pb2
 
 from .codec import (
     ADMIN_METHODS,
+    MAX_TOKEN_ADDRESSES,
     METHOD_EXCHANGE_SECRET,
     METHOD_STREAM_RESOURCES,
     PEERING_METHODS,
     PeeringToken,
     TokenError,
+    address_problem,
     bundle_to_pb,
     csn_to_pb,
     decode_token,
@@ -90,6 +92,7 @@ from .store import (
     StateStore,
     StoreDump,
     StoreError,
+    StoreFailure,
 )
 from .stream import (
     HEARTBEAT,
@@ -125,8 +128,28 @@ ERR_NAME_EXISTS: Final = "a peering with this name exists"
 ERR_DIALER_TOKEN: Final = "cannot generate a peering token for a peering that dials its peer"
 ERR_BAD_ESTABLISHMENT_SECRET: Final = "invalid establishment secret for PeerID: {id}"
 ERR_EXCHANGE_UNKNOWN: Final = "no peering with PeerID: {id}"
+ERR_STORE_FAILED: Final = "the state store failed"
 
-_NAME_RE: Final = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})$")
+# Names of nodes, services, service IDs, partitions and of this server: 1-63 letters, digits,
+# '.', '_' or '-', starting with a letter or digit. Matched with fullmatch: a pattern ending in
+# "$" also matches before a trailing newline, which let "n\n" in as a name distinct from "n".
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+# Peer names. Upstream (agent/rpc/peering/service.go: GenerateToken and Establish) refuses a
+# PeerName that is not a DNS label (dns.IsValidLabel, an RFC 1123 label: letters, digits and
+# hyphens, starting and ending with a letter or digit, at most 63 characters). peerkit follows
+# that and also requires lowercase, because DNS names are case-insensitive: "DC1" and "dc1"
+# must not name two peerings. (Written from knowledge of upstream, not checked against its
+# source here.) New peerings (GenerateToken, Establish) and new exports must use such a name;
+# lookups (read, delete, unexport) accept any _NAME_RE name, so rows stored under an older,
+# looser rule can still be read and deleted.
+_PEER_NAME_RE: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+# Meta on GenerateToken / Establish: upstream's structs.ValidateMetadata bounds (64 pairs, keys
+# of at most 128 of [A-Za-z0-9_-], values of at most 512 characters).
+_META_KEY_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
+MAX_META_PAIRS: Final = 64
+MAX_META_VALUE_CHARS: Final = 512
+MAX_TAGS: Final = 64
+MAX_TAG_CHARS: Final = 255
 _EXCHANGE_TIMEOUT: Final = 10.0
 
 Req = TypeVar("Req", bound=Message)
@@ -140,12 +163,45 @@ def _invalid(message: str) -> AbortStream:
 def _name(value: str, what: str) -> str:
     if not value:
         raise _invalid(f"{what} is required")
-    if not _NAME_RE.match(value):
+    if not _NAME_RE.fullmatch(value):
         raise _invalid(
-            f"{what} {value!r} is not valid: use 1-63 letters, digits, '.', '_' or '-', "
+            f"{what} {value[:80]!r} is not valid: use 1-63 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
     return value
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """A client-chosen value quoted back in an error: at most ``limit`` characters (a 200 KB
+    PeerID echoed into the status made the status itself too large: RESOURCE_EXHAUSTED)."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _peer_name(value: str, what: str) -> str:
+    """A name for a new peering: a lowercase DNS label (see ``_PEER_NAME_RE``)."""
+    if not value:
+        raise _invalid(f"{what} is required")
+    if not _PEER_NAME_RE.fullmatch(value):
+        raise _invalid(
+            f"{what} {value[:80]!r} is not valid: a peer name is a DNS label of 1-63 "
+            "lowercase letters, digits or '-', starting and ending with a letter or digit"
+        )
+    return value
+
+
+def _meta(meta: Mapping[str, str]) -> dict[str, str]:
+    if len(meta) > MAX_META_PAIRS:
+        raise _invalid(f"Meta has {len(meta)} pairs; at most {MAX_META_PAIRS} are allowed")
+    for key, value in meta.items():
+        if not _META_KEY_RE.fullmatch(key):
+            raise _invalid(f"Meta key {key[:80]!r} is not valid: use 1-128 letters, digits, "
+                           "'_' or '-'")
+        if len(value) > MAX_META_VALUE_CHARS:
+            raise _invalid(f"Meta value for {key!r} is longer than {MAX_META_VALUE_CHARS} "
+                           "characters")
+        if not value.isprintable():
+            raise _invalid(f"Meta value for {key!r} holds control characters")
+    return dict(meta)
 
 
 def _partition(value: str) -> str:
@@ -153,9 +209,9 @@ def _partition(value: str) -> str:
 
 
 def _address(value: str, what: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-        raise _invalid(f"{what} {value!r} is not a host:port address")
+    problem = address_problem(value)
+    if problem is not None:
+        raise _invalid(f"{what} {value[:80]!r} is not a host:port address: it {problem}")
     return value
 
 
@@ -192,8 +248,9 @@ class PeeringServer:
         secret_factory: Callable[[], str] | None = None,
         log: EventLog | None = None,
     ) -> None:
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise ValueError(f"server name {name!r} is not valid")
+        problem = self.name_problem(name)
+        if problem is not None:
+            raise ValueError(problem)
         if advertise_addr is not None:
             host, sep, port = advertise_addr.rpartition(":")
             if not sep or not host or not port.isdigit():
@@ -228,6 +285,15 @@ class PeeringServer:
         self.leadership_version = 0  # incremented whenever leadership is gained or lost
         self.address: str | None = None
         self._wall_offset = 0.0
+
+    @staticmethod
+    def name_problem(name: object) -> str | None:
+        """Why ``name`` cannot name a server (None if it can): the rule of node and service
+        names (1-63 letters, digits, '.', '_' or '-', starting with a letter or digit)."""
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+            return (f"server name {name!r} is not valid: use 1-63 letters, digits, '.', '_' "
+                    "or '-', starting with a letter or digit")
+        return None
 
     # =========================================================================================
     # running
@@ -372,8 +438,12 @@ class PeeringServer:
     async def generate_token(
         self, req: peering_pb2.GenerateTokenRequest
     ) -> peering_pb2.GenerateTokenResponse:
-        name = _name(req.PeerName, "PeerName")
+        name = _peer_name(req.PeerName, "PeerName")
         partition = _partition(req.Partition)
+        meta = _meta(req.Meta)
+        if len(req.ServerExternalAddresses) > MAX_TOKEN_ADDRESSES:
+            raise _invalid(f"ServerExternalAddresses has {len(req.ServerExternalAddresses)} "
+                           f"entries; at most {MAX_TOKEN_ADDRESSES} are allowed")
         addresses = [_address(a, "ServerExternalAddresses entry")
                      for a in req.ServerExternalAddresses] or [self.advertise_addr]
         self._require_leader()
@@ -388,7 +458,7 @@ class PeeringServer:
             Peering(
                 name=name,
                 partition=partition,
-                meta=dict(req.Meta),
+                meta=meta,
                 establishment_secret=secret,
                 stream_secret=None if existing is None else existing.stream_secret,
             )
@@ -404,8 +474,9 @@ class PeeringServer:
         return peering_pb2.GenerateTokenResponse(PeeringToken=encode_token(token))
 
     async def establish(self, req: peering_pb2.EstablishRequest) -> peering_pb2.EstablishResponse:
-        name = _name(req.PeerName, "PeerName")
+        name = _peer_name(req.PeerName, "PeerName")
         partition = _partition(req.Partition)
+        meta = _meta(req.Meta)
         try:
             token = decode_token(req.PeeringToken)
         except TokenError as exc:
@@ -419,7 +490,7 @@ class PeeringServer:
             Peering(
                 name=name,
                 partition=partition,
-                meta=dict(req.Meta),
+                meta=meta,
                 peer_id=token.peer_id,
                 peer_server_name=token.server_name,
                 peer_server_addresses=token.server_addresses,
@@ -554,7 +625,8 @@ class PeeringServer:
         self._require_leader()
         row = self.store.peering_read_by_id(req.PeerID)
         if row is None or row.should_dial():
-            raise AbortStream(StatusCode.NOT_FOUND, ERR_EXCHANGE_UNKNOWN.format(id=req.PeerID))
+            raise AbortStream(StatusCode.NOT_FOUND,
+                              ERR_EXCHANGE_UNKNOWN.format(id=_clip(req.PeerID)))
         if row.state is PeeringState.TERMINATED:
             raise AbortStream(StatusCode.ABORTED, ERR_PEERING_TERMINATED.format(id=req.PeerID))
         if not row.is_active():
@@ -581,7 +653,11 @@ class PeeringServer:
             raise AbortStream(StatusCode.UNKNOWN, "EOF") from None
         if term.stopped:
             raise AbortStream(StatusCode.FAILED_PRECONDITION, ERR_NOT_LEADER_ANYMORE)
-        row = await self._check_open(stream, first)
+        try:
+            row = await self._check_open(stream, first)
+        except StoreFailure as exc:
+            self.log.error("state store failed while checking a stream's Open", error=str(exc))
+            raise AbortStream(StatusCode.UNAVAILABLE, f"{ERR_STORE_FAILED}: {exc}") from None
         log = self.log.bind(peering_id=row.id, peer_name=row.name)
         session = StreamSession(
             term.stream_env,
@@ -605,7 +681,7 @@ class PeeringServer:
             raise _invalid(ERR_OPEN_NO_PEER_ID)
         row = self.store.peering_read_by_id(peer_id)
         if row is None or row.should_dial():
-            raise _invalid(ERR_UNKNOWN_PEER.format(id=peer_id))
+            raise _invalid(ERR_UNKNOWN_PEER.format(id=_clip(peer_id)))
         if row.state is PeeringState.TERMINATED:
             raise AbortStream(StatusCode.ABORTED, ERR_PEERING_TERMINATED.format(id=peer_id))
         if not row.is_active():
@@ -652,9 +728,14 @@ class PeeringServer:
         service_id = _name(req.ServiceID, "ServiceID") if req.ServiceID else service_name
         if not 0 <= req.Port <= 65535:
             raise _invalid(f"Port {req.Port} is out of range")
+        if len(req.Tags) > MAX_TAGS:
+            raise _invalid(f"Tags has {len(req.Tags)} entries; at most {MAX_TAGS} are allowed")
         for tag in req.Tags:
             if not tag:
                 raise _invalid("Tags must not contain empty strings")
+            if len(tag) > MAX_TAG_CHARS or not tag.isprintable():
+                raise _invalid(f"tag {tag[:80]!r} is not valid: at most {MAX_TAG_CHARS} "
+                               "printable characters")
         self._require_leader()
         node = Node(name=node_name)
         service = Service(id=service_id, name=service_name, port=req.Port, tags=tuple(req.Tags),
@@ -695,7 +776,7 @@ class PeeringServer:
         self, req: admin_pb2.ExportServiceRequest
     ) -> admin_pb2.ExportServiceResponse:
         service = _name(req.ServiceName, "ServiceName")
-        peer = _name(req.PeerName, "PeerName")
+        peer = _peer_name(req.PeerName, "PeerName")
         self._require_leader()
         self.store.export_service(service, peer)
         self.log.info("exported service", service=service, peer_name=peer)
@@ -780,6 +861,8 @@ def _unary(
             return await fn(request)
         except StoreError as exc:
             raise AbortStream(StatusCode.FAILED_PRECONDITION, exc.message) from None
+        except StoreFailure as exc:
+            raise AbortStream(StatusCode.UNAVAILABLE, f"{ERR_STORE_FAILED}: {exc}") from None
 
     def serialize(message: Any) -> bytes:
         data: bytes = message.SerializeToString()

@@ -38,6 +38,7 @@ from typing import Final
 
 import trio
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError, Message
 
 from peerkit.model.tables import ACCEPTOR, DIALER
 from peerkit.model.vocabulary import ERR_HEARTBEAT_TIMEOUT, WARN_DRAIN_FAILED
@@ -53,7 +54,16 @@ from peerkit.proto.resources import (
 
 from .codec import csn_from_pb, instances_to_pb
 from .logs import EventLog
-from .store import CATALOG, EXPORTS, PEERINGS, CheckServiceNode, StateStore, StoreError, TrustBundle
+from .store import (
+    CATALOG,
+    EXPORTS,
+    PEERINGS,
+    CheckServiceNode,
+    StateStore,
+    StoreError,
+    StoreFailure,
+    TrustBundle,
+)
 from .tracker import DuplicateStreamError, StreamTracker
 from .transport import (
     BidiStream,
@@ -91,6 +101,17 @@ def serialize(message: ReplicationMessage) -> bytes:
 def deserialize(data: bytes) -> ReplicationMessage:
     return ReplicationMessage.FromString(data)
 
+def _unpack(resource: any_pb2.Any, into: Message) -> None:
+    """Unpack a Response's payload; ValueError (the caller NACKs) when it is of another type or
+    does not decode (upstream: "failed to unmarshal resource: ..."), never a crash."""
+    try:
+        matched = resource.Unpack(into)
+    except DecodeError as exc:
+        raise ValueError(f"failed to unmarshal resource: {exc}") from None
+    if not matched:
+        raise ValueError(f"unexpected payload type {resource.type_url}")
+
+
 HEARTBEAT_INTERVAL: Final = 15.0  # seconds between Heartbeats sent (#13806)
 HEARTBEAT_TIMEOUT: Final = 120.0  # seconds without any message before giving up
 
@@ -106,6 +127,7 @@ INBOUND_END: Final = "inbound-end"  # error: the inbound side ended (EOF, status
 HEARTBEAT: Final = "heartbeat-timeout"  # error
 SEND_FAILED: Final = "send-failed"  # error: Terminated could not be sent
 REGISTER_FAILED: Final = "register-failed"  # error: a stream for this peering is connected
+STORE_FAILED: Final = "store-failed"  # error: the state store failed (StoreFailure)
 
 
 @dataclass(frozen=True)
@@ -306,8 +328,11 @@ class StreamSession:
         # The subscription manager pushes at once the trust bundle, the list of exported
         # services (so the peer drops what it kept from an earlier stream) and each service.
         await self._send_trust_bundle()
-        await self._send_service_list()
-        await self._publish()
+        try:
+            await self._send_service_list()
+            await self._publish()
+        except StoreFailure as exc:
+            return self._store_failed(exc)
         for url in RESOURCE_TYPE_URLS:
             await self._send(
                 ReplicationMessage(
@@ -348,6 +373,18 @@ class StreamSession:
                 return ending
 
     async def _on_event(self, event: _Event) -> Ending | None:
+        try:
+            return await self._on_event_unguarded(event)
+        except StoreFailure as exc:
+            return self._store_failed(exc)
+
+    def _store_failed(self, exc: StoreFailure) -> Ending:
+        """The store failed where the stream cannot go on without it (what to export): end
+        the stream with an error (the dialer retries later), never crash the server."""
+        self.log.error("state store failed; ending the stream", error=str(exc))
+        return self._ended_with_error(STORE_FAILED, f"state store failed: {exc}")
+
+    async def _on_event_unguarded(self, event: _Event) -> Ending | None:
         if isinstance(event, _Inbound):
             self._last_received = trio.current_time()
             return await self._on_message(event.msg)
@@ -489,7 +526,7 @@ class StreamSession:
                 self._upsert(url, rid, resp.Resource)
             else:
                 self._delete(url, rid)
-        except (StoreError, ValueError, TypeError) as exc:
+        except (StoreError, StoreFailure, ValueError, TypeError) as exc:
             text = exc.message if isinstance(exc, StoreError) else str(exc)
             msg = (f"{verb} error, ResourceURL: {_go_quote(url)}, "
                    f"ResourceID: {_go_quote(rid)}: {text}")
@@ -503,8 +540,7 @@ class StreamSession:
             if not rid:
                 raise ValueError("a service resource needs a ResourceID (the service name)")
             exported = peerstream_pb2.ExportedService()
-            if not resource.Unpack(exported):
-                raise ValueError(f"unexpected payload type {resource.type_url}")
+            _unpack(resource, exported)
             instances = [csn_from_pb(n, peer, partition) for n in exported.Nodes]
             if instances:
                 store.import_service_nodes(peer, partition, rid, instances)
@@ -513,16 +549,14 @@ class StreamSession:
             return
         if url == TYPE_URL_EXPORTED_SERVICE_LIST:
             listed = peerstream_pb2.ExportedServiceList()
-            if not resource.Unpack(listed):
-                raise ValueError(f"unexpected payload type {resource.type_url}")
+            _unpack(resource, listed)
             keep = set(listed.Services)
             for service in store.imported_service_names(peer, partition):
                 if service not in keep:
                     store.import_delete_service(peer, partition, service)
             return
         bundle = peering_pb2.PeeringTrustBundle()
-        if not resource.Unpack(bundle):
-            raise ValueError(f"unexpected payload type {resource.type_url}")
+        _unpack(resource, bundle)
         store.trust_bundle_write(
             TrustBundle(
                 peer_name=peer,

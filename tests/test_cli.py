@@ -114,3 +114,118 @@ def test_console_script_is_installed(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "peerkit", "bugs"], capture_output=True,
                           text=True, check=True, cwd=tmp_path)
     assert done.stdout.split()[0] == "stored-map"
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 8: exit codes through a closed pipe, early and clear errors, small fixes
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["check", "--bug", "stored-map", "--no-progress"], 1),
+    (["check", "--config", "ci", "--no-progress"], 0),
+    (["bugs"], 0),
+])
+def test_a_closed_pipe_keeps_the_exit_code(argv: list[str], expected: int) -> None:
+    """`peerkit check ... | head` with head gone before anything is written: the verdict's code
+    stays (a violation used to become 0), and nothing is printed about the pipe."""
+    proc = subprocess.Popen([sys.executable, "-m", "peerkit", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first write
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == expected
+    assert b"BrokenPipe" not in err and b"Traceback" not in err
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "a-directory"])
+def test_trace_out_that_cannot_be_written_fails_before_the_search(
+    tmp_path: Path, where: str
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    target = blocker / "trace.md" if where == "under-a-file" else tmp_path
+    code, out, err = run("check", "--bug", "termination-race", "--no-progress",
+                         "--trace-out", str(target))
+    assert code == 2
+    assert out == ""  # no search ran, no report
+    assert err.startswith(f"peerkit check: cannot write --trace-out {target}: ")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_trace_out_on_a_passing_run_says_so_and_writes_nothing(tmp_path: Path) -> None:
+    trace = tmp_path / "new" / "trace.md"
+    code, _, err = run("check", "--config", "ci", "--no-progress", "--trace-out", str(trace))
+    assert code == 0
+    assert f"no property was violated, so no trace was written to {trace}" in err
+    assert not trace.exists() and not trace.parent.exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "0", "soon"])
+def test_demo_timeout_must_be_finite_and_positive(value: str) -> None:
+    code, out, err = run("demo", f"--timeout={value}")
+    assert code == 2 and out == ""
+    assert "--timeout" in err and "Traceback" not in err
+
+
+def test_max_seconds_must_be_finite() -> None:
+    code, _, err = run("check", "--max-seconds", "inf")
+    assert code == 2 and "finite" in err
+
+
+def test_serve_refuses_an_empty_data_dir(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "peerkit", "serve", "--name", "dc1",
+                           "--data-dir", "", "--grpc-addr", "127.0.0.1:0"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "peerkit serve: --data-dir must not be empty"
+    assert list(tmp_path.iterdir()) == []  # nothing written to the current directory
+
+
+def test_version() -> None:
+    from peerkit import __version__
+
+    code, out, _ = run("--version")
+    assert code == 0 and out.strip() == f"peerkit {__version__}"
+
+
+def test_one_step_is_singular(tmp_path: Path) -> None:
+    trace = tmp_path / "t.md"
+    code, out, _ = run("check", "--bug", "stored-map", "--no-progress", "--trace-out",
+                       str(trace))
+    assert code == 1
+    assert "Counterexample: 1 step (a shortest one)" in out
+    assert "and 1 transition to depth 1" in out
+    assert "1 steps" not in out and "1 transitions" not in out
+    assert ", 1 step." in trace.read_text()
+    _, out, _ = run("check", "--bug", "no-reconnect", "--no-progress")
+    assert "Counterexample: 3 steps" in out
+
+
+def test_bound_options_have_help() -> None:
+    code, out, _ = run("check", "--help")
+    assert code == 0
+    text = " ".join(out.split())
+    assert "--max-states N stop after N distinct states" in text
+    assert "--max-depth N explore no state more than N steps" in text
+    assert "--max-seconds S stop after S seconds of search" in text
+
+
+def test_serve_refuses_a_bad_name_before_touching_the_data_dir(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    done = subprocess.run([sys.executable, "-m", "peerkit", "serve", "--name", "bad name",
+                           "--data-dir", str(data), "--grpc-addr", "127.0.0.1:0"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.startswith("peerkit serve: --name: server name 'bad name' is not valid")
+    assert "Traceback" not in done.stderr and not data.exists()
+
+
+@pytest.mark.parametrize("address", ["dc1:0", "dc 1:8502", "300.1.1.1:8502"])
+def test_serve_refuses_an_advertise_addr_a_peer_could_not_dial(
+    address: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, _ = run("serve", "--name", "dc1", "--data-dir", str(tmp_path / "d"),
+                     "--grpc-addr", "127.0.0.1:0", "--advertise-addr", address)
+    assert code == 2
+    assert f"--advertise-addr {address!r}" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

@@ -12,6 +12,7 @@ from .base import (
     StateStore,
     StoreDump,
     StoreError,
+    StoreFailure,
 )
 from .memory import MemoryBackend, MemoryStore
 from .records import (
@@ -27,7 +28,7 @@ from .records import (
     Service,
     TrustBundle,
 )
-from .sqlite import DB_FILENAME, SqliteBackend, SqliteStore
+from .sqlite import DB_FILENAME, LOCK_FILENAME, SqliteBackend, SqliteStore, StoreOpenError
 
 __all__ = [
     "CATALOG",
@@ -35,6 +36,7 @@ __all__ = [
     "DEFAULT_PARTITION",
     "EXPORTS",
     "HEALTH_STATUSES",
+    "LOCK_FILENAME",
     "PEERINGS",
     "TRUST_BUNDLES",
     "WATCH_TABLES",
@@ -56,5 +58,7 @@ __all__ = [
     "StateStore",
     "StoreDump",
     "StoreError",
+    "StoreFailure",
+    "StoreOpenError",
     "TrustBundle",
 ]

@@ -64,6 +64,12 @@ from .records import (
 # --------------------------------------------------------------------------------------------
 
 
+class StoreFailure(Exception):
+    """The backend could not do an operation (an I/O error, a full disk, a row that does not
+    decode); the operation changed nothing. Unlike StoreError this is not a rule's refusal: the
+    caller reports it (UNAVAILABLE to an RPC's client) or retries later, and never crashes."""
+
+
 class StoreError(Exception):
     """A write refused by a store rule. ``message`` is one of the vocabulary's ERR_* strings."""
 

@@ -16,22 +16,25 @@ Open one ``SqliteStore`` per file at a time: the store caches the index counters
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from peerkit.model.vocabulary import PeeringState
 
-from .base import TABLES, Backend, BackendTxn, Key, Row, StateStore
+from .base import TABLES, Backend, BackendTxn, Key, Row, StateStore, StoreFailure
 from .records import FrozenMeta, Peering
 
 #: The database file inside the data dir.
 DB_FILENAME = "peerkit-state.sqlite"
+#: The lock file inside the data dir (held with flock while a store is open).
+LOCK_FILENAME = "peerkit.lock"
 SCHEMA_VERSION = 1
 
 
@@ -77,6 +80,14 @@ def decode_row(table: str, text: str) -> Row:
     return cls(**data)
 
 
+def _decode_stored(table: str, text: str) -> Row:
+    """A stored row, or StoreFailure if it does not decode (a corrupt or foreign row)."""
+    try:
+        return decode_row(table, text)
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+        raise StoreFailure(f"a row of table {table!r} does not decode: {exc}") from None
+
+
 # --------------------------------------------------------------------------------------------
 # Backend
 # --------------------------------------------------------------------------------------------
@@ -98,7 +109,7 @@ class _SqliteTxn(BackendTxn):
             f"SELECT v FROM {_check_table(table)} WHERE k = ?", (encode_key(key),)
         )
         found = cur.fetchone()
-        return None if found is None else decode_row(table, found[0])
+        return None if found is None else _decode_stored(table, found[0])
 
     def put(self, table: str, key: Key, row: Row) -> None:
         self._check_write()
@@ -124,11 +135,16 @@ class _SqliteTxn(BackendTxn):
             )
         else:
             cur = self._conn.execute(f"SELECT v FROM {table}")
-        return [decode_row(table, text) for (text,) in cur.fetchall()]
+        return [_decode_stored(table, text) for (text,) in cur.fetchall()]
 
     def _check_write(self) -> None:
         if not self._write:
             raise RuntimeError("write inside a read-only transaction")
+
+
+class StoreOpenError(RuntimeError):
+    """The data dir or database cannot be used (another process holds it, it is not peerkit's,
+    or it is from a newer peerkit); the message says which, for the operator."""
 
 
 class SqliteBackend(Backend):
@@ -145,17 +161,18 @@ class SqliteBackend(Backend):
             self._conn = None
             raise
 
-    @staticmethod
-    def _setup(conn: sqlite3.Connection) -> None:
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise RuntimeError(f"could not switch the database to WAL mode (got {mode!r})")
-        conn.execute("PRAGMA synchronous=NORMAL")
+    def _setup(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"the database has schema version {version}; this peerkit knows {SCHEMA_VERSION}"
+            raise StoreOpenError(
+                f"{self.path}: the database has schema version {version}; this peerkit knows "
+                f"{SCHEMA_VERSION}"
             )
+        self._check_foreign(conn, version)
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreOpenError(f"could not switch the database to WAL mode (got {mode!r})")
+        conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("BEGIN IMMEDIATE")
         try:
             for table in TABLES:
@@ -169,19 +186,54 @@ class SqliteBackend(Backend):
             raise
         conn.execute("COMMIT")
 
+    def _check_foreign(self, conn: sqlite3.Connection, version: int) -> None:
+        """Refuse a database that peerkit did not create: tables but no schema version, or a
+        table of peerkit's name with another layout, or rows that do not decode (only the
+        small ``peerings`` and ``meta`` tables are read in full)."""
+        tables = {name for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
+        if version == 0 and tables:
+            raise StoreOpenError(
+                f"{self.path} is not a peerkit database: it holds tables "
+                f"({', '.join(sorted(tables)[:5])}) but no peerkit schema version"
+            )
+        for table in sorted(tables & set(TABLES)):
+            columns = [(name, str(kind).upper(), pk)
+                       for (_cid, name, kind, _notnull, _default, pk)
+                       in conn.execute(f"PRAGMA table_info({table})")]
+            if columns != [("k", "TEXT", 1), ("v", "TEXT", 0)]:
+                raise StoreOpenError(
+                    f"{self.path} is not a peerkit database: table {table!r} has columns "
+                    f"{[c[0] for c in columns]}, not peerkit's (k, v)"
+                )
+        for table in sorted(tables & {"peerings", "meta"}):
+            for key, text in conn.execute(f"SELECT k, v FROM {table}"):
+                try:
+                    decode_row(table, text)
+                except (ValueError, TypeError, KeyError, RecursionError) as exc:
+                    raise StoreOpenError(
+                        f"{self.path}: a row of table {table!r} (key {str(key)[:60]}) is not "
+                        f"a peerkit record: {exc}"
+                    ) from None
+
     @contextmanager
     def transaction(self, *, write: bool) -> Iterator[BackendTxn]:
         conn = self._conn
         if conn is None:
             raise RuntimeError("the sqlite backend is closed")
-        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
-            yield _SqliteTxn(conn, write=write)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield _SqliteTxn(conn, write=write)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            # I/O error, disk full, locked, corrupt file: the operation changed nothing
+            raise StoreFailure(f"the SQLite database failed: {exc}") from exc
 
     def close(self) -> None:
         if self._conn is not None:
@@ -190,12 +242,56 @@ class SqliteBackend(Backend):
 
 
 class SqliteStore(StateStore):
-    """A durable ``StateStore`` in ``<data_dir>/peerkit-state.sqlite``; the dir is created."""
+    """A durable ``StateStore`` in ``<data_dir>/peerkit-state.sqlite``; the dir is created.
+
+    The data dir is locked while the store is open (``fcntl.flock`` on ``<data_dir>/peerkit.lock``,
+    released by ``close()`` or when the process ends): a second open, in this process or
+    another, raises StoreOpenError naming the holder's pid, so two servers can never both lead
+    on one database."""
 
     def __init__(
         self, data_dir: str | os.PathLike[str], *, id_factory: Callable[[], str] | None = None
     ) -> None:
         directory = Path(data_dir)
+        if str(data_dir) == "":
+            raise StoreOpenError("the data dir must not be empty")
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / DB_FILENAME
-        super().__init__(SqliteBackend(self.path), id_factory=id_factory)
+        self._lock_fd: int | None = _lock_data_dir(directory)
+        try:
+            super().__init__(SqliteBackend(self.path), id_factory=id_factory)
+        except BaseException:
+            self._unlock()
+            raise
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._unlock()
+
+    def _unlock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
+
+
+def _lock_data_dir(directory: Path) -> int:
+    """Take the data dir's lock (exclusive, non-blocking); return the descriptor holding it."""
+    path = directory / LOCK_FILENAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreOpenError(
+            f"the data dir {str(directory)!r} is in use by another peerkit process "
+            f"(pid {holder}); only one server may use a data dir at a time"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

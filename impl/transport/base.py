@@ -37,6 +37,12 @@ ending known, other status             StreamFailed(c, m)   StreamFailed(c, m)  
 Rules behind the table:
 
 * ``ClosedForSending`` wins over everything for ``send`` (it is a local usage error).
+* A message that does not decode (its deserializer raises) never reaches the caller and never
+  crashes the server: on a server end ``receive`` ends the RPC with INVALID_ARGUMENT and raises
+  StreamFailed(INVALID_ARGUMENT); on a client end it cancels the RPC and raises
+  StreamFailed(INTERNAL) (grpc-go's client reports such a message as INTERNAL too). A unary
+  request that does not decode is answered INVALID_ARGUMENT without running the handler; a unary
+  response that does not decode raises StreamFailed(INTERNAL) at the caller.
 * ``receive`` returns every message the peer sent before its ending, then raises the ending; a
   *cancel* or *reset* may drop messages still in flight (the receiver then never sees them).
   After a local ``cancel()`` no further message is returned.
@@ -119,7 +125,9 @@ __all__ = [
     "Transport",
     "TransportError",
     "UnaryMethod",
+    "decode_or_outcome",
     "identity",
+    "undecodable",
 ]
 
 SendT = TypeVar("SendT")
@@ -358,12 +366,38 @@ async def run_handler(handler: Callable[[_R], Awaitable[Any]], arg: _R,
     return None
 
 
+def undecodable(side: Side, error: Exception) -> Outcome:
+    """The ending of an RPC whose peer sent a message that does not decode, as known at
+    ``side``: a server rejects the request (INVALID_ARGUMENT); a client reports a broken
+    response (INTERNAL)."""
+    detail = str(error) or type(error).__name__
+    if side == "server":
+        return Outcome(StatusCode.INVALID_ARGUMENT,
+                       f"the request message does not decode: {detail}")
+    return Outcome(StatusCode.INTERNAL, f"the response message does not decode: {detail}")
+
+
+def decode_or_outcome(deserializer: Callable[[bytes], _R], data: bytes,
+                      side: Side) -> _R | Outcome:
+    """``deserializer(data)``, or the RPC's ending (``undecodable``) if it raises. Any
+    Exception counts: a deserializer's one job is to turn bytes into a message, so whatever it
+    raises is about the bytes, which come from the network."""
+    try:
+        return deserializer(data)
+    except Exception as exc:
+        return undecodable(side, exc)
+
+
 def unary_call(entry: UnaryMethod[Any, Any]) -> Callable[[bytes], Awaitable[bytes]]:
-    """A unary method as bytes in, bytes out: deserialize, run the handler, serialize (a
-    serializer failure counts as the handler's, so it is UNKNOWN like any other bug)."""
+    """A unary method as bytes in, bytes out: deserialize (a request that does not decode is
+    INVALID_ARGUMENT, and the handler does not run), run the handler, serialize (a serializer
+    failure counts as the handler's, so it is UNKNOWN like any other bug)."""
 
     async def call(request: bytes) -> bytes:
-        result = await entry.handler(entry.request_deserializer(request))
+        decoded = decode_or_outcome(entry.request_deserializer, request, "server")
+        if isinstance(decoded, Outcome):
+            raise AbortStream(decoded.code, decoded.message)
+        result = await entry.handler(decoded)
         return _check_bytes(entry.response_serializer(result))
 
     return call

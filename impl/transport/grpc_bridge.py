@@ -67,6 +67,7 @@ from .base import (
     _check_timeout,
     _split_host_port,
     _unwrap_body_error,
+    decode_or_outcome,
     run_handler,
     unary_call,
 )
@@ -321,7 +322,12 @@ class GrpcServerStream(BidiStream[SendT, RecvT]):
         if self._ending is not None and not self._ending.ok:
             raise self._ending.exception()
         if isinstance(result, bytes):
-            return self._deserializer(result)
+            decoded = decode_or_outcome(self._deserializer, result, "server")
+            if not isinstance(decoded, Outcome):
+                return decoded
+            # end the RPC with INVALID_ARGUMENT now (the handler learns it from the stream)
+            self._handler_done(decoded)
+            raise decoded.exception()
         if isinstance(result, _Eof):
             self._inbound_eof = True
             raise EndOfStream()
@@ -680,7 +686,11 @@ class GrpcClientStream(BidiStream[SendT, RecvT]):
         if self._cancelled_locally:
             raise self._ending_exception()
         if isinstance(result, bytes):
-            return self._deserializer(result)
+            decoded = decode_or_outcome(self._deserializer, result, "client")
+            if not isinstance(decoded, Outcome):
+                return decoded
+            self._abandon(decoded)
+            raise decoded.exception()
         self._set_ending(result)
         raise self._ending_exception()
 
@@ -720,10 +730,15 @@ class GrpcClientStream(BidiStream[SendT, RecvT]):
         await self._lt.wait(self._lt.submit(self._aio_done_writing()))
 
     def cancel(self) -> None:
+        self._abandon(Outcome(StatusCode.CANCELLED, _LOCAL_CANCEL_MSG))
+
+    def _abandon(self, outcome: Outcome) -> None:
+        """Cancel the RPC, knowing its ending here as ``outcome`` (a local cancel, or a
+        response that does not decode)."""
         if self._ending is not None:
             return
         self._cancelled_locally = True
-        self._set_ending(Outcome(StatusCode.CANCELLED, _LOCAL_CANCEL_MSG))
+        self._set_ending(outcome)
         self._lt.call_soon(self._aio_cancel)
 
 
@@ -791,7 +806,10 @@ class GrpcChannel:
         )
         result = _outcome_or_closed(fut)
         if isinstance(result, bytes):
-            return deserializer(result)
+            decoded = decode_or_outcome(deserializer, result, "client")
+            if not isinstance(decoded, Outcome):
+                return decoded
+            result = decoded
         raise result.exception()
 
     async def _aio_close(self) -> None:

@@ -67,6 +67,7 @@ from .base import (
     _check_timeout,
     _split_host_port,
     _unwrap_body_error,
+    decode_or_outcome,
     run_handler,
     unary_call,
 )
@@ -328,11 +329,20 @@ class MemoryCall:
         self._trace("half-close", Direction.CLIENT_TO_SERVER.value)
         self._changed()
 
-    def _client_cancel(self, overtake: bool) -> None:
+    def _undecodable(self, side: Side, outcome: Outcome) -> None:
+        """``side`` received a message that does not decode: a server end ends the RPC with
+        ``outcome`` (INVALID_ARGUMENT); a client end cancels it and knows it as ``outcome``."""
+        self._trace("undecodable", side)
+        if side == "server":
+            self._server_finish(outcome)
+        else:
+            self._client_cancel(True, outcome)
+
+    def _client_cancel(self, overtake: bool, outcome: Outcome | None = None) -> None:
         if self.client.outcome is not None:
             return
         self._trace("cancel", "client", "overtake" if overtake else "queued")
-        self.client._set_ending(Outcome(StatusCode.CANCELLED, _CLIENT_CANCEL_MSG))
+        self.client._set_ending(outcome or Outcome(StatusCode.CANCELLED, _CLIENT_CANCEL_MSG))
         self._pipes[Direction.SERVER_TO_CLIENT].items.clear()
         if self.server.outcome is None:
             c2s = self._pipes[Direction.CLIENT_TO_SERVER]
@@ -466,7 +476,11 @@ class MemoryStream(BidiStream[SendT, RecvT]):
                 data = self.call._take(self._inbound())
                 if data is not None:
                     await trio.lowlevel.cancel_shielded_checkpoint()
-                    return self._deserializer(data)
+                    decoded = decode_or_outcome(self._deserializer, data, self.side)
+                    if not isinstance(decoded, Outcome):
+                        return decoded
+                    self.call._undecodable(self.side, decoded)
+                    raise decoded.exception()
                 await self.call._lot.park()
         finally:
             self._receiving = False
@@ -739,7 +753,10 @@ class MemoryChannel:
         self.network.trace.append(("unary done", call_id, result.outcome.code.name))
         if not result.outcome.ok:
             raise result.outcome.exception()
-        return deserializer(result.response)
+        decoded = decode_or_outcome(deserializer, result.response, "client")
+        if isinstance(decoded, Outcome):
+            raise decoded.exception()
+        return decoded
 
     async def aclose(self) -> None:
         """Close the channel: cancel its open streams (as their clients)."""
