@@ -100,25 +100,31 @@ def format_counterexample(
     lines.append("")
     kind = {"invariant": "reaches a state that breaks it",
             "transition": "ends with a step that breaks it",
-            "liveness": "reaches a state from which no settled state can be reached"}[ce.kind]
-    lines.append(f"Counterexample: {len(ce.steps)} steps (a shortest one), {kind}:")
+            "liveness": "reaches a state from which a run need never reach a target"}[ce.kind]
+    lines.append(f"Counterexample: {_count(len(ce.steps), 'step')} (a shortest one), {kind}:")
     before = ce.initial
     width = len(str(len(ce.steps) + len(ce.loop)))
     for number, step in enumerate(ce.steps, 1):
         lines.append(f"  {number:>{width}}. {describe(before, step.action, step.state)}")
         before = step.state
     if ce.loop:
-        lines.append("  ... and from there it can only go round:")
+        lines.append("  ... and from there it can go round for ever:")
         for number, step in enumerate(ce.loop, len(ce.steps) + 1):
             lines.append(f"  {number:>{width}}. {describe(before, step.action, step.state)}")
             before = step.state
     return lines
 
 
+def _count(n: int, noun: str) -> str:
+    """"1 step", "2 steps" (with thousands separators)."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 def format_summary(result: Result[Any, Any]) -> list[str]:
     lines = [
-        f"explored {result.distinct_states:,} distinct states and {result.transitions:,} "
-        f"transitions to depth {result.depth} in {result.seconds:.1f} s "
+        f"explored {_count(result.distinct_states, 'distinct state')} and "
+        f"{_count(result.transitions, 'transition')} to depth {result.depth} in "
+        f"{result.seconds:.1f} s "
         f"({result.states_per_second:,.0f} states/s); {result.stopped_because}",
     ]
     for red in result.reductions:

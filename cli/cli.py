@@ -19,7 +19,6 @@ import contextlib
 import io
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -231,12 +230,12 @@ def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
           f"{''.join(' --bug ' + b for b in bugs)}"
           f"{' --mutant ' + args.mutant if args.mutant else ''}\n")
         for line in format_summary(result):
-            w(_singular(line) + "\n")
+            w(line + "\n")
         w("\n")
         for violation in result.counterexamples:
             for line in format_counterexample(violation, describe,
                                               titles.get(violation.property_id, "")):
-                w(_singular(line) + "\n")
+                w(line + "\n")
             last = violation.steps[-1].state if violation.steps else violation.initial
             if violation.loop:
                 last = violation.loop[-1].state
@@ -260,16 +259,6 @@ def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             out.write("\nThe search was cut short; properties marked ?? are undecided.\n")
         return EXIT_INCOMPLETE
     return EXIT_OK
-
-
-_ONE_PLURAL = re.compile(r"(?<![\d,.])1 ((?:distinct )?)(step|transition|state)s\b")
-
-
-def _singular(line: str) -> str:
-    """"1 steps" -> "1 step" (also transitions, states) in the checker's report lines. The
-    checker's own formatting (checker/report.py) should say it right; until it does, the CLI
-    mends its lines here."""
-    return _ONE_PLURAL.sub(r"1 \1\2", line)
 
 
 def _count(n: int, noun: str) -> str:

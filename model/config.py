@@ -174,11 +174,14 @@ CONFIGS: dict[str, Config] = {
         ),
         Config(
             "apply-faults",
+            services=("web",),
+            churn=1,
             faults=1,
             failovers=0,
             write_faults=True,
-            description="the default without failover, where the 1 fault may also be a failed "
-            "store write (raft apply) of a handler or of the deletion routine (finding F6)",
+            description="1 service, 1 delete, 1 cleanup, 1 churn action, no failover; the 1 "
+            "fault may also be a failed store write (raft apply) of a handler or of the "
+            "deletion routine (finding F6)",
         ),
         Config(
             "tiny",

@@ -63,7 +63,7 @@ def test_check_with_a_bug_exits_1_with_a_counterexample(tmp_path: Path) -> None:
 def test_text_report_numbers_the_steps_and_names_the_property() -> None:
     code, out, _ = run("check", "--bug", "dial-deleted", "--no-progress")
     assert code == 1
-    assert "VIOLATED no-export-when-inactive" in out
+    assert "VIOLATED accept-only-when-active" in out
     assert "  1. " in out and "To replay it in Python" in out
 
 
@@ -229,3 +229,21 @@ def test_serve_refuses_an_advertise_addr_a_peer_could_not_dial(
     assert code == 2
     assert f"--advertise-addr {address!r}" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_mutants_lists_the_catalog_and_check_runs_one() -> None:
+    code, out, _ = run("mutants")
+    assert code == 0
+    assert "dialer-no-drain" in out and "equivalent" in out
+    assert out.strip().splitlines()[-1].startswith(f"{len(out.strip().splitlines()) - 1} mutants")
+    code, out, _ = run("check", "--config", "ci", "--mutant", "dialer-no-drain", "--no-progress")
+    assert code == 1 and "--mutant dialer-no-drain" in out
+    assert "VIOLATED settled-is-clean" in out and "mutant='dialer-no-drain'" in out
+    code, _, err = run("check", "--mutant", "no-such-mutant")
+    assert code == 2 and "unknown mutant" in err
+
+
+def test_a_mutant_that_breaks_the_start_fails_with_one_line() -> None:
+    code, out, err = run("check", "--config", "ci", "--mutant", "sync-no-redial")
+    assert code == 1 and out == ""
+    assert "the established start cannot be reached" in err and len(err.splitlines()) == 1
