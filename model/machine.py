@@ -602,7 +602,8 @@ class PeeringModel:
         have: tuple[object, ...] = getattr(w.ghost, name)
         if item not in have:
             return w
-        return w._replace(ghost=w.ghost._replace(**{name: tuple(x for x in have if x != item)}))
+        kept: Any = tuple(x for x in have if x != item)
+        return w._replace(ghost=w.ghost._replace(**{name: kept}))
 
     @staticmethod
     def _healthy_stream(w: World, pair: Pair) -> bool:
