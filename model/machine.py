@@ -900,19 +900,23 @@ class PeeringModel:
         return self._handle(w, st, side, inp, msg, write_fails)
 
     def _classify_open(self, w: World, st: Stream) -> str:
-        """The acceptor's checks of a first message, in order: the peering must exist and be
-        this dialer's; no other stream may be connected for it; it must be active."""
+        """The acceptor's checks of a first message, in upstream's order: the peering must exist
+        and be this dialer's; it must be active (a dial of a marked row is answered with
+        Terminated, #14285, even while an old stream is still registered: that tells a
+        redialing dialer at once); no other stream may be connected for it. Registering with the
+        tracker checks for a connected stream again (effect `accept`), so an overlay that
+        accepts an inactive row (bug dial-deleted) still meets the duplicate check."""
         cl = w.clusters[st.acceptor]
         row = cl.row_by_gen(st.peer_gen)
         if row is None or row.peer != st.dialer or row.dialer:
             return OPEN_UNKNOWN
-        track = cl.track(row.gen)
-        if track is not None and track.connected:
-            return OPEN_DUPLICATE
         if row.state == TERMINATED:
             return OPEN_TERMINATED
         if not row.active:
             return OPEN_DELETED
+        track = cl.track(row.gen)
+        if track is not None and track.connected:
+            return OPEN_DUPLICATE
         return OPEN_VALID
 
     def _handle(self, w: World, st: Stream, side: str, inp: str, msg: Message | None,
@@ -930,6 +934,13 @@ class PeeringModel:
                 assert msg is not None
                 w, st = self._import(w, st, side, msg, write_fails)
             elif effect == "accept":
+                track = w.clusters[c].track(gen)
+                if track is not None and track.connected:
+                    # registering with the tracker fails; reached only where the first-message
+                    # checks did not classify the Open as a duplicate (bug dial-deleted)
+                    outcome = Outcome((), DONE)
+                    error = True
+                    break
                 w = self._track_connect(w, c, gen)
                 w = self._link(w, st)
                 st = self._initial_snapshot(w, st, "a")

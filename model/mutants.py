@@ -220,6 +220,7 @@ EQUIVALENT: dict[str, str] = {
         "E4: the side that was told has nothing left to lose by not draining",
     "acceptor-no-drain": "E5: an acceptor's messages reach the dialer before its end",
     "deletion-bundle-first": "E6: nodes and bundle of an inactive peering are never read",
+    "accept-duplicate": "E7: registering with the tracker refuses a second stream anyway",
 }
 
 

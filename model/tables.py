@@ -159,7 +159,9 @@ PHASES = (NEW, OPEN, DRAINING, DONE_PHASE)
 #: What each effect does. machine.py implements exactly these.
 EFFECTS: Mapping[str, str] = {
     "accept": "register the stream in the tracker as connected; the subscription manager "
-    "sends the trust bundle, the exported-service list and every exported service",
+    "sends the trust bundle, the exported-service list and every exported service. If another "
+    "stream is connected for the peering, registering fails (upstream's tracker.Connected "
+    "error): the RPC ends with an error status instead, whatever the table says next",
     "import": "apply the Response to the local catalog (refused for an inactive peering) and "
     "reply with an Ack, or a Nack if it was refused",
     "terminate": "TerminateByID on the local peering (ignored if it is already inactive), and "

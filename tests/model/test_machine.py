@@ -18,6 +18,7 @@ from peerkit.model.state import (
     PENDING,
     RESET,
     TERMINATED,
+    Channel,
     World,
 )
 from peerkit.model.vocabulary import ERR_DELETE_UNMARKED, ERR_WRITE_MARKED
@@ -306,3 +307,22 @@ def test_bad_model_input_is_refused() -> None:
         EMPTY.with_(nonsense=3)
     with pytest.raises(ValueError, match="unknown configuration"):
         get_config("nope")
+
+
+def test_a_dial_the_bug_accepts_still_meets_the_duplicate_check() -> None:
+    """Issue 6 point 5: with dial-deleted on, an Open for a marked row that still has a stream
+    registered is refused when the stream registers with the tracker (no second stream)."""
+    for bugs in ((), ("dial-deleted",)):
+        m = model(ESTABLISHED, set(bugs))
+        w = run(m, m.initial(), A.Delete(0, 1))  # dc1's row is DELETING, its stream registered
+        old = w.streams[0]
+        # dc2's end of the old stream is gone (its handler returned); dc2 dials again
+        gone = old._replace(d_phase=DONE, down=Channel((), RESET), up=old.up._replace(end=RESET))
+        cl1 = w.clusters[1]._replace(dialing=(old.dialer_gen,))
+        w = w._replace(streams=(gone,), clusters=(w.clusters[0], cl1))
+        w = m.step(w, A.Dial(1, old.dialer_gen))
+        new = next(st for st in w.streams if st.sid != old.sid)
+        w = m.step(w, A.Deliver(new.sid, "a", "msg"))
+        after = next((st for st in w.streams if st.sid == new.sid), None)
+        assert after is None or after.a_phase == DONE, bugs  # refused, not accepted
+        assert sum(1 for t in w.clusters[0].tracker if t.connected) == 1
