@@ -316,12 +316,14 @@ class PeeringServer:
             raise RuntimeError("this server is already serving")
         self._wall_offset = self.wall_clock() - trio.current_time()
         body_error: BaseException | None = None
+        listened = False
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 try:
                     async with self.transport.serve(address, self.handlers(),
                                                     grace=grace) as srv:
+                        listened = True
                         self.address = srv.address
                         self.log.info("serving", address=srv.address,
                                       advertise=self.advertise_addr, bugs=sorted(self.bugs))
@@ -337,7 +339,8 @@ class PeeringServer:
                 finally:
                     nursery.cancel_scope.cancel()
                     self._nursery = None
-                    self.log.info("stopped")
+                    if listened:  # a server that never listened logs no "stopped"
+                        self.log.info("stopped")
         except BaseExceptionGroup as group:
             # the nursery wrapped our own body's exception: re-raise it bare
             if body_error is not None and list(group.exceptions) == [body_error]:
