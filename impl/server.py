@@ -37,6 +37,7 @@ import hashlib
 import re
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -151,6 +152,11 @@ MAX_META_VALUE_CHARS: Final = 512
 MAX_TAGS: Final = 64
 MAX_TAG_CHARS: Final = 255
 _EXCHANGE_TIMEOUT: Final = 10.0
+# Past leadership terms kept for diagnostics (``PeeringServer.terms``): the newest TERMS_KEPT.
+# A stopped term still holds its tracker, routines' histories and dial loops, so a server that
+# gains and loses leadership for months must not keep them all; upstream keeps none (a new term
+# replaces the old routines), tests look at the last two or three.
+TERMS_KEPT: Final = 16
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
@@ -280,7 +286,8 @@ class PeeringServer:
         )
         self._nursery: trio.Nursery | None = None
         self._leadership: Leadership | None = None
-        self._terms: list[Leadership] = []
+        self._terms: deque[Leadership] = deque(maxlen=TERMS_KEPT)
+        self._term_count = 0  # terms ever started: the next term's number is this + 1
         self._leadership_changed = trio.Event()
         self.leadership_version = 0  # incremented whenever leadership is gained or lost
         self.address: str | None = None
@@ -358,7 +365,8 @@ class PeeringServer:
 
     @property
     def terms(self) -> list[Leadership]:
-        """Every term this server has led, oldest first (for tests and diagnostics)."""
+        """The newest TERMS_KEPT terms this server has led, oldest first (for tests and
+        diagnostics)."""
         return list(self._terms)
 
     def become_leader(self) -> Leadership:
@@ -367,7 +375,8 @@ class PeeringServer:
             raise RuntimeError("become_leader() needs a serving server")
         if self._leadership is not None and not self._leadership.stopped:
             return self._leadership
-        term = Leadership(self._cfg, len(self._terms) + 1)
+        self._term_count += 1
+        term = Leadership(self._cfg, self._term_count)
         term.log.info("leadership established; starting leader routines")
         self._leadership = term
         self._terms.append(term)
