@@ -234,7 +234,8 @@ class StreamSession:
     stream: ReplicationStream
     log: EventLog = field(init=False)
     _nonce: int = field(default=0, init=False)
-    _sent: dict[str, tuple[CheckServiceNode, ...] | None] = field(default_factory=dict, init=False)
+    # what was last sent per exported service; only services still exported (see _publish)
+    _sent: dict[str, tuple[CheckServiceNode, ...]] = field(default_factory=dict, init=False)
     _live_entry: bool = field(default=False, init=False)
     _last_received: float = field(default=0.0, init=False)
 
@@ -633,12 +634,17 @@ class StreamSession:
         current = self._current_exports()
         if current is None:
             return
-        names = sorted(set(current) | {s for s, v in self._sent.items() if v is not None})
+        names = sorted(set(current) | set(self._sent))
         for service in names:
             new = current.get(service)
             if new == self._sent.get(service):
                 continue
-            self._sent[service] = new
+            if new is None:
+                # sent its delete: forget it, so the record holds only the services still
+                # exported (a missing key reads as None, "not sent", just the same)
+                self._sent.pop(service, None)
+            else:
+                self._sent[service] = new
             response = ReplicationMessage.Response(
                 Nonce=self._next_nonce(),
                 ResourceURL=TYPE_URL_EXPORTED_SERVICE,

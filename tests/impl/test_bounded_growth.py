@@ -2,12 +2,13 @@
 
 The leader's sync routine (streams torn down), deletion routine (failures, back-off waits), dial
 loops (attempts), the server (past leadership terms) and the stream tracker (status entries of
-peerings that no longer exist) must not grow without bound over a long life. Each test drives
-many more events than the bound, under virtual time on the in-memory network, and checks the
-collection stays at its bound (keeping the newest) or is emptied.
+peerings that no longer exist), and an exporting stream's record of what it sent (services no
+longer exported), must not grow without bound over a long life. Each test drives many more
+events than the bound, under virtual time on the in-memory network, and checks the collection
+stays at its bound (keeping the newest) or is emptied.
 
-May import: pytest, trio, peerkit.impl (leader, logs, server, store, testing, transport),
-peerkit.model.vocabulary.
+May import: pytest, trio, peerkit.impl (leader, logs, server, store, stream, testing, tracker,
+transport), peerkit.model.vocabulary.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from peerkit.impl.leader import (
 from peerkit.impl.logs import EventLog
 from peerkit.impl.server import TERMS_KEPT, PeeringServer
 from peerkit.impl.store import MemoryStore, Peering
+from peerkit.impl.stream import StreamSession
 from peerkit.impl.testing import (
     eventually,
     let_time_pass,
@@ -170,3 +172,34 @@ async def test_tracker_forgets_only_disconnected_entries_of_gone_peerings(
     with pytest.raises(TypeError):
         tracker.forget_disconnected("kept")  # a str is not a set of ids; nothing changes
     assert sorted(tracker.all_statuses()) == ["kept", "live"]
+
+
+async def test_a_stream_remembers_only_the_services_it_still_exports(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The exporting side of a long-lived stream remembers what it last sent per service; a
+    service that is unexported (its delete sent) must be forgotten, or the record grows with
+    every service ever exported over the stream's life."""
+    sessions: list[StreamSession] = []
+    publish = StreamSession._publish
+
+    async def recording(self: StreamSession) -> None:
+        if not any(s is self for s in sessions):
+            sessions.append(self)
+        await publish(self)
+
+    monkeypatch.setattr(StreamSession, "_publish", recording)
+    net = MemoryNetwork()
+    async with two_clusters(net) as (dc1, dc2):
+        await peer(dc1, dc2, services1=("api",), services2=())
+        for i in range(20):
+            service = f"svc-{i}"
+            await dc1.client.register_service(f"dc1-extra-{i}", service, port=9000 + i)
+            await dc1.client.export_service(service, "dc2")
+            await eventually(lambda s=service: s in dc2.imported("dc1"), dc1, dc2)  # type: ignore[misc]
+            await dc1.client.unexport_service(service, "dc2")
+            await eventually(lambda s=service: s not in dc2.imported("dc1"), dc1, dc2)  # type: ignore[misc]
+        assert dc2.imported("dc1") == ["api"]
+        assert sessions, "no stream published anything"
+        for session in sessions:
+            assert set(session._sent) <= {"api"}, sorted(session._sent)
