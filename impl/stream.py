@@ -179,6 +179,10 @@ class Ending:
         return self.message or self.reason
 
 
+class _SendStalled(Exception):
+    """A send waited past the heartbeat timeout (the peer stopped reading)."""
+
+
 # Events on the handler loop's channel
 @dataclass(frozen=True)
 class _Inbound:
@@ -326,6 +330,25 @@ class StreamSession:
         done: trio.Event,
     ) -> Ending:
         self._last_received = trio.current_time()
+        try:
+            return await self._handle_unguarded(events_send, events, done)
+        except _SendStalled:
+            return self._send_stalled()
+
+    def _send_stalled(self) -> Ending:
+        """A send waited until nothing had come from the peer for the heartbeat timeout (the
+        peer stopped reading, so flow control stopped our sends): end as a heartbeat timeout,
+        rather than wait in that send for ever holding the stream."""
+        self.log.warning("peer stopped reading: a send waited past the heartbeat timeout",
+                         seconds=self.env.heartbeat_timeout)
+        return self._ended_with_error(HEARTBEAT, ERR_HEARTBEAT_TIMEOUT)
+
+    async def _handle_unguarded(
+        self,
+        events_send: trio.MemorySendChannel[_Event],
+        events: trio.MemoryReceiveChannel[_Event],
+        done: trio.Event,
+    ) -> Ending:
         # The subscription manager pushes at once the trust bundle, the list of exported
         # services (so the peer drops what it kept from an earlier stream) and each service.
         await self._send_trust_bundle()
@@ -348,6 +371,8 @@ class StreamSession:
             watchers.start_soon(self._watch_exports, events_send.clone())
             try:
                 return await self._loop(events)
+            except _SendStalled:
+                return self._send_stalled()  # here, not through the nursery (an ExceptionGroup)
             finally:
                 watchers.cancel_scope.cancel()
 
@@ -673,14 +698,24 @@ class StreamSession:
 
     # ---- sending ---------------------------------------------------------------------------
 
+    async def _send_bounded(self, msg: ReplicationMessage) -> None:
+        """``stream.send``, given up (``_SendStalled``) once nothing has come from the peer
+        for the heartbeat timeout: a send waits when the peer stops reading (gRPC's flow
+        control; the memory network's send window), and must not wait for ever."""
+        with trio.move_on_at(self._last_received + self.env.heartbeat_timeout) as scope:
+            await self.stream.send(msg)
+        if scope.cancelled_caught:
+            raise _SendStalled()
+
     async def _send_raw(self, msg: ReplicationMessage) -> None:
-        await self.stream.send(msg)
+        await self._send_bounded(msg)
 
     async def _send(self, msg: ReplicationMessage, what: str, **fields: object) -> None:
         """Send; a failure is recorded (LastSendError) and otherwise ignored: the receiver
-        reports how the stream ended, and that ends the handler."""
+        reports how the stream ended, and that ends the handler. A send stalled past the
+        heartbeat timeout raises ``_SendStalled`` (the handler ends the stream)."""
         try:
-            await self.stream.send(msg)
+            await self._send_bounded(msg)
         except ClosedForSending:
             raise
         except (EndOfStream, StreamFailed) as exc:

@@ -1,0 +1,107 @@
+"""A peer that stops reading (issue 8, reliability): the sending server's memory stays bounded
+and the heartbeat timeout still ends the stream.
+
+The in-memory network is given a send window (as gRPC's flow control has): a stream end whose
+peer does not read can have at most that many messages undelivered, and its ``send`` waits for
+room. The server's stream handler must not wait there for ever: once nothing has come from the
+peer for the heartbeat timeout, it ends the stream as a heartbeat timeout, even in a send.
+Virtual time; the test plays the dialer with a raw stream.
+
+May import: pytest, trio, peerkit.impl (stream, testing, transport), peerkit.proto,
+peerkit.model.vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+import trio.testing
+
+from peerkit.impl.stream import HEARTBEAT_TIMEOUT
+from peerkit.impl.testing import (
+    Cluster,
+    memory_call,
+    open_message,
+    open_raw_stream,
+    register_and_export,
+    running_cluster,
+    token_and_secret,
+)
+from peerkit.impl.transport import Direction, MemoryNetwork, StreamFailed
+from peerkit.model.vocabulary import ERR_HEARTBEAT_TIMEOUT
+from peerkit.proto.peerstream_pb2 import ReplicationMessage as RM
+
+WINDOW = 4
+
+
+@pytest.fixture
+async def net_and_dc1() -> AsyncIterator[tuple[MemoryNetwork, Cluster]]:
+    net = MemoryNetwork(send_window=WINDOW)
+    async with running_cluster(net, "dc1", "dc1:8502") as cluster:
+        # more to send at once than the window holds: bundle, service list, 6 services, ...
+        await register_and_export(cluster, [f"svc-{i}" for i in range(6)], "dc2")
+        yield net, cluster
+
+
+@pytest.mark.parametrize("peer_sends_heartbeats", [False, True])
+async def test_a_peer_that_stops_reading_is_timed_out_with_bounded_memory(
+    autojump_clock: trio.testing.MockClock,
+    net_and_dc1: tuple[MemoryNetwork, Cluster],
+    peer_sends_heartbeats: bool,
+) -> None:
+    net, dc1 = net_and_dc1
+    peer_id, secret = await token_and_secret(dc1)
+    stream = await open_raw_stream(dc1.client)
+    await stream.send(open_message(peer_id, secret))
+    call = memory_call(net)
+    started = trio.current_time()
+    most = 0
+    with trio.fail_after(10 * HEARTBEAT_TIMEOUT):  # virtual time
+        while call.server_outcome is None:
+            # the peer never reads; it may keep sending heartbeats (which the server cannot
+            # even take in while it is stuck sending)
+            most = max(most, len(call.in_flight(Direction.SERVER_TO_CLIENT)))
+            if peer_sends_heartbeats:
+                with trio.move_on_after(5):
+                    await stream.send(RM(heartbeat=RM.Heartbeat()))
+            await trio.sleep(5)
+    ended = trio.current_time() - started
+    assert most <= WINDOW
+    assert HEARTBEAT_TIMEOUT <= ended <= HEARTBEAT_TIMEOUT + 15, ended
+    row = dc1.row("dc2")
+    term = dc1.server.leadership
+    assert row is not None and term is not None
+    status = term.tracker.stream_status(row.id)
+    assert status is not None and not status.connected
+    assert status.disconnect_error_message == ERR_HEARTBEAT_TIMEOUT
+    # the peer, reading at last, gets what was queued and then the ending
+    with pytest.raises(StreamFailed):
+        while True:
+            await stream.receive()
+
+
+async def test_the_send_window_blocks_only_while_the_peer_does_not_read(
+    autojump_clock: trio.testing.MockClock,
+    net_and_dc1: tuple[MemoryNetwork, Cluster],
+) -> None:
+    """A normal peer that reads gets everything through the same window."""
+    net, dc1 = net_and_dc1
+    peer_id, secret = await token_and_secret(dc1)
+    stream = await open_raw_stream(dc1.client)
+    await stream.send(open_message(peer_id, secret))
+    seen: set[str] = set()
+    with trio.fail_after(60):
+        while len(seen) < 6:
+            msg = await stream.receive()
+            if msg.WhichOneof("Payload") == "response" and msg.response.ResourceID.startswith(
+                    "svc-"):
+                seen.add(msg.response.ResourceID)
+    assert memory_call(net).server_outcome is None  # still running
+
+
+def test_a_bad_send_window_is_refused() -> None:
+    for bad in (0, -1, 1.5, True, "4"):
+        with pytest.raises(ValueError, match="send_window"):
+            MemoryNetwork(send_window=bad)  # type: ignore[arg-type]
