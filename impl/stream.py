@@ -242,6 +242,7 @@ class StreamSession:
     _sent: dict[str, tuple[CheckServiceNode, ...]] = field(default_factory=dict, init=False)
     _live_entry: bool = field(default=False, init=False)
     _last_received: float = field(default=0.0, init=False)
+    _last_sent: float = field(default=0.0, init=False)  # when a send last completed
 
     def __post_init__(self) -> None:
         self.log = self.env.log.bind(
@@ -699,13 +700,16 @@ class StreamSession:
     # ---- sending ---------------------------------------------------------------------------
 
     async def _send_bounded(self, msg: ReplicationMessage) -> None:
-        """``stream.send``, given up (``_SendStalled``) once nothing has come from the peer
-        for the heartbeat timeout: a send waits when the peer stops reading (gRPC's flow
-        control; the memory network's send window), and must not wait for ever."""
-        with trio.move_on_at(self._last_received + self.env.heartbeat_timeout) as scope:
+        """``stream.send``, given up (``_SendStalled``) once the stream made no progress for
+        the heartbeat timeout: nothing came from the peer and no send completed. A send waits
+        when the peer stops reading (gRPC's flow control; the memory network's send window),
+        and must not wait for ever; a long burst of sends that the peer does read goes on."""
+        progress = max(self._last_received, self._last_sent)
+        with trio.move_on_at(progress + self.env.heartbeat_timeout) as scope:
             await self.stream.send(msg)
         if scope.cancelled_caught:
             raise _SendStalled()
+        self._last_sent = trio.current_time()
 
     async def _send_raw(self, msg: ReplicationMessage) -> None:
         await self._send_bounded(msg)

@@ -452,8 +452,7 @@ class GrpcServer:
         try:
             for family, ip in targets:
                 where = _join_host_port(ip, port)
-                if port != 0:
-                    _probe_bind(address, where, family, ip, port)
+                _probe_bind(address, where, family, ip, port)  # port 0: is the ip assignable?
                 try:
                     bound = server.add_insecure_port(where)
                 except RuntimeError:

@@ -105,3 +105,36 @@ def test_a_bad_send_window_is_refused() -> None:
     for bad in (0, -1, 1.5, True, "4"):
         with pytest.raises(ValueError, match="send_window"):
             MemoryNetwork(send_window=bad)  # type: ignore[arg-type]
+
+
+async def test_a_slow_reader_is_not_cut_off_by_a_long_burst(
+    autojump_clock: trio.testing.MockClock,
+    net_and_dc1: tuple[MemoryNetwork, Cluster],
+) -> None:
+    """A peer that reads (one message every 10 s) and offers a heartbeat as often: the server's
+    sends complete one by one, so a burst of sends lasting several heartbeat timeouts goes on
+    (only a send stalled for the whole timeout ends the stream)."""
+    net, dc1 = net_and_dc1
+    await register_and_export(dc1, [f"more-{i:02d}" for i in range(30)], "dc2")
+    peer_id, secret = await token_and_secret(dc1)
+    stream = await open_raw_stream(dc1.client)
+    await stream.send(open_message(peer_id, secret))
+    call = memory_call(net)
+    started = trio.current_time()
+    seen: set[str] = set()
+    with trio.fail_after(100 * HEARTBEAT_TIMEOUT):  # virtual time
+        while len(seen) < 36:
+            await trio.sleep(10)
+            # the server takes nothing in while it sends its burst: do not wait for room
+            with trio.move_on_after(1):
+                await stream.send(RM(heartbeat=RM.Heartbeat()))
+            msg = await stream.receive()
+            if msg.WhichOneof("Payload") == "response":
+                seen.add(msg.response.ResourceID)
+    assert trio.current_time() - started > 2 * HEARTBEAT_TIMEOUT  # a long burst indeed
+    assert call.server_outcome is None  # still running
+    row = dc1.row("dc2")
+    term = dc1.server.leadership
+    assert row is not None and term is not None
+    status = term.tracker.stream_status(row.id)
+    assert status is not None and status.connected
