@@ -29,6 +29,10 @@ Design
   that into ``outcome`` CANCELLED and StreamCancelled on later operations. The trio stream handler
   itself is not cancelled (it learns from the stream, as in Go). Server shutdown looks the same to
   the handler (EOF, then cancelled), and clients then see UNAVAILABLE.
+* Listening: ``serve("name:port")`` resolves the name itself and binds each resulting ip
+  explicitly (IPv4 first), all or none; gRPC's own ``add_insecure_port("localhost:P")`` succeeds
+  when any one address binds (e.g. only [::1] when 127.0.0.1:P is taken). Each ip is first bound
+  with a plain socket so that a failure names its reason (``address already in use``).
 * Shutdown order (python-stack.md §2.3): ``serve`` first awaits ``server.stop(grace)`` on the loop
   while the trio handlers are still alive (they can still finish), and only then cancels them;
   ``connect`` closes its grpc.aio channel (cancelling its calls); the transport then stops the
