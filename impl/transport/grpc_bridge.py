@@ -453,6 +453,7 @@ class GrpcServer:
         them open even when stopped or collected (measured, grpcio 1.85.3), so it is started
         with no handlers (an RPC in that instant gets UNIMPLEMENTED) and stopped at once."""
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *options])
+        bound_any = False
         try:
             for family, ip in targets:
                 where = _join_host_port(ip, port)
@@ -464,10 +465,11 @@ class GrpcServer:
                 if bound == 0 or (port != 0 and bound != port):
                     raise ListenError(f"cannot listen on {_naming(address, where)}: "
                                       "gRPC could not bind it")
-                port = bound
+                port, bound_any = bound, True
         except BaseException:
-            await server.start()
-            await server.stop(None)
+            if bound_any:
+                await server.start()
+                await server.stop(None)
             raise
         server.add_generic_rpc_handlers(self._generic_handlers())
         self._aio = server
