@@ -57,18 +57,26 @@ async def test_a_peer_that_stops_reading_is_timed_out_with_bounded_memory(
     await stream.send(open_message(peer_id, secret))
     call = memory_call(net)
     started = trio.current_time()
-    most = 0
-    with trio.fail_after(10 * HEARTBEAT_TIMEOUT):  # virtual time
-        while call.server_outcome is None:
-            # the peer never reads; it may keep sending heartbeats (which the server cannot
-            # even take in while it is stuck sending)
-            most = max(most, len(call.in_flight(Direction.SERVER_TO_CLIENT)))
+    queued: list[int] = []  # what waits undelivered towards the peer, every 5 s
+
+    async def stalled_peer() -> None:
+        # never reads; may keep sending heartbeats (which the server cannot even take in while
+        # it is stuck sending)
+        while True:
+            queued.append(len(call.in_flight(Direction.SERVER_TO_CLIENT)))
             if peer_sends_heartbeats:
                 with trio.move_on_after(5):
                     await stream.send(RM(heartbeat=RM.Heartbeat()))
             await trio.sleep(5)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stalled_peer)
+        with trio.fail_after(10 * HEARTBEAT_TIMEOUT):  # virtual time
+            await call.server.wait_finished()
+        nursery.cancel_scope.cancel()
     ended = trio.current_time() - started
-    assert most <= WINDOW
+    assert len(queued) >= HEARTBEAT_TIMEOUT / 10  # sampled all along
+    assert max(queued) == WINDOW  # the window filled, and no more was queued
     assert HEARTBEAT_TIMEOUT <= ended <= HEARTBEAT_TIMEOUT + 15, ended
     row = dc1.row("dc2")
     term = dc1.server.leadership
