@@ -683,3 +683,43 @@ async def test_grpc_serve_binds_all_resolved_addresses_or_none(
             # nothing is left listening on the first address: it can be bound again
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as again:
                 again.bind(("127.0.0.1", port))
+
+
+# ---------------------------------------------------------------------------------------------
+# memory network: the send window (flow control)
+
+
+async def test_memory_send_window_waits_for_room_and_a_cancelled_send_queues_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = MemoryNetwork(send_window=2)
+    gate = trio.Event()
+
+    async def slow_reader(stream: BidiStream[bytes, bytes]) -> None:
+        await gate.wait()  # reads nothing until the test opens the gate
+        while True:
+            try:
+                await stream.receive()
+            except (EndOfStream, StreamCancelled):
+                return
+
+    handlers = [StreamMethod(M, slow_reader, identity, identity)]
+    async with network.serve("dc1:8502", handlers), network.connect("dc1:8502") as channel:
+        stream = channel.open_stream(M, identity, identity)
+        call = network.streams[-1]
+        await stream.send(b"1")
+        await stream.send(b"2")  # the window is full now
+        with trio.move_on_after(30) as waited:  # virtual time: no room ever comes
+            await stream.send(b"3")
+        assert waited.cancelled_caught
+        assert call.in_flight(Direction.CLIENT_TO_SERVER) == [b"1", b"2"]  # "3" not queued
+        gate.set()  # the peer reads: room comes, the next send goes through
+        with trio.fail_after(30):
+            await stream.send(b"4")
+        await stream.close_send()
+        with trio.fail_after(30):
+            outcome = await stream.wait_finished()
+        assert outcome.ok
+        delivered = [e[3] for e in network.trace if e[0] == "deliver" and e[1] == call.id
+                     and e[2] == Direction.CLIENT_TO_SERVER.value]
+        assert delivered == [b"1", b"2", b"4"]
