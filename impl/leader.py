@@ -31,6 +31,7 @@ modules ``.store``, ``.transport``, ``.tracker``, ``.ratelimit``, ``.stream``, `
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -83,6 +84,12 @@ MAX_BATCH_BYTES: Final = 256 * 1024  # "same as ACL batch upsert size"
 SPIN_LIMIT: Final = 1000  # bug deletion-no-stop: spins before the zombie gives up (tests end)
 DELETION_RETRY_BASE: Final = 1.0  # seconds: the first wait after a failed deletion pass
 DELETION_RETRY_MAX: Final = 64.0  # seconds: the longest wait (doubling from the base)
+# How many entries each diagnostic history keeps (deletion failures and back-off waits, streams
+# torn down by the sync routine, a dial loop's attempts): the newest, in a ring buffer. Upstream
+# keeps no such history (it only logs), so there is no upstream limit to copy; 100 is enough to
+# see a pattern (tests look at a handful) and keeps a leader that runs for months at a few KiB
+# per routine instead of growing with every failure, retry and teardown.
+HISTORY_LIMIT: Final = 100
 
 
 class DialError(Exception):
@@ -221,7 +228,8 @@ class SyncRoutine:
         self.leadership = leadership
         self.log = leadership.cfg.log.child("sync", term=leadership.term)
         self.passes = 0
-        self.torn_down: list[str] = []  # peering IDs whose doneCh this routine closed
+        # peering IDs whose doneCh this routine closed, the newest HISTORY_LIMIT
+        self.torn_down: deque[str] = deque(maxlen=HISTORY_LIMIT)
 
     async def run(self) -> None:
         await retry_loop_backoff(self._pass_and_block, self._on_error)
@@ -266,6 +274,10 @@ class SyncRoutine:
             self.log.info("closing stream of a peering that is not active", peering_id=peering_id)
             self.torn_down.append(peering_id)
             done.set()
+        # Forget the tracker entries of streams that ended for peerings whose row is gone: the
+        # tracker holds one entry per peering ID, so without this it grows with every peering
+        # ever deleted during the term, and Status lists them with no peer name.
+        tracker.forget_disconnected({p.id for p in peerings})
         return index
 
 
@@ -301,8 +313,10 @@ class DeletionStats:
     bundles_deleted: int = 0
     rows_deleted: int = 0
     spins: int = 0  # passes after the context was cancelled (bug deletion-no-stop)
-    failures: list[str] = field(default_factory=list)
-    backoffs: list[float] = field(default_factory=list)  # each wait after a failed pass
+    # the newest HISTORY_LIMIT failures and waits after a failed pass (a broken store fails
+    # for ever, once per DELETION_RETRY_MAX seconds)
+    failures: deque[str] = field(default_factory=lambda: deque(maxlen=HISTORY_LIMIT))
+    backoffs: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY_LIMIT))
 
 
 class DeletionRoutine:
@@ -479,7 +493,9 @@ class DialLoop:
         self.ring = AddressRing()
         self.scope = trio.CancelScope()
         self.in_attempt = False
-        self.attempts: list[str] = []  # the address of each attempt, in order
+        # the address of each attempt, in order, the newest HISTORY_LIMIT (a peer that never
+        # answers is dialed for ever, once per backoff)
+        self.attempts: deque[str] = deque(maxlen=HISTORY_LIMIT)
         self.stopped_by: str | None = None
 
     def cancel(self) -> None:

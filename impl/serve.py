@@ -3,8 +3,9 @@
 One job: the command-line entry of a single server. ``add_arguments(parser)`` declares
 ``--name``, ``--data-dir``, ``--grpc-addr``, ``--advertise-addr``, ``--bug NAME`` (repeatable)
 and ``--log-level``; ``run(args)`` serves until Ctrl-C or SIGTERM and returns the exit code
-(0 after a clean shutdown, 1 when the address is taken or the data dir cannot be opened, 2 for
-bad arguments).
+(0 after a clean shutdown, 1 when it cannot listen (one line saying why, e.g. ``address already
+in use``) or the data dir cannot be opened, 2 for bad arguments). A host name in ``--grpc-addr``
+means every address it resolves to: all are bound, or none and the command fails.
 
 The server is the leader from the start, keeps its state in ``<data-dir>/peerkit-state.sqlite``
 (so a restart on the same data dir resumes, e.g. a half-finished deletion continues), and logs
@@ -32,7 +33,7 @@ from .codec import address_problem
 from .logs import EventLog, configure_logging
 from .server import PeeringServer
 from .store import SqliteStore, StoreFailure, StoreOpenError
-from .transport import AddressInUseError
+from .transport import ListenError
 from .transport.grpc_bridge import GrpcTransport
 
 __all__ = ["add_arguments", "run"]
@@ -99,7 +100,7 @@ async def _serve(args: argparse.Namespace, bugs: frozenset[str]) -> int:
                         async for signum in signals:
                             log.info("signal received; shutting down", signal=int(signum))
                             break
-                except AddressInUseError as exc:
+                except ListenError as exc:
                     print(f"peerkit serve: {exc}", file=sys.stderr)
                     return 1
     finally:

@@ -37,6 +37,7 @@ import hashlib
 import re
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -151,6 +152,11 @@ MAX_META_VALUE_CHARS: Final = 512
 MAX_TAGS: Final = 64
 MAX_TAG_CHARS: Final = 255
 _EXCHANGE_TIMEOUT: Final = 10.0
+# Past leadership terms kept for diagnostics (``PeeringServer.terms``): the newest TERMS_KEPT.
+# A stopped term still holds its tracker, routines' histories and dial loops, so a server that
+# gains and loses leadership for months must not keep them all; upstream keeps none (a new term
+# replaces the old routines), tests look at the last two or three.
+TERMS_KEPT: Final = 16
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
@@ -280,7 +286,8 @@ class PeeringServer:
         )
         self._nursery: trio.Nursery | None = None
         self._leadership: Leadership | None = None
-        self._terms: list[Leadership] = []
+        self._terms: deque[Leadership] = deque(maxlen=TERMS_KEPT)
+        self._term_count = 0  # terms ever started: the next term's number is this + 1
         self._leadership_changed = trio.Event()
         self.leadership_version = 0  # incremented whenever leadership is gained or lost
         self.address: str | None = None
@@ -316,12 +323,14 @@ class PeeringServer:
             raise RuntimeError("this server is already serving")
         self._wall_offset = self.wall_clock() - trio.current_time()
         body_error: BaseException | None = None
+        listened = False
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 try:
                     async with self.transport.serve(address, self.handlers(),
                                                     grace=grace) as srv:
+                        listened = True
                         self.address = srv.address
                         self.log.info("serving", address=srv.address,
                                       advertise=self.advertise_addr, bugs=sorted(self.bugs))
@@ -337,7 +346,8 @@ class PeeringServer:
                 finally:
                     nursery.cancel_scope.cancel()
                     self._nursery = None
-                    self.log.info("stopped")
+                    if listened:  # a server that never listened logs no "stopped"
+                        self.log.info("stopped")
         except BaseExceptionGroup as group:
             # the nursery wrapped our own body's exception: re-raise it bare
             if body_error is not None and list(group.exceptions) == [body_error]:
@@ -355,7 +365,8 @@ class PeeringServer:
 
     @property
     def terms(self) -> list[Leadership]:
-        """Every term this server has led, oldest first (for tests and diagnostics)."""
+        """The newest TERMS_KEPT terms this server has led, oldest first (for tests and
+        diagnostics)."""
         return list(self._terms)
 
     def become_leader(self) -> Leadership:
@@ -364,7 +375,8 @@ class PeeringServer:
             raise RuntimeError("become_leader() needs a serving server")
         if self._leadership is not None and not self._leadership.stopped:
             return self._leadership
-        term = Leadership(self._cfg, len(self._terms) + 1)
+        self._term_count += 1
+        term = Leadership(self._cfg, self._term_count)
         term.log.info("leadership established; starting leader routines")
         self._leadership = term
         self._terms.append(term)

@@ -179,6 +179,10 @@ class Ending:
         return self.message or self.reason
 
 
+class _SendStalled(Exception):
+    """A send waited past the heartbeat timeout (the peer stopped reading)."""
+
+
 # Events on the handler loop's channel
 @dataclass(frozen=True)
 class _Inbound:
@@ -234,9 +238,11 @@ class StreamSession:
     stream: ReplicationStream
     log: EventLog = field(init=False)
     _nonce: int = field(default=0, init=False)
-    _sent: dict[str, tuple[CheckServiceNode, ...] | None] = field(default_factory=dict, init=False)
+    # what was last sent per exported service; only services still exported (see _publish)
+    _sent: dict[str, tuple[CheckServiceNode, ...]] = field(default_factory=dict, init=False)
     _live_entry: bool = field(default=False, init=False)
     _last_received: float = field(default=0.0, init=False)
+    _last_sent: float = field(default=0.0, init=False)  # when a send last completed
 
     def __post_init__(self) -> None:
         self.log = self.env.log.bind(
@@ -325,6 +331,25 @@ class StreamSession:
         done: trio.Event,
     ) -> Ending:
         self._last_received = trio.current_time()
+        try:
+            return await self._handle_unguarded(events_send, events, done)
+        except _SendStalled:
+            return self._send_stalled()
+
+    def _send_stalled(self) -> Ending:
+        """A send waited until nothing had come from the peer for the heartbeat timeout (the
+        peer stopped reading, so flow control stopped our sends): end as a heartbeat timeout,
+        rather than wait in that send for ever holding the stream."""
+        self.log.warning("peer stopped reading: a send waited past the heartbeat timeout",
+                         seconds=self.env.heartbeat_timeout)
+        return self._ended_with_error(HEARTBEAT, ERR_HEARTBEAT_TIMEOUT)
+
+    async def _handle_unguarded(
+        self,
+        events_send: trio.MemorySendChannel[_Event],
+        events: trio.MemoryReceiveChannel[_Event],
+        done: trio.Event,
+    ) -> Ending:
         # The subscription manager pushes at once the trust bundle, the list of exported
         # services (so the peer drops what it kept from an earlier stream) and each service.
         await self._send_trust_bundle()
@@ -347,6 +372,8 @@ class StreamSession:
             watchers.start_soon(self._watch_exports, events_send.clone())
             try:
                 return await self._loop(events)
+            except _SendStalled:
+                return self._send_stalled()  # here, not through the nursery (an ExceptionGroup)
             finally:
                 watchers.cancel_scope.cancel()
 
@@ -633,12 +660,17 @@ class StreamSession:
         current = self._current_exports()
         if current is None:
             return
-        names = sorted(set(current) | {s for s, v in self._sent.items() if v is not None})
+        names = sorted(set(current) | set(self._sent))
         for service in names:
             new = current.get(service)
             if new == self._sent.get(service):
                 continue
-            self._sent[service] = new
+            if new is None:
+                # sent its delete: forget it, so the record holds only the services still
+                # exported (a missing key reads as None, "not sent", just the same)
+                self._sent.pop(service, None)
+            else:
+                self._sent[service] = new
             response = ReplicationMessage.Response(
                 Nonce=self._next_nonce(),
                 ResourceURL=TYPE_URL_EXPORTED_SERVICE,
@@ -667,14 +699,27 @@ class StreamSession:
 
     # ---- sending ---------------------------------------------------------------------------
 
+    async def _send_bounded(self, msg: ReplicationMessage) -> None:
+        """``stream.send``, given up (``_SendStalled``) once the stream made no progress for
+        the heartbeat timeout: nothing came from the peer and no send completed. A send waits
+        when the peer stops reading (gRPC's flow control; the memory network's send window),
+        and must not wait for ever; a long burst of sends that the peer does read goes on."""
+        progress = max(self._last_received, self._last_sent)
+        with trio.move_on_at(progress + self.env.heartbeat_timeout) as scope:
+            await self.stream.send(msg)
+        if scope.cancelled_caught:
+            raise _SendStalled()
+        self._last_sent = trio.current_time()
+
     async def _send_raw(self, msg: ReplicationMessage) -> None:
-        await self.stream.send(msg)
+        await self._send_bounded(msg)
 
     async def _send(self, msg: ReplicationMessage, what: str, **fields: object) -> None:
         """Send; a failure is recorded (LastSendError) and otherwise ignored: the receiver
-        reports how the stream ended, and that ends the handler."""
+        reports how the stream ended, and that ends the handler. A send stalled past the
+        heartbeat timeout raises ``_SendStalled`` (the handler ends the stream)."""
         try:
-            await self.stream.send(msg)
+            await self._send_bounded(msg)
         except ClosedForSending:
             raise
         except (EndOfStream, StreamFailed) as exc:

@@ -13,6 +13,9 @@ Rules (upstream's June–July 2022 tracker):
   done event is returned.
 * ``disconnected(id, error)``: Connected=false, DisconnectTime=now; a missing entry is a no-op
   (after ``delete_status`` the handler's final "disconnected" does nothing).
+* ``forget_disconnected(keep)``: entries are not kept for ever: the sync routine forgets the
+  disconnected entries of peerings whose row is gone (else every deleted peering would leave an
+  entry, with no peer name, for the rest of the term).
 * ``stream_status(id)`` returns an immutable copy, or None.
 * ``connected_streams()`` lists connected entries only, with their done events.
 * ``wait_for_change()`` wakes observers (tests, status pages) when an entry is added,
@@ -24,7 +27,7 @@ leadership that owns it. May import: the standard library, trio and ``peerkit.mo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 
 import trio
@@ -128,6 +131,20 @@ class StreamTracker:
         _check_id(peering_id)
         if self._entries.pop(peering_id, None) is not None:
             self._notify()
+
+    def forget_disconnected(self, keep: Collection[str]) -> list[str]:
+        """Forget every disconnected entry whose peering id is not in ``keep`` (the ids of the
+        peerings that still have a row); return the ids forgotten, sorted. Connected entries
+        stay whatever ``keep`` says: their handler is running and will end them itself."""
+        if isinstance(keep, str) or not isinstance(keep, Collection):
+            raise TypeError(f"keep must be a collection of peering ids, not {type(keep).__name__}")
+        gone = sorted(pid for pid, e in self._entries.items()
+                      if not e.status.connected and pid not in keep)
+        for pid in gone:
+            del self._entries[pid]
+        if gone:
+            self._notify()
+        return gone
 
     def close_done(self, peering_id: str) -> None:
         """Close (set) that stream's done event; idempotent; a missing entry is a no-op."""

@@ -115,6 +115,7 @@ __all__ = [
     "ClosedForSending",
     "EndOfStream",
     "Handler",
+    "ListenError",
     "Outcome",
     "Server",
     "Side",
@@ -218,7 +219,12 @@ class AbortStream(Exception):
         self.message = message
 
 
-class AddressInUseError(OSError):
+class ListenError(OSError):
+    """``serve`` cannot listen on an address; the message says which address and why in one
+    line (e.g. the host does not resolve, or ``address already in use``)."""
+
+
+class AddressInUseError(ListenError):
     """``serve`` on an address that is already being listened on."""
 
 
@@ -504,7 +510,8 @@ class Transport(Protocol):
 
         On exit: stop accepting, give running RPCs ``grace`` seconds, then end the rest (clients
         see StreamFailed(UNAVAILABLE), handlers see StreamCancelled and are cancelled).
-        Raises AddressInUseError if the address is taken."""
+        Raises AddressInUseError if the address is taken, ListenError if it cannot listen there
+        for another reason; a host name means every address it resolves to."""
         ...
 
     def connect(self, address: str) -> AbstractAsyncContextManager[Channel]:

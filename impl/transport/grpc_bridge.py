@@ -29,6 +29,10 @@ Design
   that into ``outcome`` CANCELLED and StreamCancelled on later operations. The trio stream handler
   itself is not cancelled (it learns from the stream, as in Go). Server shutdown looks the same to
   the handler (EOF, then cancelled), and clients then see UNAVAILABLE.
+* Listening: ``serve("name:port")`` resolves the name itself and binds each resulting ip
+  explicitly (IPv4 first), all or none; gRPC's own ``add_insecure_port("localhost:P")`` succeeds
+  when any one address binds (e.g. only [::1] when 127.0.0.1:P is taken). Each ip is first bound
+  with a plain socket so that a failure names its reason (``address already in use``).
 * Shutdown order (python-stack.md §2.3): ``serve`` first awaits ``server.stop(grace)`` on the loop
   while the trio handlers are still alive (they can still finish), and only then cancels them;
   ``connect`` closes its grpc.aio channel (cancelling its calls); the transport then stops the
@@ -39,6 +43,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
+import socket
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
@@ -57,6 +63,7 @@ from .base import (
     EndOfStream,
     Handler,
     HandlerOutcome,
+    ListenError,
     Outcome,
     StatusCode,
     StreamMethod,
@@ -434,15 +441,37 @@ class GrpcServer:
 
         return grpc.unary_unary_rpc_method_handler(unary_behavior)
 
-    async def _aio_bind(self, address: str, options: Sequence[tuple[str, Any]]) -> int:
+    async def _aio_bind(
+        self, address: str, targets: Sequence[tuple[int, str]], port: int,
+        options: Sequence[tuple[str, Any]],
+    ) -> int:
+        """Bind every one of ``targets`` (family, ip) on ``port`` (0: the first bind picks one,
+        the others use it), or none: gRPC's own ``add_insecure_port("localhost:P")`` succeeds
+        if any one resolved address binds, so it is given one ip at a time. Each ip is first
+        bound with a plain socket, so a failure says why (gRPC only says that it failed).
+        On a failure the ports bound so far are released: an unstarted grpc.aio server keeps
+        them open even when stopped or collected (measured, grpcio 1.85.3), so it is started
+        with no handlers (an RPC in that instant gets UNIMPLEMENTED) and stopped at once."""
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *options])
-        server.add_generic_rpc_handlers(self._generic_handlers())
+        bound_any = False
         try:
-            port = server.add_insecure_port(address)
-        except RuntimeError as exc:
-            raise AddressInUseError(f"cannot listen on {address}: {exc}") from None
-        if port == 0:
-            raise AddressInUseError(f"cannot listen on {address}")
+            for family, ip in targets:
+                where = _join_host_port(ip, port)
+                _probe_bind(address, where, family, ip, port)  # port 0: is the ip assignable?
+                try:
+                    bound = server.add_insecure_port(where)
+                except RuntimeError:
+                    bound = 0
+                if bound == 0 or (port != 0 and bound != port):
+                    raise ListenError(f"cannot listen on {_naming(address, where)}: "
+                                      "gRPC could not bind it")
+                port, bound_any = bound, True
+        except BaseException:
+            if bound_any:
+                await server.start()
+                await server.stop(None)
+            raise
+        server.add_generic_rpc_handlers(self._generic_handlers())
         self._aio = server
         return port
 
@@ -898,10 +927,11 @@ class GrpcTransport:
     ) -> AsyncIterator[GrpcServer]:
         grace = _check_grace(grace)
         table = _check_handlers(handlers)
-        host, _ = _split_host_port(address)
+        host, port = _split_host_port(address)
+        targets = await _listen_targets(address, host, port)
         server = GrpcServer(self, table)
         lt = server._lt
-        port = await lt.run(server._aio_bind(address, self._server_options))
+        port = await lt.run(server._aio_bind(address, targets, port, self._server_options))
         server._port = port
         server._address = f"{host}:{port}"
         self._servers.add(server)
@@ -937,3 +967,50 @@ class GrpcTransport:
             with trio.CancelScope(shield=True):
                 await channel.aclose()
             self._channels.discard(channel)
+
+
+# ---- where a server listens -----------------------------------------------------------------
+
+
+def _join_host_port(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _naming(address: str, where: str) -> str:
+    return address if address == where else f"{address} at {where}"
+
+
+async def _listen_targets(address: str, host: str, port: int) -> list[tuple[int, str]]:
+    """Every (family, ip) that ``host`` resolves to, IPv4 first, without repeats. Raises
+    ListenError (one line) if it resolves to nothing."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        infos = await trio.socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ListenError(f"cannot listen on {address}: cannot resolve {bare!r}: "
+                          f"{reason.lower()}") from None
+    targets: list[tuple[int, str]] = []
+    for family, _type, _proto, _canon, sockaddr in infos:
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        target = (int(family), str(sockaddr[0]))
+        if target not in targets:
+            targets.append(target)
+    if not targets:
+        raise ListenError(f"cannot listen on {address}: {bare!r} resolves to no IP address")
+    targets.sort(key=lambda t: t[0] != socket.AF_INET)  # stable: IPv4 first, then IPv6
+    return targets
+
+
+def _probe_bind(address: str, where: str, family: int, ip: str, port: int) -> None:
+    """Bind (ip, port) with a plain socket as gRPC would (SO_REUSEADDR), and let it go; raise
+    AddressInUseError or ListenError naming the reason if the kernel refuses."""
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((ip, port))
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        error = AddressInUseError if exc.errno == errno.EADDRINUSE else ListenError
+        raise error(f"cannot listen on {_naming(address, where)}: {reason}") from None

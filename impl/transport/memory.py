@@ -32,6 +32,9 @@ the server's final status (s→c only, the "trailer").
   still None when the handler sees it); the cancel is scheduled when that receive returns and
   lands one scheduling step later (``outcome`` CANCELLED, ops raise StreamCancelled). A cancel
   reaching a server end that is not receiving lands at once, as with the gRPC bridge.
+* ``send_window=N`` (default None: unbounded) bounds the messages one end may have undelivered
+  in its direction; ``send`` then waits for room (cancellable, nothing queued), as a gRPC send
+  does when the peer stops reading and the flow-control window is full.
 
 Addresses are "name:port" strings such as "dc1:8502"; port 0 picks a free port (from 49152 up).
 """
@@ -296,6 +299,24 @@ class MemoryCall:
                 self._trace("status arrives", item.outcome.code.name)
                 self.client._set_ending(item.outcome)
 
+    def _window_full(self, side: Side) -> bool:
+        """A send from ``side`` must wait: the network has a send window and that many of
+        ``side``'s messages are still undelivered (as gRPC's flow-control window fills when the
+        receiver stops reading). Never while the other end's ending is known (sends are then
+        dropped) or the direction is being emptied."""
+        window = self.network.send_window
+        if window is None:
+            return False
+        if side == "client":
+            if self.server.outcome is not None:
+                return False
+            pipe = self._pipes[Direction.CLIENT_TO_SERVER]
+        else:
+            if self.client.outcome is not None:
+                return False
+            pipe = self._pipes[Direction.SERVER_TO_CLIENT]
+        return sum(1 for item in pipe.items if isinstance(item, _Msg)) >= window
+
     def _client_send(self, data: bytes) -> None:
         if self.server.outcome is not None:
             self._trace("drop", Direction.CLIENT_TO_SERVER.value, data)
@@ -493,10 +514,15 @@ class MemoryStream(BidiStream[SendT, RecvT]):
         self._sending = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
-            if self._send_closed:
-                raise ClosedForSending()
-            if self._ending is not None:
-                raise self._ending.exception()
+            while True:
+                if self._send_closed:
+                    raise ClosedForSending()
+                if self._ending is not None:
+                    raise self._ending.exception()
+                if not self.call._window_full(self.side):
+                    break
+                # the peer is not reading: wait for room (cancellable; nothing is queued)
+                await self.call._lot.park()
             data = _check_bytes(self._serializer(message))
             if self.side == "client":
                 self.call._client_send(data)
@@ -780,13 +806,22 @@ class MemoryNetwork:
     """An in-memory network; implements the ``Transport`` protocol.
 
     ``eof_before_cancel`` and ``cancel_overtakes`` are the defaults for new calls (each
-    :class:`MemoryCall` has its own copy to change). ``streams`` lists every stream RPC opened, in
-    order; ``trace`` records every event, for determinism checks and debugging.
+    :class:`MemoryCall` has its own copy to change). ``send_window`` (None: unbounded) is the
+    most messages one end may have undelivered in its direction before ``send`` waits, like
+    gRPC's flow-control window: with it, an end whose peer stops reading holds bounded memory.
+    ``streams`` lists every stream RPC opened, in order; ``trace`` records every event, for
+    determinism checks and debugging (both grow with the network's life: it is a test network).
     """
 
-    def __init__(self, *, eof_before_cancel: bool = False, cancel_overtakes: bool = True) -> None:
+    def __init__(self, *, eof_before_cancel: bool = False, cancel_overtakes: bool = True,
+                 send_window: int | None = None) -> None:
         self.eof_before_cancel = _check_bool("eof_before_cancel", eof_before_cancel)
         self.cancel_overtakes = _check_bool("cancel_overtakes", cancel_overtakes)
+        if send_window is not None and (
+            isinstance(send_window, bool) or not isinstance(send_window, int) or send_window < 1
+        ):
+            raise ValueError(f"send_window must be None or an int >= 1, got {send_window!r}")
+        self.send_window = send_window
         self.streams: list[MemoryCall] = []
         self.trace: list[TraceEvent] = []
         self.closed = False

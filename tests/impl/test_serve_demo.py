@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -161,3 +162,43 @@ def test_demo(capsys: pytest.CaptureFixture[str], restore_logging: None) -> None
     ):
         assert expected in out
     assert "FAILED" not in out
+
+
+# ---------------------------------------------------------------------------------------------
+# peerkit serve: an address it cannot listen on
+
+
+def _run_serve_once(data_dir: Path, grpc_addr: str) -> subprocess.CompletedProcess[str]:
+    # a server that wrongly starts serving would hang here: the timeout ends the test (and kills
+    # the child) instead of waiting for ever
+    return subprocess.run(
+        [sys.executable, "-c", SERVE, "--name", "dc1", "--data-dir", str(data_dir),
+         "--grpc-addr", grpc_addr],
+        capture_output=True, text=True, timeout=30, check=False)
+
+
+@pytest.mark.grpc
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_serve_on_a_taken_address_says_why_in_one_line(tmp_path: Path, host: str) -> None:
+    """127.0.0.1:PORT is taken: ``serve`` on it, or on a name resolving to it, exits 1 with one
+    line saying why, and does not fall back to listening on some other address of the name."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        done = _run_serve_once(tmp_path, f"{host}:{port}")
+    assert done.returncode == 1, done
+    assert "listening on" not in done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("peerkit serve: cannot listen on "), lines
+    assert f"127.0.0.1:{port}" in lines[0] and "address already in use" in lines[0], lines
+
+
+@pytest.mark.grpc
+def test_serve_on_a_name_that_does_not_resolve_fails_in_one_line(tmp_path: Path) -> None:
+    done = _run_serve_once(tmp_path, "no-such-host.invalid:0")
+    assert done.returncode == 1, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("peerkit serve: cannot listen on no-such-host.invalid:0: "), lines

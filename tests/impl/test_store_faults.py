@@ -111,7 +111,7 @@ async def test_deletion_routine_backs_off_on_store_errors_and_recovers(
         await let_time_pass(200)
         # 200 s of failures: waits of 1, 2, 4, ..., 64, 64 s; a handful of tries, not thousands
         assert 5 <= store.calls <= 12, store.calls
-        assert routine.stats.backoffs[:7] == [1, 2, 4, 8, 16, 32, 64]
+        assert list(routine.stats.backoffs)[:7] == [1, 2, 4, 8, 16, 32, 64]
         assert max(routine.stats.backoffs) == DELETION_RETRY_MAX
         assert len(routine.stats.failures) == len(routine.stats.backoffs)
         assert not routine.finished.is_set()  # still running
@@ -138,7 +138,7 @@ async def test_deletion_routine_waits_are_reset_after_a_good_pass(
             await let_time_pass(4)  # fails at once, then after 1 s, then after 2 s
             store.failing = False
             await until(store, lambda n=name: store.peering_read(n) is None)  # type: ignore[misc]
-        assert routine.stats.backoffs == [1, 2, 4, 1, 2, 4]
+        assert list(routine.stats.backoffs) == [1, 2, 4, 1, 2, 4]
         nursery.cancel_scope.cancel()
 
 

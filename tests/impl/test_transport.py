@@ -636,3 +636,90 @@ async def test_grpc_transport_must_be_entered() -> None:
     with pytest.raises(RuntimeError, match="async with"):
         async with transport.serve("127.0.0.1:0", []):
             pass
+
+
+# ---------------------------------------------------------------------------------------------
+# gRPC: a host name means every address it resolves to, all bound or none
+
+
+async def test_grpc_listen_targets_are_every_resolved_ip_ipv4_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from peerkit.impl.transport import grpc_bridge
+
+    async def fake_getaddrinfo(host: str, port: int, **_: object) -> list[Any]:
+        assert (host, port) == ("dualstack.test", 8502)
+        v6 = (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0))
+        v4 = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))
+        return [v6, v4, v6, v4]
+
+    monkeypatch.setattr(trio.socket, "getaddrinfo", fake_getaddrinfo)
+    targets = await grpc_bridge._listen_targets("dualstack.test:8502", "dualstack.test", 8502)
+    assert targets == [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
+
+
+@pytest.mark.grpc
+async def test_grpc_serve_binds_all_resolved_addresses_or_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A name whose second address cannot be bound (here: the same 127.0.0.1 twice, so the second
+    bind finds the port taken by the first) fails in one line, and releases the first."""
+    from peerkit.impl.transport import AddressInUseError, grpc_bridge
+
+    async def twice(address: str, host: str, port: int) -> list[tuple[int, str]]:
+        return [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET, "127.0.0.1")]
+
+    monkeypatch.setattr(grpc_bridge, "_listen_targets", twice)
+    handlers = [StreamMethod(M, _Recorder(), identity, identity)]
+    with trio.fail_after(30):
+        async with GrpcTransport() as transport:
+            with pytest.raises(AddressInUseError) as info:
+                async with transport.serve("pair.test:0", handlers):
+                    pytest.fail("served although one address could not be bound")
+            message = str(info.value)
+            assert message.startswith("cannot listen on pair.test:0 at 127.0.0.1:"), message
+            assert message.endswith(": address already in use") and "\n" not in message
+            port = int(message.split("127.0.0.1:")[1].split(":")[0])
+            # nothing is left listening on the first address: it can be bound again
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as again:
+                again.bind(("127.0.0.1", port))
+
+
+# ---------------------------------------------------------------------------------------------
+# memory network: the send window (flow control)
+
+
+async def test_memory_send_window_waits_for_room_and_a_cancelled_send_queues_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = MemoryNetwork(send_window=2)
+    gate = trio.Event()
+
+    async def slow_reader(stream: BidiStream[bytes, bytes]) -> None:
+        await gate.wait()  # reads nothing until the test opens the gate
+        while True:
+            try:
+                await stream.receive()
+            except (EndOfStream, StreamCancelled):
+                return
+
+    handlers = [StreamMethod(M, slow_reader, identity, identity)]
+    async with network.serve("dc1:8502", handlers), network.connect("dc1:8502") as channel:
+        stream = channel.open_stream(M, identity, identity)
+        call = network.streams[-1]
+        await stream.send(b"1")
+        await stream.send(b"2")  # the window is full now
+        with trio.move_on_after(30) as waited:  # virtual time: no room ever comes
+            await stream.send(b"3")
+        assert waited.cancelled_caught
+        assert call.in_flight(Direction.CLIENT_TO_SERVER) == [b"1", b"2"]  # "3" not queued
+        gate.set()  # the peer reads: room comes, the next send goes through
+        with trio.fail_after(30):
+            await stream.send(b"4")
+        await stream.close_send()
+        with trio.fail_after(30):
+            outcome = await stream.wait_finished()
+        assert outcome.ok
+        delivered = [e[3] for e in network.trace if e[0] == "deliver" and e[1] == call.id
+                     and e[2] == Direction.CLIENT_TO_SERVER.value]
+        assert delivered == [b"1", b"2", b"4"]
