@@ -108,6 +108,9 @@ class LeaderConfig:
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT
     deletion_batch_bytes: int = MAX_BATCH_BYTES
     spin_limit: int = SPIN_LIMIT
+    #: the deletion limiter's burst (upstream: 10); a test may lower it so that a deletion
+    #: takes virtual time from its first step (peerkit.conformance uses 1)
+    deletion_burst: int = DELETION_BURST
 
 
 # =============================================================================================
@@ -147,6 +150,7 @@ class Leadership:
             ctx=self.ctx if no_stop else None,
             batch_bytes=cfg.deletion_batch_bytes,
             spin_limit=cfg.spin_limit,
+            limiter=TokenBucket(DELETION_RATE, cfg.deletion_burst),
         )
 
     async def run(self, outer: trio.Nursery) -> None:
