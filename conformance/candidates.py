@@ -74,6 +74,7 @@ class Candidates:
         self.covered: set[EdgeKey] = set()
         self.history: list[str] = []  # what was pinned / observed, for messages
         self.largest_closure = 0
+        self._env_cache: tuple[set[Candidate], set[object]] | None = None
 
     # -- queries -----------------------------------------------------------------------------
     def worlds(self) -> list[World]:
@@ -81,9 +82,12 @@ class Candidates:
 
     def enabled_env(self) -> set[object]:
         """Operator and fault actions enabled in some candidate."""
+        if self._env_cache is not None and self._env_cache[0] is self.states:
+            return self._env_cache[1]
         out: set[object] = set()
         for c in self.states:
             out.update(a for a in self.model.enabled(c.world) if not A.is_protocol(a))
+        self._env_cache = (self.states, out)  # holds the set: no reuse of its identity
         return out
 
     def views(self) -> set[View]:
@@ -103,7 +107,7 @@ class Candidates:
                     if self.edge_key is not None:
                         self.covered.add(self.edge_key(c.world, a, w))
                     nxt.add(Candidate(w, _seen(c, w)))
-        self.history.append(what)
+        self.history.append("pinned: " + what)
         if not nxt:
             names = ", ".join(describe_action(a) for a in chosen)
             raise Divergence(
@@ -143,7 +147,8 @@ class Candidates:
             raise Divergence(self._explain(what, observed, order))
         if self.edge_key is not None:
             self._cover(matching, parents)
-        self.history.append(what)
+        if not self.history or not self.history[-1].endswith(what):
+            self.history.append(what)
         self.states = set(matching)
 
     def _cover(self, matching: list[Candidate],

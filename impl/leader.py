@@ -46,6 +46,8 @@ from .logs import EventLog
 from .ratelimit import (
     DELETION_BURST,
     DELETION_RATE,
+    LOOP_RATE_LIMIT,
+    RETRY_BUCKET_SIZE,
     Context,
     ContextCancelled,
     TokenBucket,
@@ -111,6 +113,9 @@ class LeaderConfig:
     #: the deletion limiter's burst (upstream: 10); a test may lower it so that a deletion
     #: takes virtual time from its first step (peerkit.conformance uses 1)
     deletion_burst: int = DELETION_BURST
+    #: the sync routine's pacing burst (upstream: 5); a test may lower it so that a pass
+    #: triggered by a peering-table change waits for the 0.2/s limiter
+    sync_burst: int = RETRY_BUCKET_SIZE
 
 
 # =============================================================================================
@@ -225,7 +230,9 @@ class SyncRoutine:
         self.torn_down: list[str] = []  # peering IDs whose doneCh this routine closed
 
     async def run(self) -> None:
-        await retry_loop_backoff(self._pass_and_block, self._on_error)
+        cfg = self.leadership.cfg
+        await retry_loop_backoff(self._pass_and_block, self._on_error,
+                                 limiter=TokenBucket(LOOP_RATE_LIMIT, cfg.sync_burst))
 
     def _on_error(self, exc: Exception) -> None:
         self.log.error("error syncing peering streams", error=str(exc))

@@ -1,0 +1,44 @@
+"""Hypothesis settings for conformance runs: the ``ci`` and ``thorough`` profiles, and the fixed
+budget with which each bug switch must be caught.
+
+One job: name the budgets in one place, for the tests, the benchmark and a future pytest plugin.
+May import: the standard library and hypothesis.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from hypothesis import HealthCheck, Phase, settings
+
+#: steps per example (rules after ``setup``)
+STEPS: Final = 20
+
+_COMMON: Final = {
+    "deadline": None,
+    "stateful_step_count": STEPS,
+    # a rule that finds nothing to do is a no-op, not a filter: nothing is too slow or filtered
+    "suppress_health_check": (HealthCheck.too_slow, HealthCheck.filter_too_much),
+}
+
+
+def register_profiles() -> None:
+    """``ci``: 60 examples of the bug-free run (a few seconds); ``thorough``: 2,000 examples and
+    30 steps each. Both keep the example database on."""
+    settings.register_profile("ci", max_examples=60, **_COMMON)  # type: ignore[arg-type]
+    settings.register_profile("thorough", max_examples=2_000,  # type: ignore[arg-type]
+                              **{**_COMMON, "stateful_step_count": 30})
+
+
+#: examples within which each bug switch must be caught (derandomized, so the same examples run
+#: every time); measured first-failure indices are in benchmarks/results
+BUG_BUDGET: Final = 300
+
+
+def bug_hunt(max_examples: int = BUG_BUDGET, *, shrink: bool = False) -> settings:
+    """Settings for proving a bug is caught: derandomized (a fixed sequence of examples), no
+    database (a stored failure must not make the proof trivial), shrinking only if asked."""
+    phases = (Phase.explicit, Phase.generate, Phase.shrink) if shrink else (
+        Phase.explicit, Phase.generate)
+    return settings(max_examples=max_examples, derandomize=True, database=None,
+                    phases=phases, **_COMMON)  # type: ignore[arg-type]
