@@ -45,6 +45,7 @@ class GuestRun:
             tuple[Callable[[], Awaitable[Any]], list[outcome.Outcome[Any]]]
         ](1_000)
         self.callbacks = 0  # pumped so far, for the benchmark
+        self._scope: trio.CancelScope | None = None
 
     # -- host side ---------------------------------------------------------------------------
     def _post(self, fn: Callable[[], object]) -> None:
@@ -57,8 +58,14 @@ class GuestRun:
         # deterministic scheduling: trio's Hypothesis plugin turns it on; make sure, then seed
         _trio_run._ALLOW_DETERMINISTIC_SCHEDULING = True
         _trio_run._r.seed(self.seed)
+        async def wrapper() -> object:
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                return await main(self)
+            return None
+
         trio.lowlevel.start_guest_run(
-            main, self,
+            wrapper,
             run_sync_soon_threadsafe=self._post,
             run_sync_soon_not_threadsafe=self._post,
             done_callback=self._finished,
@@ -92,7 +99,15 @@ class GuestRun:
         """End ``serve()`` and pump until the run has finished; re-raise a crash."""
         if self._done is None:
             self._steps_send.close()
-            self._pump_until(lambda: self._done is not None)
+            try:
+                self._pump_until(lambda: self._done is not None)
+            except StepNeverFinished:
+                # a step is stuck: cancel everything so that the run ends (and a new one can
+                # start in this thread), then report the stuck step
+                if self._scope is not None:
+                    self._scope.cancel()
+                self._pump_until(lambda: self._done is not None)
+                raise
         assert self._done is not None
         self._done.unwrap()
 

@@ -58,7 +58,7 @@ from peerkit.model.machine import PeeringModel
 from peerkit.model.state import World, cluster_name
 
 from .abstraction import impl_view
-from .candidates import Candidates
+from .candidates import Candidates, Divergence
 from .coverage import EdgeKey, edge_key
 from .guest import GuestRun
 
@@ -108,6 +108,7 @@ class ConformanceMachine(RuleBasedStateMachine):
         self.tokens: dict[tuple[int, int], str] = {}
         self.used_tokens: set[tuple[int, int]] = set()
         self.holds: dict[tuple[int, str], float] = {}  # (call id, direction) -> since
+        self.diverged = False
 
     # =========================================================================================
     # plumbing
@@ -134,11 +135,19 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     def _observe(self, what: str) -> None:
         assert self.cands is not None
-        self.cands.observe(impl_view(self.clusters), what)
+        try:
+            self.cands.observe(impl_view(self.clusters), what)
+        except Divergence:
+            self.diverged = True
+            raise
 
     def _pin(self, actions: Iterable[object], what: str) -> None:
         assert self.cands is not None
-        self.cands.pin(actions, what)
+        try:
+            self.cands.pin(actions, what)
+        except Divergence:
+            self.diverged = True
+            raise
 
     def _enabled(self) -> set[object]:
         assert self.cands is not None
@@ -167,10 +176,13 @@ class ConformanceMachine(RuleBasedStateMachine):
         """Start both servers (dc1 exports the model's services to dc2), then dc1 generates a
         token and dc2 establishes it, each step compared with the model.
 
-        ``seed`` seeds trio's scheduler. Pacing: upstream's limiter bursts (sync 5, deletion
-        10), or (the simpler example, where Hypothesis shrinks to) bursts of 1, so that sync
-        passes and deletion steps wait for their limiters and land between other steps."""
-        sync_burst, deletion_burst = (5, 10) if upstream_pacing else (1, 1)
+        ``seed`` seeds trio's scheduler. Pacing: upstream's limiters (sync 0.2/s burst 5,
+        deletion 10/s burst 10), or (the simpler example, where Hypothesis shrinks to) slow
+        ones (sync burst 1, deletion 0.2/s burst 1), so that sync passes and deletion steps
+        wait for their limiters and land between other steps: a deletion then takes seconds,
+        longer than the dialer's first retry backoff (2 s)."""
+        sync_burst, deletion_burst, deletion_rate = (5, 10, 10.0) if upstream_pacing else (
+            1, 1, 0.2)
         run = GuestRun(seed)
         self.run = run
         ready: list[bool] = []
@@ -186,7 +198,8 @@ class ConformanceMachine(RuleBasedStateMachine):
                     secrets = itertools.count(1)
                     cl = await stack.enter_async_context(running_cluster(
                         net, name, f"{name}:8502", store=store, bugs=self.IMPL_BUGS,
-                        deletion_burst=deletion_burst, sync_burst=sync_burst,
+                        deletion_burst=deletion_burst, deletion_rate=deletion_rate,
+                        sync_burst=sync_burst,
                         spin_limit=50,
                         wall_clock=lambda: 1.0e9 + trio.current_time(),
                         secret_factory=lambda n=name, s=secrets: f"{n}-secret-{next(s)}",
@@ -219,6 +232,7 @@ class ConformanceMachine(RuleBasedStateMachine):
                       "register and export the services")
         self._generate_token(0)
         self._establish(1)
+        self._advance(30.0)  # the dial and the replication, even with slow pacing
 
     def teardown(self) -> None:
         if self.cands is not None:
@@ -414,6 +428,9 @@ class ConformanceMachine(RuleBasedStateMachine):
     @rule(seconds=st.sampled_from(ADVANCES))
     def advance(self, seconds: float) -> None:
         """Let virtual time pass (capped so that no hold outlasts ``HOLD_LIMIT``)."""
+        self._advance(seconds)
+
+    def _advance(self, seconds: float) -> None:
         now = self._call(_now)
         if self.holds:
             seconds = min(seconds, HOLD_LIMIT - (now - min(self.holds.values())))
@@ -469,7 +486,7 @@ def machine_for(impl_bugs: Iterable[str] = (), model_bugs: Iterable[str] = (),
 
         def teardown(self: ConformanceMachine) -> None:
             try:
-                if self.run is not None and self.cands is not None:
+                if self.run is not None and self.cands is not None and not self.diverged:
                     self._settle()
             finally:
                 original(self)

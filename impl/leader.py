@@ -113,6 +113,8 @@ class LeaderConfig:
     #: the deletion limiter's burst (upstream: 10); a test may lower it so that a deletion
     #: takes virtual time from its first step (peerkit.conformance uses 1)
     deletion_burst: int = DELETION_BURST
+    #: the deletion limiter's rate per second (upstream: 10)
+    deletion_rate: float = DELETION_RATE
     #: the sync routine's pacing burst (upstream: 5); a test may lower it so that a pass
     #: triggered by a peering-table change waits for the 0.2/s limiter
     sync_burst: int = RETRY_BUCKET_SIZE
@@ -155,7 +157,7 @@ class Leadership:
             ctx=self.ctx if no_stop else None,
             batch_bytes=cfg.deletion_batch_bytes,
             spin_limit=cfg.spin_limit,
-            limiter=TokenBucket(DELETION_RATE, cfg.deletion_burst),
+            limiter=TokenBucket(cfg.deletion_rate, cfg.deletion_burst),
         )
 
     async def run(self, outer: trio.Nursery) -> None:
