@@ -111,8 +111,8 @@ def impl_view(clusters: tuple[ImplCluster, ...]) -> View:
                 imported.append((peer, services, bundle))
         tracker = []
         for pid, status in statuses.items():
-            row = store.peering_read_by_id(pid)
-            tracker.append((GONE if row is None else row.name, bool(status.connected)))
+            found = store.peering_read_by_id(pid)
+            tracker.append((GONE if found is None else found.name, bool(status.connected)))
         registered = tuple(sorted({s.name for s in dump.services if s.peer_name == ""}))
         exports = tuple(sorted((e.service, p) for e in dump.exports for p in e.peers))
         out.append(ClusterView(c.name, tuple(sorted(rows)), tuple(imported),

@@ -103,7 +103,7 @@ class Candidates:
             enabled = set(self.model.enabled(c.world))
             for a in chosen:
                 if a in enabled:
-                    w = self.model.step(c.world, a)  # type: ignore[arg-type]
+                    w = self.model.step(c.world, a)
                     if self.edge_key is not None:
                         self.covered.add(self.edge_key(c.world, a, w))
                     nxt.add(Candidate(w, _seen(c, w)))

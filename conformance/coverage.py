@@ -22,7 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from peerkit.model import actions as A
-from peerkit.model.state import END_NAMES, PHASE_NAMES, PeeringState, World
+from peerkit.model.state import END_NAMES, PHASE_NAMES, World
+from peerkit.model.vocabulary import PeeringState
 
 EdgeKey = tuple[str, ...]
 

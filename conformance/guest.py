@@ -56,7 +56,7 @@ class GuestRun:
 
     def start(self, main: Callable[[GuestRun], Awaitable[object]]) -> None:
         # deterministic scheduling: trio's Hypothesis plugin turns it on; make sure, then seed
-        _trio_run._ALLOW_DETERMINISTIC_SCHEDULING = True
+        _trio_run._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
         _trio_run._r.seed(self.seed)
         async def wrapper() -> object:
             with trio.CancelScope() as scope:

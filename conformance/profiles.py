@@ -14,20 +14,17 @@ from hypothesis import HealthCheck, Phase, settings
 #: steps per example (rules after ``setup``)
 STEPS: Final = 20
 
-_COMMON: Final = {
-    "deadline": None,
-    "stateful_step_count": STEPS,
-    # a rule that finds nothing to do is a no-op, not a filter: nothing is too slow or filtered
-    "suppress_health_check": (HealthCheck.too_slow, HealthCheck.filter_too_much),
-}
+#: a rule that finds nothing to do is a no-op, not a filter; examples are slow by design
+_SUPPRESS: Final = (HealthCheck.too_slow, HealthCheck.filter_too_much)
 
 
 def register_profiles() -> None:
     """``ci``: 60 examples of the bug-free run (a few seconds); ``thorough``: 2,000 examples and
     30 steps each. Both keep the example database on."""
-    settings.register_profile("ci", max_examples=60, **_COMMON)  # type: ignore[arg-type]
-    settings.register_profile("thorough", max_examples=2_000,  # type: ignore[arg-type]
-                              **{**_COMMON, "stateful_step_count": 30})
+    settings.register_profile("ci", max_examples=60, deadline=None, stateful_step_count=STEPS,
+                              suppress_health_check=_SUPPRESS)
+    settings.register_profile("thorough", max_examples=2_000, deadline=None,
+                              stateful_step_count=30, suppress_health_check=_SUPPRESS)
 
 
 #: examples within which each bug switch must be caught (derandomized, so the same examples run
@@ -41,4 +38,5 @@ def bug_hunt(max_examples: int = BUG_BUDGET, *, shrink: bool = False) -> setting
     phases = (Phase.explicit, Phase.generate, Phase.shrink) if shrink else (
         Phase.explicit, Phase.generate)
     return settings(max_examples=max_examples, derandomize=True, database=None,
-                    phases=phases, **_COMMON)  # type: ignore[arg-type]
+                    phases=phases, deadline=None, stateful_step_count=STEPS,
+                    suppress_health_check=_SUPPRESS)

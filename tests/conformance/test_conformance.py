@@ -49,7 +49,7 @@ def test_bug_in_the_implementation_is_caught(bug: str) -> None:
     ``BUG_BUDGET`` derandomized examples (no shrinking, no database: a fixed proof)."""
     machine = machine_for(impl_bugs=[bug])
     machine.TestCase.settings = bug_hunt(BUG_BUDGET)
-    with pytest.raises(BaseException) as info:  # noqa: PT011 - Divergence or a group of them
+    with pytest.raises(BaseException) as info:  # a Divergence, or a group of them
         machine.TestCase().runTest()
     assert _divergences(info.value), f"{bug}: failed with {info.value!r}, not a divergence"
 
