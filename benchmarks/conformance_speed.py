@@ -32,14 +32,14 @@ from hypothesis import Phase, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine_info import machine_info  # noqa: E402
+from machine_info import machine_info
 
-from peerkit.conformance.candidates import Divergence  # noqa: E402
-from peerkit.conformance.coverage import reachable_keys  # noqa: E402
-from peerkit.conformance.profiles import STEPS, _SUPPRESS  # noqa: E402
-from peerkit.conformance.stateful import CONFORMANCE_CONFIG, machine_for  # noqa: E402
-from peerkit.model import PeeringModel, get_config  # noqa: E402
-from peerkit.model.vocabulary import BUGS  # noqa: E402
+from peerkit.conformance.candidates import Divergence
+from peerkit.conformance.coverage import reachable_keys
+from peerkit.conformance.profiles import _SUPPRESS, STEPS
+from peerkit.conformance.stateful import CONFORMANCE_CONFIG, machine_for
+from peerkit.model import PeeringModel, get_config
+from peerkit.model.vocabulary import BUGS
 
 
 def _settings(examples: int, derandomize: bool) -> settings:
