@@ -175,8 +175,10 @@ class ConformanceMachine(RuleBasedStateMachine):
     # =========================================================================================
     # set-up and tear-down
     # =========================================================================================
-    @initialize(seed=st.integers(0, 2**32 - 1), upstream_pacing=st.booleans())
-    def setup(self, seed: int, upstream_pacing: bool = False) -> None:
+    @initialize(seed=st.integers(0, 2**32 - 1), upstream_pacing=st.booleans(),
+                establish_after=st.sampled_from((6.0, 0.0)))
+    def setup(self, seed: int, upstream_pacing: bool = False,
+              establish_after: float = 6.0) -> None:
         """Start both servers (dc1 exports the model's services to dc2), then dc1 generates a
         token and dc2 establishes it, each step compared with the model.
 
@@ -184,7 +186,9 @@ class ConformanceMachine(RuleBasedStateMachine):
         deletion 10/s burst 10), or (the simpler example, where Hypothesis shrinks to) slow
         ones (sync burst 1, deletion 0.05/s burst 1), so that sync passes and deletion steps
         wait for their limiters and land between other steps: a deletion then takes seconds,
-        longer than the dialer's first retry backoff (2 s)."""
+        longer than the dialer's first retry backoff (2 s). ``establish_after``: virtual seconds
+        between the token and the establishment (6 s lets the acceptor's sync pass for the
+        establishment wait for its limiter until after the stream connects)."""
         sync_burst, deletion_burst, deletion_rate = (5, 10, 10.0) if upstream_pacing else (
             1, 1, 0.05)
         run = GuestRun(seed)
@@ -236,6 +240,8 @@ class ConformanceMachine(RuleBasedStateMachine):
         self._observe(f"setup (seed {seed}, {'upstream' if upstream_pacing else 'slow'} pacing): "
                       "register and export the services")
         self._generate_token(0)
+        if establish_after:
+            self._advance(establish_after)
         self._establish(1)
         self._advance(30.0)  # the dial and the replication, even with slow pacing
 
