@@ -28,8 +28,9 @@ def register_profiles() -> None:
 
 
 #: examples within which each bug switch must be caught (derandomized, so the same examples run
-#: every time); measured first-failure indices are in benchmarks/results
-BUG_BUDGET: Final = 300
+#: every time). Measured at the commit that set it (20 steps): every bug within 287 examples
+#: (dial-deleted 287, termination-race 216, the others 46 or fewer); see the README
+BUG_BUDGET: Final = 500
 
 
 def bug_hunt(max_examples: int = BUG_BUDGET, *, shrink: bool = False) -> settings:
