@@ -80,9 +80,10 @@ def edge_key(w: World, action: object, after: World) -> EdgeKey:
     return (name,)
 
 
-def reachable_keys(model: object, limit: int = 2_000_000) -> set[EdgeKey]:
-    """Every edge key of the configuration's whole state space (breadth first, like the
-    checker), for the coverage denominator. ``model`` is a ``PeeringModel``."""
+def reachable_keys(model: object, limit: int = 2_000_000) -> tuple[set[EdgeKey], bool]:
+    """The edge keys of the configuration's state space, breadth first like the checker, for
+    the coverage denominator; and whether the space was explored completely (False: stopped
+    after ``limit`` states, so the keys are a lower bound). ``model`` is a ``PeeringModel``."""
     from collections import deque
 
     initial: Iterable[World] = model.initial_states()  # type: ignore[attr-defined]
@@ -96,6 +97,6 @@ def reachable_keys(model: object, limit: int = 2_000_000) -> set[EdgeKey]:
             if w2 not in seen:
                 seen.add(w2)
                 if len(seen) > limit:
-                    raise RuntimeError(f"more than {limit} states")
+                    return keys, False
                 queue.append(w2)
-    return keys
+    return keys, True
