@@ -28,9 +28,9 @@ def register_profiles() -> None:
 
 
 #: examples within which each bug switch must be caught (derandomized, so the same examples run
-#: every time). Measured at the commit that set it (20 steps): every bug within 287 examples
-#: (dial-deleted 287, termination-race 216, the others 46 or fewer); see the README
-BUG_BUDGET: Final = 500
+#: every time). Measured at the commit that set it (20 steps): every bug within 566 examples
+#: (termination-race 566, dial-deleted 392, deletion-no-stop 295, the others 28 or fewer)
+BUG_BUDGET: Final = 800
 
 
 def bug_hunt(max_examples: int = BUG_BUDGET, *, shrink: bool = False) -> settings:

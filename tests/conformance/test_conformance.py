@@ -58,7 +58,7 @@ def test_a_failure_prints_the_shrunk_program_and_the_diff(capsys: pytest.Capture
                                                           ) -> None:
     """A shrunk failure is a program of rules plus the model's candidates beside the
     implementation, as a diff of abstracted states."""
-    machine = machine_for(impl_bugs=["terminated-undeletable"])
+    machine = machine_for(impl_bugs=["stored-map"])
     machine.TestCase.settings = settings(bug_hunt(BUG_BUDGET, shrink=True),
                                          print_blob=False, report_multiple_bugs=False)
     with pytest.raises(Divergence) as info:
@@ -67,5 +67,5 @@ def test_a_failure_prints_the_shrunk_program_and_the_diff(capsys: pytest.Capture
     assert "model" in message and "impl" in message
     # Hypothesis attaches the shrunk program to the exception (and prints it under pytest)
     program = "\n".join(getattr(info.value, "__notes__", [])) + capsys.readouterr().out
-    assert "state = Conformance_terminated_undeletable()" in program
-    assert "state.setup(" in program and "state.delete(c=" in program
+    assert "state = Conformance_stored_map()" in program
+    assert "state.setup(" in program and "establish_after=6.0" in program
