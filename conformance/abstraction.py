@@ -5,7 +5,7 @@ reports, what is imported from each peer, the stream tracker, local registration
 and whether a deletion routine kept running after its leader's term ended), and print the
 difference between two views.
 
-What is compared, and why (see also ``tests/conformance/README``-like notes in
+What is compared, and why (see also the README's "Conformance" section and
 ``peerkit.conformance.stateful``):
 
 * rows, by peer name, with the read state (ACTIVE/FAILING from the tracker, else the stored
