@@ -48,6 +48,8 @@ from .logs import EventLog
 from .ratelimit import (
     DELETION_BURST,
     DELETION_RATE,
+    LOOP_RATE_LIMIT,
+    RETRY_BUCKET_SIZE,
     Context,
     ContextCancelled,
     TokenBucket,
@@ -118,6 +120,14 @@ class LeaderConfig:
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT
     deletion_batch_bytes: int = MAX_BATCH_BYTES
     spin_limit: int = SPIN_LIMIT
+    #: the deletion limiter's burst (upstream: 10); a test may lower it so that a deletion
+    #: takes virtual time from its first step (peerkit.conformance uses 1)
+    deletion_burst: int = DELETION_BURST
+    #: the deletion limiter's rate per second (upstream: 10)
+    deletion_rate: float = DELETION_RATE
+    #: the sync routine's pacing burst (upstream: 5); a test may lower it so that a pass
+    #: triggered by a peering-table change waits for the 0.2/s limiter
+    sync_burst: int = RETRY_BUCKET_SIZE
 
 
 # =============================================================================================
@@ -157,6 +167,7 @@ class Leadership:
             ctx=self.ctx if no_stop else None,
             batch_bytes=cfg.deletion_batch_bytes,
             spin_limit=cfg.spin_limit,
+            limiter=TokenBucket(cfg.deletion_rate, cfg.deletion_burst),
         )
 
     async def run(self, outer: trio.Nursery) -> None:
@@ -232,7 +243,9 @@ class SyncRoutine:
         self.torn_down: deque[str] = deque(maxlen=HISTORY_LIMIT)
 
     async def run(self) -> None:
-        await retry_loop_backoff(self._pass_and_block, self._on_error)
+        cfg = self.leadership.cfg
+        await retry_loop_backoff(self._pass_and_block, self._on_error,
+                                 limiter=TokenBucket(LOOP_RATE_LIMIT, cfg.sync_burst))
 
     def _on_error(self, exc: Exception) -> None:
         self.log.error("error syncing peering streams", error=str(exc))

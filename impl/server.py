@@ -81,6 +81,7 @@ from .codec import (
 )
 from .leader import MAX_BATCH_BYTES, SPIN_LIMIT, LeaderConfig, Leadership, NotLeaderAnymore
 from .logs import EventLog
+from .ratelimit import DELETION_BURST, DELETION_RATE, RETRY_BUCKET_SIZE
 from .store import (
     DEFAULT_PARTITION,
     PEERINGS,
@@ -250,6 +251,9 @@ class PeeringServer:
         heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
         deletion_batch_bytes: int = MAX_BATCH_BYTES,
         spin_limit: int = SPIN_LIMIT,
+        deletion_burst: int = DELETION_BURST,
+        deletion_rate: float = DELETION_RATE,
+        sync_burst: int = RETRY_BUCKET_SIZE,
         wall_clock: Callable[[], float] = time.time,
         secret_factory: Callable[[], str] | None = None,
         log: EventLog | None = None,
@@ -283,6 +287,9 @@ class PeeringServer:
             heartbeat_timeout=heartbeat_timeout,
             deletion_batch_bytes=deletion_batch_bytes,
             spin_limit=spin_limit,
+            deletion_burst=deletion_burst,
+            deletion_rate=deletion_rate,
+            sync_burst=sync_burst,
         )
         self._nursery: trio.Nursery | None = None
         self._leadership: Leadership | None = None

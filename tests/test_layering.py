@@ -72,3 +72,23 @@ def test_every_package_folder_is_installed() -> None:
             rel = init.parent.relative_to(ROOT / folder)
             package = ".".join([name, *rel.parts]) if rel.parts else name
             assert package in listed, f"{package} ({init.parent}) is missing from pyproject"
+
+
+@pytest.mark.parametrize("path", files("conformance"), ids=lambda p: p.name)
+def test_conformance_uses_only_the_model_and_the_implementation(path: Path) -> None:
+    """The conformance kit may import peerkit.model and peerkit.impl (and itself), never the
+    checker or the CLI: it holds an implementation to the model, it does not search the model."""
+    allowed_third_party = {"trio", "outcome", "hypothesis"}
+    for level, module in imports(path):
+        parts = module.split(".")
+        assert "checker" not in parts and "cli" not in parts, f"{path.name} imports {module}"
+        if level == 0:
+            top = parts[0]
+            if top == "peerkit":
+                assert len(parts) > 1 and parts[1] in ("model", "impl", "conformance"), (
+                    f"{path.name} imports {module}")
+            else:
+                assert top in STDLIB or top == "__future__" or top in allowed_third_party, (
+                    f"{path.name} imports {module}")
+        else:
+            assert level == 1, f"{path.name} reaches outside the conformance package"

@@ -1,0 +1,146 @@
+"""The abstraction: one vocabulary in which a model world and a running implementation compare.
+
+One job: map both sides onto a ``View`` (per cluster: the peering rows with the state PeeringRead
+reports, what is imported from each peer, the stream tracker, local registrations and exports,
+and whether a deletion routine kept running after its leader's term ended), and print the
+difference between two views.
+
+What is compared, and why (see also the README's "Conformance" section and
+``peerkit.conformance.stateful``):
+
+* rows, by peer name, with the read state (ACTIVE/FAILING from the tracker, else the stored
+  state): what an operator sees; IDs differ between the two sides (UUIDs against counters), so
+  rows are matched by name;
+* imports per peer: the imported service names and whether the trust bundle is there;
+* the tracker: one (peer name, connected) pair per entry; an entry whose row is gone is named
+  ``"-"``;
+* local registrations and exports: set by the operator rules, compared so a lost write shows;
+* ``zombie``: a deletion routine has run on after its term ended (the model's deposed-leader
+  routine; the implementation's spinning routine of bug ``deletion-no-stop``). The model has no
+  history of this, so ``Candidates`` carries it beside each world (a sticky flag).
+
+Streams and messages in flight are not compared: the model's channels and phases have no exact
+counterpart in the in-memory network's pipes at quiescence (a finished call may linger in
+``net.streams``), and the effects of every message show in the rows, imports and tracker.
+
+May import: the standard library, ``peerkit.model`` and ``peerkit.impl`` (state reads only).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from peerkit.impl.server import read_state as impl_read_state
+from peerkit.impl.store import DEFAULT_PARTITION
+from peerkit.impl.testing import Cluster as ImplCluster
+from peerkit.model.state import Cluster, World, cluster_name, read_state
+
+GONE = "-"
+
+
+class ClusterView(NamedTuple):
+    name: str
+    rows: tuple[tuple[str, str], ...]  # (peer name, read state name), sorted
+    imported: tuple[tuple[str, tuple[str, ...], bool], ...]  # (peer, services, bundle), sorted
+    tracker: tuple[tuple[str, bool], ...]  # (peer name or GONE, connected), sorted
+    registered: tuple[str, ...]
+    exports: tuple[tuple[str, str], ...]  # (service, peer name), sorted
+    zombie: bool
+
+
+class View(NamedTuple):
+    clusters: tuple[ClusterView, ...]
+
+
+# -- the model's side ---------------------------------------------------------------------------
+
+
+def model_zombies(cl: Cluster) -> int:
+    """Deletion routines running for a term other than the current one. Reads ``zombies`` (a
+    count) or ``deleters`` (the terms whose routine runs), whichever the model has."""
+    deleters = getattr(cl, "deleters", None)
+    if deleters is not None:
+        return sum(1 for t in deleters if t != cl.term)
+    return int(getattr(cl, "zombies", 0))
+
+
+def model_view(w: World, zombie_seen: tuple[bool, ...]) -> View:
+    out = []
+    for c, cl in enumerate(w.clusters):
+        rows = tuple(sorted((cluster_name(r.peer), read_state(cl, r).name) for r in cl.rows))
+        imported = tuple(sorted(
+            (cluster_name(i.peer), tuple(sorted(i.services)), bool(i.bundle))
+            for i in cl.imported if i.services or i.bundle
+        ))
+        tracker = []
+        for t in cl.tracker:
+            row = cl.row_by_gen(t.gen)
+            tracker.append((GONE if row is None else cluster_name(row.peer), bool(t.connected)))
+        exports = tuple(sorted((s, cluster_name(p)) for s, p in cl.exports))
+        out.append(ClusterView(cluster_name(c), rows, imported, tuple(sorted(tracker)),
+                               tuple(sorted(cl.registered)), exports, zombie_seen[c]))
+    return View(tuple(out))
+
+
+# -- the implementation's side ------------------------------------------------------------------
+
+
+def impl_zombie(c: ImplCluster) -> bool:
+    """A deletion routine of an ended term ran on after the term ended (it spun)."""
+    return any(term.stopped and term.deletion.stats.spins > 0 for term in c.server.terms)
+
+
+def impl_view(clusters: tuple[ImplCluster, ...]) -> View:
+    out = []
+    for c in clusters:
+        store = c.store
+        term = c.server.leadership
+        statuses = {} if term is None else term.tracker.all_statuses()
+        rows = []
+        for row in store.peering_list(DEFAULT_PARTITION):
+            rows.append((row.name, impl_read_state(row, statuses.get(row.id)).name))
+        peers = {row.name for row in store.peering_list()}
+        dump = store.dump()
+        peers |= {n.peer_name for n in dump.nodes if n.peer_name}
+        peers |= {b.peer_name for b in dump.trust_bundles}
+        imported = []
+        for peer in sorted(peers):
+            services = tuple(sorted(store.imported_service_names(peer, DEFAULT_PARTITION)))
+            bundle = store.trust_bundle_read(peer, DEFAULT_PARTITION) is not None
+            if services or bundle:
+                imported.append((peer, services, bundle))
+        tracker = []
+        for pid, status in statuses.items():
+            found = store.peering_read_by_id(pid)
+            tracker.append((GONE if found is None else found.name, bool(status.connected)))
+        registered = tuple(sorted({s.name for s in dump.services if s.peer_name == ""}))
+        exports = tuple(sorted((e.service, p) for e in dump.exports for p in e.peers))
+        out.append(ClusterView(c.name, tuple(sorted(rows)), tuple(imported),
+                               tuple(sorted(tracker)), registered, exports, impl_zombie(c)))
+    return View(tuple(out))
+
+
+# -- differences --------------------------------------------------------------------------------
+
+
+def diff(expected: View, actual: View) -> list[str]:
+    """One line per field that differs: ``dc1.rows: model [...] / impl [...]``."""
+    lines = []
+    for m, i in zip(expected.clusters, actual.clusters, strict=True):
+        for field in ClusterView._fields:
+            a, b = getattr(m, field), getattr(i, field)
+            if a != b:
+                lines.append(f"{m.name}.{field}: model {a!r} / impl {b!r}")
+    return lines
+
+
+def describe(view: View) -> str:
+    parts = []
+    for c in view.clusters:
+        rows = ", ".join(f"{p}={s}" for p, s in c.rows) or "none"
+        imports = ", ".join(f"{p}:{'+'.join(s) or '-'}{' +bundle' if b else ''}"
+                            for p, s, b in c.imported) or "none"
+        tracker = ", ".join(f"{p}:{'up' if up else 'down'}" for p, up in c.tracker) or "none"
+        parts.append(f"{c.name}: rows {rows}; imports {imports}; tracker {tracker}"
+                     f"{'; zombie' if c.zombie else ''}")
+    return "\n".join(parts)

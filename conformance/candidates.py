@@ -1,0 +1,197 @@
+"""The set of model states consistent with everything observed of the implementation so far.
+
+One job: keep that set, advance it, and say when it becomes empty.
+
+* ``pin(action)``: the driver did something the model names exactly (an operator call, a fault):
+  apply it to every candidate in which it is enabled.
+* ``observe(view)``: the implementation ran on its own until quiescent; close the set under the
+  model's protocol actions (breadth first, bounded by ``limit`` states), keep the states whose
+  abstraction equals the observed view. Empty: a ``Divergence`` naming the nearest candidates.
+* ``require_settled()``: the implementation has settled (time ran far, nothing held); some
+  candidate must be settled in the model's sense, or the implementation failed to do something
+  the model must do.
+
+A candidate is a world plus one sticky bit per cluster: "a deletion routine ran on after its
+term ended" (history the world does not keep; see ``abstraction``). Coverage is recorded on
+the edges that lie on a path to a surviving candidate.
+
+Action types this module does not know are simply followed if the model calls them protocol
+steps, and driven never: it relies only on ``PeeringModel.initial/enabled/step``,
+``actions.is_protocol`` and ``properties.unsettled_reason``.
+
+May import: the standard library and ``peerkit.model``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+from peerkit.model import actions as A
+from peerkit.model.machine import PeeringModel
+from peerkit.model.properties import unsettled_reason
+from peerkit.model.render import describe_action
+from peerkit.model.state import World
+
+from .abstraction import View, describe, diff, model_view, model_zombies
+
+#: the most states one closure may visit
+DEFAULT_LIMIT = 60_000
+
+
+class Candidate(NamedTuple):
+    world: World
+    zombie_seen: tuple[bool, ...]
+
+
+class Divergence(AssertionError):
+    """The implementation did something no candidate model state allows (or failed to)."""
+
+
+class ClosureTooLarge(Exception):
+    """The protocol closure exceeded its bound; the comparison is inconclusive."""
+
+
+EdgeKey = tuple[str, ...]
+KeyFn = Callable[[World, object, World], EdgeKey]
+
+
+def _seen(c: Candidate, w: World) -> tuple[bool, ...]:
+    return tuple(old or model_zombies(cl) > 0 for old, cl in zip(c.zombie_seen, w.clusters,
+                                                                 strict=True))
+
+
+class Candidates:
+    def __init__(self, model: PeeringModel, start: Iterable[World], *,
+                 limit: int = DEFAULT_LIMIT, edge_key: KeyFn | None = None) -> None:
+        self.model = model
+        self.limit = limit
+        self.edge_key = edge_key
+        self.states: set[Candidate] = set()
+        for w in start:
+            self.states.add(Candidate(w, tuple(model_zombies(cl) > 0 for cl in w.clusters)))
+        self.covered: set[EdgeKey] = set()
+        self.history: list[str] = []  # what was pinned / observed, for messages
+        self.largest_closure = 0
+        self._env_cache: tuple[set[Candidate], set[object]] | None = None
+
+    # -- queries -----------------------------------------------------------------------------
+    def worlds(self) -> list[World]:
+        return [c.world for c in self.states]
+
+    def enabled_env(self) -> set[object]:
+        """Operator and fault actions enabled in some candidate."""
+        if self._env_cache is not None and self._env_cache[0] is self.states:
+            return self._env_cache[1]
+        out: set[object] = set()
+        for c in self.states:
+            out.update(a for a in self.model.enabled(c.world) if not A.is_protocol(a))
+        self._env_cache = (self.states, out)  # holds the set: no reuse of its identity
+        return out
+
+    def views(self) -> set[View]:
+        return {model_view(c.world, c.zombie_seen) for c in self.states}
+
+    # -- advancing ---------------------------------------------------------------------------
+    def pin(self, actions: Iterable[object], what: str) -> None:
+        """Apply one of ``actions`` (several when the driver's step maps to more than one model
+        action, e.g. a reset of a stream the model may number differently)."""
+        chosen = list(actions)
+        nxt: set[Candidate] = set()
+        for c in self.states:
+            enabled = set(self.model.enabled(c.world))
+            for a in chosen:
+                if a in enabled:
+                    w = self.model.step(c.world, a)
+                    if self.edge_key is not None:
+                        self.covered.add(self.edge_key(c.world, a, w))
+                    nxt.add(Candidate(w, _seen(c, w)))
+        self.history.append("pinned: " + what)
+        if not nxt:
+            names = ", ".join(describe_action(a) for a in chosen)
+            raise Divergence(
+                f"after: {what}\nthe model cannot do it in any of the {len(self.states)} "
+                f"candidate states ({names})")
+        self.states = nxt
+
+    def _closure(self) -> tuple[list[Candidate], dict[Candidate, list[tuple[Candidate, object]]]]:
+        order: list[Candidate] = list(self.states)
+        seen: set[Candidate] = set(order)
+        parents: dict[Candidate, list[tuple[Candidate, object]]] = {}
+        queue = deque(order)
+        model = self.model
+        while queue:
+            c = queue.popleft()
+            for a in model.enabled(c.world):
+                if not A.is_protocol(a):
+                    continue
+                w = model.step(c.world, a)
+                n = Candidate(w, _seen(c, w))
+                parents.setdefault(n, []).append((c, a))
+                if n not in seen:
+                    seen.add(n)
+                    order.append(n)
+                    queue.append(n)
+                    if len(seen) > self.limit:
+                        raise ClosureTooLarge(
+                            f"the protocol closure of {len(self.states)} candidates exceeds "
+                            f"{self.limit} states")
+        self.largest_closure = max(self.largest_closure, len(seen))
+        return order, parents
+
+    def observe(self, observed: View, what: str) -> None:
+        order, parents = self._closure()
+        matching = [c for c in order if model_view(c.world, c.zombie_seen) == observed]
+        if not matching:
+            raise Divergence(self._explain(what, observed, order))
+        if self.edge_key is not None:
+            self._cover(matching, parents)
+        if not self.history or not self.history[-1].endswith(what):
+            self.history.append(what)
+        self.states = set(matching)
+
+    def _cover(self, matching: list[Candidate],
+               parents: dict[Candidate, list[tuple[Candidate, object]]]) -> None:
+        assert self.edge_key is not None
+        todo = list(matching)
+        done = set(todo)
+        while todo:
+            n = todo.pop()
+            for p, a in parents.get(n, ()):
+                self.covered.add(self.edge_key(p.world, a, n.world))
+                if p not in done:
+                    done.add(p)
+                    todo.append(p)
+
+    def require_settled(self, what: str) -> None:
+        settled = [c for c in self.states if unsettled_reason(self.model, c.world) is None]
+        if settled:
+            self.states = set(settled)
+            return
+        reasons = sorted({str(unsettled_reason(self.model, c.world)) for c in self.states})
+        sample = min(self.states, key=lambda c: len(repr(c.world)))
+        raise Divergence(
+            f"after: {what}\nthe implementation has settled (nothing held, time ran far, "
+            f"all tasks blocked) but none of the {len(self.states)} candidate model states "
+            f"is settled: the implementation failed to do something the model must do.\n"
+            f"why the model is not settled: {'; '.join(reasons[:5])}\n"
+            f"implementation (and candidate) view:\n"
+            f"{describe(model_view(sample.world, sample.zombie_seen))}")
+
+    # -- messages ----------------------------------------------------------------------------
+    def _explain(self, what: str, observed: View, order: list[Candidate]) -> str:
+        views = {model_view(c.world, c.zombie_seen) for c in order}
+        ranked = sorted(views, key=lambda v: (len(diff(v, observed)), repr(v)))
+        lines = [
+            f"after: {what}",
+            f"the implementation reached a state that none of the {len(order)} model states "
+            f"reachable by protocol steps from the {len(self.states)} candidates matches.",
+            "implementation:",
+            "  " + describe(observed).replace("\n", "\n  "),
+        ]
+        for i, v in enumerate(ranked[:3]):
+            lines.append(f"nearest model candidate {i + 1} (model / impl):")
+            lines.extend("  " + d for d in diff(v, observed))
+        lines.append("steps so far: " + " | ".join(self.history[-12:]))
+        return "\n".join(lines)

@@ -1,0 +1,527 @@
+"""Hypothesis stateful conformance: the trio implementation, held to the model step by step.
+
+One job: a plain ``RuleBasedStateMachine`` that drives two real ``PeeringServer``s (memory store,
+in-memory network, virtual time) inside one persistent trio guest run per example
+(``guest.GuestRun``), and after every rule checks the implementation's abstracted state against
+the set of model states consistent with everything observed so far (``candidates.Candidates``).
+
+Rules, in the model's vocabulary (each names the model action it pins, if any):
+
+* operator: ``generate_token``, ``establish``, ``delete``, ``register``/``deregister``,
+  ``export``/``unexport`` (a toggle each) -- the RPC on the implementation, the action on every
+  candidate;
+* faults: ``reset`` (a connection reset of a live stream: ``Reset``), ``failover`` (the leader
+  loses and regains leadership at once: ``Failover``);
+* network: ``hold``/``release`` one direction of a live stream (delays ``Deliver`` steps; the
+  model's interleavings already contain every delay, so nothing is pinned);
+* time: ``advance`` the virtual clock (heartbeats, retries, rate limits); ``settle``: release
+  every hold, let 700 s pass, and require a settled candidate.
+
+Every rule ends by letting the implementation run until every task is blocked at the current
+virtual time, then observing it. The scheduler seed is drawn in ``setup``, so interleavings vary,
+shrink and replay.
+
+What the driver cannot do (and why), beyond what ``abstraction`` leaves out:
+
+* ``Establish`` only with a fresh token of an active acceptor row, once per token: the model does
+  not model ExchangeSecret (specs/model.md), so a stale token that the implementation rightly
+  refuses at establishment would be accepted by the model and refused later, at the stream;
+* no heartbeat timeouts: the servers' timeout is set beyond any example's virtual time (the
+  configuration has ``heartbeat_faults`` off), heartbeats go every 100 s;
+* resets always overtake what is in flight (``MemoryCall.reset``); the model also allows a
+  reset delivered after the queued messages, which the in-memory network cannot produce.
+
+Requires Hypothesis (a test dependency). May import: the standard library, trio, hypothesis,
+``peerkit.model``, ``peerkit.impl`` and this package.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import AsyncExitStack
+from typing import ClassVar, TypeVar
+
+import trio
+import trio.testing
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
+
+from peerkit.impl.codec import METHOD_STREAM_RESOURCES
+from peerkit.impl.store import MemoryStore
+from peerkit.impl.testing import Cluster as ImplCluster
+from peerkit.impl.testing import running_cluster
+from peerkit.impl.transport import MemoryCall, MemoryNetwork, TransportError
+from peerkit.model import actions as A
+from peerkit.model.config import Config
+from peerkit.model.machine import PeeringModel
+from peerkit.model.state import World, cluster_name
+
+from .abstraction import impl_view
+from .candidates import Candidates, Divergence
+from .coverage import EdgeKey, edge_key
+from .guest import GuestRun
+
+T = TypeVar("T")
+
+#: the model configuration the driver runs against: from no peering (the driver establishes in
+#: ``setup``), budgets large enough for a few lifecycles per example
+CONFORMANCE_CONFIG = Config(
+    "conformance",
+    start="empty",
+    tokens=2,
+    establishes=2,
+    deletes=2,
+    cleanups=2,
+    churn=4,
+    faults=2,
+    failovers=2,
+    python_server_eof_first=False,
+    description="the conformance driver's budgets: 2 peerings in turn, 2 deletes, 2 cleanups, "
+    "4 churn, 2 resets, 2 failovers",
+)
+
+C2S = "client→server"
+S2C = "server→client"
+#: heartbeats are not in the model; they are sent (so the handlers meet them) but rarely, and
+#: their timeout lies beyond any example's virtual time: a heartbeat timeout is a fault the
+#: configuration leaves out (``heartbeat_faults``), so holds may last as long as they like
+HEARTBEAT_INTERVAL = 100.0
+HEARTBEAT_TIMEOUT = 1.0e9
+SETTLE_TIME = 700.0  # more than every backoff (256 s) and timeout; rate limits long refilled
+ADVANCES = (0.1, 1.0, 2.0, 5.0, 16.0, 60.0, 300.0)
+#: groups of rules; each example enables a drawn subset ("swarm testing": an example that uses
+#: few kinds of rule uses each more often, which finds combinations of a few steps sooner)
+#: (``advance`` is always enabled, so that some rule always is)
+RULE_KINDS = ("operator", "churn", "reset", "failover", "hold", "settle")
+
+
+def _swarm(draws: tuple[int, ...]) -> frozenset[str]:
+    """Each kind of rule is on with probability about 0.4 (a draw below 4 of 0..9), so that a
+    typical example uses two or three kinds, each often; shrinking turns kinds on (draws
+    shrink towards 0), which keeps a shrunk example's program short anyway."""
+    return frozenset(k for k, d in zip(RULE_KINDS, draws, strict=True) if d < 4)
+
+
+class ConformanceMachine(RuleBasedStateMachine):
+    """Subclass with ``IMPL_BUGS`` / ``MODEL_BUGS`` set (see ``machine_for``)."""
+
+    IMPL_BUGS: ClassVar[frozenset[str]] = frozenset()
+    MODEL_BUGS: ClassVar[frozenset[str]] = frozenset()
+    CONFIG: ClassVar[Config] = CONFORMANCE_CONFIG
+    #: edge keys covered by every example of this class (for the coverage report)
+    COVERED: ClassVar[set[EdgeKey]]
+    STATS: ClassVar[dict[str, int]]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = PeeringModel(self.CONFIG, self.MODEL_BUGS)
+        self.run: GuestRun | None = None
+        self.clusters: tuple[ImplCluster, ...] = ()
+        self.net: MemoryNetwork | None = None
+        self.cands: Candidates | None = None
+        self.tokens: dict[tuple[int, int], str] = {}
+        self.used_tokens: set[tuple[int, int]] = set()
+        self.holds: dict[tuple[int, str], float] = {}  # (call id, direction) -> since
+        self.diverged = False
+        self.kinds: frozenset[str] = frozenset()
+
+    # =========================================================================================
+    # plumbing
+    # =========================================================================================
+    def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        assert self.run is not None
+        return self.run.call(fn)
+
+    def _step(self, fn: Callable[[], Awaitable[object]] | None) -> object:
+        """Run ``fn`` (if any), then let the implementation run until all tasks are blocked."""
+
+        async def body() -> object:
+            result: object = None
+            if fn is not None:
+                try:
+                    result = await fn()
+                except TransportError as exc:  # an RPC refused: the views will tell
+                    result = exc
+            await trio.testing.wait_all_tasks_blocked()
+            return result
+
+        self.STATS["steps"] = self.STATS.get("steps", 0) + 1
+        return self._call(body)
+
+    def _observe(self, what: str) -> None:
+        assert self.cands is not None
+        try:
+            self.cands.observe(impl_view(self.clusters), what)
+        except Divergence:
+            self.diverged = True
+            raise
+
+    def _pin(self, actions: Iterable[object], what: str) -> None:
+        assert self.cands is not None
+        try:
+            self.cands.pin(actions, what)
+        except Divergence:
+            self.diverged = True
+            raise
+
+    def _enabled(self) -> set[object]:
+        assert self.cands is not None
+        return self.cands.enabled_env()
+
+    def _any_enabled(self, *types: type) -> bool:
+        if self.cands is None:
+            return False
+        return any(isinstance(a, types) for a in self._enabled())
+
+    def _worlds(self) -> list[World]:
+        assert self.cands is not None
+        return self.cands.worlds()
+
+    def _live_calls(self) -> list[MemoryCall]:
+        if self.net is None:
+            return []
+        return [c for c in self.net.streams
+                if c.method == METHOD_STREAM_RESOURCES and not c.finished]
+
+    # =========================================================================================
+    # set-up and tear-down
+    # =========================================================================================
+    @initialize(seed=st.integers(0, 2**32 - 1), upstream_pacing=st.booleans(),
+                establish_after=st.sampled_from((6.0, 0.0)),
+                kinds=st.tuples(*(st.integers(0, 9) for _ in RULE_KINDS)).map(_swarm))
+    def setup(self, seed: int, upstream_pacing: bool = False,
+              establish_after: float = 6.0,
+              kinds: frozenset[str] = frozenset(RULE_KINDS)) -> None:
+        """Start both servers (dc1 exports the model's services to dc2), then dc1 generates a
+        token and dc2 establishes it, each step compared with the model.
+
+        ``seed`` seeds trio's scheduler. Pacing: upstream's limiters (sync 0.2/s burst 5,
+        deletion 10/s burst 10), or (the simpler example, where Hypothesis shrinks to) slow
+        ones (sync burst 1, deletion 0.05/s burst 1), so that sync passes and deletion steps
+        wait for their limiters and land between other steps: a deletion then takes seconds,
+        longer than the dialer's first retry backoff (2 s). ``establish_after``: virtual seconds
+        between the token and the establishment (6 s lets the acceptor's sync pass for the
+        establishment wait for its limiter until after the stream connects). ``kinds``: the
+        groups of rules (``RULE_KINDS``) this example may use."""
+        self.kinds = kinds
+        sync_burst, deletion_burst, deletion_rate = (5, 10, 10.0) if upstream_pacing else (
+            1, 1, 0.05)
+        run = GuestRun(seed)
+        self.run = run
+        ready: list[bool] = []
+
+        async def main(portal: GuestRun) -> None:
+            net = MemoryNetwork()
+            ids = itertools.count(1)
+            async with AsyncExitStack() as stack:
+                clusters = []
+                for c in range(self.CONFIG.clusters):
+                    name = cluster_name(c)
+                    store = MemoryStore(id_factory=_counter(f"{name}-id-", ids))
+                    secrets = _counter(f"{name}-secret-", itertools.count(1))
+                    cl = await stack.enter_async_context(running_cluster(
+                        net, name, f"{name}:8502", store=store, bugs=self.IMPL_BUGS,
+                        deletion_burst=deletion_burst, deletion_rate=deletion_rate,
+                        sync_burst=sync_burst,
+                        spin_limit=50, heartbeat_interval=HEARTBEAT_INTERVAL,
+                        heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                        wall_clock=lambda: 1.0e9 + trio.current_time(),
+                        secret_factory=secrets,
+                    ))
+                    clusters.append(cl)
+                self.clusters = tuple(clusters)
+                self.net = net
+                ready.append(True)
+                await portal.serve()
+                net.close()
+
+        run.start(main)
+        run._pump_until(lambda: bool(ready))
+
+        exporter = self.clusters[self.CONFIG.exporter]
+
+        async def register() -> None:
+            for i, service in enumerate(self.CONFIG.services):
+                await exporter.client.register_service(f"{exporter.name}-node-{service}",
+                                                       service, port=8000 + i)
+                if self.CONFIG.exported_at_start:
+                    for p in range(self.CONFIG.clusters):
+                        if p != self.CONFIG.exporter:
+                            await exporter.client.export_service(service, cluster_name(p))
+
+        self._step(register)
+        self.cands = Candidates(self.model, self.model.initial_states(),
+                                edge_key=edge_key)
+        self._observe(f"setup (seed {seed}, {'upstream' if upstream_pacing else 'slow'} pacing): "
+                      "register and export the services")
+        self._generate_token(0)
+        if establish_after:
+            self._advance(establish_after)
+        self._establish(1)
+        self._advance(30.0)  # the dial and the replication, even with slow pacing
+
+    def teardown(self) -> None:
+        if self.cands is not None:
+            self.COVERED.update(self.cands.covered)
+            self.STATS["largest_closure"] = max(self.STATS.get("largest_closure", 0),
+                                                self.cands.largest_closure)
+        self.STATS["examples"] = self.STATS.get("examples", 0) + 1
+        if self.run is not None:
+            run, self.run = self.run, None
+            run.close()
+
+    # =========================================================================================
+    # operator
+    # =========================================================================================
+    def _operator(self, action: object, fn: Callable[[], Awaitable[object]]) -> bool:
+        if action not in self._enabled():
+            return False
+        result = self._step(fn)
+        what = self.model.format_action(action)
+        if isinstance(result, TransportError):
+            what += f" (the RPC failed: {result})"
+        self._pin([action], what)
+        self._observe(what)
+        return True
+
+    def _generate_token(self, c: int) -> None:
+        p = 1 - c
+        action = A.GenerateToken(c, p)
+        before = {t for w in self._worlds() for t in w.tokens}
+        tokens: list[str] = []
+
+        async def call() -> None:
+            tokens.append(await self.clusters[c].client.generate_token(cluster_name(p)))
+
+        if self._operator(action, call) and tokens:
+            after = {t for w in self._worlds() for t in w.tokens} - before
+            for key in after:
+                self.tokens[key] = tokens[0]
+
+    def _establish(self, c: int) -> None:
+        a = 1 - c
+        usable = []
+        for key, _token in self.tokens.items():
+            if key[0] != a or key in self.used_tokens:
+                continue
+            rows = [w.clusters[a].row_by_gen(key[1]) for w in self._worlds()]
+            if all(r is not None and r.active for r in rows):
+                usable.append(key)
+        if not usable:
+            return
+        key = max(usable)
+        action = A.Establish(c, a, key[1])
+
+        async def call() -> None:
+            await self.clusters[c].client.establish(cluster_name(a), self.tokens[key])
+
+        if self._operator(action, call):
+            self.used_tokens.add(key)
+
+    @precondition(lambda self: "operator" in self.kinds and self._any_enabled(A.GenerateToken))
+    @rule(c=st.integers(0, 1))
+    def generate_token(self, c: int) -> None:
+        self._generate_token(c)
+
+    @precondition(lambda self: "operator" in self.kinds and self._any_enabled(A.Establish))
+    @rule(c=st.integers(0, 1))
+    def establish(self, c: int) -> None:
+        self._establish(c)
+
+    @precondition(lambda self: "operator" in self.kinds and self._any_enabled(A.Delete))
+    @rule(c=st.integers(0, 1))
+    def delete(self, c: int) -> None:
+        async def call() -> None:
+            await self.clusters[c].client.peering_delete(cluster_name(1 - c))
+
+        self._operator(A.Delete(c, 1 - c), call)
+
+    @precondition(lambda self: "churn" in self.kinds
+                  and self._any_enabled(A.Register, A.Deregister))
+    @rule(c=st.integers(0, 1), i=st.integers(0, 7))
+    def register(self, c: int, i: int) -> None:
+        """Register the service if it is not registered, deregister it if it is."""
+        service = self.CONFIG.services[i % len(self.CONFIG.services)]
+        client = self.clusters[c].client
+        if any(service in w.clusters[c].registered for w in self._worlds()):
+            async def dereg() -> None:
+                await client.deregister_service(service=service)
+
+            self._operator(A.Deregister(c, service), dereg)
+        else:
+            async def reg() -> None:
+                await client.register_service(f"{cluster_name(c)}-node-{service}", service,
+                                              port=8000 + i % len(self.CONFIG.services))
+
+            self._operator(A.Register(c, service), reg)
+
+    @precondition(lambda self: "churn" in self.kinds
+                  and self._any_enabled(A.Export, A.Unexport))
+    @rule(c=st.integers(0, 1), i=st.integers(0, 7))
+    def export(self, c: int, i: int) -> None:
+        """Export the service to the other cluster if it is not exported, un-export it if it is."""
+        service = self.CONFIG.services[i % len(self.CONFIG.services)]
+        p = 1 - c
+        client = self.clusters[c].client
+        if any((service, p) in w.clusters[c].exports for w in self._worlds()):
+            async def unexport() -> None:
+                await client.unexport_service(service, cluster_name(p))
+
+            self._operator(A.Unexport(c, service, p), unexport)
+        else:
+            async def export() -> None:
+                await client.export_service(service, cluster_name(p))
+
+            self._operator(A.Export(c, service, p), export)
+
+    # =========================================================================================
+    # faults
+    # =========================================================================================
+    @precondition(lambda self: "reset" in self.kinds and self._any_enabled(A.Reset)
+                  and bool(self._live_calls()))
+    @rule(i=st.integers(0, 3))
+    def reset(self, i: int) -> None:
+        """Reset the connection of a live stream (everything in flight is dropped)."""
+        calls = self._live_calls()
+        resets = [a for a in self._enabled() if isinstance(a, A.Reset)]
+        if not calls or not resets:
+            return
+        call = calls[i % len(calls)]
+
+        async def do() -> None:
+            call.reset()
+
+        self._step(do)
+        for key in [k for k in self.holds if k[0] == call.id]:
+            del self.holds[key]
+        what = f"reset of stream call #{call.id}"
+        self._pin(resets, what)  # the model may number the streams differently: any of them
+        self._observe(what)
+
+    @precondition(lambda self: "failover" in self.kinds and self._any_enabled(A.Failover))
+    @rule(c=st.integers(0, 1))
+    def failover(self, c: int) -> None:
+        """The leader of cluster ``c`` loses leadership and a new term starts at once."""
+        action = A.Failover(c)
+        server = self.clusters[c].server
+
+        async def do() -> None:
+            server.lose_leadership()
+            server.become_leader()
+
+        self._operator(action, do)
+
+    # =========================================================================================
+    # network and time
+    # =========================================================================================
+    @precondition(lambda self: "hold" in self.kinds and bool(self._live_calls()))
+    @rule(i=st.integers(0, 3), up=st.booleans())
+    def hold(self, i: int, up: bool) -> None:
+        """Stop delivery in one direction of a live stream (messages queue up)."""
+        calls = self._live_calls()
+        if not calls:
+            return
+        call = calls[i % len(calls)]
+        direction = C2S if up else S2C
+        if call.is_held(direction):
+            return
+
+        async def do() -> None:
+            call.hold(direction)
+
+        self._step(do)
+        self.holds[(call.id, direction)] = self._call(_now)
+        self._observe(f"hold {direction} of stream call #{call.id}")
+
+    @precondition(lambda self: bool(self.holds))
+    @rule()
+    def release(self) -> None:
+        """Resume delivery in every held direction."""
+        if not self.holds:
+            return
+        self._release_all()
+        self._observe("release every held direction")
+
+    def _release_all(self) -> None:
+        assert self.net is not None
+        calls = {c.id: c for c in self.net.streams}
+        holds = list(self.holds)
+        self.holds.clear()
+
+        async def do() -> None:
+            for call_id, direction in holds:
+                calls[call_id].release(direction)
+
+        self._step(do)
+
+    @rule(seconds=st.sampled_from(ADVANCES))
+    def advance(self, seconds: float) -> None:
+        """Let virtual time pass."""
+        self._advance(seconds)
+
+    def _advance(self, seconds: float) -> None:
+        async def do() -> None:
+            await trio.sleep(seconds)
+
+        self._step(do)
+        self._observe(f"advance {seconds:g} s")
+
+    @precondition(lambda self: "settle" in self.kinds)
+    @rule()
+    def settle(self) -> None:
+        """Release everything, let the implementation run for a long while, and require the
+        model to be able to settle exactly there."""
+        self._settle()
+
+    def _settle(self) -> None:
+        if self.holds:
+            self._release_all()
+
+        async def do() -> None:
+            await trio.sleep(SETTLE_TIME)
+
+        self._step(do)
+        what = f"settle ({SETTLE_TIME:g} s, nothing held)"
+        self._observe(what)
+        assert self.cands is not None
+        self.cands.require_settled(what)
+
+
+async def _now() -> float:
+    return trio.current_time()
+
+
+def machine_for(impl_bugs: Iterable[str] = (), model_bugs: Iterable[str] = (),
+                config: Config = CONFORMANCE_CONFIG,
+                final_settle: bool = True) -> type[ConformanceMachine]:
+    """A state machine class with the given bug switches (implementation / model)."""
+    settle_at_end = final_settle
+
+    class Machine(ConformanceMachine):
+        IMPL_BUGS = frozenset(impl_bugs)
+        MODEL_BUGS = frozenset(model_bugs)
+        CONFIG = config
+        COVERED: ClassVar[set[EdgeKey]] = set()
+        STATS: ClassVar[dict[str, int]] = {}
+
+        def teardown(self) -> None:
+            try:
+                if settle_at_end and self.run is not None and self.cands is not None \
+                        and not self.diverged:
+                    self._settle()
+            finally:
+                super().teardown()
+
+    Machine.__name__ = Machine.__qualname__ = "Conformance" + "".join(
+        "_" + b.replace("-", "_") for b in sorted(Machine.IMPL_BUGS))
+    return Machine
+
+
+def _counter(prefix: str, numbers: Iterator[int]) -> Callable[[], str]:
+    """Deterministic IDs and secrets (prefix + a number), so that runs replay exactly."""
+
+    def make() -> str:
+        return f"{prefix}{next(numbers)}"
+
+    return make

@@ -1,0 +1,71 @@
+"""Conformance: the trio implementation is held to the model, step by step, by a Hypothesis state
+machine (peerkit.conformance.stateful); every bug switch in the implementation alone is caught.
+
+May import: pytest, hypothesis, peerkit.conformance, peerkit.model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import settings
+
+from peerkit.conformance.candidates import Divergence
+from peerkit.conformance.profiles import BUG_BUDGET, bug_hunt
+from peerkit.conformance.stateful import machine_for
+from peerkit.model.vocabulary import BUGS
+
+
+@pytest.fixture(autouse=True)
+def quiet_logs() -> Iterator[None]:
+    """The servers log every retry; thousands of examples would flood the captured output."""
+    logger = logging.getLogger("peerkit")
+    old = logger.level
+    logger.setLevel(logging.CRITICAL)
+    yield
+    logger.setLevel(old)
+
+
+def _divergences(exc: BaseException) -> list[Divergence]:
+    if isinstance(exc, Divergence):
+        return [exc]
+    if isinstance(exc, BaseExceptionGroup):
+        return [d for e in exc.exceptions for d in _divergences(e)]
+    return []
+
+
+def test_the_implementation_conforms() -> None:
+    """No bug switch: every example of the profile passes (``ci`` or ``thorough``)."""
+    machine = machine_for()
+    machine.TestCase().runTest()
+    assert machine.STATS["examples"] > 0
+
+
+@pytest.mark.parametrize("bug", sorted(BUGS))
+def test_bug_in_the_implementation_is_caught(bug: str) -> None:
+    """The bug on in the implementation and off in the model: a divergence within
+    ``BUG_BUDGET`` derandomized examples (no shrinking, no database: a fixed proof)."""
+    machine = machine_for(impl_bugs=[bug])
+    machine.TestCase.settings = bug_hunt(BUG_BUDGET)
+    with pytest.raises(BaseException) as info:  # a Divergence, or a group of them
+        machine.TestCase().runTest()
+    assert _divergences(info.value), f"{bug}: failed with {info.value!r}, not a divergence"
+
+
+def test_a_failure_prints_the_shrunk_program_and_the_diff(capsys: pytest.CaptureFixture[str],
+                                                          ) -> None:
+    """A shrunk failure is a program of rules plus the model's candidates beside the
+    implementation, as a diff of abstracted states."""
+    machine = machine_for(impl_bugs=["stored-map"])
+    machine.TestCase.settings = settings(bug_hunt(BUG_BUDGET, shrink=True),
+                                         print_blob=False, report_multiple_bugs=False)
+    with pytest.raises(Divergence) as info:
+        machine.TestCase().runTest()
+    message = str(info.value)
+    assert "model" in message and "impl" in message
+    # Hypothesis attaches the shrunk program to the exception (and prints it under pytest)
+    program = "\n".join(getattr(info.value, "__notes__", [])) + capsys.readouterr().out
+    assert "state = Conformance_stored_map()" in program
+    assert "state.setup(" in program and "establish_after=6.0" in program
