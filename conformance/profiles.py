@@ -28,9 +28,13 @@ def register_profiles() -> None:
 
 
 #: examples within which each bug switch must be caught (derandomized, so the same examples run
-#: every time). Measured at the commit that set it (20 steps): every bug within 566 examples
-#: (termination-race 566, dial-deleted 392, deletion-no-stop 295, the others 28 or fewer)
-BUG_BUDGET: Final = 800
+#: every time). First measured on the conformance branch (20 steps): every bug within 566
+#: examples (termination-race 566, dial-deleted 392, deletion-no-stop 295, the others 28 or
+#: fewer). After the merge with the strengthened model and the hardened implementation the
+#: fixed sequence changed and termination-race needed more than 800; it is caught within 2,500
+#: (111 s on the shared 2-core machine). The budget is a ceiling, not a target: a bug caught
+#: early stops its hunt early.
+BUG_BUDGET: Final = 2_500
 
 
 def bug_hunt(max_examples: int = BUG_BUDGET, *, shrink: bool = False) -> settings:

@@ -694,7 +694,12 @@ class PeeringModel:
             track = cl.track(row.gen)
             if (track is None or not track.connected) and not self._dialer_end_live(w, c, row.gen):
                 dialing.add(row.gen)
-        w = self._set_cluster(w, c, cl._replace(snapshot=None, dialing=tuple(sorted(dialing))))
+        # the pass also forgets the tracker entries of ended streams whose row is gone: nothing
+        # else ever removes them (a stream reset before its peering was deleted), and an
+        # operator's status list would grow with every such peering (issue 8)
+        tracker = tuple(t for t in cl.tracker if t.connected or cl.row_by_gen(t.gen) is not None)
+        w = self._set_cluster(w, c, cl._replace(snapshot=None, dialing=tuple(sorted(dialing)),
+                                                tracker=tracker))
         teardown_stored = "sync-teardown-stored" in self.switches
         for gen in snapshot:
             if (gen in stored) != teardown_stored:
