@@ -99,3 +99,13 @@ def test_every_equivalent_mutant_has_its_argument_in_the_specs() -> None:
 def test_equivalent_mutants_survive_the_ci_configuration(name: str) -> None:
     """The cheap half of the evidence (benchmarks/mutants.py explores every CI configuration)."""
     assert not run_one(name, configs=("ci", "race")).killed
+
+
+def test_every_routine_switch_is_read_by_the_machine() -> None:
+    """A misspelt switch would be a no-op mutant that survives (or an equivalence that holds
+    vacuously): each switch name must appear in machine.py, where the routines read it."""
+    from peerkit.model.mutants import SWITCHES
+
+    source = (ROOT / "model" / "machine.py").read_text()
+    missing = sorted(s for s in SWITCHES if f'"{s}"' not in source)
+    assert not missing, f"switches machine.py never reads: {missing}"
