@@ -6,9 +6,6 @@ May import: pytest, hypothesis, peerkit.conformance, peerkit.model.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-
 import pytest
 from hypothesis import settings
 
@@ -16,16 +13,6 @@ from peerkit.conformance.candidates import Divergence
 from peerkit.conformance.profiles import BUG_BUDGET, bug_hunt
 from peerkit.conformance.stateful import machine_for
 from peerkit.model.vocabulary import BUGS
-
-
-@pytest.fixture(autouse=True)
-def quiet_logs() -> Iterator[None]:
-    """The servers log every retry; thousands of examples would flood the captured output."""
-    logger = logging.getLogger("peerkit")
-    old = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(old)
 
 
 def _divergences(exc: BaseException) -> list[Divergence]:

@@ -6,24 +6,12 @@ May import: pytest, trio, peerkit.conformance, peerkit.model.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-
 import pytest
 import trio
 
 from peerkit.conformance.candidates import Divergence
 from peerkit.conformance.guest import GuestRun, StepNeverFinished
 from peerkit.conformance.stateful import ConformanceMachine, machine_for
-
-
-@pytest.fixture(autouse=True)
-def quiet_logs() -> Iterator[None]:
-    logger = logging.getLogger("peerkit")
-    old = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(old)
 
 
 def _scripted(machine: ConformanceMachine, seed: int) -> list[tuple[object, ...]]:
