@@ -167,15 +167,18 @@ def _invalid(message: str) -> AbortStream:
     return AbortStream(StatusCode.INVALID_ARGUMENT, message)
 
 
-def _name(value: str, what: str) -> str:
+def _matching(value: str, what: str, pattern: re.Pattern[str], rule: str) -> str:
+    """``value`` if it is present and matches ``pattern`` whole; INVALID_ARGUMENT otherwise."""
     if not value:
         raise _invalid(f"{what} is required")
-    if not _NAME_RE.fullmatch(value):
-        raise _invalid(
-            f"{what} {value[:80]!r} is not valid: use 1-63 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
+    if not pattern.fullmatch(value):
+        raise _invalid(f"{what} {value[:80]!r} is not valid: {rule}")
     return value
+
+
+def _name(value: str, what: str) -> str:
+    return _matching(value, what, _NAME_RE, "use 1-63 letters, digits, '.', '_' or '-', "
+                     "starting with a letter or digit")
 
 
 def _clip(text: str, limit: int = 80) -> str:
@@ -186,14 +189,9 @@ def _clip(text: str, limit: int = 80) -> str:
 
 def _peer_name(value: str, what: str) -> str:
     """A name for a new peering: a lowercase DNS label (see ``_PEER_NAME_RE``)."""
-    if not value:
-        raise _invalid(f"{what} is required")
-    if not _PEER_NAME_RE.fullmatch(value):
-        raise _invalid(
-            f"{what} {value[:80]!r} is not valid: a peer name is a DNS label of 1-63 "
-            "lowercase letters, digits or '-', starting and ending with a letter or digit"
-        )
-    return value
+    return _matching(value, what, _PEER_NAME_RE, "a peer name is a DNS label of 1-63 "
+                     "lowercase letters, digits or '-', starting and ending with a letter or "
+                     "digit")
 
 
 def _meta(meta: Mapping[str, str]) -> dict[str, str]:
