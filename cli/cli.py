@@ -8,6 +8,8 @@ Subcommands:
 * ``peerkit bugs``: one line per bug switch: its name (the word ``--bug`` takes), then what it does.
 * ``peerkit configs`` / ``peerkit properties``: list the named configurations and the properties.
 * ``peerkit serve`` / ``peerkit demo``: run the reference implementation (peerkit.impl).
+* ``peerkit replay FILE``: replay a counterexample of ``check --json`` against the
+  implementation, through the conformance driver (``replay.py``).
 
 This module may import everything; nothing imports it.
 """
@@ -25,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO, cast
 
-from . import __version__, specgen
+from . import __version__, replay, specgen
 from .checker.engine import Bounds, Progress, check
 from .checker.report import format_counterexample, format_summary, format_verdicts, result_json
 from .model import BUGS, CONFIGS, PeeringModel, get_config
@@ -125,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     specs = sub.add_parser("specs", help="regenerate specs/generated (tables and diagrams from "
                            "the model), or --check that it is current")
     specgen.add_arguments(specs)
+
+    rep = sub.add_parser("replay", help="replay a counterexample (`peerkit check --json` "
+                         "output) against the reference implementation (exit 0: conforms, 1: "
+                         "diverged, 3: void)")
+    replay.add_arguments(rep)
 
     serve = sub.add_parser("serve", help="run one cluster's peering server (reference "
                            "implementation)")
@@ -360,6 +367,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
         return run_properties(out)
     if args.command == "specs":
         return specgen.run(args, out)
+    if args.command == "replay":
+        return replay.run(args, out, err)
     if getattr(args, "impl_missing", False):
         err.write(f"peerkit {args.command}: the reference implementation is not available\n")
         return EXIT_USAGE
