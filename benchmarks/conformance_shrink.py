@@ -68,7 +68,7 @@ def shrunk(bug: str, seed: int, budget: int) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         machine.TestCase().runTest()
-    except BaseException as exc:  # noqa: BLE001 - the failure is the measurement
+    except BaseException as exc:  # the failure is the measurement
         seconds = time.perf_counter() - start
         div = _divergence(exc)
         notes = "\n".join(getattr(exc, "__notes__", []) or getattr(div, "__notes__", []))

@@ -7,9 +7,12 @@ May import: the standard library and hypothesis.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Final
 
 from hypothesis import HealthCheck, Phase, settings
+from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
 
 #: steps per example (rules after ``setup``)
 STEPS: Final = 20
@@ -18,13 +21,29 @@ STEPS: Final = 20
 _SUPPRESS: Final = (HealthCheck.too_slow, HealthCheck.filter_too_much)
 
 
+#: environment variable naming the example database directory (default: Hypothesis's own,
+#: ``.hypothesis/examples`` under the working directory)
+DATABASE_ENV: Final = "PEERKIT_HYPOTHESIS_DB"
+
+
+def example_database(environ: Mapping[str, str] = os.environ) -> ExampleDatabase | None:
+    """The example database the profiles use: ``$PEERKIT_HYPOTHESIS_DB`` if set (a directory
+    that pytest-xdist workers, HypoFuzz workers and, on a shared filesystem, several machines
+    can all write: Hypothesis's directory database keeps one file per example, so concurrent
+    writers do not clobber each other), else None (Hypothesis's default directory)."""
+    path = environ.get(DATABASE_ENV, "")
+    return DirectoryBasedExampleDatabase(path) if path else None
+
+
 def register_profiles() -> None:
     """``ci``: 60 examples of the bug-free run (a few seconds); ``thorough``: 2,000 examples and
-    30 steps each. Both keep the example database on."""
+    30 steps each. Both keep the example database on (see ``example_database``)."""
+    db = example_database()
+    shared = {"database": db} if db is not None else {}
     settings.register_profile("ci", max_examples=60, deadline=None, stateful_step_count=STEPS,
-                              suppress_health_check=_SUPPRESS)
+                              suppress_health_check=_SUPPRESS, **shared)
     settings.register_profile("thorough", max_examples=2_000, deadline=None,
-                              stateful_step_count=30, suppress_health_check=_SUPPRESS)
+                              stateful_step_count=30, suppress_health_check=_SUPPRESS, **shared)
 
 
 #: examples within which each bug switch must be caught (derandomized, so the same examples run

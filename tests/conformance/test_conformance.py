@@ -23,11 +23,11 @@ def _divergences(exc: BaseException) -> list[Divergence]:
     return []
 
 
-def test_the_implementation_conforms() -> None:
-    """No bug switch: every example of the profile passes (``ci`` or ``thorough``)."""
-    machine = machine_for()
-    machine.TestCase().runTest()
-    assert machine.STATS["examples"] > 0
+#: No bug switch: every example of the profile passes (``ci`` or ``thorough``). A module-level
+#: ``TestCase`` (not a function that calls ``runTest``), so that pytest, pytest-xdist and HypoFuzz
+#: all collect it as the Hypothesis test it is: HypoFuzz fuzzes a state machine through its
+#: ``TestCase.runTest``.
+TestConformance = machine_for().TestCase
 
 
 @pytest.mark.parametrize("bug", sorted(BUGS))
