@@ -10,6 +10,8 @@ Subcommands:
 * ``peerkit serve`` / ``peerkit demo``: run the reference implementation (peerkit.impl).
 * ``peerkit replay FILE``: replay a counterexample of ``check --json`` against the
   implementation, through the conformance driver (``replay.py``).
+* ``peerkit peering ...`` / ``peerkit services ...``: an operator's commands against a running
+  ``peerkit serve`` (``operator.py``).
 
 This module may import everything; nothing imports it.
 """
@@ -27,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO, cast
 
-from . import __version__, replay, specgen
+from . import __version__, operator, replay, specgen
 from .checker.engine import Bounds, Progress, check
 from .checker.report import format_counterexample, format_summary, format_verdicts, result_json
 from .model import BUGS, CONFIGS, PeeringModel, get_config
@@ -138,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="two clusters on loopback walk the whole lifecycle")
     _add_impl_arguments(serve, "serve")
     _add_impl_arguments(demo, "demo")
+    operator.add_commands(sub)
     return parser
 
 
@@ -369,6 +372,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
         return specgen.run(args, out)
     if args.command == "replay":
         return replay.run(args, out, err)
+    if args.command in ("peering", "services"):
+        return operator.run(args, out, err)
     if getattr(args, "impl_missing", False):
         err.write(f"peerkit {args.command}: the reference implementation is not available\n")
         return EXIT_USAGE
