@@ -61,7 +61,7 @@ class _OneLineParser(argparse.ArgumentParser):
 def _name(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("a name must not be empty")
-    if text != text.strip() or not text.isprintable():
+    if any(c.isspace() for c in text) or not text.isprintable():
         raise argparse.ArgumentTypeError(f"{text!r} is not a name: no spaces or control "
                                          "characters")
     return text
@@ -199,6 +199,7 @@ class NotFound(Exception):
 
 
 def _resolve_address(args: argparse.Namespace) -> str:
+    address: str
     if args.addr is not None:
         where, address = "--addr", args.addr
     elif os.environ.get(ADDR_ENV):
@@ -212,8 +213,9 @@ def _resolve_address(args: argparse.Namespace) -> str:
 
 
 def _read_token(args: argparse.Namespace, stdin: IO[str]) -> str:
+    token: str
     if args.token is not None and args.token != "-":
-        token: str = args.token
+        token = args.token
     elif args.token == "-" or args.token_file == "-":
         token = stdin.read()
     else:
@@ -236,7 +238,7 @@ def _command(args: argparse.Namespace, stdin: IO[str]) -> Call:
     """The RPC (and how to show its answer) that ``args`` asks for."""
     from . import operator_views as views
 
-    name = getattr(args, "name", None)
+    name: str = getattr(args, "name", "")  # the commands that use it all require it
     key = (args.command, args.action)
 
     if key == ("peering", "generate-token"):
