@@ -172,6 +172,10 @@ async def test_json_documents_have_the_documented_keys(tmp_path: Path) -> None:
 
             assert json.loads(await ok_at(dc1, "services", "unexport", "web", "--from", "dc2",
                                           "--json")) == {"service": "web", "peer_name": "dc2"}
+            await ok_at(dc1, "services", "register", "web", "--node", "n2", "--id", "web-2")
+            one = json.loads(await ok_at(dc1, "services", "deregister", "--id", "web-2",
+                                         "--json"))
+            assert one == {"service": None, "service_id": "web-2", "removed": 1}
             deregistered = json.loads(await ok_at(dc1, "services", "deregister", "web",
                                                   "--json"))
             assert deregistered == {"service": "web", "service_id": None, "removed": 1}
@@ -331,3 +335,14 @@ def test_end_to_end_against_peerkit_serve(tmp_path: Path) -> None:
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert f"cannot reach the server at {address}: UNAVAILABLE" in done.stderr
+
+
+def test_readme_documents_every_json_key() -> None:
+    """The keys a script may rely on are the ones README.md lists: a key added or renamed in
+    cli/operator_views.py without the README fails here."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("**The operator's commands**", 1)[1].split("### Peering two", 1)[0]
+    for key in PEERING_KEYS | INSTANCE_KEYS | {"peerings", "peering", "imports", "peer_name",
+                                               "trust_domain", "instances", "token",
+                                               "service_id", "removed"}:
+        assert f"`{key}`" in section or f'"{key}"' in section, key
