@@ -35,6 +35,7 @@ __all__ = ["ADDR_ENV", "DEFAULT_ADDR", "add_commands", "run"]
 ADDR_ENV = "PEERKIT_ADDR"
 DEFAULT_ADDR = "127.0.0.1:8502"  # Consul's gRPC port, and the address README's examples serve on
 DEFAULT_TIMEOUT = 20.0  # above the server's own 10 s for Establish's secret exchange with its peer
+MAX_TIMEOUT = 3600.0
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 # UNAVAILABLE is also what a server says when it cannot reach its *peer* (Establish); these are
@@ -81,6 +82,11 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, "
+                                         f"got {text!r}")
+    if value > MAX_TIMEOUT:
+        # gRPC turns a deadline past its clock's range into one already passed: an instant
+        # DEADLINE_EXCEEDED that would be reported as "no answer within 1e+300 s"
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_TIMEOUT:g} seconds, "
                                          f"got {text!r}")
     return value
 

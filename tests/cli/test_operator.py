@@ -281,6 +281,7 @@ def token_file(tmp_path: Path) -> Iterator[Path]:
     (["peering", "list", "--timeout", "0"], "must be a finite number of seconds > 0"),
     (["peering", "list", "--timeout", "nan"], "must be a finite number of seconds > 0"),
     (["peering", "list", "--timeout", "inf"], "must be a finite number of seconds > 0"),
+    (["peering", "list", "--timeout", "1e300"], "must be at most 3600 seconds"),
     (["peering", "list", "--addr", "nohost"], "--addr must look like host:port"),
     (["peering", "list", "--addr", "h:99999"], "--addr must look like host:port"),
 ])
