@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 from . import __version__, operator, replay, specgen
+from .argtypes import positive_float, positive_int
 from .checker.engine import Bounds, Progress, check
 from .checker.report import format_counterexample, format_summary, format_verdicts, result_json
 from .model import BUGS, CONFIGS, PeeringModel, get_config
@@ -37,26 +38,6 @@ from .model.machine import SetupError
 from .model.render import describe_step, mermaid, replay_program, summarize
 
 EXIT_OK, EXIT_VIOLATED, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
-    return value
 
 
 def _bug_name(text: str) -> str:
@@ -112,12 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--all", action="store_true",
                      help="keep going after the first violation and report each property's "
                      "shortest counterexample")
-    chk.add_argument("--max-states", type=_positive_int, metavar="N",
+    chk.add_argument("--max-states", type=positive_int, metavar="N",
                      help="stop after N distinct states (exit 3 if nothing was violated)")
-    chk.add_argument("--max-depth", type=_positive_int, metavar="N",
+    chk.add_argument("--max-depth", type=positive_int, metavar="N",
                      help="explore no state more than N steps from the start (exit 3 if "
                      "deeper states were left unexplored and nothing was violated)")
-    chk.add_argument("--max-seconds", type=_positive_float, metavar="S",
+    chk.add_argument("--max-seconds", type=positive_float, metavar="S",
                      help="stop after S seconds of search (exit 3 if nothing was violated)")
     chk.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
 

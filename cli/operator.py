@@ -11,7 +11,7 @@ refused the RPC (the gRPC status code name and the server's message are shown), 
 ``peering read`` found no peering of that name; 2 bad usage (one line on stderr; nothing is
 sent). Every failure is one line on stderr, never a traceback.
 
-May import: the standard library, trio, ``peerkit.proto`` (through the views) and
+May import: the standard library, trio, ``.argtypes``, ``peerkit.proto`` (through the views) and
 ``peerkit.impl`` (the client and the gRPC transport). ``peerkit.impl`` and the views are
 imported only when a command runs, so that ``peerkit check`` does not pay for grpc.
 """
@@ -19,13 +19,14 @@ imported only when a command runs, so that ``peerkit check`` does not pay for gr
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, NoReturn, TextIO
+
+from .argtypes import positive_float
 
 if TYPE_CHECKING:
     from .impl.client import PeerkitClient
@@ -76,13 +77,7 @@ def _port(text: str) -> int:
 
 
 def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, "
-                                         f"got {text!r}")
+    value = positive_float(text)
     if value > MAX_TIMEOUT:
         # gRPC turns a deadline past its clock's range into one already passed: an instant
         # DEADLINE_EXCEEDED that would be reported as "no answer within 1e+300 s"
