@@ -185,13 +185,15 @@ async def test_json_documents_have_the_documented_keys(tmp_path: Path) -> None:
             assert json.loads(await ok_at(dc1, "peering", "list", "--json")) == {"peerings": []}
 
 
-async def test_imported_json_lists_instances_per_peer() -> None:
+async def test_imported_json_lists_instances_per_peer(tmp_path: Path) -> None:
     with trio.fail_after(DEADLINE):
         async with servers("dc1", "dc2") as (dc1, dc2):
             await ok_at(dc1, "services", "register", "web", "--node", "n1", "--port", "80")
             await ok_at(dc1, "services", "export", "web", "--to", "dc2")
             token = (await ok_at(dc1, "peering", "generate-token", "dc2")).strip()
-            await ok_at(dc2, "peering", "establish", "dc1", "--token", token)
+            (tmp_path / "token").write_text(token + "\n")
+            await ok_at(dc2, "peering", "establish", "dc1", "--token-file",
+                        str(tmp_path / "token"))
             await until(dc2.store, lambda: dc2.imported("dc1") == ["web"]
                         and dc2.store.trust_bundle_read("dc1") is not None)
             document = json.loads(await ok_at(dc2, "services", "imported", "--peer", "dc1",
@@ -291,6 +293,12 @@ def test_bad_usage_is_one_line_and_exit_2(argv: list[str], says: str, token_file
     assert (code, out) == (2, ""), err
     assert err.count("\n") == 1 and err.startswith(f"peerkit {argv[0]} {argv[1]}: "), err
     assert says in err
+
+
+def test_an_empty_token_on_stdin_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n"))
+    code, out, err = cli("peering", "establish", "dc1", "--token", "-")
+    assert (code, out, err) == (2, "", "peerkit peering establish: the peering token is empty\n")
 
 
 def test_a_bad_address_in_the_environment_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
