@@ -10,6 +10,8 @@ Subcommands:
 * ``peerkit serve`` / ``peerkit demo``: run the reference implementation (peerkit.impl).
 * ``peerkit replay FILE``: replay a counterexample of ``check --json`` against the
   implementation, through the conformance driver (``replay.py``).
+* ``peerkit peering ...`` / ``peerkit services ...``: an operator's commands against a running
+  ``peerkit serve`` (``operator.py``).
 
 This module may import everything; nothing imports it.
 """
@@ -27,7 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO, cast
 
-from . import __version__, replay, specgen
+from . import __version__, operator, replay, specgen
+from .argtypes import positive_float, positive_int
 from .checker.engine import Bounds, Progress, check
 from .checker.report import format_counterexample, format_summary, format_verdicts, result_json
 from .model import BUGS, CONFIGS, PeeringModel, get_config
@@ -35,26 +38,6 @@ from .model.machine import SetupError
 from .model.render import describe_step, mermaid, replay_program, summarize
 
 EXIT_OK, EXIT_VIOLATED, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
-    return value
 
 
 def _bug_name(text: str) -> str:
@@ -110,12 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--all", action="store_true",
                      help="keep going after the first violation and report each property's "
                      "shortest counterexample")
-    chk.add_argument("--max-states", type=_positive_int, metavar="N",
+    chk.add_argument("--max-states", type=positive_int, metavar="N",
                      help="stop after N distinct states (exit 3 if nothing was violated)")
-    chk.add_argument("--max-depth", type=_positive_int, metavar="N",
+    chk.add_argument("--max-depth", type=positive_int, metavar="N",
                      help="explore no state more than N steps from the start (exit 3 if "
                      "deeper states were left unexplored and nothing was violated)")
-    chk.add_argument("--max-seconds", type=_positive_float, metavar="S",
+    chk.add_argument("--max-seconds", type=positive_float, metavar="S",
                      help="stop after S seconds of search (exit 3 if nothing was violated)")
     chk.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
 
@@ -138,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="two clusters on loopback walk the whole lifecycle")
     _add_impl_arguments(serve, "serve")
     _add_impl_arguments(demo, "demo")
+    operator.add_commands(sub)
     return parser
 
 
@@ -369,6 +353,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
         return specgen.run(args, out)
     if args.command == "replay":
         return replay.run(args, out, err)
+    if args.command in ("peering", "services"):
+        return operator.run(args, out, err)
     if getattr(args, "impl_missing", False):
         err.write(f"peerkit {args.command}: the reference implementation is not available\n")
         return EXIT_USAGE
