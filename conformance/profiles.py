@@ -38,12 +38,12 @@ def example_database(environ: Mapping[str, str] = os.environ) -> ExampleDatabase
 def register_profiles() -> None:
     """``ci``: 60 examples of the bug-free run (a few seconds); ``thorough``: 2,000 examples and
     30 steps each. Both keep the example database on (see ``example_database``)."""
+    base = settings(deadline=None, suppress_health_check=_SUPPRESS)
     db = example_database()
-    shared = {"database": db} if db is not None else {}
-    settings.register_profile("ci", max_examples=60, deadline=None, stateful_step_count=STEPS,
-                              suppress_health_check=_SUPPRESS, **shared)
-    settings.register_profile("thorough", max_examples=2_000, deadline=None,
-                              stateful_step_count=30, suppress_health_check=_SUPPRESS, **shared)
+    if db is not None:
+        base = settings(base, database=db)
+    settings.register_profile("ci", base, max_examples=60, stateful_step_count=STEPS)
+    settings.register_profile("thorough", base, max_examples=2_000, stateful_step_count=30)
 
 
 #: examples within which each bug switch must be caught (derandomized, so the same examples run

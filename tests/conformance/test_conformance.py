@@ -56,3 +56,19 @@ def test_a_failure_prints_the_shrunk_program_and_the_diff(capsys: pytest.Capture
     program = "\n".join(getattr(info.value, "__notes__", [])) + capsys.readouterr().out
     assert "state = Conformance_stored_map()" in program
     assert "state.setup(" in program and "establish_after=6.0" in program
+
+
+def test_a_shared_example_database_is_named_by_the_environment(tmp_path: object) -> None:
+    """``PEERKIT_HYPOTHESIS_DB`` points every worker (xdist, HypoFuzz, other machines on a shared
+    filesystem) at one directory; unset, Hypothesis's default directory is used."""
+    from hypothesis.database import DirectoryBasedExampleDatabase
+
+    from peerkit.conformance.profiles import DATABASE_ENV, example_database
+
+    assert example_database({}) is None
+    assert example_database({DATABASE_ENV: ""}) is None
+    db = example_database({DATABASE_ENV: str(tmp_path)})
+    assert isinstance(db, DirectoryBasedExampleDatabase)
+    db.save(b"key", b"value")
+    again = example_database({DATABASE_ENV: str(tmp_path)})
+    assert again is not None and list(again.fetch(b"key")) == [b"value"]
