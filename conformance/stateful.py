@@ -38,6 +38,7 @@ Requires Hypothesis (a test dependency). May import: the standard library, trio,
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import AsyncExitStack
 from typing import ClassVar, TypeVar
@@ -189,10 +190,12 @@ class ConformanceMachine(RuleBasedStateMachine):
     # =========================================================================================
     @initialize(seed=st.integers(0, 2**32 - 1), upstream_pacing=st.booleans(),
                 establish_after=st.sampled_from((6.0, 0.0)),
-                kinds=st.tuples(*(st.integers(0, 9) for _ in RULE_KINDS)).map(_swarm))
+                kinds=st.tuples(*(st.integers(0, 9) for _ in RULE_KINDS)).map(_swarm),
+                eof_first=st.booleans())
     def setup(self, seed: int, upstream_pacing: bool = False,
               establish_after: float = 6.0,
-              kinds: frozenset[str] = frozenset(RULE_KINDS)) -> None:
+              kinds: frozenset[str] = frozenset(RULE_KINDS),
+              eof_first: bool = False) -> None:
         """Start both servers (dc1 exports the model's services to dc2), then dc1 generates a
         token and dc2 establishes it, each step compared with the model.
 
@@ -203,8 +206,14 @@ class ConformanceMachine(RuleBasedStateMachine):
         longer than the dialer's first retry backoff (2 s). ``establish_after``: virtual seconds
         between the token and the establishment (6 s lets the acceptor's sync pass for the
         establishment wait for its limiter until after the stream connects). ``kinds``: the
-        groups of rules (``RULE_KINDS``) this example may use."""
+        groups of rules (``RULE_KINDS``) this example may use. ``eof_first``: the in-memory
+        network behaves as a Python gRPC server does (python-stack.md §3): a client's cancel
+        reaching a server end blocked in ``receive`` is first seen as end-of-stream, and the
+        model runs with ``python_server_eof_first`` to match."""
         self.kinds = kinds
+        if eof_first != self.CONFIG.python_server_eof_first:
+            self.model = PeeringModel(replace(self.CONFIG, python_server_eof_first=eof_first),
+                                      self.MODEL_BUGS)
         sync_burst, deletion_burst, deletion_rate = (5, 10, 10.0) if upstream_pacing else (
             1, 1, 0.05)
         run = GuestRun(seed)
@@ -212,7 +221,7 @@ class ConformanceMachine(RuleBasedStateMachine):
         ready: list[bool] = []
 
         async def main(portal: GuestRun) -> None:
-            net = MemoryNetwork()
+            net = MemoryNetwork(eof_before_cancel=eof_first)
             ids = itertools.count(1)
             async with AsyncExitStack() as stack:
                 clusters = []
@@ -253,7 +262,8 @@ class ConformanceMachine(RuleBasedStateMachine):
         self._step(register)
         self.cands = Candidates(self.model, self.model.initial_states(),
                                 edge_key=edge_key)
-        self._observe(f"setup (seed {seed}, {'upstream' if upstream_pacing else 'slow'} pacing): "
+        self._observe(f"setup (seed {seed}, {'upstream' if upstream_pacing else 'slow'} pacing"
+                      f"{', cancel seen first as EOF' if eof_first else ''}): "
                       "register and export the services")
         self._generate_token(0)
         if establish_after:
