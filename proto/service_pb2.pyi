@@ -77,7 +77,9 @@ Global___CheckServiceNode: _TypeAlias = CheckServiceNode  # noqa: Y015
 
 @_typing.final
 class Node(_message.Message):
-    """Node is a catalog node. The field Node holds the node's name, as upstream has it."""
+    """Node is a catalog node. The field Node holds the node's name, as upstream has it (a field
+    named like its message: C#'s generator renames the member, the bytes stay the same).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
