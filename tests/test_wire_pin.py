@@ -279,10 +279,15 @@ class _Parser:
         self.take("}")
 
 
+# the well-known types upstream's files import (declared by protobuf itself, not copied)
+WELL_KNOWN_NAMES = frozenset({"google.protobuf.Any", "google.protobuf.Timestamp",
+                              "google.protobuf.Duration"})
+
+
 def _resolve(layout: Layout, scope: str, name: str) -> str | None:
     """protobuf's scoping: a name is looked up from the innermost enclosing scope outwards, by
     its first component; a leading dot means fully qualified."""
-    known = set(layout.messages) | set(layout.enums) | set(WELL_KNOWN) | {"google.protobuf"}
+    known = set(layout.messages) | set(layout.enums) | WELL_KNOWN_NAMES | {"google.protobuf"}
     prefixes = {p for pkg in layout.packages | {"google.protobuf"}
                 for p in (".".join(pkg.split(".")[:k]) for k in range(1, len(pkg.split(".")) + 1))}
     if name.startswith("."):
@@ -347,13 +352,15 @@ def _is_map(f: FieldDescriptor) -> bool:
 def wire_types(roots: list[Descriptor], enums: list[EnumDescriptor]
                ) -> tuple[dict[str, Descriptor], dict[str, EnumDescriptor]]:
     """Every message and enum reachable from ``roots`` through fields (nested types too),
-    leaving out the well-known google.protobuf types."""
+    leaving out the well-known google.protobuf types and map entries (a map field is compared
+    as a map, key and value types included)."""
     messages: dict[str, Descriptor] = {}
     found_enums = {e.full_name: e for e in enums}
     todo = list(roots)
     while todo:
         d = todo.pop()
-        if d.full_name in messages or d.full_name.startswith("google.protobuf."):
+        if (d.full_name in messages or d.full_name.startswith("google.protobuf.")
+                or d.GetOptions().map_entry):
             continue
         messages[d.full_name] = d
         for f in d.fields:
@@ -482,6 +489,39 @@ def test_peer_stream_wire_matches_upstream(upstream: Layout) -> None:
     messages, enums = wire_types(ROOTS, [])
     assert differences(upstream, messages, enums) == []
     assert rpc_differences(upstream, PEER_STREAM) == []
+
+
+PEERING_SERVICE = peering_pb2.DESCRIPTOR.services_by_name["PeeringService"]
+
+# PeeringService is the operator's API of one cluster (Consul's agent calls it; it never crosses
+# between clusters), so it is not part of what a peer must read. It is compared all the same, so
+# that every place where peerkit's operator API differs from upstream's is written down here,
+# and a change in either shows.
+KNOWN_PEERING_SERVICE_DIFFERENCES = {
+    "hashicorp.consul.internal.peering.Peering.ImportedServiceCount = 13: upstream names field 13 "
+    "'StreamStatus'":
+        "peerkit keeps the 2022 released Peering (reference §6.2): counts at 13 and 14",
+    "hashicorp.consul.internal.peering.Peering.ImportedServiceCount = 13: type uint64, upstream "
+    "hashicorp.consul.internal.peering.StreamStatus": "the same field",
+    "hashicorp.consul.internal.peering.Peering.ExportedServiceCount = 14: upstream has no field 14":
+        "the same choice",
+    "hashicorp.consul.internal.peering.PeeringDeleteRequest.Datacenter = 3: upstream has no "
+    "field 3": "the reference's only recorded numbering; accepted and ignored",
+    "hashicorp.consul.internal.peering.PeeringListRequest.Datacenter = 2: upstream has no field 2":
+        "likewise",
+    "hashicorp.consul.internal.peering.PeeringReadRequest.Datacenter = 3: upstream has no field 3":
+        "likewise",
+    "hashicorp.consul.internal.peering.TrustBundleReadRequest.Datacenter = 3: upstream has no "
+    "field 3": "likewise",
+}
+
+
+def test_peering_service_differs_from_upstream_only_where_written_down(upstream: Layout) -> None:
+    roots = [*(m.input_type for m in PEERING_SERVICE.methods),
+             *(m.output_type for m in PEERING_SERVICE.methods)]
+    messages, enums = wire_types(roots, [peering_pb2.PeeringState.DESCRIPTOR])
+    assert set(differences(upstream, messages, enums)) == set(KNOWN_PEERING_SERVICE_DIFFERENCES)
+    assert rpc_differences(upstream, PEERING_SERVICE) == []
 
 
 def _doctored(edit: Any) -> tuple[dict[str, Descriptor], dict[str, EnumDescriptor]]:
