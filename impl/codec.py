@@ -4,6 +4,12 @@ One job: everything that turns one representation into another, in one place: st
 protobuf messages (peerings, trust bundles, catalog instances), timestamps, the peering token
 (base64 of a JSON document), and the full gRPC method names of the services peerkit serves.
 
+Catalog instances have two wire forms. What crosses the peer stream is Consul's layout
+(``service_pb2``, package ``hashicorp.consul.internal.service``; ``csn_to_wire`` /
+``csn_from_wire``, specs/wire.md), so that a Consul peer reads what peerkit exports and peerkit
+reads what Consul exports. peerkit's control service keeps its own small messages
+(``catalog_pb2``; ``csn_to_pb`` / ``csn_from_pb``).
+
 The token is ``base64(JSON)`` with the keys ``CA`` (null: peerkit runs without TLS),
 ``ServerAddresses`` (non-empty list of "host:port"), ``ServerName``, ``PeerID`` (the acceptor's
 peering ID) and ``EstablishmentSecret``; ``decode_token`` validates all of them and raises
@@ -28,7 +34,7 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.descriptor import FileDescriptor
 
 from peerkit.model.vocabulary import PeeringState
-from peerkit.proto import admin_pb2, catalog_pb2, peering_pb2, peerstream_pb2
+from peerkit.proto import admin_pb2, catalog_pb2, peering_pb2, peerstream_pb2, service_pb2
 
 from .store import Check, CheckServiceNode, Node, Peering, Service, TrustBundle
 from .store.base import ImportedInstance
@@ -45,10 +51,13 @@ __all__ = [
     "address_problem",
     "bundle_to_pb",
     "csn_from_pb",
+    "csn_from_wire",
     "csn_to_pb",
+    "csn_to_wire",
     "decode_token",
     "encode_token",
     "from_timestamp",
+    "instances_to_pb",
     "method_name",
     "peering_to_pb",
     "to_timestamp",
@@ -163,8 +172,7 @@ def bundle_to_pb(b: TrustBundle) -> peering_pb2.PeeringTrustBundle:
 
 
 def csn_to_pb(csn: CheckServiceNode) -> catalog_pb2.CheckServiceNode:
-    """One instance on the wire. Partition and PeerName are sent as stored (an exporter sends
-    local data, so PeerName is empty)."""
+    """One instance in the control service's layout (admin.proto), as stored."""
     return catalog_pb2.CheckServiceNode(
         Node=catalog_pb2.Node(
             Name=csn.node.name,
@@ -198,53 +206,141 @@ MAX_IMPORTED_NAME_CHARS: Final = 256
 def csn_from_pb(
     msg: catalog_pb2.CheckServiceNode, peer_name: str, partition: str
 ) -> ImportedInstance:
-    """An imported instance, stamped with the importer's ``peer_name`` and ``partition``.
+    """An instance in peerkit's control-service layout, stamped with the importer's
+    ``peer_name`` and ``partition``.
 
     Raises ValueError / TypeError (from the record constructors) for a malformed instance,
     and ValueError for a name, ID or tag with control characters or longer than
     ``MAX_IMPORTED_NAME_CHARS`` (a peer's data ends up in logs and in the operator's output)."""
     if not msg.HasField("Node") or not msg.HasField("Service"):
         raise ValueError("an exported instance needs a Node and a Service")
-    for what, value in (("node name", msg.Node.Name), ("node address", msg.Node.Address),
-                        ("service ID", msg.Service.ID), ("service name", msg.Service.Name),
-                        *(("tag", t) for t in msg.Service.Tags),
-                        *(("check ID", c.CheckID) for c in msg.Checks),
-                        *(("check name", c.Name) for c in msg.Checks)):
+    return _imported_instance(
+        node_name=msg.Node.Name,
+        address=msg.Node.Address,
+        service_id=msg.Service.ID,
+        service_name=msg.Service.Name,
+        port=msg.Service.Port,
+        tags=tuple(msg.Service.Tags),
+        checks=[(c.CheckID, c.Name, c.Status, c.ServiceID) for c in msg.Checks],
+        peer_name=peer_name,
+        partition=partition,
+    )
+
+
+def _imported_instance(
+    *,
+    node_name: str,
+    address: str,
+    service_id: str,
+    service_name: str,
+    port: int,
+    tags: tuple[str, ...],
+    checks: list[tuple[str, str, str, str]],
+    peer_name: str,
+    partition: str,
+) -> ImportedInstance:
+    """Validate a received instance and build its records; checks are (ID, name, status,
+    service ID). The bounds apply to both wire forms alike."""
+    for what, value in (("node name", node_name), ("node address", address),
+                        ("service ID", service_id), ("service name", service_name),
+                        *(("tag", t) for t in tags),
+                        *(("check ID", c[0]) for c in checks),
+                        *(("check name", c[1]) for c in checks)):
         if len(value) > MAX_IMPORTED_NAME_CHARS or not value.isprintable():
             raise ValueError(f"the {what} {value[:80]!r} is not valid: at most "
                              f"{MAX_IMPORTED_NAME_CHARS} printable characters")
-    node = Node(
-        name=msg.Node.Name,
-        address=msg.Node.Address,
-        partition=partition,
-        peer_name=peer_name,
-    )
+    node = Node(name=node_name, address=address, partition=partition, peer_name=peer_name)
     service = Service(
-        id=msg.Service.ID,
-        name=msg.Service.Name,
-        port=msg.Service.Port,
-        tags=tuple(msg.Service.Tags),
+        id=service_id,
+        name=service_name,
+        port=port,
+        tags=tags,
         node=node.name,
         partition=partition,
         peer_name=peer_name,
     )
-    checks = [
+    records = [
         Check(
-            check_id=c.CheckID,
-            name=c.Name,
-            status=c.Status,
-            service_id=c.ServiceID,
+            check_id=check_id,
+            name=name,
+            status=status,
+            service_id=check_service_id,
             node=node.name,
             partition=partition,
             peer_name=peer_name,
         )
-        for c in msg.Checks
+        for check_id, name, status, check_service_id in checks
     ]
-    return (node, service, checks)
+    return (node, service, records)
+
+
+# The peer stream's form: Consul's pbservice layout (service.proto). The store's fields map one
+# to one onto upstream's: Node.name -> Node.Node, Service.id -> NodeService.ID,
+# Service.name -> NodeService.Service, Check.node -> HealthCheck.Node, and so on.
+
+
+def csn_to_wire(csn: CheckServiceNode) -> service_pb2.CheckServiceNode:
+    """One exported instance as a Consul server reads it: an ordinary service (Kind empty), no
+    node ID (peerkit has none), PeerName empty (an exporter sends local data). Each check names
+    its node, and a service check its service's name too, as Consul's catalog fills them."""
+    return service_pb2.CheckServiceNode(
+        Node=service_pb2.Node(
+            Node=csn.node.name,
+            Address=csn.node.address,
+            Partition=csn.node.partition,
+            PeerName=csn.node.peer_name,
+        ),
+        Service=service_pb2.NodeService(
+            ID=csn.service.id,
+            Service=csn.service.name,
+            Port=csn.service.port,
+            Tags=list(csn.service.tags),
+            PeerName=csn.service.peer_name,
+        ),
+        Checks=[
+            service_pb2.HealthCheck(
+                Node=csn.node.name,
+                CheckID=c.check_id,
+                Name=c.name,
+                Status=c.status,
+                ServiceID=c.service_id,
+                ServiceName=csn.service.name if c.service_id else "",
+                PeerName=c.peer_name,
+            )
+            for c in csn.checks
+        ],
+    )
+
+
+def csn_from_wire(
+    msg: service_pb2.CheckServiceNode, peer_name: str, partition: str
+) -> ImportedInstance:
+    """An instance a peer exported (Consul's layout), stamped with the importer's
+    ``peer_name`` and ``partition`` as upstream's importer does.
+
+    ``NodeService.Kind`` is accepted whatever it holds and not kept: peerkit's catalog has no
+    service kinds, and refusing a kind would NACK a Consul peer's proxies and gateways. Node.ID
+    is ignored (nodes are keyed by name, as upstream's importer keys them). Raises ValueError /
+    TypeError as ``csn_from_pb`` does."""
+    if not msg.HasField("Node") or not msg.HasField("Service"):
+        raise ValueError("an exported instance needs a Node and a Service")
+    return _imported_instance(
+        node_name=msg.Node.Node,
+        address=msg.Node.Address,
+        service_id=msg.Service.ID,
+        service_name=msg.Service.Service,
+        port=msg.Service.Port,
+        tags=tuple(msg.Service.Tags),
+        checks=[(c.CheckID, c.Name, c.Status, c.ServiceID) for c in msg.Checks],
+        peer_name=peer_name,
+        partition=partition,
+    )
 
 
 def instances_to_pb(instances: Sequence[CheckServiceNode]) -> peerstream_pb2.ExportedService:
-    return peerstream_pb2.ExportedService(Nodes=[csn_to_pb(c) for c in instances])
+    """The payload of an exported-service Response: every instance in Consul's layout; an
+    empty list says the service has no exported instances any more."""
+    return peerstream_pb2.ExportedService(Nodes=[csn_to_wire(c) for c in instances])
 
 
 # --------------------------------------------------------------------------------------------

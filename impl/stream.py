@@ -52,7 +52,7 @@ from peerkit.proto.resources import (
     TYPE_URL_PEERING_TRUST_BUNDLE,
 )
 
-from .codec import csn_from_pb, instances_to_pb
+from .codec import csn_from_wire, instances_to_pb
 from .logs import EventLog
 from .store import (
     CATALOG,
@@ -115,9 +115,9 @@ def _unpack(resource: any_pb2.Any, into: Message) -> None:
 HEARTBEAT_INTERVAL: Final = 15.0  # seconds between Heartbeats sent (#13806)
 HEARTBEAT_TIMEOUT: Final = 120.0  # seconds without any message before giving up
 
+# The stream speaks Consul's released (1.14 and later) layout, specs/wire.md: every Response is
+# an UPSERT; a service with no instances left is an UPSERT with an empty ExportedService.
 OP_UPSERT: Final = peerstream_pb2.OPERATION_UPSERT
-OP_DELETE: Final = peerstream_pb2.OPERATION_DELETE
-_SERVICE_OPS: Final = {OP_UPSERT, OP_DELETE}
 
 # Ending reasons
 TERMINATED_RECEIVED: Final = "terminated-received"  # nil: the peer deleted the peering
@@ -539,23 +539,19 @@ class StreamSession:
             msg = f"received response for unknown resource type {_go_quote(url)}"
             return _Reply(StatusCode.INVALID_ARGUMENT.value, msg, msg)
         op = resp.operation
-        if op not in _SERVICE_OPS:
+        if op != OP_UPSERT:
             known = peerstream_pb2.Operation.DESCRIPTOR.values_by_number.get(op)
             msg = (f"unsupported operation: {_go_quote(known.name)}" if known is not None
                    else f"unsupported operation: {op}")
             return _Reply(StatusCode.INVALID_ARGUMENT.value, msg, msg)
-        if op == OP_UPSERT and not resp.HasField("Resource"):
+        if not resp.HasField("Resource"):
             msg = "received upsert response with no content"
             return _Reply(StatusCode.INVALID_ARGUMENT.value, msg, msg)
-        verb = "upsert" if op == OP_UPSERT else "delete"
         try:
-            if op == OP_UPSERT:
-                self._upsert(url, rid, resp.Resource)
-            else:
-                self._delete(url, rid)
+            self._upsert(url, rid, resp.Resource)
         except (StoreError, StoreFailure, ValueError, TypeError) as exc:
             text = exc.message if isinstance(exc, StoreError) else str(exc)
-            msg = (f"{verb} error, ResourceURL: {_go_quote(url)}, "
+            msg = (f"upsert error, ResourceURL: {_go_quote(url)}, "
                    f"ResourceID: {_go_quote(rid)}: {text}")
             return _Reply(StatusCode.INTERNAL.value, msg, msg)
         return _Reply()
@@ -568,7 +564,7 @@ class StreamSession:
                 raise ValueError("a service resource needs a ResourceID (the service name)")
             exported = peerstream_pb2.ExportedService()
             _unpack(resource, exported)
-            instances = [csn_from_pb(n, peer, partition) for n in exported.Nodes]
+            instances = [csn_from_wire(n, peer, partition) for n in exported.Nodes]
             if instances:
                 store.import_service_nodes(peer, partition, rid, instances)
             else:
@@ -592,13 +588,6 @@ class StreamSession:
                 root_pems=tuple(bundle.RootPEMs),
             )
         )
-
-    def _delete(self, url: str, rid: str) -> None:
-        if url != TYPE_URL_EXPORTED_SERVICE:
-            raise ValueError(f"unexpected resourceURL: {url}")
-        if not rid:
-            raise ValueError("a service resource needs a ResourceID (the service name)")
-        self.env.store.import_delete_service(self.params.peer_name, self.params.partition, rid)
 
     # ---- outbound: the subscription manager ------------------------------------------------
 
@@ -671,14 +660,16 @@ class StreamSession:
                 self._sent.pop(service, None)
             else:
                 self._sent[service] = new
+            # no instances left: an UPSERT of an empty list, which Consul's importer (and
+            # peerkit's) treats as the service's removal (upstream replication.go,
+            # makeServiceResponse and handleUpdateService)
             response = ReplicationMessage.Response(
                 Nonce=self._next_nonce(),
                 ResourceURL=TYPE_URL_EXPORTED_SERVICE,
                 ResourceID=service,
-                operation=OP_DELETE if new is None else OP_UPSERT,
+                operation=OP_UPSERT,
             )
-            if new is not None:
-                response.Resource.Pack(instances_to_pb(new))
+            response.Resource.Pack(instances_to_pb(new or ()))
             await self._send(ReplicationMessage(response=response),
                              "delete" if new is None else "upsert", service=service)
 

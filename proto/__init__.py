@@ -9,16 +9,20 @@ Installed as ``peerkit.proto`` (the folder is ``proto/`` in the repository). The
 ``peerstream.proto``  package ``hashicorp.consul.internal.peerstream``:
                       ``PeerStreamService`` (StreamResources, ExchangeSecret),
                       ``ReplicationMessage``, ``Operation``, ``ExportedService``.
+``service.proto``     package ``hashicorp.consul.internal.service``: the subset of Consul's
+                      pbservice (``CheckServiceNode``, ``Node``, ``NodeService``,
+                      ``HealthCheck``) that carries exported services to a peer.
 ``status.proto``      package ``hashicorp.consul.internal.status``: ``Status``, the NACK error
                       (google.rpc.Status numbering).
-``catalog.proto``     package ``peerkit.catalog``: peerkit's small stand-in for Consul's
-                      catalog protos (``Node``, ``Service``, ``HealthCheck``,
+``catalog.proto``     package ``peerkit.catalog``: peerkit's own small catalog messages, for
+                      the control service only (``Node``, ``Service``, ``HealthCheck``,
                       ``CheckServiceNode``).
 ``admin.proto``       package ``peerkit.admin``: ``AdminService``, peerkit's own API for
                       registering and exporting services and reading a server's state.
 
 Field numbers follow Consul's released layout where upstream has the message, and are
-peerkit's own elsewhere; ``proto/README.md`` lists which is which.
+peerkit's own elsewhere; ``proto/README.md`` lists which is which. Everything that crosses the
+peer stream is pinned to upstream's own .proto text (``proto/upstream/``, not installed).
 
 For each ``X.proto`` the generated modules are ``peerkit.proto.X_pb2`` (messages) and
 ``peerkit.proto.X_pb2_grpc`` (stubs and servicers), each with a ``.pyi`` stub from

@@ -23,20 +23,20 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
-from . import catalog_pb2 as catalog__pb2
 from . import peering_pb2 as peering__pb2
+from . import service_pb2 as service__pb2
 from . import status_pb2 as status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10peerstream.proto\x12$hashicorp.consul.internal.peerstream\x1a\x19google/protobuf/any.proto\x1a\rcatalog.proto\x1a\rpeering.proto\x1a\x0cstatus.proto\"\x90\x07\n\x12ReplicationMessage\x12M\n\x04open\x18\x01 \x01(\x0b\x32=.hashicorp.consul.internal.peerstream.ReplicationMessage.OpenH\x00\x12S\n\x07request\x18\x02 \x01(\x0b\x32@.hashicorp.consul.internal.peerstream.ReplicationMessage.RequestH\x00\x12U\n\x08response\x18\x03 \x01(\x0b\x32\x41.hashicorp.consul.internal.peerstream.ReplicationMessage.ResponseH\x00\x12Y\n\nterminated\x18\x04 \x01(\x0b\x32\x43.hashicorp.consul.internal.peerstream.ReplicationMessage.TerminatedH\x00\x12W\n\theartbeat\x18\x05 \x01(\x0b\x32\x42.hashicorp.consul.internal.peerstream.ReplicationMessage.HeartbeatH\x00\x1am\n\x04Open\x12\x0e\n\x06PeerID\x18\x01 \x01(\t\x12\x16\n\x0eStreamSecretID\x18\x02 \x01(\t\x12=\n\x06Remote\x18\x03 \x01(\x0b\x32-.hashicorp.consul.internal.peering.RemoteInfo\x1a\x84\x01\n\x07Request\x12\x0e\n\x06PeerID\x18\x01 \x01(\t\x12\x15\n\rResponseNonce\x18\x02 \x01(\t\x12\x13\n\x0bResourceURL\x18\x03 \x01(\t\x12\x37\n\x05\x45rror\x18\x05 \x01(\x0b\x32(.hashicorp.consul.internal.status.StatusJ\x04\x08\x04\x10\x05\x1a\xae\x01\n\x08Response\x12\r\n\x05Nonce\x18\x01 \x01(\t\x12\x13\n\x0bResourceURL\x18\x02 \x01(\t\x12\x12\n\nResourceID\x18\x03 \x01(\t\x12&\n\x08Resource\x18\x04 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x42\n\toperation\x18\x05 \x01(\x0e\x32/.hashicorp.consul.internal.peerstream.Operation\x1a\x0c\n\nTerminated\x1a\x0b\n\tHeartbeatB\t\n\x07Payload\" \n\rLeaderAddress\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"C\n\x0f\x45xportedService\x12\x30\n\x05Nodes\x18\x01 \x03(\x0b\x32!.peerkit.catalog.CheckServiceNode\"\'\n\x13\x45xportedServiceList\x12\x10\n\x08Services\x18\x01 \x03(\t\"D\n\x15\x45xchangeSecretRequest\x12\x0e\n\x06PeerID\x18\x01 \x01(\t\x12\x1b\n\x13\x45stablishmentSecret\x18\x02 \x01(\t\".\n\x16\x45xchangeSecretResponse\x12\x14\n\x0cStreamSecret\x18\x01 \x01(\t*R\n\tOperation\x12\x19\n\x15OPERATION_UNSPECIFIED\x10\x00\x12\x14\n\x10OPERATION_UPSERT\x10\x01\x12\x14\n\x10OPERATION_DELETE\x10\x02\x32\xad\x02\n\x11PeerStreamService\x12\x89\x01\n\x0fStreamResources\x12\x38.hashicorp.consul.internal.peerstream.ReplicationMessage\x1a\x38.hashicorp.consul.internal.peerstream.ReplicationMessage(\x01\x30\x01\x12\x8b\x01\n\x0e\x45xchangeSecret\x12;.hashicorp.consul.internal.peerstream.ExchangeSecretRequest\x1a<.hashicorp.consul.internal.peerstream.ExchangeSecretResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10peerstream.proto\x12$hashicorp.consul.internal.peerstream\x1a\x19google/protobuf/any.proto\x1a\rpeering.proto\x1a\rservice.proto\x1a\x0cstatus.proto\"\x90\x07\n\x12ReplicationMessage\x12M\n\x04open\x18\x01 \x01(\x0b\x32=.hashicorp.consul.internal.peerstream.ReplicationMessage.OpenH\x00\x12S\n\x07request\x18\x02 \x01(\x0b\x32@.hashicorp.consul.internal.peerstream.ReplicationMessage.RequestH\x00\x12U\n\x08response\x18\x03 \x01(\x0b\x32\x41.hashicorp.consul.internal.peerstream.ReplicationMessage.ResponseH\x00\x12Y\n\nterminated\x18\x04 \x01(\x0b\x32\x43.hashicorp.consul.internal.peerstream.ReplicationMessage.TerminatedH\x00\x12W\n\theartbeat\x18\x05 \x01(\x0b\x32\x42.hashicorp.consul.internal.peerstream.ReplicationMessage.HeartbeatH\x00\x1am\n\x04Open\x12\x0e\n\x06PeerID\x18\x01 \x01(\t\x12\x16\n\x0eStreamSecretID\x18\x02 \x01(\t\x12=\n\x06Remote\x18\x03 \x01(\x0b\x32-.hashicorp.consul.internal.peering.RemoteInfo\x1a\x84\x01\n\x07Request\x12\x0e\n\x06PeerID\x18\x01 \x01(\t\x12\x15\n\rResponseNonce\x18\x02 \x01(\t\x12\x13\n\x0bResourceURL\x18\x03 \x01(\t\x12\x37\n\x05\x45rror\x18\x05 \x01(\x0b\x32(.hashicorp.consul.internal.status.StatusJ\x04\x08\x04\x10\x05\x1a\xae\x01\n\x08Response\x12\r\n\x05Nonce\x18\x01 \x01(\t\x12\x13\n\x0bResourceURL\x18\x02 \x01(\t\x12\x12\n\nResourceID\x18\x03 \x01(\t\x12&\n\x08Resource\x18\x04 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x42\n\toperation\x18\x05 \x01(\x0e\x32/.hashicorp.consul.internal.peerstream.Operation\x1a\x0c\n\nTerminated\x1a\x0b\n\tHeartbeatB\t\n\x07Payload\" \n\rLeaderAddress\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"U\n\x0f\x45xportedService\x12\x42\n\x05Nodes\x18\x01 \x03(\x0b\x32\x33.hashicorp.consul.internal.service.CheckServiceNode\"\'\n\x13\x45xportedServiceList\x12\x10\n\x08Services\x18\x01 \x03(\t\"D\n\x15\x45xchangeSecretRequest\x12\x0e\n\x06PeerID\x18\x01 \x01(\t\x12\x1b\n\x13\x45stablishmentSecret\x18\x02 \x01(\t\".\n\x16\x45xchangeSecretResponse\x12\x14\n\x0cStreamSecret\x18\x01 \x01(\t*<\n\tOperation\x12\x19\n\x15OPERATION_UNSPECIFIED\x10\x00\x12\x14\n\x10OPERATION_UPSERT\x10\x01\x32\xad\x02\n\x11PeerStreamService\x12\x89\x01\n\x0fStreamResources\x12\x38.hashicorp.consul.internal.peerstream.ReplicationMessage\x1a\x38.hashicorp.consul.internal.peerstream.ReplicationMessage(\x01\x30\x01\x12\x8b\x01\n\x0e\x45xchangeSecret\x12;.hashicorp.consul.internal.peerstream.ExchangeSecretRequest\x1a<.hashicorp.consul.internal.peerstream.ExchangeSecretResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'peerstream_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OPERATION']._serialized_start=1306
-  _globals['_OPERATION']._serialized_end=1388
+  _globals['_OPERATION']._serialized_start=1324
+  _globals['_OPERATION']._serialized_end=1384
   _globals['_REPLICATIONMESSAGE']._serialized_start=130
   _globals['_REPLICATIONMESSAGE']._serialized_end=1042
   _globals['_REPLICATIONMESSAGE_OPEN']._serialized_start=583
@@ -52,13 +52,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LEADERADDRESS']._serialized_start=1044
   _globals['_LEADERADDRESS']._serialized_end=1076
   _globals['_EXPORTEDSERVICE']._serialized_start=1078
-  _globals['_EXPORTEDSERVICE']._serialized_end=1145
-  _globals['_EXPORTEDSERVICELIST']._serialized_start=1147
-  _globals['_EXPORTEDSERVICELIST']._serialized_end=1186
-  _globals['_EXCHANGESECRETREQUEST']._serialized_start=1188
-  _globals['_EXCHANGESECRETREQUEST']._serialized_end=1256
-  _globals['_EXCHANGESECRETRESPONSE']._serialized_start=1258
-  _globals['_EXCHANGESECRETRESPONSE']._serialized_end=1304
-  _globals['_PEERSTREAMSERVICE']._serialized_start=1391
-  _globals['_PEERSTREAMSERVICE']._serialized_end=1692
+  _globals['_EXPORTEDSERVICE']._serialized_end=1163
+  _globals['_EXPORTEDSERVICELIST']._serialized_start=1165
+  _globals['_EXPORTEDSERVICELIST']._serialized_end=1204
+  _globals['_EXCHANGESECRETREQUEST']._serialized_start=1206
+  _globals['_EXCHANGESECRETREQUEST']._serialized_end=1274
+  _globals['_EXCHANGESECRETRESPONSE']._serialized_start=1276
+  _globals['_EXCHANGESECRETRESPONSE']._serialized_end=1322
+  _globals['_PEERSTREAMSERVICE']._serialized_start=1387
+  _globals['_PEERSTREAMSERVICE']._serialized_end=1688
 # @@protoc_insertion_point(module_scope)

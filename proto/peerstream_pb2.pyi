@@ -9,21 +9,25 @@ Open handshake both sides subscribe (Request), push exported data (Response), AC
 Response (Request echoing its nonce), send Heartbeats, and end a deleted peering with
 Terminated followed by CloseSend + drain on both sides.
 
-Where it follows upstream: the package, service, RPC, message names, CamelCase field names
-and field numbers follow the released layout of Consul's proto/pbpeerstream/peerstream.proto
-(late 2022), as recorded in peering-protocol.md §6.3 (peerkit decision (b)).
+Where it follows upstream: everything on the wire. The package, service, RPCs, message
+names, field names, field numbers, types and enum values are those of Consul's
+proto/pbpeerstream/peerstream.proto as released from Consul 1.14 on (copy in
+proto/upstream/pbpeerstream/, pinned by tests/test_wire_pin.py; the choice of release is in
+specs/wire.md). ExportedService.Nodes holds Consul's
+hashicorp.consul.internal.service.CheckServiceNode (service.proto), so a Consul server reads
+peerkit's services and peerkit reads Consul's.
 
-Where it is peerkit's own:
-  - Operation has OPERATION_DELETE = 2 (see the enum);
-  - ExportedService.Nodes uses peerkit.catalog.CheckServiceNode instead of Consul's
-    pbservice.CheckServiceNode (see catalog.proto);
-  - Status in Request.Error uses google.rpc.Status numbering (see status.proto).
+Where it is peerkit's own: nothing on the wire. Request reserves 4 (the seed-era Error);
+upstream leaves it unused without reserving it, which encodes the same.
 
 Resource type URLs (Response.ResourceURL and Request.ResourceURL; also in resources.py).
 Each is the type URL that google.protobuf.Any.Pack gives the payload message:
   services:     type.googleapis.com/hashicorp.consul.internal.peerstream.ExportedService
-                ResourceID = the service name; payload ExportedService (UPSERT), or no
-                payload (DELETE) when the service has no exported instances any more.
+                ResourceID = the service name; payload ExportedService (UPSERT). A service
+                with no exported instances any more is an UPSERT with no Nodes: Consul 1.14
+                removed OPERATION_DELETE and its importer deletes on an empty list.
+  service list: type.googleapis.com/hashicorp.consul.internal.peerstream.ExportedServiceList
+                ResourceID = "exported-service-list"; payload ExportedServiceList (UPSERT).
   trust bundle: type.googleapis.com/hashicorp.consul.internal.peering.PeeringTrustBundle
                 payload hashicorp.consul.internal.peering.PeeringTrustBundle (UPSERT).
 """
@@ -35,8 +39,8 @@ from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
-from . import catalog_pb2 as _catalog_pb2
 from . import peering_pb2 as _peering_pb2
+from . import service_pb2 as _service_pb2
 from . import status_pb2 as _status_pb2
 import sys
 import typing as _typing
@@ -56,24 +60,15 @@ class _OperationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Operation.V
     DESCRIPTOR: _descriptor.EnumDescriptor
     OPERATION_UNSPECIFIED: _Operation.ValueType  # 0
     OPERATION_UPSERT: _Operation.ValueType  # 1
-    OPERATION_DELETE: _Operation.ValueType  # 2
-    """OPERATION_DELETE is peerkit's own. The seed-era nested enum had DELETE = 2 and the
-    released enum dropped it (reference §6.4). peerkit keeps it, with the seed's number, so an
-    exporter can say "this service has no instances any more" (de-registered, un-exported or
-    transiently empty) and the importer removes what it imported for it.
-    """
 
 class Operation(_Operation, metaclass=_OperationEnumTypeWrapper):
-    """Operation is what a Response does to its resource."""
+    """Operation is what a Response does to its resource. Upstream's released enum has UPSERT only
+    (the seed's DELETE = 2 was removed in Consul 1.14, whose importer NACKs it as
+    "unsupported operation: 2"); peerkit's has the same two values.
+    """
 
 OPERATION_UNSPECIFIED: Operation.ValueType  # 0
 OPERATION_UPSERT: Operation.ValueType  # 1
-OPERATION_DELETE: Operation.ValueType  # 2
-"""OPERATION_DELETE is peerkit's own. The seed-era nested enum had DELETE = 2 and the
-released enum dropped it (reference §6.4). peerkit keeps it, with the seed's number, so an
-exporter can say "this service has no instances any more" (de-registered, un-exported or
-transiently empty) and the importer removes what it imported for it.
-"""
 Global___Operation: _TypeAlias = Operation  # noqa: Y015
 
 @_typing.final
@@ -161,7 +156,7 @@ class ReplicationMessage(_message.Message):
         operation: Global___Operation.ValueType
         @_builtins.property
         def Resource(self) -> _any_pb2.Any:
-            """Resource is the payload; unset for OPERATION_DELETE."""
+            """Resource is the payload (always set: every Response is an UPSERT)."""
 
         def __init__(
             self,
@@ -273,18 +268,19 @@ Global___LeaderAddress: _TypeAlias = LeaderAddress  # noqa: Y015
 @_typing.final
 class ExportedService(_message.Message):
     """ExportedService is the payload of a service resource: the exported instances of one
-    service, each with its node and checks.
+    service, each with its node and checks. No Nodes: the service has no exported instances
+    any more, and the importer removes what it imported for it.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NODES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def Nodes(self) -> _containers.RepeatedCompositeFieldContainer[_catalog_pb2.CheckServiceNode]: ...
+    def Nodes(self) -> _containers.RepeatedCompositeFieldContainer[_service_pb2.CheckServiceNode]: ...
     def __init__(
         self,
         *,
-        Nodes: _abc.Iterable[_catalog_pb2.CheckServiceNode] | None = ...,
+        Nodes: _abc.Iterable[_service_pb2.CheckServiceNode] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

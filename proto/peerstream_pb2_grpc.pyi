@@ -9,21 +9,25 @@ Open handshake both sides subscribe (Request), push exported data (Response), AC
 Response (Request echoing its nonce), send Heartbeats, and end a deleted peering with
 Terminated followed by CloseSend + drain on both sides.
 
-Where it follows upstream: the package, service, RPC, message names, CamelCase field names
-and field numbers follow the released layout of Consul's proto/pbpeerstream/peerstream.proto
-(late 2022), as recorded in peering-protocol.md §6.3 (peerkit decision (b)).
+Where it follows upstream: everything on the wire. The package, service, RPCs, message
+names, field names, field numbers, types and enum values are those of Consul's
+proto/pbpeerstream/peerstream.proto as released from Consul 1.14 on (copy in
+proto/upstream/pbpeerstream/, pinned by tests/test_wire_pin.py; the choice of release is in
+specs/wire.md). ExportedService.Nodes holds Consul's
+hashicorp.consul.internal.service.CheckServiceNode (service.proto), so a Consul server reads
+peerkit's services and peerkit reads Consul's.
 
-Where it is peerkit's own:
-  - Operation has OPERATION_DELETE = 2 (see the enum);
-  - ExportedService.Nodes uses peerkit.catalog.CheckServiceNode instead of Consul's
-    pbservice.CheckServiceNode (see catalog.proto);
-  - Status in Request.Error uses google.rpc.Status numbering (see status.proto).
+Where it is peerkit's own: nothing on the wire. Request reserves 4 (the seed-era Error);
+upstream leaves it unused without reserving it, which encodes the same.
 
 Resource type URLs (Response.ResourceURL and Request.ResourceURL; also in resources.py).
 Each is the type URL that google.protobuf.Any.Pack gives the payload message:
   services:     type.googleapis.com/hashicorp.consul.internal.peerstream.ExportedService
-                ResourceID = the service name; payload ExportedService (UPSERT), or no
-                payload (DELETE) when the service has no exported instances any more.
+                ResourceID = the service name; payload ExportedService (UPSERT). A service
+                with no exported instances any more is an UPSERT with no Nodes: Consul 1.14
+                removed OPERATION_DELETE and its importer deletes on an empty list.
+  service list: type.googleapis.com/hashicorp.consul.internal.peerstream.ExportedServiceList
+                ResourceID = "exported-service-list"; payload ExportedServiceList (UPSERT).
   trust bundle: type.googleapis.com/hashicorp.consul.internal.peering.PeeringTrustBundle
                 payload hashicorp.consul.internal.peering.PeeringTrustBundle (UPSERT).
 """

@@ -15,8 +15,8 @@ from __future__ import annotations
 TYPE_URL_PREFIX = "type.googleapis.com/"
 
 #: Services exported to the peer. ResourceID is the service name. The payload is a
-#: ``hashicorp.consul.internal.peerstream.ExportedService`` (OPERATION_UPSERT), or none
-#: (OPERATION_DELETE, peerkit's own) when the service has no exported instances any more.
+#: ``hashicorp.consul.internal.peerstream.ExportedService`` (OPERATION_UPSERT), with no Nodes
+#: when the service has no exported instances any more (Consul 1.14 and later: specs/wire.md).
 TYPE_URL_EXPORTED_SERVICE = (
     "type.googleapis.com/hashicorp.consul.internal.peerstream.ExportedService"
 )
@@ -28,8 +28,10 @@ TYPE_URL_EXPORTED_SERVICE_LIST = (
     "type.googleapis.com/hashicorp.consul.internal.peerstream.ExportedServiceList"
 )
 
-#: ResourceID of the exported-service list: there is one list per stream direction.
-EXPORTED_SERVICE_LIST_RESOURCE_ID = "exported-services"
+#: ResourceID of the exported-service list: there is one list per stream direction. The value is
+#: upstream's (``subExportedServiceList`` in
+#: agent/grpc-external/services/peerstream/subscription_manager.go); importers do not read it.
+EXPORTED_SERVICE_LIST_RESOURCE_ID = "exported-service-list"
 
 #: The exporter's CA roots. The payload is a
 #: ``hashicorp.consul.internal.peering.PeeringTrustBundle`` carrying TrustDomain and RootPEMs;

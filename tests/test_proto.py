@@ -1,9 +1,10 @@
 """The wire format in proto/: generated code is current, layout matches the reference.
 
 Field numbers and enum values are read from the generated descriptors and compared with
-peering-protocol.md §6 (released layout, decision (b)); peerkit's own numbers (RemoteInfo,
-OPERATION_DELETE, catalog.proto, admin.proto) are pinned too, because changing any of them
-breaks the wire.
+peering-protocol.md §6 (released layout, decision (b)); peerkit's own numbers (catalog.proto,
+admin.proto) are pinned too, because changing any of them breaks the control service. What
+crosses the peer stream is also compared with upstream's own .proto text in
+tests/test_wire_pin.py.
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ from peerkit.proto import (  # type: ignore[import-not-found,unused-ignore]
     peerstream_pb2,
     peerstream_pb2_grpc,
     resources,
+    service_pb2,
     status_pb2,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 PROTO_DIR = REPO / "proto"
-PROTO_STEMS = ("admin", "catalog", "peering", "peerstream", "status")
+PROTO_STEMS = ("admin", "catalog", "peering", "peerstream", "service", "status")
 
 
 def field_numbers(message: Any) -> dict[str, int]:
@@ -162,12 +164,13 @@ RM = peerstream_pb2.ReplicationMessage
 def _exported_service() -> Any:
     return peerstream_pb2.ExportedService(
         Nodes=[
-            catalog_pb2.CheckServiceNode(
-                Node=catalog_pb2.Node(Name="node-a", Address="10.0.0.1", Partition="default"),
-                Service=catalog_pb2.Service(ID="web-1", Name="web", Port=8080, Tags=["v1"]),
+            service_pb2.CheckServiceNode(
+                Node=service_pb2.Node(Node="node-a", Address="10.0.0.1", Partition="default"),
+                Service=service_pb2.NodeService(ID="web-1", Service="web", Port=8080, Tags=["v1"]),
                 Checks=[
-                    catalog_pb2.HealthCheck(
-                        CheckID="service:web-1", Name="web", Status="passing", ServiceID="web-1"
+                    service_pb2.HealthCheck(
+                        Node="node-a", CheckID="service:web-1", Name="web", Status="passing",
+                        ServiceID="web-1", ServiceName="web",
                     )
                 ],
             )
@@ -228,24 +231,26 @@ def test_empty_payloads_still_select_their_oneof_case() -> None:
     assert RM.FromString(b"").WhichOneof("Payload") is None
 
 
-def test_response_resource_unpacks_and_delete_has_no_resource() -> None:
+def test_response_resource_unpacks_and_a_removal_is_an_empty_upsert() -> None:
     response = RM.FromString(_messages()["response"].SerializeToString()).response
     assert response.Resource.type_url == response.ResourceURL
     unpacked = peerstream_pb2.ExportedService()
     assert response.Resource.Unpack(unpacked)
     assert unpacked == _exported_service()
 
-    delete = RM(
+    removal = RM(
         response=RM.Response(
             Nonce="00000002",
             ResourceURL=resources.TYPE_URL_EXPORTED_SERVICE,
             ResourceID="web",
-            operation=peerstream_pb2.OPERATION_DELETE,
+            operation=peerstream_pb2.OPERATION_UPSERT,
         )
     )
-    decoded = RM.FromString(delete.SerializeToString()).response
-    assert decoded.operation == peerstream_pb2.OPERATION_DELETE
-    assert not decoded.HasField("Resource")
+    removal.response.Resource.Pack(peerstream_pb2.ExportedService())
+    decoded = RM.FromString(removal.SerializeToString()).response
+    assert decoded.operation == peerstream_pb2.OPERATION_UPSERT
+    emptied = peerstream_pb2.ExportedService()
+    assert decoded.Resource.Unpack(emptied) and list(emptied.Nodes) == []
 
 
 def test_peering_round_trip_with_deleted_at() -> None:
@@ -277,9 +282,10 @@ def test_packages() -> None:
     assert peering_pb2.DESCRIPTOR.package == "hashicorp.consul.internal.peering"
     assert peerstream_pb2.DESCRIPTOR.package == "hashicorp.consul.internal.peerstream"
     assert status_pb2.DESCRIPTOR.package == "hashicorp.consul.internal.status"
+    assert service_pb2.DESCRIPTOR.package == "hashicorp.consul.internal.service"
     assert catalog_pb2.DESCRIPTOR.package == "peerkit.catalog"
     assert admin_pb2.DESCRIPTOR.package == "peerkit.admin"
-    for module in (peering_pb2, peerstream_pb2, status_pb2, catalog_pb2, admin_pb2):
+    for module in (peering_pb2, peerstream_pb2, service_pb2, status_pb2, catalog_pb2, admin_pb2):
         file_proto = descriptor_pb2.FileDescriptorProto()
         module.DESCRIPTOR.CopyToProto(file_proto)
         assert file_proto.syntax == "proto3"
@@ -424,7 +430,6 @@ def test_peerstream_other_messages() -> None:
     assert enum_values(peerstream_pb2.Operation.DESCRIPTOR) == {
         "OPERATION_UNSPECIFIED": 0,
         "OPERATION_UPSERT": 1,
-        "OPERATION_DELETE": 2,  # peerkit's own (reference §6.4)
     }
     assert field_numbers(peerstream_pb2.LeaderAddress) == {"address": 1}
     assert field_numbers(peerstream_pb2.ExportedService) == {"Nodes": 1}

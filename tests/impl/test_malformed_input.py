@@ -42,7 +42,7 @@ from peerkit.impl.transport import (
     identity,
 )
 from peerkit.impl.transport.grpc_bridge import GrpcTransport
-from peerkit.proto import catalog_pb2, peerstream_pb2
+from peerkit.proto import peerstream_pb2, service_pb2
 from peerkit.proto.resources import TYPE_URL_EXPORTED_SERVICE
 
 RM = peerstream_pb2.ReplicationMessage
@@ -252,9 +252,9 @@ async def test_undecodable_resource_payload_is_nacked_and_the_stream_goes_on(
     # the stream is still up: a good Response is applied and ACKed
     good = RM.Response(Nonce="good", ResourceURL=TYPE_URL_EXPORTED_SERVICE, ResourceID="web",
                        operation=peerstream_pb2.OPERATION_UPSERT)
-    good.Resource.Pack(peerstream_pb2.ExportedService(Nodes=[catalog_pb2.CheckServiceNode(
-        Node=catalog_pb2.Node(Name="n9", Address="10.0.0.9"),
-        Service=catalog_pb2.Service(ID="web-1", Name="web", Port=80))]))
+    good.Resource.Pack(peerstream_pb2.ExportedService(Nodes=[service_pb2.CheckServiceNode(
+        Node=service_pb2.Node(Node="n9", Address="10.0.0.9"),
+        Service=service_pb2.NodeService(ID="web-1", Service="web", Port=80))]))
     await stream.send(RM(response=good))
     ack = await receive_until(stream, lambda m: kind(m) == "request"
                               and m.request.ResponseNonce == "good")

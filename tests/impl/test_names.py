@@ -29,7 +29,7 @@ from peerkit.impl.testing import (
     token_and_secret,
 )
 from peerkit.impl.transport import MemoryNetwork, StatusCode, StreamFailed
-from peerkit.proto import catalog_pb2, peerstream_pb2
+from peerkit.proto import peerstream_pb2, service_pb2
 from peerkit.proto.resources import TYPE_URL_EXPORTED_SERVICE
 
 RM = peerstream_pb2.ReplicationMessage
@@ -121,13 +121,13 @@ async def test_imported_names_with_control_characters_are_nacked(
     peer_id, secret = await token_and_secret(dc1)
     stream = dc1.client.channel.open_stream(METHOD_STREAM_RESOURCES, serialize, deserialize)
     await stream.send(open_message(peer_id, secret))
-    node = catalog_pb2.Node(Name=value if field == "node" else "n1")
-    service = catalog_pb2.Service(ID="api-1", Name=value if field == "service" else "api",
-                                  Tags=[value] if field == "tag" else [])
+    node = service_pb2.Node(Node=value if field == "node" else "n1")
+    service = service_pb2.NodeService(ID="api-1", Service=value if field == "service" else "api",
+                                      Tags=[value] if field == "tag" else [])
     response = RM.Response(Nonce="7", ResourceURL=TYPE_URL_EXPORTED_SERVICE, ResourceID="api",
                            operation=peerstream_pb2.OPERATION_UPSERT)
     response.Resource.Pack(peerstream_pb2.ExportedService(
-        Nodes=[catalog_pb2.CheckServiceNode(Node=node, Service=service)]))
+        Nodes=[service_pb2.CheckServiceNode(Node=node, Service=service)]))
     await stream.send(RM(response=response))
     nack = await receive_until(stream, lambda m: kind(m) == "request"
                                and m.request.ResponseNonce == "7")
