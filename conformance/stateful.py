@@ -38,9 +38,9 @@ Requires Hypothesis (a test dependency). May import: the standard library, trio,
 from __future__ import annotations
 
 import itertools
-from dataclasses import replace
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from typing import ClassVar, TypeVar
 
 import trio
