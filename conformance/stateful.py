@@ -29,7 +29,13 @@ What the driver cannot do (and why), beyond what ``abstraction`` leaves out:
 * no heartbeat timeouts: the servers' timeout is set beyond any example's virtual time (the
   configuration has ``heartbeat_faults`` off), heartbeats go every 100 s;
 * resets always overtake what is in flight (``MemoryCall.reset``); the model also allows a
-  reset delivered after the queued messages, which the in-memory network cannot produce.
+  reset delivered after the queued messages, which the in-memory network cannot produce;
+* no store-write failures (the model's ``HandlerWriteFails`` / ``RoutineWriteFails``, config
+  ``write_faults``): the memory store has no hook to fail one chosen write of one handler.
+
+A Python gRPC server's view of a client cancel (first an end-of-stream, then the cancel) *is*
+driven: ``setup`` draws ``eof_first`` for the in-memory network, and the model runs with
+``python_server_eof_first`` to match.
 
 Requires Hypothesis (a test dependency). May import: the standard library, trio, hypothesis,
 ``peerkit.model``, ``peerkit.impl`` and this package.
