@@ -21,6 +21,15 @@ STEPS: Final = 20
 _SUPPRESS: Final = (HealthCheck.too_slow, HealthCheck.filter_too_much)
 
 
+#: environment variable choosing the store backend of the bug-free run: "memory" (default) or
+#: "sqlite" (the store code ``peerkit serve`` runs; about half the speed)
+STORE_ENV: Final = "PEERKIT_CONFORMANCE_STORE"
+
+
+def store_backend(environ: Mapping[str, str] = os.environ) -> str:
+    return environ.get(STORE_ENV, "") or "memory"
+
+
 #: environment variable naming the example database directory (default: Hypothesis's own,
 #: ``.hypothesis/examples`` under the working directory)
 DATABASE_ENV: Final = "PEERKIT_HYPOTHESIS_DB"

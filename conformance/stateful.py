@@ -1,7 +1,7 @@
 """Hypothesis stateful conformance: the trio implementation, held to the model step by step.
 
-One job: a plain ``RuleBasedStateMachine`` that drives two real ``PeeringServer``s (memory store,
-in-memory network, virtual time) inside one persistent trio guest run per example
+One job: a plain ``RuleBasedStateMachine`` that drives two real ``PeeringServer``s (memory or
+SQLite store, in-memory network, virtual time) inside one persistent trio guest run per example
 (``guest.GuestRun``), and after every rule checks the implementation's abstracted state against
 the set of model states consistent with everything observed so far (``candidates.Candidates``).
 
@@ -44,6 +44,8 @@ Requires Hypothesis (a test dependency). May import: the standard library, trio,
 from __future__ import annotations
 
 import itertools
+import os
+import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import replace
@@ -55,7 +57,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 from peerkit.impl.codec import METHOD_STREAM_RESOURCES
-from peerkit.impl.store import MemoryStore
+from peerkit.impl.store import MemoryStore, SqliteStore, StateStore
 from peerkit.impl.testing import Cluster as ImplCluster
 from peerkit.impl.testing import running_cluster
 from peerkit.impl.transport import MemoryCall, MemoryNetwork, TransportError
@@ -116,6 +118,9 @@ class ConformanceMachine(RuleBasedStateMachine):
     IMPL_BUGS: ClassVar[frozenset[str]] = frozenset()
     MODEL_BUGS: ClassVar[frozenset[str]] = frozenset()
     CONFIG: ClassVar[Config] = CONFORMANCE_CONFIG
+    #: the store backend the servers run on: "memory", or "sqlite" (one database file per
+    #: cluster in a temporary directory per example: the store code ``peerkit serve`` runs)
+    STORE: ClassVar[str] = "memory"
     #: edge keys covered by every example of this class (for the coverage report)
     COVERED: ClassVar[set[EdgeKey]]
     STATS: ClassVar[dict[str, int]]
@@ -231,9 +236,17 @@ class ConformanceMachine(RuleBasedStateMachine):
             ids = itertools.count(1)
             async with AsyncExitStack() as stack:
                 clusters = []
+                data = (stack.enter_context(tempfile.TemporaryDirectory(prefix="peerkit-conf-"))
+                        if self.STORE == "sqlite" else "")
                 for c in range(self.CONFIG.clusters):
                     name = cluster_name(c)
-                    store = MemoryStore(id_factory=_counter(f"{name}-id-", ids))
+                    store: StateStore
+                    if self.STORE == "sqlite":
+                        store = SqliteStore(os.path.join(data, name),
+                                            id_factory=_counter(f"{name}-id-", ids))
+                        stack.callback(store.close)
+                    else:
+                        store = MemoryStore(id_factory=_counter(f"{name}-id-", ids))
                     secrets = _counter(f"{name}-secret-", itertools.count(1))
                     cl = await stack.enter_async_context(running_cluster(
                         net, name, f"{name}:8502", store=store, bugs=self.IMPL_BUGS,
@@ -508,16 +521,23 @@ async def _now() -> float:
     return trio.current_time()
 
 
+STORES = ("memory", "sqlite")
+
+
 def machine_for(impl_bugs: Iterable[str] = (), model_bugs: Iterable[str] = (),
                 config: Config = CONFORMANCE_CONFIG,
-                final_settle: bool = True) -> type[ConformanceMachine]:
-    """A state machine class with the given bug switches (implementation / model)."""
+                final_settle: bool = True, store: str = "memory") -> type[ConformanceMachine]:
+    """A state machine class with the given bug switches (implementation / model) and store
+    backend (``STORES``)."""
+    if store not in STORES:
+        raise ValueError(f"store must be one of {', '.join(STORES)}, got {store!r}")
     settle_at_end = final_settle
 
     class Machine(ConformanceMachine):
         IMPL_BUGS = frozenset(impl_bugs)
         MODEL_BUGS = frozenset(model_bugs)
         CONFIG = config
+        STORE = store
         COVERED: ClassVar[set[EdgeKey]] = set()
         STATS: ClassVar[dict[str, int]] = {}
 
@@ -530,7 +550,8 @@ def machine_for(impl_bugs: Iterable[str] = (), model_bugs: Iterable[str] = (),
                 super().teardown()
 
     Machine.__name__ = Machine.__qualname__ = "Conformance" + "".join(
-        "_" + b.replace("-", "_") for b in sorted(Machine.IMPL_BUGS))
+        "_" + b.replace("-", "_") for b in sorted(Machine.IMPL_BUGS)) + (
+        "_sqlite" if store == "sqlite" else "")
     return Machine
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import settings
 
 from peerkit.conformance.candidates import Divergence
-from peerkit.conformance.profiles import BUG_BUDGET, bug_hunt
+from peerkit.conformance.profiles import BUG_BUDGET, bug_hunt, store_backend
 from peerkit.conformance.stateful import machine_for
 from peerkit.model.vocabulary import BUGS
 
@@ -27,7 +27,16 @@ def _divergences(exc: BaseException) -> list[Divergence]:
 #: ``TestCase`` (not a function that calls ``runTest``), so that pytest, pytest-xdist and HypoFuzz
 #: all collect it as the Hypothesis test it is: HypoFuzz fuzzes a state machine through its
 #: ``TestCase.runTest``.
-TestConformance = machine_for().TestCase
+TestConformance = machine_for(store=store_backend()).TestCase
+
+
+def test_the_implementation_conforms_on_the_sqlite_store() -> None:
+    """The same machine on the SQLite store (``peerkit serve``'s), a few fixed examples; the
+    whole profile runs on it with ``PEERKIT_CONFORMANCE_STORE=sqlite``."""
+    machine = machine_for(store="sqlite")
+    machine.TestCase.settings = bug_hunt(8)
+    machine.TestCase().runTest()
+    assert machine.STATS["examples"] >= 8
 
 
 @pytest.mark.parametrize("bug", sorted(BUGS))
