@@ -10,8 +10,9 @@ Rules, in the model's vocabulary (each names the model action it pins, if any):
 * operator: ``generate_token``, ``establish``, ``delete``, ``register``/``deregister``,
   ``export``/``unexport`` (a toggle each) -- the RPC on the implementation, the action on every
   candidate;
-* faults: ``reset`` (a connection reset of a live stream: ``Reset``), ``failover`` (the leader
-  loses and regains leadership at once: ``Failover``);
+* faults: ``reset`` (a connection reset of a live stream, overtaking what is in flight or
+  behind it: ``Reset``), ``failover`` (the leader loses and regains leadership at once:
+  ``Failover``);
 * network: ``hold``/``release`` one direction of a live stream (delays ``Deliver`` steps; the
   model's interleavings already contain every delay, so nothing is pinned);
 * time: ``advance`` the virtual clock (heartbeats, retries, rate limits); ``settle``: release
@@ -28,8 +29,6 @@ What the driver cannot do (and why), beyond what ``abstraction`` leaves out:
   refuses at establishment would be accepted by the model and refused later, at the stream;
 * no heartbeat timeouts: the servers' timeout is set beyond any example's virtual time (the
   configuration has ``heartbeat_faults`` off), heartbeats go every 100 s;
-* resets always overtake what is in flight (``MemoryCall.reset``); the model also allows a
-  reset delivered after the queued messages, which the in-memory network cannot produce;
 * no store-write failures (the model's ``HandlerWriteFails`` / ``RoutineWriteFails``, config
   ``write_faults``): the memory store has no hook to fail one chosen write of one handler.
 
@@ -135,6 +134,7 @@ class ConformanceMachine(RuleBasedStateMachine):
         self.tokens: dict[tuple[int, int], str] = {}
         self.used_tokens: set[tuple[int, int]] = set()
         self.holds: dict[tuple[int, str], float] = {}  # (call id, direction) -> since
+        self.reset_queued: set[int] = set()  # calls reset behind what is in flight
         self.diverged = False
         self.kinds: frozenset[str] = frozenset()
 
@@ -407,24 +407,32 @@ class ConformanceMachine(RuleBasedStateMachine):
     # =========================================================================================
     # faults
     # =========================================================================================
+    def _resettable(self) -> list[MemoryCall]:
+        return [c for c in self._live_calls() if c.id not in self.reset_queued]
+
     @precondition(lambda self: "reset" in self.kinds and self._any_enabled(A.Reset)
-                  and bool(self._live_calls()))
-    @rule(i=st.integers(0, 3))
-    def reset(self, i: int) -> None:
-        """Reset the connection of a live stream (everything in flight is dropped)."""
-        calls = self._live_calls()
+                  and bool(self._resettable()))
+    @rule(i=st.integers(0, 3), overtake=st.booleans())
+    def reset(self, i: int, overtake: bool = True) -> None:
+        """Reset the connection of a live stream: everything in flight is dropped
+        (``overtake``), or each end first receives what is in flight towards it, held messages
+        once released (the model's interleavings allow both)."""
+        calls = self._resettable()
         resets = [a for a in self._enabled() if isinstance(a, A.Reset)]
         if not calls or not resets:
             return
         call = calls[i % len(calls)]
 
         async def do() -> None:
-            call.reset()
+            call.reset(overtake=overtake)
 
         self._step(do)
-        for key in [k for k in self.holds if k[0] == call.id]:
-            del self.holds[key]
-        what = f"reset of stream call #{call.id}"
+        if overtake:
+            for key in [k for k in self.holds if k[0] == call.id]:
+                del self.holds[key]
+        else:
+            self.reset_queued.add(call.id)
+        what = f"reset of stream call #{call.id}{'' if overtake else ' behind what is in flight'}"
         self._pin(resets, what)  # the model may number the streams differently: any of them
         self._observe(what)
 

@@ -26,7 +26,8 @@ the server's final status (s→c only, the "trailer").
   ``overtake=False`` queues the cancel behind those messages.
 * ``MemoryCall.reset()`` is a connection reset, as gRPC reports one: the client end sees
   ``StreamFailed(UNAVAILABLE, "connection reset")``, the server end ``StreamCancelled``; both
-  directions are dropped, holds are ignored.
+  directions are dropped, holds are ignored. ``reset(overtake=False)`` queues the reset behind
+  what is in flight in each direction instead: each end receives that first (subject to holds).
 * ``eof_before_cancel=True`` reproduces Python gRPC servers: a client cancel reaching a server
   end that is blocked in ``receive`` first completes that receive with EndOfStream (``outcome``
   still None when the handler sees it); the cancel is scheduled when that receive returns and
@@ -148,7 +149,14 @@ class _Status:
     outcome: Outcome
 
 
-_Item = _Msg | _HalfClose | _Cancel | _Status
+class _Reset:
+    """A connection reset queued behind what is in flight (``reset(overtake=False)``)."""
+
+    def __repr__(self) -> str:
+        return "<reset>"
+
+
+_Item = _Msg | _HalfClose | _Cancel | _Status | _Reset
 _HALF_CLOSE = _HalfClose()
 _CANCEL = _Cancel()
 
@@ -224,7 +232,7 @@ class MemoryCall:
         return self._pipes[_direction(direction)].held
 
     def in_flight(self, direction: Direction | str) -> list[bytes | str]:
-        """What is queued in ``direction``: message bytes, or "half-close", "cancel",
+        """What is queued in ``direction``: message bytes, or "half-close", "cancel", "reset",
         "status:CODE"."""
         out: list[bytes | str] = []
         for item in self._pipes[_direction(direction)].items:
@@ -234,6 +242,8 @@ class MemoryCall:
                 out.append("half-close")
             elif isinstance(item, _Cancel):
                 out.append("cancel")
+            elif isinstance(item, _Reset):
+                out.append("reset")
             else:
                 out.append(f"status:{item.outcome.code.name}")
         return out
@@ -253,11 +263,23 @@ class MemoryCall:
         else:
             raise ValueError(f"side must be 'client' or 'server', got {side!r}")
 
-    def reset(self) -> None:
-        """Connection reset: the client sees StreamFailed(UNAVAILABLE), the server StreamCancelled;
-        everything in flight is dropped."""
-        self._trace("reset")
-        self._fail_both(Outcome(StatusCode.UNAVAILABLE, _RESET_MSG), _RESET_MSG)
+    def reset(self, overtake: bool = True) -> None:
+        """Connection reset: the client sees StreamFailed(UNAVAILABLE), the server StreamCancelled.
+
+        ``overtake=True``: everything in flight is dropped and both ends see the reset at once.
+        ``overtake=False``: each end first receives what is already in flight towards it
+        (subject to holds), then the reset; what either end sends after it is never delivered.
+        (TCP delivers what reached the peer's socket before a RST arrives; the model allows both
+        orders.)"""
+        _check_bool("overtake", overtake)
+        if overtake:
+            self._trace("reset")
+            self._fail_both(Outcome(StatusCode.UNAVAILABLE, _RESET_MSG), _RESET_MSG)
+            return
+        self._trace("reset queued")
+        for pipe in self._pipes.values():
+            pipe.items.append(_Reset())
+        self._changed()
 
     @property
     def client_outcome(self) -> Outcome | None:
@@ -292,12 +314,21 @@ class MemoryCall:
             elif isinstance(item, _Cancel):
                 self._trace("cancel arrives")
                 self._server_sees_cancel(_CLIENT_CANCEL_MSG)
+            elif isinstance(item, _Reset):
+                self._trace("reset arrives", "server")
+                if self.server.outcome is None:
+                    self.server._set_ending(Outcome(StatusCode.CANCELLED, _RESET_MSG))
+                c2s.items.clear()  # sent after the reset: never delivered
         s2c = self._pipes[Direction.SERVER_TO_CLIENT]
         while s2c.items and not s2c.held and not isinstance(s2c.items[0], _Msg):
             item = s2c.items.popleft()
             if isinstance(item, _Status):
                 self._trace("status arrives", item.outcome.code.name)
                 self.client._set_ending(item.outcome)
+            elif isinstance(item, _Reset):
+                self._trace("reset arrives", "client")
+                self.client._set_ending(Outcome(StatusCode.UNAVAILABLE, _RESET_MSG))
+                s2c.items.clear()  # sent after the reset: never delivered
 
     def _window_full(self, side: Side) -> bool:
         """A send from ``side`` must wait: the network has a send window and that many of

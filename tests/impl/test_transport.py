@@ -319,6 +319,38 @@ async def test_reset(autojump_clock: trio.testing.MockClock) -> None:
         stop.set()
 
 
+async def test_a_reset_that_does_not_overtake_arrives_after_what_is_in_flight(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``reset(overtake=False)``: each end first receives what was in flight towards it (held
+    messages too, once released), then the reset; what is sent after it is never delivered."""
+    network = MemoryNetwork()
+    recorder = _Recorder()
+    async with trio.open_nursery() as nursery:
+        client, call, stop = await _setup(network, recorder, nursery)
+        call.hold(C2S)
+        call.hold(S2C)
+        await client.send(b"first")
+        call.reset(overtake=False)
+        await client.send(b"after the reset")  # the client does not know yet: queued, lost
+        await trio.testing.wait_all_tasks_blocked()
+        assert recorder.received == [] and recorder.ended_with == []
+        call.release(C2S)
+        await trio.testing.wait_all_tasks_blocked()
+        assert recorder.received == [b"first"] and recorder.ended_with == ["cancelled"]
+        assert call.server_outcome == Outcome(StatusCode.CANCELLED, "connection reset")
+        assert call.client_outcome is None  # its direction is still held
+        call.release(S2C)
+        with pytest.raises(StreamFailed) as info:
+            await client.receive()
+        assert info.value.code is StatusCode.UNAVAILABLE
+        assert info.value.message == "connection reset"
+        assert call.finished
+        with pytest.raises(TypeError, match="overtake must be a bool"):
+            call.reset(overtake="no")  # type: ignore[arg-type]
+        stop.set()
+
+
 @pytest.mark.parametrize(("overtake", "expected"), [(True, []), (False, [b"s1", b"s2"])])
 async def test_server_side_cancel_overtake(
     overtake: bool, expected: list[bytes], autojump_clock: trio.testing.MockClock
