@@ -304,6 +304,7 @@ class _Reply:
     error_code: int = 0
     error_message: str = ""
     store_error: str | None = None  # the text recorded as LastReceiveError
+    failure: StoreFailure | None = None  # the store itself failed (not a refusal)
 
     @property
     def ok(self) -> bool:
@@ -612,6 +613,11 @@ class StreamSession:
                                  resource_id=msg.response.ResourceID)
             self._replies_queued += 1
             self._queue(_Acknowledgement(reply))
+            if result.failure is not None:
+                # the disk failed (full, read-only, I/O): the NACK alone would leave this
+                # resource unapplied for good (nothing is resent after a NACK), so end the
+                # stream too; the next stream resends the whole state once the disk is back
+                return self._store_failed(result.failure)
             return None
         if kind == "request":
             req = msg.request
@@ -670,7 +676,8 @@ class StreamSession:
             text = exc.message if isinstance(exc, StoreError) else str(exc)
             msg = (f"{verb} error, ResourceURL: {_go_quote(url)}, "
                    f"ResourceID: {_go_quote(rid)}: {text}")
-            return _Reply(StatusCode.INTERNAL.value, msg, msg)
+            failure = exc if isinstance(exc, StoreFailure) else None
+            return _Reply(StatusCode.INTERNAL.value, msg, msg, failure)
         return _Reply()
 
     def _upsert(self, url: str, rid: str, resource: any_pb2.Any) -> None:
