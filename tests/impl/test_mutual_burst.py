@@ -198,6 +198,39 @@ async def test_a_peer_that_never_takes_its_acks_is_cut_off_at_the_cap(
     assert (info.value.code, info.value.message) == (StatusCode.UNKNOWN, message)
 
 
+async def test_terminated_stuck_behind_a_peer_that_reads_nothing_times_out(
+    autojump_clock: trio.testing.MockClock, net_and_dc1: tuple[MemoryNetwork, Cluster],
+) -> None:
+    """The acceptor deletes while its peer reads nothing: its Terminated waits in the outbox
+    behind the burst (the tracker entry is deleted at once, as the table says), the drain goes
+    on taking messages in, and the send stalled for the heartbeat timeout ends the RPC with
+    an error (not OK: the peer may not have had Terminated; its redial is answered with
+    Terminated by #14285's check)."""
+    net, dc1 = net_and_dc1
+    peer_id, secret = await token_and_secret(dc1)
+    stream = await open_raw_stream(dc1.client)
+    await stream.send(open_message(peer_id, secret))
+    call = memory_call(net)
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(call.in_flight(Direction.SERVER_TO_CLIENT)) == WINDOW  # blocked
+    started = trio.current_time()
+    await dc1.client.peering_delete("dc2")
+    term = dc1.server.leadership
+    assert term is not None
+    await trio.testing.wait_all_tasks_blocked()
+    assert term.tracker.stream_status(peer_id) is None  # Terminated is "sent": queued
+    with trio.fail_after(10):  # virtual: the drain still takes messages in
+        for nonce in range(1, 2 * WINDOW):
+            await stream.send(exported_service(f"late-{nonce}", nonce))
+    with trio.fail_after(2 * HEARTBEAT_TIMEOUT):
+        await call.server.wait_finished()
+    assert HEARTBEAT_TIMEOUT <= trio.current_time() - started <= HEARTBEAT_TIMEOUT + 15
+    assert dc1.imported("dc2") == []  # nothing is imported while draining
+    outcome = call.server_outcome
+    assert outcome is not None
+    assert (outcome.code, outcome.message) == (StatusCode.UNKNOWN, "heartbeat timeout")
+
+
 # ---------------------------------------------------------------------------------------------
 # real gRPC: large mutual exports
 
