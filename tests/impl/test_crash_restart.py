@@ -1,13 +1,17 @@
-"""SIGKILL in the middle of an import, restart on the same data dir: nothing orphaned (issue 8).
+"""SIGKILL in the middle of an import or of a deletion, restart on the same data dir (issue 8).
 
-Two real ``peerkit serve`` processes over gRPC on 127.0.0.1. dc1 exports ``SERVICES`` services of
-``INSTANCES`` instances each (nodes with a node check and a service check) to dc2; dc2 dials and
-imports. dc2 runs ``peerkit serve`` under a wrapper that SIGKILLs its own process *inside* the
-SQLite transaction of its ``KILL_AT``-th service import, with half of that import's rows
-written (an import of one service is one transaction, ``impl/store/sqlite.py``). Afterwards the
-data dir must hold only whole imports (each service imported with all its instances, nodes and
-checks, or not at all; no node, service or check without its parent), the peering row as it
-was, and a restart on the same data dir must resume replication to completion.
+Real ``peerkit serve`` processes over gRPC on 127.0.0.1, run under a wrapper that SIGKILLs its
+own process inside a chosen store transaction, before the commit: the hardest place to die.
+
+* Import: dc1 exports ``SERVICES`` services of ``INSTANCES`` instances each (nodes with a node
+  check and a service check) to dc2; dc2 dies inside the SQLite transaction of its
+  ``KILL_AT``-th service import, with half of that import's rows written (an import of one
+  service is one transaction, ``impl/store/sqlite.py``). Afterwards the data dir must hold only
+  whole imports (each service with all its instances, nodes and checks, or nothing of it; no
+  node, service or check without its parent), the peering row as it was, and a restart on the
+  same data dir must resume replication to completion.
+* Deletion: dc1 dies half way through the deletion routine's batch transaction; the batch is
+  all still there, the row still DELETING, and the restarted server finishes the deletion.
 
 May import: pytest, trio, the standard library (subprocess, signal), peerkit.impl.
 """
@@ -19,6 +23,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,6 +31,8 @@ import trio
 
 from peerkit.impl.client import PeerkitClient
 from peerkit.impl.store import Check, Node, Service, SqliteStore, StateStore
+from peerkit.impl.testing import imported_instances, running_cluster
+from peerkit.impl.transport import MemoryNetwork
 from peerkit.impl.transport.grpc_bridge import GrpcTransport
 from peerkit.model.vocabulary import PeeringState
 
@@ -63,15 +70,37 @@ def replace_and_die(self, tx, peer_name, partition, service_name, merged):
             tx.put = put_and_die
     return original(self, tx, peer_name, partition, service_name, merged)
 base.StateStore._replace_service = replace_and_die
+kill_at_node = int(os.environ.get("PEERKIT_TEST_KILL_AT_NODE_DELETE", "0"))
+delete_node = base.StateStore._delete_node
+nodes_deleted = 0
+def delete_node_and_die(tx, peer_name, partition, name):
+    global nodes_deleted
+    nodes_deleted += 1
+    if nodes_deleted == kill_at_node:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return delete_node(tx, peer_name, partition, name)
+base.StateStore._delete_node = staticmethod(delete_node_and_die)
 p = argparse.ArgumentParser()
 serve.add_arguments(p)
 sys.exit(serve.run(p.parse_args(sys.argv[1:])))
 """
 
 
-def start(name: str, data_dir: Path, kill_at: int = 0) -> tuple[subprocess.Popen[str], str]:
+@contextmanager
+def reopened(data_dir: Path) -> Iterator[SqliteStore]:
+    """The data dir's store, open for the block (its lock is free once the server is gone)."""
+    store = SqliteStore(data_dir)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def start(name: str, data_dir: Path, kill_at: int = 0,
+          kill_at_node: int = 0) -> tuple[subprocess.Popen[str], str]:
     env = dict(os.environ, PEERKIT_TEST_KILL_AT_IMPORT=str(kill_at),
-               PEERKIT_TEST_KILL_AFTER_ROWS=str(KILL_AFTER_ROWS))
+               PEERKIT_TEST_KILL_AFTER_ROWS=str(KILL_AFTER_ROWS),
+               PEERKIT_TEST_KILL_AT_NODE_DELETE=str(kill_at_node))
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVE, "--name", name, "--data-dir", str(data_dir),
          "--grpc-addr", "127.0.0.1:0"],
@@ -101,8 +130,7 @@ def procs() -> Iterator[list[subprocess.Popen[str]]]:
 
 def export_services(data_dir: Path) -> None:
     """dc1's local catalog, written before its server starts."""
-    store = SqliteStore(data_dir)
-    try:
+    with reopened(data_dir) as store:
         for i in range(SERVICES):
             name = f"svc-{i:03d}"
             for j in range(INSTANCES):
@@ -114,8 +142,6 @@ def export_services(data_dir: Path) -> None:
                      Check(check_id=f"service:{name}-{j}", service_id=f"{name}-{j}", node=node)],
                 )
             store.export_service(name, "dc2")
-    finally:
-        store.close()
 
 
 def check_imports_whole(store: StateStore) -> list[str]:
@@ -173,16 +199,13 @@ def test_sigkill_inside_an_import_leaves_whole_imports_and_replication_resumes(
     assert dc2.wait(timeout=DEADLINE) == -signal.SIGKILL
 
     # what the killed process left: the imports committed before, whole; not the one it died in
-    store = SqliteStore(dir2)  # the lock died with the process
-    try:
+    with reopened(dir2) as store:  # the lock died with the process
         row = store.peering_read("dc1")
         assert row is not None and row.state is PeeringState.ESTABLISHING
         assert row.stream_secret and row.peer_server_addresses == (address1,)
         assert store.trust_bundle_read("dc1") is not None
         imported = check_imports_whole(store)
         assert imported == [f"svc-{i:03d}" for i in range(KILL_AT - 1)]
-    finally:
-        store.close()
 
     # the same data dir: the dialer redials and replication completes
     dc2, address2 = start("dc2", dir2)
@@ -190,10 +213,54 @@ def test_sigkill_inside_an_import_leaves_whole_imports_and_replication_resumes(
     trio.run(wait_imported, address2, SERVICES)
     stop(dc2)
     stop(dc1)
-    store = SqliteStore(dir2)
-    try:
+    with reopened(dir2) as store:
         assert check_imports_whole(store) == [f"svc-{i:03d}" for i in range(SERVICES)]
         row = store.peering_read("dc1")
         assert row is not None and row.state is PeeringState.ESTABLISHING
-    finally:
-        store.close()
+
+
+async def generate_token(data_dir: Path) -> None:
+    """dc1's row for dc2 (PENDING), written by a server of its own on the data dir."""
+    with reopened(data_dir) as store:
+        async with running_cluster(MemoryNetwork(), "dc1", "dc1:8502", store=store) as dc1:
+            await dc1.client.generate_token("dc2")
+
+
+async def delete_peering(address: str) -> None:
+    async with GrpcTransport() as transport, PeerkitClient.connect(transport, address) as client:
+        await client.peering_delete("dc2")
+
+
+async def wait_row_gone(address: str) -> None:
+    async with GrpcTransport() as transport, PeerkitClient.connect(transport, address) as client:
+        with trio.fail_after(DEADLINE):
+            while await client.peering_read("dc2") is not None:
+                await trio.sleep(0.1)  # polling another process
+
+
+def test_sigkill_inside_a_deletion_batch_then_the_restart_finishes_it(
+    tmp_path: Path, procs: list[subprocess.Popen[str]],
+) -> None:
+    """SIGKILL inside the deletion routine's batch transaction (half way through its nodes):
+    the batch is all there after the restart, the row still DELETING; the restarted server
+    deletes it all and then the row."""
+    trio.run(generate_token, tmp_path)
+    with reopened(tmp_path) as store:
+        store.import_service_nodes("dc2", "default", "bulk", imported_instances("dc2", SERVICES))
+    dc1, address = start("dc1", tmp_path, kill_at_node=SERVICES // 2)
+    procs.append(dc1)
+    trio.run(delete_peering, address)
+    assert dc1.wait(timeout=DEADLINE) == -signal.SIGKILL
+    with reopened(tmp_path) as store:
+        row = store.peering_read("dc2")
+        assert row is not None and row.state is PeeringState.DELETING
+        assert len(store.imported_node_dump("dc2", "default")) == SERVICES  # none of the batch
+    dc1, address = start("dc1", tmp_path)
+    procs.append(dc1)
+    trio.run(wait_row_gone, address)
+    stop(dc1)
+    with reopened(tmp_path) as store:
+        assert store.peering_read("dc2") is None
+        assert store.imported_node_dump("dc2", "default") == []
+        assert store.trust_bundle_read("dc2") is None
+        assert [n for n in store.dump().nodes if n.peer_name] == []

@@ -3,8 +3,9 @@ and the heartbeat timeout still ends the stream.
 
 The in-memory network is given a send window (as gRPC's flow control has): a stream end whose
 peer does not read can have at most that many messages undelivered, and its ``send`` waits for
-room. The server's stream handler must not wait there for ever: once nothing has come from the
-peer for the heartbeat timeout, it ends the stream as a heartbeat timeout, even in a send.
+room. The server's stream must not wait there for ever: a send that has not completed within
+the heartbeat timeout ends the stream as a heartbeat timeout (whatever the peer still sends:
+the server keeps taking messages in meanwhile, see test_mutual_burst.py).
 Virtual time; the test plays the dialer with a raw stream.
 
 May import: pytest, trio, peerkit.impl (stream, testing, transport), peerkit.proto,
