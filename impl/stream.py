@@ -330,6 +330,7 @@ class StreamSession:
                                               init=False)
     _replies_queued: int = field(default=0, init=False)  # ACK/NACKs in the outbox
     _heartbeat_queued: bool = field(default=False, init=False)
+    _pass_waiting: bool = field(default=False, init=False)  # a later pass queued, not started
     _open: bool = field(default=True, init=False)  # phase OPEN: later passes may send
 
     def __post_init__(self) -> None:
@@ -526,8 +527,9 @@ class StreamSession:
             if event.store_failure is not None:
                 return self._store_failed(event.store_failure)
             return None  # cannot happen in OPEN: the final item is queued only after it
-        if not any(isinstance(item, _Pass) and item.messages is None for item in self._outbox):
-            self._queue(_Pass())  # a pass not yet started will see this change too
+        if not self._pass_waiting:  # a pass not yet started will see this change too
+            self._pass_waiting = True
+            self._queue(_Pass())
         return None
 
     # ---- endings -----------------------------------------------------------------------------
@@ -823,6 +825,8 @@ class StreamSession:
             if isinstance(item, _Pass):
                 if item.messages is None:
                     item.messages = self._pass_messages(item)
+                    if not item.first:
+                        self._pass_waiting = False
                 msg = next(item.messages, None)
                 if msg is not None:
                     return msg
