@@ -6,20 +6,54 @@ data and the trust bundle to the peer, import what the peer sends and ACK/NACK i
 heartbeats, and end the stream the way the protocol says -- ``Terminated`` in either direction,
 then CloseSend + drain -- reporting how it ended as an ``Ending``.
 
-Structure (one task receives, §5.8): ``StreamSession.run`` opens a nursery holding
+Structure: one task receives, one task sends, and neither ever waits on the other (§5.8; issue
+8). ``StreamSession.run`` opens a nursery holding
 
-* the *receiver* task: the only caller of ``stream.receive()``; it forwards every message, and
+* the *receiver*: the only caller of ``stream.receive()``; it forwards every message, and
   finally the end of the inbound side, into an unbuffered ``events`` channel;
+* the *sender*: the only caller of ``stream.send()`` and ``close_send()``. It works through the
+  *outbox*, a FIFO of what the handler queued: messages (ACK/NACK, heartbeat, subscription
+  requests, ``Terminated``), replication *passes*, and the final step (the dialer's CloseSend,
+  or the end of sending). A pass builds one Response at a time, only when the previous send
+  has completed, so replication is paced by the transport's flow-control window and never
+  held in memory as messages: the stream's first pass sends the exported services of a
+  snapshot taken at the start (what the model's ``accept`` puts on the channel); a later pass
+  ("exports may have changed") snapshots the store when it reaches the head of the outbox and
+  sends each service whose state differs from what this stream last sent it. The sender
+  reports on ``events`` how it ended (finished, a send stalled, the store failed);
 * the handler loop (Go's ``select``): it takes events one at a time -- inbound messages, the
-  inbound end, ``doneCh`` closed (from a watcher task), "exports may have changed" (from a store
-  watcher task) -- and fires heartbeat sends and the heartbeat timeout from its own deadline.
-  Only this loop sends on the stream.
+  inbound end, ``doneCh`` closed (from a watcher task), "exports may have changed" (from a
+  store watcher task), the sender's ending -- and fires heartbeats and the heartbeat timeout
+  from its own deadline. It never sends: it *queues* (ACK/NACK, heartbeat, Terminated) and is
+  back at the channel at once.
 
-When the handler returns nil the watchers are cancelled and the *drain* reads the same ``events``
-channel, discarding messages, until the receiver reports the inbound end. Dialer: CloseSend first
-and log ``WARN_DRAIN_FAILED`` if the end is not EOF. Acceptor: drain until the dialer's
-half-close; its RPC handler returns afterwards. When the handler returns an error the receiver is
-cancelled (a cancelled receive loses nothing, and the caller ends the RPC).
+Why (issue 8, item 3). Before, the handler loop sent, and the receiver handed it each message
+through the unbuffered channel; a send waiting for flow control (the peer not reading) stopped
+the handler, so the receiver stopped, so this side stopped reading too. With a large burst from
+both sides at once both directions' windows filled and neither side read again, for good (the
+heartbeat timeout lived in the loop that was stuck). Now the handler only queues, so every
+message is taken in within one event's work, whatever the sends are waiting for: the peer's
+sends always drain, and the heartbeat timeout is checked by a loop that never waits in a send.
+The alternative, importing and ACKing in the receiver, would put a send (the ACK) back on the
+receive path -- blocking on flow control again -- or make two tasks send on one stream, which
+gRPC forbids; one sender keeps one writer and one place that decides the order on the wire.
+
+Bounded memory: replication is never queued as messages (passes coalesce: at most one waits
+unstarted); at most one heartbeat is queued; ACKs/NACKs, one per Response received and not yet
+on the wire, are capped by ``StreamEnv.outbound_backlog_limit``: a peer that sends more
+Responses than it takes ACKs for past the cap has its stream ended with an error. A send that
+does not complete within the heartbeat timeout (the peer stopped reading) ends the stream as a
+heartbeat timeout, so a stalled peer costs one window and one outbox, then the stream.
+
+Protocol order (the model's ENDPOINT table) is kept because queueing is sending, as far as the
+model goes: the outbox is the head of the outbound channel, FIFO, so everything the model puts
+on the channel at a step is queued at that step, in the model's order -- the first pass and the
+subscription requests at accept, ``Terminated`` at teardown (the tracker entry is deleted then,
+as the table says), the dialer's CloseSend behind ``Terminated``. From the moment the handler
+leaves phase OPEN it imports nothing (the drain discards) and no later pass sends anything
+(a pass also rechecks that the local row is active before each Response). After a nil return
+the drain discards events until the inbound side has ended *and* the sender has finished, so an
+acceptor's RPC never ends before its ``Terminated`` has gone out.
 
 Bug switches: ``termination-race`` (dialer: cancel right after sending Terminated, no CloseSend
 or drain; acceptor: a cancelled stream is a silent end), ``no-reconnect`` (dialer: any end of
@@ -33,6 +67,8 @@ May import: the standard library, trio, protobuf, ``peerkit.proto``, ``peerkit.m
 from __future__ import annotations
 
 import json
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -114,6 +150,11 @@ def _unpack(resource: any_pb2.Any, into: Message) -> None:
 
 HEARTBEAT_INTERVAL: Final = 15.0  # seconds between Heartbeats sent (#13806)
 HEARTBEAT_TIMEOUT: Final = 120.0  # seconds without any message before giving up
+#: ACKs/NACKs that may wait in the outbox (not yet on the wire) before the stream is ended: an
+#: honest peer reads as it sends, so its backlog stays near one flow-control window of
+#: Responses; this cap only stops a peer that sends without ever reading from costing memory
+#: without end (each queued ACK is about 100 bytes on the wire; the stream ends at the cap)
+OUTBOUND_BACKLOG_LIMIT: Final = 50_000
 
 # The stream speaks Consul's released (1.14 and later) layout, specs/wire.md: every Response is
 # an UPSERT; a service with no instances left is an UPSERT with an empty ExportedService.
@@ -124,8 +165,8 @@ TERMINATED_RECEIVED: Final = "terminated-received"  # nil: the peer deleted the 
 TEARDOWN: Final = "teardown"  # nil: doneCh closed, we sent Terminated
 STREAM_CLOSED: Final = "stream-closed"  # nil only with a bug (no-reconnect, termination-race)
 INBOUND_END: Final = "inbound-end"  # error: the inbound side ended (EOF, status, cancel)
-HEARTBEAT: Final = "heartbeat-timeout"  # error
-SEND_FAILED: Final = "send-failed"  # error: Terminated could not be sent
+HEARTBEAT: Final = "heartbeat-timeout"  # error (also: a send stalled that long)
+BACKLOG: Final = "outbound-backlog"  # error: the peer does not read its ACKs (the cap)
 REGISTER_FAILED: Final = "register-failed"  # error: a stream for this peering is connected
 STORE_FAILED: Final = "store-failed"  # error: the state store failed (StoreFailure)
 
@@ -157,6 +198,7 @@ class StreamEnv:
     bugs: frozenset[str] = frozenset()
     heartbeat_interval: float = HEARTBEAT_INTERVAL
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT
+    outbound_backlog_limit: int = OUTBOUND_BACKLOG_LIMIT
 
 
 @dataclass(frozen=True)
@@ -180,7 +222,7 @@ class Ending:
 
 
 class _SendStalled(Exception):
-    """A send waited past the heartbeat timeout (the peer stopped reading)."""
+    """A send waited the heartbeat timeout without completing (the peer stopped reading)."""
 
 
 # Events on the handler loop's channel
@@ -202,9 +244,48 @@ class _Publish:
     pass
 
 
-_Event = _Inbound | _InboundEnd | _Teardown | _Publish
+@dataclass(frozen=True)
+class _SenderEnded:
+    """The sender task stopped: it finished the outbox (both flags unset), a send stalled, or
+    the store failed while it built a Response."""
+
+    stalled: bool = False
+    store_failure: StoreFailure | None = None
+
+
+_Event = _Inbound | _InboundEnd | _Teardown | _Publish | _SenderEnded
 _TEARDOWN = _Teardown()
 _PUBLISH = _Publish()
+
+
+# Items of the outbox besides messages
+@dataclass(frozen=True)
+class _Acknowledgement:
+    """An ACK or NACK (counted against ``outbound_backlog_limit`` until it is sent)."""
+
+    msg: ReplicationMessage
+
+
+@dataclass
+class _Pass:
+    """One replication pass. ``snapshot`` is taken at the stream's start for the first pass
+    (the model's ``accept``), else when the pass reaches the head of the outbox."""
+
+    snapshot: dict[str, tuple[CheckServiceNode, ...]] | None = None
+    first: bool = False
+    messages: Iterator[ReplicationMessage] | None = None  # set once started
+
+
+@dataclass(frozen=True)
+class _Final:
+    """The last item: CloseSend (the dialer) or just the end of sending (the acceptor)."""
+
+    close_send: bool
+
+
+_OutboxItem = ReplicationMessage | _Acknowledgement | _Pass | _Final
+_DRAIN_STALLED: Final = "peer stopped reading: a send waited past the heartbeat timeout"
+_DRAIN_STORE_FAILED: Final = "state store failed"
 
 
 def _describe_end(error: TransportError) -> str:
@@ -223,6 +304,7 @@ class _Reply:
     error_code: int = 0
     error_message: str = ""
     store_error: str | None = None  # the text recorded as LastReceiveError
+    failure: StoreFailure | None = None  # the store itself failed (not a refusal)
 
     @property
     def ok(self) -> bool:
@@ -238,11 +320,18 @@ class StreamSession:
     stream: ReplicationStream
     log: EventLog = field(init=False)
     _nonce: int = field(default=0, init=False)
-    # what was last sent per exported service; only services still exported (see _publish)
+    # what was last sent per exported service; only services still exported (see _pass_messages)
     _sent: dict[str, tuple[CheckServiceNode, ...]] = field(default_factory=dict, init=False)
     _live_entry: bool = field(default=False, init=False)
     _last_received: float = field(default=0.0, init=False)
-    _last_sent: float = field(default=0.0, init=False)  # when a send last completed
+    # the outbox (module docstring): the handler appends, the sender takes from the left
+    _outbox: deque[_OutboxItem] = field(default_factory=deque, init=False)
+    _wakeup: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot,
+                                              init=False)
+    _replies_queued: int = field(default=0, init=False)  # ACK/NACKs in the outbox
+    _heartbeat_queued: bool = field(default=False, init=False)
+    _pass_waiting: bool = field(default=False, init=False)  # a later pass queued, not started
+    _open: bool = field(default=True, init=False)  # phase OPEN: later passes may send
 
     def __post_init__(self) -> None:
         self.log = self.env.log.bind(
@@ -270,7 +359,7 @@ class StreamSession:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receiver, events_send.clone())
-                ending = await self._handle(events_send, events_recv, done)
+                ending = await self._handle(events_send, events_recv, done, nursery)
                 if ending.nil:
                     ending = await self._after_nil(ending, events_recv)
                 nursery.cancel_scope.cancel()
@@ -289,26 +378,50 @@ class StreamSession:
         if self.params.role == DIALER:
             if ending.reason == TEARDOWN and "termination-race" in self._bugs:
                 # bug: cancel right after sending Terminated; the cancel may overtake it
+                self._queue(_Final(close_send=False))
+                await self._drain(events, until_inbound_end=False)
                 self.stream.cancel()
                 self.log.info("cancelled outbound stream after sending Terminated", bug=True)
                 return Ending(True, ending.reason, ending.message, ending.inbound,
                               cancelled_stream=True)
-            await self.stream.close_send()
+            self._queue(_Final(close_send=True))  # behind Terminated and the last ACKs
             drained = await self._drain(events)
             if drained != "EOF":
                 self.log.warning(WARN_DRAIN_FAILED, error=drained)
             self.log.info("closed outbound stream", drained=drained)
         else:
+            self._queue(_Final(close_send=False))
             drained = await self._drain(events)
+            if drained == _DRAIN_STALLED:
+                # the dialer reads nothing (so it may not have had Terminated): end the RPC
+                # with an error, as a heartbeat timeout, rather than OK
+                return self._send_stalled()
+            if drained.startswith(_DRAIN_STORE_FAILED):
+                return self._ended_with_error(STORE_FAILED, drained)
             self.log.debug("drained inbound stream", drained=drained)
         return Ending(True, ending.reason, ending.message, ending.inbound, drained=drained)
 
-    async def _drain(self, events: trio.MemoryReceiveChannel[_Event]) -> str:
-        """Receive until the inbound side ends, discarding everything; return how it ended."""
-        while True:
+    async def _drain(self, events: trio.MemoryReceiveChannel[_Event],
+                     until_inbound_end: bool = True) -> str:
+        """Discard inbound messages until the inbound side has ended (unless
+        ``until_inbound_end`` is False) and the sender has finished the outbox; return how
+        the inbound side ended, or why the sender stopped short (``_DRAIN_STALLED``,
+        ``_DRAIN_STORE_FAILED``)."""
+        inbound: str | None = None
+        sender_done = False
+        while not (sender_done and (inbound is not None or not until_inbound_end)):
             event = await events.receive()
             if isinstance(event, _InboundEnd):
-                return _describe_end(event.error)
+                inbound = _describe_end(event.error)
+            elif isinstance(event, _SenderEnded):
+                # a sender that did not finish leaves the outbox unsent (Terminated perhaps):
+                # the drain ends, as if the stream had been reset
+                if event.stalled:
+                    return _DRAIN_STALLED
+                if event.store_failure is not None:  # it failed while still in OPEN
+                    return f"{_DRAIN_STORE_FAILED}: {event.store_failure}"
+                sender_done = True
+        return inbound or ""
 
     async def _receiver(self, out: trio.MemorySendChannel[_Event]) -> None:
         async with out:
@@ -329,53 +442,42 @@ class StreamSession:
         events_send: trio.MemorySendChannel[_Event],
         events: trio.MemoryReceiveChannel[_Event],
         done: trio.Event,
+        nursery: trio.Nursery,
     ) -> Ending:
         self._last_received = trio.current_time()
-        try:
-            return await self._handle_unguarded(events_send, events, done)
-        except _SendStalled:
-            return self._send_stalled()
-
-    def _send_stalled(self) -> Ending:
-        """A send waited until nothing had come from the peer for the heartbeat timeout (the
-        peer stopped reading, so flow control stopped our sends): end as a heartbeat timeout,
-        rather than wait in that send for ever holding the stream."""
-        self.log.warning("peer stopped reading: a send waited past the heartbeat timeout",
-                         seconds=self.env.heartbeat_timeout)
-        return self._ended_with_error(HEARTBEAT, ERR_HEARTBEAT_TIMEOUT)
-
-    async def _handle_unguarded(
-        self,
-        events_send: trio.MemorySendChannel[_Event],
-        events: trio.MemoryReceiveChannel[_Event],
-        done: trio.Event,
-    ) -> Ending:
         # The subscription manager pushes at once the trust bundle, the list of exported
-        # services (so the peer drops what it kept from an earlier stream) and each service.
-        await self._send_trust_bundle()
+        # services (so the peer drops what it kept from an earlier stream) and each service,
+        # then this side's subscription requests: all queued now, in that order (the model's
+        # ``accept``); the sender sends them as the transport takes them.
         try:
-            await self._send_service_list()
-            await self._publish()
+            snapshot = self._current_exports()
         except StoreFailure as exc:
             return self._store_failed(exc)
+        self._queue(self._trust_bundle())
+        if snapshot is not None:  # an inactive peering exports nothing
+            self._queue(self._service_list(snapshot))
+            self._queue(_Pass(snapshot, first=True))
         for url in RESOURCE_TYPE_URLS:
-            await self._send(
-                ReplicationMessage(
-                    request=ReplicationMessage.Request(
-                        ResourceURL=url, PeerID=self.params.remote_id
-                    )
-                ),
-                "subscription request",
-            )
+            self._queue(ReplicationMessage(
+                request=ReplicationMessage.Request(ResourceURL=url, PeerID=self.params.remote_id)
+            ))
+        nursery.start_soon(self._sender, events_send.clone())
         async with trio.open_nursery() as watchers:
             watchers.start_soon(self._watch_done, done, events_send.clone())
             watchers.start_soon(self._watch_exports, events_send.clone())
             try:
                 return await self._loop(events)
-            except _SendStalled:
-                return self._send_stalled()  # here, not through the nursery (an ExceptionGroup)
             finally:
+                self._open = False  # no later pass sends anything once the handler leaves OPEN
                 watchers.cancel_scope.cancel()
+
+    def _send_stalled(self) -> Ending:
+        """A send waited the heartbeat timeout without completing (the peer stopped reading,
+        so flow control stopped our sends): end as a heartbeat timeout, rather than hold the
+        stream for ever."""
+        self.log.warning("peer stopped reading: a send waited past the heartbeat timeout",
+                         seconds=self.env.heartbeat_timeout)
+        return self._ended_with_error(HEARTBEAT, ERR_HEARTBEAT_TIMEOUT)
 
     async def _loop(self, events: trio.MemoryReceiveChannel[_Event]) -> Ending:
         interval = self.env.heartbeat_interval
@@ -391,9 +493,9 @@ class StreamSession:
                     return self._ended_with_error(HEARTBEAT, ERR_HEARTBEAT_TIMEOUT)
                 if now >= next_heartbeat:
                     next_heartbeat = now + interval
-                    await self._send(
-                        ReplicationMessage(heartbeat=ReplicationMessage.Heartbeat()), "heartbeat"
-                    )
+                    if not self._heartbeat_queued:  # one waiting is as good as many
+                        self._heartbeat_queued = True
+                        self._queue(ReplicationMessage(heartbeat=ReplicationMessage.Heartbeat()))
                 continue
             ending = await self._on_event(event)
             if ending is not None:
@@ -418,8 +520,16 @@ class StreamSession:
         if isinstance(event, _InboundEnd):
             return self._on_inbound_end(event.error)
         if isinstance(event, _Teardown):
-            return await self._on_teardown()
-        await self._publish()
+            return self._on_teardown()
+        if isinstance(event, _SenderEnded):
+            if event.stalled:
+                return self._send_stalled()
+            if event.store_failure is not None:
+                return self._store_failed(event.store_failure)
+            return None  # cannot happen in OPEN: the final item is queued only after it
+        if not self._pass_waiting:  # a pass not yet started will see this change too
+            self._pass_waiting = True
+            self._queue(_Pass())
         return None
 
     # ---- endings -----------------------------------------------------------------------------
@@ -430,6 +540,14 @@ class StreamSession:
         self.env.tracker.disconnected(self.params.local_id, message)
         self.log.info("stream ended with an error", reason=reason, error=message)
         return Ending(False, reason, message, inbound)
+
+    def _backlog_full(self) -> Ending:
+        """The peer keeps sending Responses but does not read our ACKs: end the stream rather
+        than queue without end (the dialer retries later)."""
+        limit = self.env.outbound_backlog_limit
+        self.log.warning("peer is not reading: too many acknowledgements waiting", limit=limit)
+        return self._ended_with_error(
+            BACKLOG, f"peer is not reading: {limit} acknowledgements waiting to be sent")
 
     def _on_inbound_end(self, error: TransportError) -> Ending:
         text = _describe_end(error)
@@ -451,15 +569,10 @@ class StreamSession:
             return Ending(True, STREAM_CLOSED, text, error)
         return self._ended_with_error(INBOUND_END, text, error)
 
-    async def _on_teardown(self) -> Ending:
-        """doneCh closed: send Terminated, forget the tracker entry, return nil."""
+    def _on_teardown(self) -> Ending:
+        """doneCh closed: send (queue) Terminated, forget the tracker entry, return nil."""
         self.log.info("peering deleted locally: sending Terminated")
-        try:
-            await self._send_raw(ReplicationMessage(terminated=ReplicationMessage.Terminated()))
-        except TransportError as exc:
-            text = _describe_end(exc)
-            self.env.tracker.track_send_error(self.params.local_id, text)
-            return self._ended_with_error(SEND_FAILED, f"failed to send Terminated: {text}", exc)
+        self._queue(ReplicationMessage(terminated=ReplicationMessage.Terminated()))
         self._live_entry = False
         self.env.tracker.delete_status(self.params.local_id)
         return Ending(True, TEARDOWN)
@@ -490,6 +603,8 @@ class StreamSession:
         tracker = self.env.tracker
         pid = self.params.local_id
         if kind == "response":
+            if self._replies_queued >= self.env.outbound_backlog_limit:
+                return self._backlog_full()  # before importing what could not be answered
             reply, result = self._process_response(msg.response)
             if result.store_error is None:
                 tracker.track_receive_success(pid)
@@ -498,7 +613,13 @@ class StreamSession:
                 self.log.warning("failed to persist resource", error=result.store_error,
                                  resource_url=msg.response.ResourceURL,
                                  resource_id=msg.response.ResourceID)
-            await self._send(reply, "ack" if result.ok else "nack")
+            self._replies_queued += 1
+            self._queue(_Acknowledgement(reply))
+            if result.failure is not None:
+                # the disk failed (full, read-only, I/O): the NACK alone would leave this
+                # resource unapplied for good (nothing is resent after a NACK), so end the
+                # stream too; the next stream resends the whole state once the disk is back
+                return self._store_failed(result.failure)
             return None
         if kind == "request":
             req = msg.request
@@ -553,7 +674,8 @@ class StreamSession:
             text = exc.message if isinstance(exc, StoreError) else str(exc)
             msg = (f"upsert error, ResourceURL: {_go_quote(url)}, "
                    f"ResourceID: {_go_quote(rid)}: {text}")
-            return _Reply(StatusCode.INTERNAL.value, msg, msg)
+            failure = exc if isinstance(exc, StoreFailure) else None
+            return _Reply(StatusCode.INTERNAL.value, msg, msg, failure)
         return _Reply()
 
     def _upsert(self, url: str, rid: str, resource: any_pb2.Any) -> None:
@@ -595,45 +717,25 @@ class StreamSession:
         self._nonce += 1
         return f"{self._nonce:08x}"
 
-    async def _send_trust_bundle(self) -> None:
-        payload = any_pb2.Any()
-        payload.Pack(
-            peering_pb2.PeeringTrustBundle(
-                TrustDomain=self.env.trust_domain, RootPEMs=list(self.env.root_pems)
-            )
+    def _upsert_message(self, url: str, rid: str, payload: Message) -> ReplicationMessage:
+        response = ReplicationMessage.Response(
+            Nonce=self._next_nonce(), ResourceURL=url, ResourceID=rid, operation=OP_UPSERT
         )
-        await self._send(
-            ReplicationMessage(
-                response=ReplicationMessage.Response(
-                    Nonce=self._next_nonce(),
-                    ResourceURL=TYPE_URL_PEERING_TRUST_BUNDLE,
-                    ResourceID=TRUST_BUNDLE_RESOURCE_ID,
-                    Resource=payload,
-                    operation=OP_UPSERT,
-                )
-            ),
-            "trust bundle",
-        )
+        response.Resource.Pack(payload)
+        return ReplicationMessage(response=response)
 
-    async def _send_service_list(self) -> None:
-        current = self._current_exports()
-        if current is None:
-            return  # an inactive peering exports nothing
-        payload = any_pb2.Any()
-        payload.Pack(peerstream_pb2.ExportedServiceList(Services=sorted(current)))
-        await self._send(
-            ReplicationMessage(
-                response=ReplicationMessage.Response(
-                    Nonce=self._next_nonce(),
-                    ResourceURL=TYPE_URL_EXPORTED_SERVICE_LIST,
-                    ResourceID=EXPORTED_SERVICE_LIST_RESOURCE_ID,
-                    Resource=payload,
-                    operation=OP_UPSERT,
-                )
-            ),
-            "exported-service list",
-            services=sorted(current),
+    def _trust_bundle(self) -> ReplicationMessage:
+        bundle = peering_pb2.PeeringTrustBundle(
+            TrustDomain=self.env.trust_domain, RootPEMs=list(self.env.root_pems)
         )
+        return self._upsert_message(TYPE_URL_PEERING_TRUST_BUNDLE, TRUST_BUNDLE_RESOURCE_ID,
+                                    bundle)
+
+    def _service_list(self, current: dict[str, tuple[CheckServiceNode, ...]]
+                      ) -> ReplicationMessage:
+        listed = peerstream_pb2.ExportedServiceList(Services=sorted(current))
+        return self._upsert_message(TYPE_URL_EXPORTED_SERVICE_LIST,
+                                    EXPORTED_SERVICE_LIST_RESOURCE_ID, listed)
 
     def _current_exports(self) -> dict[str, tuple[CheckServiceNode, ...]] | None:
         """What the peer should hold, or None when the local row is inactive (export nothing)."""
@@ -645,12 +747,25 @@ class StreamSession:
         found = store.local_instances_by_service(exported, partition=row.partition)
         return {service: tuple(instances) for service, instances in found.items() if instances}
 
-    async def _publish(self) -> None:
-        current = self._current_exports()
+    def _still_exporting(self) -> bool:
+        """A later pass may send: the handler is in OPEN and the local row is still active."""
+        if not self._open:
+            return False
+        row = self.env.store.peering_read_by_id(self.params.local_id)
+        return row is not None and row.is_active()
+
+    def _pass_messages(self, item: _Pass) -> Iterator[ReplicationMessage]:
+        """The Responses of one pass, built one at a time as the sender asks: each service
+        whose exported state (in the pass's snapshot) differs from what was last sent, by name.
+        A later pass stops as soon as the handler left OPEN or the row became inactive."""
+        if not item.first and not self._open:
+            return
+        current = item.snapshot if item.first else self._current_exports()
         if current is None:
             return
-        names = sorted(set(current) | set(self._sent))
-        for service in names:
+        for service in sorted(set(current) | set(self._sent)):
+            if not item.first and not self._still_exporting():
+                return
             new = current.get(service)
             if new == self._sent.get(service):
                 continue
@@ -670,8 +785,7 @@ class StreamSession:
                 operation=OP_UPSERT,
             )
             response.Resource.Pack(instances_to_pb(new or ()))
-            await self._send(ReplicationMessage(response=response),
-                             "delete" if new is None else "upsert", service=service)
+            yield ReplicationMessage(response=response)
 
     async def _watch_exports(self, out: trio.MemorySendChannel[_Event]) -> None:
         store = self.env.store
@@ -688,32 +802,75 @@ class StreamSession:
             await done.wait()
             await out.send(_TEARDOWN)
 
-    # ---- sending ---------------------------------------------------------------------------
+    # ---- sending: the outbox and the sender task --------------------------------------------
 
-    async def _send_bounded(self, msg: ReplicationMessage) -> None:
-        """``stream.send``, given up (``_SendStalled``) once the stream made no progress for
-        the heartbeat timeout: nothing came from the peer and no send completed. A send waits
-        when the peer stops reading (gRPC's flow control; the memory network's send window),
-        and must not wait for ever; a long burst of sends that the peer does read goes on."""
-        progress = max(self._last_received, self._last_sent)
-        with trio.move_on_at(progress + self.env.heartbeat_timeout) as scope:
-            await self.stream.send(msg)
+    def _queue(self, item: _OutboxItem) -> None:
+        """Append to the outbox (never waits: the handler must be back at its events at once)."""
+        self._outbox.append(item)
+        self._wakeup.unpark_all()
+
+    def _next_outbound(self) -> ReplicationMessage | _Final | None:
+        """The next thing to put on the wire, or None when the outbox is empty."""
+        while self._outbox:
+            item = self._outbox[0]
+            if isinstance(item, _Pass):
+                if item.messages is None:
+                    item.messages = self._pass_messages(item)
+                    if not item.first:
+                        self._pass_waiting = False
+                msg = next(item.messages, None)
+                if msg is not None:
+                    return msg
+                self._outbox.popleft()
+                continue
+            self._outbox.popleft()
+            if isinstance(item, _Acknowledgement):
+                self._replies_queued -= 1
+                return item.msg
+            if isinstance(item, ReplicationMessage) and item.HasField("heartbeat"):
+                self._heartbeat_queued = False
+            return item
+        return None
+
+    async def _sender(self, out: trio.MemorySendChannel[_Event]) -> None:
+        """The only task that sends: work through the outbox in order; report how it ended."""
+        async with out:
+            try:
+                while True:
+                    item = self._next_outbound()
+                    if item is None:
+                        await self._wakeup.park()
+                    elif isinstance(item, _Final):
+                        if item.close_send:
+                            await self._close_send()
+                        ended = _SenderEnded()
+                        break
+                    else:
+                        await self._send(item)
+            except _SendStalled:
+                ended = _SenderEnded(stalled=True)
+            except StoreFailure as exc:  # while building a pass's Response
+                ended = _SenderEnded(store_failure=exc)
+            await out.send(ended)
+
+    async def _close_send(self) -> None:
+        try:
+            await self.stream.close_send()
+        except TransportError as exc:  # the stream has ended: the drain will see how
+            self.log.debug("close-send failed", error=_describe_end(exc))
+
+    async def _send(self, msg: ReplicationMessage) -> None:
+        """``stream.send``. A failure is recorded (LastSendError) and otherwise ignored: the
+        receiver reports how the stream ended, and that ends the handler. A send is given up
+        (``_SendStalled``) once it has waited the heartbeat timeout: a send waits while the
+        peer does not read (gRPC's flow control, the memory network's send window) and must
+        not wait for ever; a long burst that the peer does read goes on, one send at a time."""
+        with trio.move_on_after(self.env.heartbeat_timeout) as scope:
+            try:
+                await self.stream.send(msg)
+            except (EndOfStream, StreamFailed, ClosedForSending) as exc:
+                text = _describe_end(exc)
+                self.env.tracker.track_send_error(self.params.local_id, text)
+                self.log.debug("send failed", what=msg.WhichOneof("Payload"), error=text)
         if scope.cancelled_caught:
             raise _SendStalled()
-        self._last_sent = trio.current_time()
-
-    async def _send_raw(self, msg: ReplicationMessage) -> None:
-        await self._send_bounded(msg)
-
-    async def _send(self, msg: ReplicationMessage, what: str, **fields: object) -> None:
-        """Send; a failure is recorded (LastSendError) and otherwise ignored: the receiver
-        reports how the stream ended, and that ends the handler. A send stalled past the
-        heartbeat timeout raises ``_SendStalled`` (the handler ends the stream)."""
-        try:
-            await self._send_bounded(msg)
-        except ClosedForSending:
-            raise
-        except (EndOfStream, StreamFailed) as exc:
-            text = _describe_end(exc)
-            self.env.tracker.track_send_error(self.params.local_id, text)
-            self.log.debug("send failed", what=what, error=text, **fields)

@@ -175,14 +175,13 @@ async def test_a_stream_remembers_only_the_services_it_still_exports(
     service that is unexported (its delete sent) must be forgotten, or the record grows with
     every service ever exported over the stream's life."""
     sessions: list[StreamSession] = []
-    publish = StreamSession._publish
+    post_init = StreamSession.__post_init__
 
-    async def recording(self: StreamSession) -> None:
-        if not any(s is self for s in sessions):
-            sessions.append(self)
-        await publish(self)
+    def recording(self: StreamSession) -> None:
+        sessions.append(self)
+        post_init(self)
 
-    monkeypatch.setattr(StreamSession, "_publish", recording)
+    monkeypatch.setattr(StreamSession, "__post_init__", recording)
     net = MemoryNetwork()
     async with two_clusters(net) as (dc1, dc2):
         await peer(dc1, dc2, services1=("api",), services2=())
