@@ -38,7 +38,7 @@ from peerkit.impl.testing import (
 from peerkit.impl.transport import Direction, MemoryNetwork, StatusCode, StreamFailed
 from peerkit.impl.transport.grpc_bridge import GrpcTransport
 from peerkit.model.vocabulary import PeeringState
-from peerkit.proto import catalog_pb2, peerstream_pb2
+from peerkit.proto import peerstream_pb2, service_pb2
 from peerkit.proto.peerstream_pb2 import ReplicationMessage as RM
 from peerkit.proto.resources import TYPE_URL_EXPORTED_SERVICE
 
@@ -125,10 +125,11 @@ async def net_and_dc1() -> AsyncIterator[tuple[MemoryNetwork, Cluster]]:
 
 
 def exported_service(name: str, nonce: int) -> RM:
-    payload = peerstream_pb2.ExportedService(Nodes=[catalog_pb2.CheckServiceNode(
-        Node=catalog_pb2.Node(Name=f"{name}-node", Address="10.0.0.1"),
-        Service=catalog_pb2.Service(ID=name + "-1", Name=name, Port=80),
-        Checks=[catalog_pb2.HealthCheck(CheckID="serfHealth", Status="passing")],
+    payload = peerstream_pb2.ExportedService(Nodes=[service_pb2.CheckServiceNode(
+        Node=service_pb2.Node(Node=f"{name}-node", Address="10.0.0.1"),
+        Service=service_pb2.NodeService(ID=name + "-1", Service=name, Port=80),
+        Checks=[service_pb2.HealthCheck(Node=f"{name}-node", CheckID="serfHealth",
+                                        Status="passing")],
     )])
     response = RM.Response(Nonce=f"{nonce:08x}", ResourceURL=TYPE_URL_EXPORTED_SERVICE,
                            ResourceID=name, operation=peerstream_pb2.OPERATION_UPSERT)
