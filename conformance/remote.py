@@ -24,13 +24,14 @@ the model's names (``dc1``, ``api``) come back. The servers' own names do not ma
 Observation in real time: ``stable_view`` polls both servers until the view has not changed for
 ``window`` seconds (a state the servers rest in, read consistently), or until a deadline.
 
-May import: the standard library, trio, ``peerkit.model``, ``peerkit.proto``, ``peerkit.impl``
-(the client and the gRPC transport only) and this package's ``abstraction``, ``candidates`` and
+May import: the standard library, trio, ``peerkit.model``, ``peerkit.impl`` (the client and the
+gRPC transport only) and this package's ``abstraction``, ``candidates`` and
 ``trace``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -45,7 +46,6 @@ from peerkit.model import actions as A
 from peerkit.model.config import Config
 from peerkit.model.machine import PeeringModel
 from peerkit.model.state import cluster_name
-from peerkit.proto import peering_pb2
 
 from .abstraction import GONE, ClusterView, View
 from .trace import TraceValidator
@@ -105,39 +105,42 @@ async def rpc_cluster_view(client: PeerkitClient, index: int, names: Names) -> C
     catalog = await client.read_catalog()
     status = await client.status()
     rows = []
-    for p in peerings:
-        peer = names.model(p.Name)
+    for row in peerings:
+        peer = names.model(row.Name)
         if peer is None:
             continue
-        names.ids.add(p.ID)
-        rows.append((peer, peering_pb2.PeeringState.Name(p.State)))
+        names.ids.add(row.ID)
+        # the enum's name from the message's own descriptor (the wire's names: ACTIVE, ...)
+        enum = row.DESCRIPTOR.fields_by_name["State"].enum_type
+        assert enum is not None
+        rows.append((peer, str(enum.values_by_number[row.State].name)))
     imported = []
     for entry in catalog.Imports:
         peer = names.model(entry.PeerName)
         if peer is None:
             continue
-        services = sorted({s for n in entry.Nodes
-                           if (s := names.model(n.Service.Name)) is not None})
+        services = sorted({name for node in entry.Nodes
+                           if (name := names.model(node.Service.Name)) is not None})
         bundle = entry.HasField("TrustBundle")
         if services or bundle:
             imported.append((peer, tuple(services), bundle))
     tracker = []
-    for s in status.Streams:
-        if s.PeerName:
-            peer = names.model(s.PeerName)
+    for stream in status.Streams:
+        if stream.PeerName:
+            peer = names.model(stream.PeerName)
             if peer is not None:
-                tracker.append((peer, bool(s.Connected)))
-        elif s.PeeringID in names.ids:
-            tracker.append((GONE, bool(s.Connected)))
-    registered = sorted({s for n in catalog.LocalServices
-                         if (s := names.model(n.Service.Name)) is not None})
+                tracker.append((peer, bool(stream.Connected)))
+        elif stream.PeeringID in names.ids:
+            tracker.append((GONE, bool(stream.Connected)))
+    registered = sorted({name for node in catalog.LocalServices
+                         if (name := names.model(node.Service.Name)) is not None})
     exports = []
-    for e in catalog.Exports:
-        service = names.model(e.ServiceName)
+    for export in catalog.Exports:
+        service = names.model(export.ServiceName)
         if service is None:
             continue
-        for p in e.PeerNames:
-            peer = names.model(p)
+        for peer_name in export.PeerNames:
+            peer = names.model(peer_name)
             if peer is not None:
                 exports.append((service, peer))
     return ClusterView(cluster_name(index), tuple(sorted(rows)), tuple(sorted(imported)),
@@ -330,10 +333,8 @@ class Session:
         """Best effort, unchecked: delete the session's peerings so that their streams stop."""
         for c, client in enumerate(self.clients):
             for name in (self._peer(1 - c), self._outsider(c)):
-                try:
+                with contextlib.suppress(StreamFailed):
                     await client.peering_delete(name)
-                except StreamFailed:
-                    pass
 
 
 @asynccontextmanager
