@@ -10,15 +10,20 @@ standard library, so an ordinary test run is neither changed nor slowed.
 Installed as the ``pytest11`` entry point ``peerkit`` (pyproject.toml), so it is active wherever
 peerkit is installed; ``-p no:peerkit`` switches it off.
 
-May import: the standard library and pytest (the suite itself is imported by pytest's collection,
-only when the option is given).
+May import: the standard library, pytest, and this package's ``remote`` (lazily, inside the
+fixture: the suite and gRPC load only when the option is given).
 """
 
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from .remote import Target
 
 OPTION = "--peerkit-target"
 SUITE = "peerkit.conformance.target_suite"
@@ -30,6 +35,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         OPTION, dest="peerkit_target", default=None, metavar="ADDR_A,ADDR_B",
         help="run peerkit's conformance suite against two running servers (host:port each; "
              "the first generates tokens and exports, the second establishes and dials)")
+    group.addoption(
+        "--peerkit-rest", dest="peerkit_rest", type=float, default=None, metavar="SECONDS",
+        help="how long both servers' state must stay unchanged to be observed (default 0.3)")
+    group.addoption(
+        "--peerkit-settle", dest="peerkit_settle", type=float, default=None, metavar="SECONDS",
+        help="how long the servers get to settle at the end of a scenario (default 20)")
 
 
 def parse_target(value: str) -> tuple[str, str]:
@@ -49,6 +60,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if value is None:
         return
     parse_target(value)
+    for name, flag in (("peerkit_rest", "--peerkit-rest"), ("peerkit_settle", "--peerkit-settle")):
+        seconds = config.getoption(name)
+        if seconds is not None and not 0 < seconds <= 3600:
+            raise pytest.UsageError(f"{flag} takes seconds in (0, 3600]; got {seconds}")
     spec = importlib.util.find_spec(SUITE)
     if spec is None or spec.origin is None:
         raise pytest.UsageError(f"{OPTION}: cannot find the suite module {SUITE}")
@@ -60,9 +75,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def peerkit_target(pytestconfig: pytest.Config) -> tuple[str, str]:
-    """The two servers' addresses given by ``--peerkit-target``; skips without it."""
+def peerkit_target(pytestconfig: pytest.Config) -> Target:
+    """The two servers given by ``--peerkit-target``, with the suite's timing; skips without
+    the option."""
     value = pytestconfig.getoption("peerkit_target")
     if value is None:
         pytest.skip(f"no {OPTION} given")
-    return parse_target(value)
+    from .remote import Target, Timing  # only now: gRPC and trio load with the suite
+
+    timing = Timing()
+    rest, settle = (pytestconfig.getoption(n) for n in ("peerkit_rest", "peerkit_settle"))
+    if rest is not None:
+        timing = replace(timing, rest=rest)
+    if settle is not None:
+        timing = replace(timing, settle_deadline=settle)
+    return Target(parse_target(value), timing)

@@ -22,7 +22,7 @@ is kept when its peering ID was seen in one of the session's rows), with the tag
 the model's names (``dc1``, ``api``) come back. The servers' own names do not matter.
 
 Observation in real time: ``stable_view`` polls both servers until the view has not changed for
-``window`` seconds (a state the servers rest in, read consistently), or until a deadline.
+``Timing.rest`` seconds (a state the servers rest in, read consistently), or until a deadline.
 
 May import: the standard library, trio, ``peerkit.model``, ``peerkit.impl`` (the client and the
 gRPC transport only) and this package's ``abstraction``, ``candidates`` and
@@ -67,14 +67,29 @@ REMOTE_CONFIG = Config(
     "4 churn; no faults, no failovers",
 )
 
-#: poll period while waiting for a view to rest (each poll is three RPCs to each server)
-POLL = 0.05
-#: how long a view must stay unchanged to count as observed
-WINDOW = 0.3
-#: how long one step may take to come to rest before its last view is taken anyway
-STEP_DEADLINE = 15.0
-#: how long the servers get to reach a state the model calls settled
-SETTLE_DEADLINE = 20.0
+@dataclass(frozen=True)
+class Timing:
+    """How the suite waits for real servers (seconds). The defaults suit servers with
+    upstream's pacing (a sync pass at most every 5 s once its burst is spent)."""
+
+    #: how long a view must stay unchanged to count as observed
+    rest: float = 0.3
+    #: how long one step may take to come to rest before its last view is taken anyway
+    step_deadline: float = 15.0
+    #: how long the servers get to reach a state the model calls settled
+    settle_deadline: float = 20.0
+    #: poll period while waiting (each poll is three RPCs to each server)
+    poll: float = 0.05
+
+
+@dataclass(frozen=True)
+class Target:
+    """Two running servers: the model's dc1 (acceptor, exporter) and dc2 (dialer)."""
+
+    addresses: tuple[str, str]
+    timing: Timing = Timing()
+
+
 #: every RPC's own deadline
 RPC_TIMEOUT = 10.0
 
@@ -157,8 +172,10 @@ class Session:
     each followed by an observation, all checked by trace validation."""
 
     def __init__(self, clients: Sequence[PeerkitClient], addresses: Sequence[str],
-                 names: Names, config: Config = REMOTE_CONFIG) -> None:
+                 names: Names, config: Config = REMOTE_CONFIG,
+                 timing: Timing = Timing()) -> None:
         self.clients = list(clients)
+        self.timing = timing
         self.addresses = list(addresses)
         self.names = names
         self.config = config
@@ -170,47 +187,66 @@ class Session:
         self.used_tokens: set[tuple[int, int]] = set()
 
     # -- observing -----------------------------------------------------------------------------
-    async def stable_view(self, window: float = WINDOW,
-                          deadline: float = STEP_DEADLINE) -> tuple[View, bool]:
-        """Poll until the view rests for ``window`` s; (view, True), or (last view, False) when
-        ``deadline`` s passed first."""
+    async def stable_view(self, deadline: float) -> tuple[View, bool]:
+        """Poll until the view rests for ``timing.rest`` s; (view, True), or (last view, False)
+        when ``deadline`` s passed first."""
+        t = self.timing
         start = trio.current_time()
         last = await rpc_view(self.clients, self.names)
         since = trio.current_time()
         while True:
             now = trio.current_time()
-            if now - since >= window:
+            if now - since >= t.rest:
                 return last, True
             if now - start >= deadline:
                 return last, False
-            await trio.sleep(POLL)
+            await trio.sleep(t.poll)
             view = await rpc_view(self.clients, self.names)
             if view != last:
                 last, since = view, trio.current_time()
 
     async def observe(self, what: str) -> View:
-        view, stable = await self.stable_view()
+        deadline = self.timing.step_deadline
+        view, stable = await self.stable_view(deadline)
         self.trace.observe(view, what if stable else
-                           f"{what} (still changing after {STEP_DEADLINE:g} s)")
+                           f"{what} (still changing after {deadline:g} s)")
         return view
 
     async def settle(self, what: str = "settle") -> None:
         """Observe resting views until one has a settled model candidate; past the deadline,
         require one (a divergence: the servers failed to do something the model must)."""
+        deadline = self.timing.settle_deadline
         start = trio.current_time()
         while True:
-            view, _stable = await self.stable_view(deadline=SETTLE_DEADLINE)
+            view, _stable = await self.stable_view(deadline)
             elapsed = trio.current_time() - start
             self.trace.observe(view, f"{what} ({elapsed:.1f} s)")
-            if self.trace.any_settled() or elapsed >= SETTLE_DEADLINE:
+            if self.trace.any_settled() or elapsed >= deadline:
                 self.trace.require_settled(f"{what}: waited {elapsed:.1f} s of at most "
-                                           f"{SETTLE_DEADLINE:g} s")
+                                           f"{deadline:g} s")
                 return
-            await self._until_changed(view, start + SETTLE_DEADLINE)
+            await self._until_changed(view, start + deadline)
+
+    async def until_row(self, c: int, state: str, what: str) -> None:
+        """Observe resting views until cluster ``c``'s row for its peer reads ``state`` (e.g.
+        the told side's TERMINATED), or the settle deadline passes; either way the views are
+        checked, and the scenario goes on (a step that depends on it then shows what
+        happened). Cheaper than ``settle``: it does not wait for every pass the model owes."""
+        deadline = self.timing.settle_deadline
+        start = trio.current_time()
+        peer = cluster_name(1 - c)
+        while True:
+            view, _stable = await self.stable_view(deadline)
+            self.trace.observe(view, what)
+            if (peer, state) in view.clusters[c].rows:
+                return
+            if trio.current_time() - start >= deadline:
+                return
+            await self._until_changed(view, start + deadline)
 
     async def _until_changed(self, view: View, until: float) -> None:
         while trio.current_time() < until:
-            await trio.sleep(POLL)
+            await trio.sleep(self.timing.poll)
             if await rpc_view(self.clients, self.names) != view:
                 return
 
@@ -350,13 +386,14 @@ async def connected(addresses: Sequence[str]) -> AsyncIterator[list[PeerkitClien
 Scenario = Callable[[Session], Awaitable[None]]
 
 
-def run_scenario(addresses: Sequence[str], scenario: Scenario) -> None:
-    """Run one scenario against the two servers at ``addresses`` in a trio run of its own;
+def run_scenario(target: Target, scenario: Scenario) -> None:
+    """Run one scenario against the two servers of ``target`` in a trio run of its own;
     raises ``trace.TraceDivergence`` when the observations are not a behaviour of the model."""
 
     async def main() -> None:
-        async with connected(addresses) as clients:
-            session = Session(clients, addresses, Names(new_tag()))
+        async with connected(target.addresses) as clients:
+            session = Session(clients, target.addresses, Names(new_tag()),
+                              timing=target.timing)
             try:
                 await scenario(session)
             finally:

@@ -30,9 +30,7 @@ May import: the standard library, pytest and this package's ``remote``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from .remote import Session, run_scenario
+from .remote import Session, Target, run_scenario
 
 
 async def replicate_and_churn(s: Session) -> None:
@@ -54,6 +52,7 @@ async def acceptor_deletes_then_peer_again(s: Session) -> None:
     await s.peer()
     await s.poke(0)
     await s.delete(0)
+    await s.until_row(1, "TERMINATED", "dc2 is told")
     await s.delete(1)
     await s.peer()
     await s.settle()
@@ -65,6 +64,7 @@ async def dialer_deletes(s: Session) -> None:
     await s.peer()
     await s.poke(0)
     await s.delete(1)
+    await s.until_row(0, "TERMINATED", "dc1 is told")
     await s.delete(0)
     await s.settle()
 
@@ -76,13 +76,13 @@ SCENARIOS = {
 }
 
 
-def test_replicate_and_churn(peerkit_target: Sequence[str]) -> None:
+def test_replicate_and_churn(peerkit_target: Target) -> None:
     run_scenario(peerkit_target, replicate_and_churn)
 
 
-def test_acceptor_deletes_then_peer_again(peerkit_target: Sequence[str]) -> None:
+def test_acceptor_deletes_then_peer_again(peerkit_target: Target) -> None:
     run_scenario(peerkit_target, acceptor_deletes_then_peer_again)
 
 
-def test_dialer_deletes(peerkit_target: Sequence[str]) -> None:
+def test_dialer_deletes(peerkit_target: Target) -> None:
     run_scenario(peerkit_target, dialer_deletes)

@@ -27,9 +27,13 @@ from pathlib import Path
 
 import pytest
 
-from peerkit.conformance.remote import run_scenario
+from peerkit.conformance.abstraction import model_view
+from peerkit.conformance.remote import REMOTE_CONFIG, Target, run_scenario
 from peerkit.conformance.target_suite import SCENARIOS
-from peerkit.conformance.trace import TraceDivergence
+from peerkit.conformance.trace import TraceDivergence, TraceValidator
+from peerkit.model import actions as A
+from peerkit.model.machine import PeeringModel
+from peerkit.model.state import World
 
 DEADLINE = 120.0  # one suite run's bound; it takes seconds
 START_DEADLINE = 20.0
@@ -95,7 +99,7 @@ def test_the_suite_fails_against_a_bugged_server(tmp_path: Path, bug: str) -> No
     until one diverges."""
     with servers(tmp_path, (bug,)) as target, pytest.raises(TraceDivergence) as caught:
         for scenario in SCENARIOS.values():
-            run_scenario(target, scenario)
+            run_scenario(Target(target), scenario)
     text = str(caught.value)
     assert "trace validation found a divergence" in text
     assert "the shortest observed prefix the model cannot produce" in text
@@ -126,3 +130,73 @@ def test_a_malformed_target_is_a_usage_error(tmp_path: Path) -> None:
     done = run_pytest(tmp_path, "--peerkit-target=127.0.0.1:1")
     assert done.returncode == 4, done.stdout + done.stderr
     assert "takes two different addresses" in done.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# trace validation on its own (no servers)
+
+
+def _validator() -> tuple[PeeringModel, TraceValidator]:
+    model = PeeringModel(REMOTE_CONFIG)
+    return model, TraceValidator(model, model.initial_states(), header="unit")
+
+
+def test_protocol_steps_between_entries_are_allowed() -> None:
+    """Token, establish, then a view only protocol steps reach (the stream up, replicated):
+    accepted, and the model can settle there."""
+    model, trace = _validator()
+    [w] = model.initial_states()
+    trace.observe(model_view(w, (False, False)), "start")
+    trace.pin([A.GenerateToken(0, 1)], "token")
+    [key] = {t for w in trace.worlds() for t in w.tokens}
+    trace.pin([A.Establish(1, 0, key[1])], "establish")
+    up = [w for w in _reachable(model, trace.worlds())
+          if all(v.tracker and all(c for _p, c in v.tracker)
+                 for v in model_view(w, (False, False)).clusters)]
+    assert up, "the model reaches a connected stream"
+    trace.observe(model_view(up[0], (False, False)), "connected")  # no divergence
+    assert [e.kind for e in trace.entries] == ["view", "action", "action", "view"]
+
+
+def test_a_view_the_model_cannot_reach_is_the_end_of_the_reported_prefix() -> None:
+    model, trace = _validator()
+    [w] = model.initial_states()
+    start = model_view(w, (False, False))
+    trace.observe(start, "start")
+    trace.pin([A.GenerateToken(0, 1)], "token")
+    # dc2 shows a TERMINATED row out of nowhere
+    dc1, dc2 = start.clusters
+    wrong = start._replace(clusters=(dc1, dc2._replace(rows=(("dc1", "TERMINATED"),))))
+    with pytest.raises(TraceDivergence) as caught:
+        trace.observe(wrong, "after the token")
+    text = str(caught.value)
+    assert "the shortest observed prefix the model cannot produce (3 entries" in text
+    assert ">>   3. observed after after the token" in text
+    assert "dc2.rows: model () / impl (('dc1', 'TERMINATED'),)" in text
+
+
+def test_a_trace_that_never_settles_is_refused() -> None:
+    """Token and establish, then nothing more observed: the model must still dial, so
+    requiring a settled state right after establishing (no protocol step allowed) fails."""
+    model, trace = _validator()
+    [w] = model.initial_states()
+    trace.observe(model_view(w, (False, False)), "start")
+    trace.pin([A.GenerateToken(0, 1)], "token")
+    [key] = {t for w in trace.worlds() for t in w.tokens}
+    trace.pin([A.Establish(1, 0, key[1])], "establish")
+    with pytest.raises(TraceDivergence, match=r"none of the .* candidate model states is settled"):
+        trace.require_settled("at once")
+
+
+def _reachable(model: PeeringModel, start: list[World]) -> list[World]:
+    seen = list(start)
+    todo = list(start)
+    while todo:
+        w = todo.pop()
+        for a in model.enabled(w):
+            if A.is_protocol(a):
+                n = model.step(w, a)
+                if n not in seen:
+                    seen.append(n)
+                    todo.append(n)
+    return seen
