@@ -141,15 +141,21 @@ def _validator() -> tuple[PeeringModel, TraceValidator]:
     return model, TraceValidator(model, model.initial_states(), header="unit")
 
 
-def test_protocol_steps_between_entries_are_allowed() -> None:
-    """Token, establish, then a view only protocol steps reach (the stream up, replicated):
-    accepted, and the model can settle there."""
+def _peered() -> tuple[PeeringModel, TraceValidator]:
+    """The start observed, then a token on dc1 and its establishment on dc2 (nothing since)."""
     model, trace = _validator()
     [w] = model.initial_states()
     trace.observe(model_view(w, (False, False)), "start")
     trace.pin([A.GenerateToken(0, 1)], "token")
     [key] = {t for w in trace.worlds() for t in w.tokens}
     trace.pin([A.Establish(1, 0, key[1])], "establish")
+    return model, trace
+
+
+def test_protocol_steps_between_entries_are_allowed() -> None:
+    """Token, establish, then a view only protocol steps reach (the stream up, replicated):
+    accepted without the steps in between being observed."""
+    model, trace = _peered()
     up = [w for w in _reachable(model, trace.worlds())
           if all(v.tracker and all(c for _p, c in v.tracker)
                  for v in model_view(w, (False, False)).clusters)]
@@ -178,12 +184,7 @@ def test_a_view_the_model_cannot_reach_is_the_end_of_the_reported_prefix() -> No
 def test_a_trace_that_never_settles_is_refused() -> None:
     """Token and establish, then nothing more observed: the model must still dial, so
     requiring a settled state right after establishing (no protocol step allowed) fails."""
-    model, trace = _validator()
-    [w] = model.initial_states()
-    trace.observe(model_view(w, (False, False)), "start")
-    trace.pin([A.GenerateToken(0, 1)], "token")
-    [key] = {t for w in trace.worlds() for t in w.tokens}
-    trace.pin([A.Establish(1, 0, key[1])], "establish")
+    _model, trace = _peered()
     with pytest.raises(TraceDivergence, match=r"none of the .* candidate model states is settled"):
         trace.require_settled("at once")
 
