@@ -227,22 +227,30 @@ class Session:
                 return
             await self._until_changed(view, start + deadline)
 
-    async def until_row(self, c: int, state: str, what: str) -> None:
-        """Observe resting views until cluster ``c``'s row for its peer reads ``state`` (e.g.
-        the told side's TERMINATED), or the settle deadline passes; either way the views are
-        checked, and the scenario goes on (a step that depends on it then shows what
-        happened). Cheaper than ``settle``: it does not wait for every pass the model owes."""
+    async def until(self, done: Callable[[View], bool], what: str) -> None:
+        """Observe resting views until one satisfies ``done`` (e.g. the told side reads
+        TERMINATED), or the settle deadline passes; either way every view is checked, and the
+        scenario goes on (a step that depends on it then shows what happened). Cheaper than
+        ``settle``: it does not wait for every sync pass the model still owes."""
         deadline = self.timing.settle_deadline
         start = trio.current_time()
-        peer = cluster_name(1 - c)
         while True:
             view, _stable = await self.stable_view(deadline)
             self.trace.observe(view, what)
-            if (peer, state) in view.clusters[c].rows:
-                return
-            if trio.current_time() - start >= deadline:
+            if done(view) or trio.current_time() - start >= deadline:
                 return
             await self._until_changed(view, start + deadline)
+
+    async def until_row(self, c: int, state: str, what: str) -> None:
+        """``until`` cluster ``c``'s row for its peer reads ``state``."""
+        row = (cluster_name(1 - c), state)
+        await self.until(lambda v: row in v.clusters[c].rows, what)
+
+    async def until_connected(self) -> None:
+        """``until`` both rows read ACTIVE (the stream is up; the dial may have waited for the
+        dialer's sync pass, which upstream's pacing delays once its burst is spent)."""
+        await self.until(lambda v: all(r[1] == "ACTIVE" for c in v.clusters for r in c.rows)
+                         and all(c.rows for c in v.clusters), "the stream connects")
 
     async def _until_changed(self, view: View, until: float) -> None:
         while trio.current_time() < until:
@@ -311,9 +319,11 @@ class Session:
         await self._operator(A.Establish(c, a, key[1]), call)
 
     async def peer(self, acceptor: int = 0) -> None:
-        """Generate a token on ``acceptor``, establish it on the other cluster."""
+        """Generate a token on ``acceptor``, establish it on the other cluster, wait for the
+        stream to connect."""
         await self.generate_token(acceptor)
         await self.establish(1 - acceptor)
+        await self.until_connected()
 
     async def poke(self, c: int) -> None:
         """Make cluster ``c`` run a sync pass now: write a peering outside the session's
