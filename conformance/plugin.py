@@ -81,7 +81,7 @@ def peerkit_target(pytestconfig: pytest.Config) -> Target:
     value = pytestconfig.getoption("peerkit_target")
     if value is None:
         pytest.skip(f"no {OPTION} given")
-    from .remote import Target, Timing  # only now: gRPC and trio load with the suite
+    from .remote import Target, Timing, unreachable  # only now: gRPC and trio load
 
     timing = Timing()
     rest, settle = (pytestconfig.getoption(n) for n in ("peerkit_rest", "peerkit_settle"))
@@ -89,4 +89,8 @@ def peerkit_target(pytestconfig: pytest.Config) -> Target:
         timing = replace(timing, rest=rest)
     if settle is not None:
         timing = replace(timing, settle_deadline=settle)
-    return Target(parse_target(value), timing)
+    target = Target(parse_target(value), timing)
+    problem = unreachable(target)
+    if problem is not None:
+        pytest.fail(f"{OPTION}: {problem}", pytrace=False)
+    return target

@@ -411,3 +411,20 @@ def run_scenario(target: Target, scenario: Scenario) -> None:
                     await session.cleanup()
 
     trio.run(main)
+
+
+def unreachable(target: Target) -> str | None:
+    """Why the suite cannot use the servers (one line), or None: each must answer Status and
+    PeeringList within the RPC deadline."""
+
+    async def main() -> str | None:
+        async with connected(target.addresses) as clients:
+            for address, client in zip(target.addresses, clients, strict=True):
+                try:
+                    await client.status()
+                    await client.peering_list()
+                except StreamFailed as exc:
+                    return f"the server at {address} does not answer: {exc}"
+        return None
+
+    return trio.run(main)

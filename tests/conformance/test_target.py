@@ -19,6 +19,7 @@ May import: the standard library, pytest and ``peerkit.conformance``.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -203,3 +204,13 @@ def _reachable(model: PeeringModel, start: list[World]) -> list[World]:
                     seen.append(n)
                     todo.append(n)
     return seen
+
+
+def test_a_server_that_does_not_answer_is_named() -> None:
+    from peerkit.conformance.remote import unreachable
+
+    with socket.socket() as sock:  # bound, never listening: refused at once
+        sock.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{sock.getsockname()[1]}"
+        problem = unreachable(Target((address, address)))
+    assert problem is not None and problem.startswith(f"the server at {address} does not answer")
