@@ -25,12 +25,13 @@ measured against ``peerkit serve`` (tests/conformance/test_target.py):
   connection reset or a leader failover, which neither the wire protocol nor the control service
   lets a client cause (specs/porting.md).
 
-May import: the standard library, pytest and this package's ``remote``.
+May import: the standard library and ``peerkit.conformance.remote`` (by its absolute name).
 """
 
 from __future__ import annotations
 
-from .remote import Session, Target, run_scenario
+# absolute: pytest may import this file under another module name (it collects it by path)
+from peerkit.conformance.remote import Session, Target, run_scenario
 
 
 async def replicate_and_churn(s: Session) -> None:
