@@ -16,8 +16,8 @@ The view (``abstraction.View``) is built from RPC answers only, never from serve
   either, so the model never deposes a leader in these scenarios and has no zombie to compare.
 
 Servers keep their state between scenarios (and between runs), so each ``Session`` works in a
-namespace of its own: peer names and service names carry the session's tag (``k3f2-dc1``,
-``k3f2-api``), and the view keeps only what carries the tag (a tracker entry whose row is gone
+namespace of its own: peer names and service names carry the session's tag (``p1a2b3c-dc1``,
+``p1a2b3c-api``), and the view keeps only what carries the tag (a tracker entry whose row is gone
 is kept when its peering ID was seen in one of the session's rows), with the tag stripped, so
 the model's names (``dc1``, ``api``) come back. The servers' own names do not matter.
 
@@ -25,8 +25,7 @@ Observation in real time: ``stable_view`` polls both servers until the view has 
 ``Timing.rest`` seconds (a state the servers rest in, read consistently), or until a deadline.
 
 May import: the standard library, trio, ``peerkit.model``, ``peerkit.impl`` (the client and the
-gRPC transport only) and this package's ``abstraction``, ``candidates`` and
-``trace``.
+gRPC transport only) and this package's ``abstraction`` and ``trace``.
 """
 
 from __future__ import annotations
