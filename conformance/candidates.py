@@ -7,6 +7,8 @@ One job: keep that set, advance it, and say when it becomes empty.
 * ``observe(view)``: the implementation ran on its own until quiescent; close the set under the
   model's protocol actions (breadth first, bounded by ``limit`` states), keep the states whose
   abstraction equals the observed view. Empty: a ``Divergence`` naming the nearest candidates.
+* ``close()``: time passed unobserved (a live system between an observation and an operator
+  call): every state the protocol reaches from a candidate becomes a candidate.
 * ``require_settled()``: the implementation has settled (time ran far, nothing held); some
   candidate must be settled in the model's sense, or the implementation failed to do something
   the model must do.
@@ -114,6 +116,13 @@ class Candidates:
                 f"after: {what}\nthe model cannot do it in any of the {len(self.states)} "
                 f"candidate states ({names})")
         self.states = nxt
+
+    def close(self) -> None:
+        """Unobserved time passed: keep every state the protocol can reach from a candidate
+        (trace validation of a live system: steps may happen between an observation and the
+        next operator call)."""
+        order, _parents = self._closure()
+        self.states = set(order)
 
     def _closure(self) -> tuple[list[Candidate], dict[Candidate, list[tuple[Candidate, object]]]]:
         order: list[Candidate] = list(self.states)

@@ -1,0 +1,429 @@
+"""The abstraction of a remote server, built only from its RPC answers, and the driver's session.
+
+One job: observe and drive two running servers of any implementation over real gRPC, through
+the peering service (GenerateToken, Establish, PeeringList, PeeringDelete) and peerkit's control
+service (``AdminService``: RegisterService, DeregisterService, ExportService, UnexportService,
+ReadCatalog, Status), and hand every observation and operator step to a ``TraceValidator``.
+
+The view (``abstraction.View``) is built from RPC answers only, never from server objects:
+
+* rows: ``PeeringList`` (name, and the state it reports: ACTIVE/FAILING from the tracker);
+* imported: ``ReadCatalog.Imports`` (service names per peer; the trust bundle's presence);
+* tracker: ``Status.Streams`` (peer name, or ``GONE`` when its row is gone; connected);
+* registered, exports: ``ReadCatalog.LocalServices`` and ``ReadCatalog.Exports``;
+* zombie: **left out** (always false). Whether a deletion routine of an ended leader term still
+  runs is internal to a server, and the control service has no way to end a term (no failover)
+  either, so the model never deposes a leader in these scenarios and has no zombie to compare.
+
+Servers keep their state between scenarios (and between runs), so each ``Session`` works in a
+namespace of its own: peer names and service names carry the session's tag (``p1a2b3c-dc1``,
+``p1a2b3c-api``), and the view keeps only what carries the tag (a tracker entry whose row is gone
+is kept when its peering ID was seen in one of the session's rows), with the tag stripped, so
+the model's names (``dc1``, ``api``) come back. The servers' own names do not matter.
+
+Observation in real time: ``stable_view`` polls both servers until the view has not changed for
+``Timing.rest`` seconds (a state the servers rest in, read consistently), or until a deadline.
+
+May import: the standard library, trio, ``peerkit.model``, ``peerkit.impl`` (the client and the
+gRPC transport only) and this package's ``abstraction`` and ``trace``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+
+from peerkit.impl.client import PeerkitClient
+from peerkit.impl.transport import StreamFailed
+from peerkit.impl.transport.grpc_bridge import GrpcTransport
+from peerkit.model import actions as A
+from peerkit.model.config import Config
+from peerkit.model.machine import PeeringModel
+from peerkit.model.state import cluster_name
+
+from .abstraction import GONE, ClusterView, View
+from .trace import TraceValidator
+
+#: the model the remote scenarios are held to: from no peering, budgets for a peering, a
+#: deletion on each side, a re-peering and a little churn; no resets and no failovers (the
+#: control service cannot cause them)
+REMOTE_CONFIG = Config(
+    "remote",
+    start="empty",
+    tokens=2,
+    establishes=2,
+    deletes=2,
+    cleanups=2,
+    churn=4,
+    faults=0,
+    failovers=0,
+    description="the remote conformance suite: 2 peerings in turn, 2 deletes, 2 cleanups, "
+    "4 churn; no faults, no failovers",
+)
+
+@dataclass(frozen=True)
+class Timing:
+    """How the suite waits for real servers (seconds). The defaults suit servers with
+    upstream's pacing (a sync pass at most every 5 s once its burst is spent)."""
+
+    #: how long a view must stay unchanged to count as observed
+    rest: float = 0.3
+    #: how long one step may take to come to rest before its last view is taken anyway
+    step_deadline: float = 15.0
+    #: how long the servers get to reach a state the model calls settled
+    settle_deadline: float = 20.0
+    #: poll period while waiting (each poll is three RPCs to each server)
+    poll: float = 0.05
+
+
+@dataclass(frozen=True)
+class Target:
+    """Two running servers: the model's dc1 (acceptor, exporter) and dc2 (dialer)."""
+
+    addresses: tuple[str, str]
+    timing: Timing = Timing()
+
+
+#: every RPC's own deadline
+RPC_TIMEOUT = 10.0
+
+
+@dataclass
+class Names:
+    """The session's namespace: model names <-> the names used on the servers."""
+
+    tag: str
+    ids: set[str] = field(default_factory=set)  # peering IDs of the session's rows, ever seen
+
+    def remote(self, name: str) -> str:
+        return f"{self.tag}-{name}"
+
+    def model(self, name: str) -> str | None:
+        prefix = self.tag + "-"
+        return name[len(prefix):] if name.startswith(prefix) else None
+
+
+def new_tag() -> str:
+    """A fresh namespace: 'p' + 6 hex digits (peer names are DNS labels)."""
+    return "p" + secrets.token_hex(3)
+
+
+async def rpc_cluster_view(client: PeerkitClient, index: int, names: Names) -> ClusterView:
+    """One server's abstracted state, from PeeringList, ReadCatalog and Status."""
+    peerings = await client.peering_list()
+    catalog = await client.read_catalog()
+    status = await client.status()
+    rows = []
+    for row in peerings:
+        peer = names.model(row.Name)
+        if peer is None:
+            continue
+        names.ids.add(row.ID)
+        # the enum's name from the message's own descriptor (the wire's names: ACTIVE, ...)
+        enum = row.DESCRIPTOR.fields_by_name["State"].enum_type
+        assert enum is not None
+        rows.append((peer, str(enum.values_by_number[row.State].name)))
+    imported = []
+    for entry in catalog.Imports:
+        peer = names.model(entry.PeerName)
+        if peer is None:
+            continue
+        services = sorted({name for node in entry.Nodes
+                           if (name := names.model(node.Service.Name)) is not None})
+        bundle = entry.HasField("TrustBundle")
+        if services or bundle:
+            imported.append((peer, tuple(services), bundle))
+    tracker = []
+    for stream in status.Streams:
+        if stream.PeerName:
+            peer = names.model(stream.PeerName)
+            if peer is not None:
+                tracker.append((peer, bool(stream.Connected)))
+        elif stream.PeeringID in names.ids:
+            tracker.append((GONE, bool(stream.Connected)))
+    registered = sorted({name for node in catalog.LocalServices
+                         if (name := names.model(node.Service.Name)) is not None})
+    exports = []
+    for export in catalog.Exports:
+        service = names.model(export.ServiceName)
+        if service is None:
+            continue
+        for peer_name in export.PeerNames:
+            peer = names.model(peer_name)
+            if peer is not None:
+                exports.append((service, peer))
+    return ClusterView(cluster_name(index), tuple(sorted(rows)), tuple(sorted(imported)),
+                       tuple(sorted(tracker)), tuple(registered), tuple(sorted(exports)),
+                       False)
+
+
+async def rpc_view(clients: Sequence[PeerkitClient], names: Names) -> View:
+    return View(tuple([await rpc_cluster_view(c, i, names) for i, c in enumerate(clients)]))
+
+
+class Session:
+    """One scenario against two running servers: operator steps in the model's vocabulary,
+    each followed by an observation, all checked by trace validation."""
+
+    def __init__(self, clients: Sequence[PeerkitClient], addresses: Sequence[str],
+                 names: Names, config: Config = REMOTE_CONFIG,
+                 timing: Timing = Timing()) -> None:
+        self.clients = list(clients)
+        self.timing = timing
+        self.addresses = list(addresses)
+        self.names = names
+        self.config = config
+        self.model = PeeringModel(config)
+        self.trace = TraceValidator(self.model, self.model.initial_states(),
+                                    header=f"targets {', '.join(addresses)} "
+                                           f"(names tagged {names.tag!r})")
+        self.tokens: dict[tuple[int, int], str] = {}  # the model's (acceptor, gen) -> token
+        self.used_tokens: set[tuple[int, int]] = set()
+
+    # -- observing -----------------------------------------------------------------------------
+    async def stable_view(self, deadline: float) -> tuple[View, bool]:
+        """Poll until the view rests for ``timing.rest`` s; (view, True), or (last view, False)
+        when ``deadline`` s passed first."""
+        t = self.timing
+        start = trio.current_time()
+        last = await rpc_view(self.clients, self.names)
+        since = trio.current_time()
+        while True:
+            now = trio.current_time()
+            if now - since >= t.rest:
+                return last, True
+            if now - start >= deadline:
+                return last, False
+            await trio.sleep(t.poll)
+            view = await rpc_view(self.clients, self.names)
+            if view != last:
+                last, since = view, trio.current_time()
+
+    async def observe(self, what: str) -> View:
+        deadline = self.timing.step_deadline
+        view, stable = await self.stable_view(deadline)
+        self.trace.observe(view, what if stable else
+                           f"{what} (still changing after {deadline:g} s)")
+        return view
+
+    async def settle(self, what: str = "settle") -> None:
+        """Observe resting views until one has a settled model candidate; past the deadline,
+        require one (a divergence: the servers failed to do something the model must)."""
+        deadline = self.timing.settle_deadline
+        start = trio.current_time()
+        while True:
+            view, _stable = await self.stable_view(deadline)
+            elapsed = trio.current_time() - start
+            self.trace.observe(view, f"{what} ({elapsed:.1f} s)")
+            if self.trace.any_settled() or elapsed >= deadline:
+                self.trace.require_settled(f"{what}: waited {elapsed:.1f} s of at most "
+                                           f"{deadline:g} s")
+                return
+            await self._until_changed(view, start + deadline)
+
+    async def until(self, done: Callable[[View], bool], what: str) -> None:
+        """Observe resting views until one satisfies ``done`` (e.g. the told side reads
+        TERMINATED), or the settle deadline passes; either way every view is checked, and the
+        scenario goes on (a step that depends on it then shows what happened). Cheaper than
+        ``settle``: it does not wait for every sync pass the model still owes."""
+        deadline = self.timing.settle_deadline
+        start = trio.current_time()
+        while True:
+            view, _stable = await self.stable_view(deadline)
+            self.trace.observe(view, what)
+            if done(view) or trio.current_time() - start >= deadline:
+                return
+            await self._until_changed(view, start + deadline)
+
+    async def until_row(self, c: int, state: str, what: str) -> None:
+        """``until`` cluster ``c``'s row for its peer reads ``state``."""
+        row = (cluster_name(1 - c), state)
+        await self.until(lambda v: row in v.clusters[c].rows, what)
+
+    async def until_connected(self) -> None:
+        """``until`` both rows read ACTIVE (the stream is up; the dial may have waited for the
+        dialer's sync pass, which upstream's pacing delays once its burst is spent)."""
+        await self.until(lambda v: all(r[1] == "ACTIVE" for c in v.clusters for r in c.rows)
+                         and all(c.rows for c in v.clusters), "the stream connects")
+
+    async def _until_changed(self, view: View, until: float) -> None:
+        while trio.current_time() < until:
+            await trio.sleep(self.timing.poll)
+            if await rpc_view(self.clients, self.names) != view:
+                return
+
+    # -- driving -------------------------------------------------------------------------------
+    async def _operator(self, action: object, call: Callable[[], Awaitable[object]]) -> object:
+        """Run one operator RPC; the model takes the same action after whatever protocol steps
+        the servers may have taken unobserved since the last observation."""
+        what = self.model.format_action(action)
+        result: object = None
+        try:
+            result = await call()
+        except StreamFailed as exc:  # a refusal is an observation too: the views will tell
+            what += f" (the RPC failed: {exc})"
+        self.trace.pin([action], what)
+        await self.observe(what)
+        return result
+
+    def _peer(self, c: int) -> str:
+        """The name cluster ``1 - c`` gives its peering with cluster ``c``."""
+        return self.names.remote(cluster_name(c))
+
+    def _service(self, s: str) -> str:
+        return self.names.remote(s)
+
+    async def register_and_export(self) -> None:
+        """The model's start: the exporter registers its services and exports them."""
+        cfg = self.config
+        client = self.clients[cfg.exporter]
+        for i, s in enumerate(cfg.services):
+            await client.register_service(f"{self.names.tag}-node-{s}", self._service(s),
+                                          port=8000 + i)
+            if cfg.exported_at_start:
+                for p in range(cfg.clusters):
+                    if p != cfg.exporter:
+                        await client.export_service(self._service(s), self._peer(p))
+        await self.observe("start: register and export the services")
+
+    async def generate_token(self, c: int) -> None:
+        p = 1 - c
+        before = {t for w in self.trace.worlds() for t in w.tokens}
+
+        async def call() -> str:
+            return await self.clients[c].generate_token(self._peer(p))
+
+        token = await self._operator(A.GenerateToken(c, p), call)
+        if isinstance(token, str):
+            for key in {t for w in self.trace.worlds() for t in w.tokens} - before:
+                self.tokens[key] = token
+
+    async def establish(self, c: int) -> None:
+        """Establish with the newest unused token of the other cluster."""
+        a = 1 - c
+        usable = [k for k in self.tokens if k[0] == a and k not in self.used_tokens]
+        if not usable:
+            raise RuntimeError("the scenario establishes without a fresh token")
+        key = max(usable)
+        self.used_tokens.add(key)
+
+        async def call() -> None:
+            await self.clients[c].establish(self._peer(a), self.tokens[key])
+
+        await self._operator(A.Establish(c, a, key[1]), call)
+
+    async def peer(self, acceptor: int = 0) -> None:
+        """Generate a token on ``acceptor``, establish it on the other cluster, wait for the
+        stream to connect."""
+        await self.generate_token(acceptor)
+        await self.establish(1 - acceptor)
+        await self.until_connected()
+
+    async def poke(self, c: int) -> None:
+        """Make cluster ``c`` run a sync pass now: write a peering outside the session's
+        namespace (a token for a peer name the view does not show). Not a model action: the
+        model runs a sync pass only when its own peerings changed, and a bug-free pass over
+        healthy peerings changes nothing one can see (a stutter), so this is safe in a trace;
+        it is how a buggy pass that tears down a healthy stream (``stored-map``) shows without
+        waiting for the next change. Use it only when no stream of the session has ended (a
+        pass also forgets the tracker entries of ended streams whose row is gone)."""
+        what = f"{cluster_name(c)}: operator generates a token for a peering outside the " \
+               "scenario (its sync pass runs)"
+        self.trace.note(what)
+        await self.clients[c].generate_token(self._outsider(c))
+        await self.observe(what)
+
+    def _outsider(self, c: int) -> str:
+        return f"{self.names.tag}x{c}"
+
+    async def delete(self, c: int) -> None:
+        async def call() -> None:
+            await self.clients[c].peering_delete(self._peer(1 - c))
+
+        await self._operator(A.Delete(c, 1 - c), call)
+
+    async def export(self, c: int, service: str, on: bool = True) -> None:
+        p = 1 - c
+        client = self.clients[c]
+
+        async def call() -> None:
+            if on:
+                await client.export_service(self._service(service), self._peer(p))
+            else:
+                await client.unexport_service(self._service(service), self._peer(p))
+
+        action = A.Export(c, service, p) if on else A.Unexport(c, service, p)
+        await self._operator(action, call)
+
+    async def register(self, c: int, service: str, on: bool = True) -> None:
+        client = self.clients[c]
+
+        async def call() -> None:
+            if on:
+                await client.register_service(f"{self.names.tag}-node-{service}",
+                                              self._service(service),
+                                              port=8000 + self.config.services.index(service))
+            else:
+                await client.deregister_service(service=self._service(service))
+
+        action = A.Register(c, service) if on else A.Deregister(c, service)
+        await self._operator(action, call)
+
+    async def cleanup(self) -> None:
+        """Best effort, unchecked: delete the session's peerings so that their streams stop."""
+        for c, client in enumerate(self.clients):
+            for name in (self._peer(1 - c), self._outsider(c)):
+                with contextlib.suppress(StreamFailed):
+                    await client.peering_delete(name)
+
+
+@asynccontextmanager
+async def connected(addresses: Sequence[str]) -> AsyncIterator[list[PeerkitClient]]:
+    """One client per address, over one gRPC transport."""
+    async with AsyncExitStack() as stack:
+        transport = await stack.enter_async_context(GrpcTransport())
+        clients = [await stack.enter_async_context(
+            PeerkitClient.connect(transport, a, timeout=RPC_TIMEOUT)) for a in addresses]
+        yield clients
+
+
+Scenario = Callable[[Session], Awaitable[None]]
+
+
+def run_scenario(target: Target, scenario: Scenario) -> None:
+    """Run one scenario against the two servers of ``target`` in a trio run of its own;
+    raises ``trace.TraceDivergence`` when the observations are not a behaviour of the model."""
+
+    async def main() -> None:
+        async with connected(target.addresses) as clients:
+            session = Session(clients, target.addresses, Names(new_tag()),
+                              timing=target.timing)
+            try:
+                await scenario(session)
+            finally:
+                with trio.move_on_after(5):
+                    await session.cleanup()
+
+    trio.run(main)
+
+
+def unreachable(target: Target) -> str | None:
+    """Why the suite cannot use the servers (one line), or None: each must answer Status and
+    PeeringList within the RPC deadline."""
+
+    async def main() -> str | None:
+        async with connected(target.addresses) as clients:
+            for address, client in zip(target.addresses, clients, strict=True):
+                try:
+                    await client.status()
+                    await client.peering_list()
+                except StreamFailed as exc:
+                    return f"the server at {address} does not answer: {exc}"
+        return None
+
+    return trio.run(main)
