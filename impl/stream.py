@@ -41,7 +41,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError, Message
 
 from peerkit.model.tables import ACCEPTOR, DIALER
-from peerkit.model.vocabulary import ERR_HEARTBEAT_TIMEOUT, WARN_DRAIN_FAILED
+from peerkit.model.vocabulary import ERR_HEARTBEAT_TIMEOUT, WARN_DRAIN_FAILED, PeeringState
 from peerkit.proto import peering_pb2, peerstream_pb2, status_pb2
 from peerkit.proto.resources import (
     EXPORTED_SERVICE_LIST_RESOURCE_ID,
@@ -155,6 +155,7 @@ class StreamEnv:
     trust_domain: str
     root_pems: tuple[str, ...]
     bugs: frozenset[str] = frozenset()
+    mutants: frozenset[str] = frozenset()  # peerkit.impl.mutants; none by default
     heartbeat_interval: float = HEARTBEAT_INTERVAL
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT
 
@@ -253,6 +254,15 @@ class StreamSession:
     def _bugs(self) -> frozenset[str]:
         return self.env.bugs
 
+    @property
+    def _mutants(self) -> frozenset[str]:
+        return self.env.mutants
+
+    def _mutant(self, acceptor_name: str, dialer_name: str) -> bool:
+        """Whether this role's mutant of a pair is on (the names are spelt out at each site,
+        so that a test can find every switch in the source)."""
+        return (acceptor_name if self.params.role == ACCEPTOR else dialer_name) in self._mutants
+
     # =========================================================================================
     # the whole life of the stream end
     # =========================================================================================
@@ -260,11 +270,14 @@ class StreamSession:
     async def run(self) -> Ending:
         """HandleStream plus, after a nil return, the role's CloseSend / drain."""
         tracker = self.env.tracker
-        try:
-            done = tracker.connected(self.params.local_id)
-        except DuplicateStreamError as exc:
-            return Ending(False, REGISTER_FAILED, f"failed to register stream: {exc.message}")
-        self._live_entry = True
+        if self._mutant("drop-accept:acceptor-new-open-valid", ""):
+            done = trio.Event()  # mutant: served, but never registered in the tracker
+        else:
+            try:
+                done = tracker.connected(self.params.local_id)
+            except DuplicateStreamError as exc:
+                return Ending(False, REGISTER_FAILED, f"failed to register stream: {exc.message}")
+            self._live_entry = True
         self.log.info("stream connected")
         events_send, events_recv = trio.open_memory_channel[_Event](0)
         try:
@@ -293,7 +306,14 @@ class StreamSession:
                 self.log.info("cancelled outbound stream after sending Terminated", bug=True)
                 return Ending(True, ending.reason, ending.message, ending.inbound,
                               cancelled_stream=True)
-            await self.stream.close_send()
+            no_close = {TEARDOWN: "drop-close-send:dialer-open-teardown",
+                        TERMINATED_RECEIVED: "drop-close-send:dialer-open-terminated"}
+            if no_close.get(ending.reason, "") in self._mutants:
+                pass  # mutant: drain without CloseSend
+            else:
+                await self.stream.close_send()
+            if ending.reason == TEARDOWN and "dialer-no-drain" in self._mutants:
+                return ending  # mutant: half-closed, returns at once (the connection closes)
             drained = await self._drain(events)
             if drained != "EOF":
                 self.log.warning(WARN_DRAIN_FAILED, error=drained)
@@ -352,10 +372,14 @@ class StreamSession:
     ) -> Ending:
         # The subscription manager pushes at once the trust bundle, the list of exported
         # services (so the peer drops what it kept from an earlier stream) and each service.
-        await self._send_trust_bundle()
+        unregistered = self._mutant("drop-accept:acceptor-new-open-valid", "")
+        if not unregistered and "no-trust-bundle" not in self._mutants:  # mutant if in
+            await self._send_trust_bundle()
         try:
-            await self._send_service_list()
-            await self._publish()
+            if not unregistered and "no-service-list" not in self._mutants:  # mutant if in
+                await self._send_service_list()
+            if not unregistered:  # mutant drop-accept: nothing sent at the start
+                await self._publish()
         except StoreFailure as exc:
             return self._store_failed(exc)
         for url in RESOURCE_TYPE_URLS:
@@ -449,11 +473,31 @@ class StreamSession:
             tracker.disconnected(pid, text)
             self.log.info("stream closed; not reconnecting", error=text, bug=True)
             return Ending(True, STREAM_CLOSED, text, error)
+        reset = isinstance(error, StreamCancelled) or (
+            isinstance(error, StreamFailed) and error.code is StatusCode.UNAVAILABLE)
+        if self.params.role == DIALER and reset and "dialer-gives-up-on-reset" in self._mutants:
+            self._live_entry = False  # mutant: a reset is a nil end, the retry loop stops
+            tracker.disconnected(pid, text)
+            return Ending(True, STREAM_CLOSED, text, error)
+        if isinstance(error, EndOfStream):
+            no_disconnect = self._mutant("drop-disconnect:acceptor-open-eof", "")
+        elif reset:
+            no_disconnect = self._mutant("drop-disconnect:acceptor-open-reset",
+                                         "drop-disconnect:dialer-open-reset")
+        else:
+            no_disconnect = self._mutant("", "drop-disconnect:dialer-open-error-status")
+        if no_disconnect:
+            self._live_entry = False  # mutant: the entry is left connected
+            return Ending(False, INBOUND_END, text, error)
         return self._ended_with_error(INBOUND_END, text, error)
 
     async def _on_teardown(self) -> Ending:
         """doneCh closed: send Terminated, forget the tracker entry, return nil."""
         self.log.info("peering deleted locally: sending Terminated")
+        if self._mutant("drop-send-terminated:acceptor-open-teardown",
+                        "drop-send-terminated:dialer-open-teardown"):
+            self._live_entry = False  # mutant: nothing sent, the entry is left connected
+            return Ending(True, TEARDOWN)
         try:
             await self._send_raw(ReplicationMessage(terminated=ReplicationMessage.Terminated()))
         except TransportError as exc:
@@ -461,6 +505,8 @@ class StreamSession:
             self.env.tracker.track_send_error(self.params.local_id, text)
             return self._ended_with_error(SEND_FAILED, f"failed to send Terminated: {text}", exc)
         self._live_entry = False
+        if self._mutant("acceptor-teardown-keeps-tracker", ""):
+            return Ending(True, TEARDOWN)  # mutant: Terminated sent, the entry left connected
         self.env.tracker.delete_status(self.params.local_id)
         return Ending(True, TEARDOWN)
 
@@ -469,10 +515,21 @@ class StreamSession:
         store = self.env.store
         pid = self.params.local_id
         self.log.info("peering was deleted by our peer: marking peering as terminated")
+        if self._mutant("drop-terminate:acceptor-open-terminated",
+                        "drop-terminate:dialer-open-terminated"):
+            self._live_entry = False  # mutant: no TerminateByID, the entry left connected
+            return Ending(True, TERMINATED_RECEIVED)
         try:
             row = store.peering_read_by_id(pid)
-            if row is not None and row.is_active():
+            if row is not None and row.is_active() and self._mutant(
+                    "refuse:acceptor-pending-terminated-received",
+                    "refuse:dialer-establishing-terminated-received"):
+                pass  # mutant: an active row refuses TerminateByID
+            elif row is not None and row.is_active():
                 store.peering_terminate_by_id(pid)
+            elif row is not None and row.state is PeeringState.DELETING and \
+                    "terminate-marked-row" in self._mutants:
+                store.peering_terminate_by_id(pid)  # mutant: no state check
             elif row is not None:
                 # peerkit decision: a row marked for deletion stays marked (model/tables.py)
                 self.log.info("local peering is already inactive; left as it is",
@@ -490,6 +547,9 @@ class StreamSession:
         tracker = self.env.tracker
         pid = self.params.local_id
         if kind == "response":
+            if self._mutant("drop-import:acceptor-open-response",
+                            "drop-import:dialer-open-response"):
+                return None  # mutant: the Response is dropped (no write, no ACK)
             reply, result = self._process_response(msg.response)
             if result.store_error is None:
                 tracker.track_receive_success(pid)
@@ -577,6 +637,8 @@ class StreamSession:
         if url == TYPE_URL_EXPORTED_SERVICE_LIST:
             listed = peerstream_pb2.ExportedServiceList()
             _unpack(resource, listed)
+            if "service-list-ignored" in self._mutants:
+                return  # mutant: the list is accepted and ignored
             keep = set(listed.Services)
             for service in store.imported_service_names(peer, partition):
                 if service not in keep:
@@ -656,8 +718,23 @@ class StreamSession:
         found = store.local_instances_by_service(exported, partition=row.partition)
         return {service: tuple(instances) for service, instances in found.items() if instances}
 
+    def _exports_whatever_the_state(self) -> dict[str, tuple[CheckServiceNode, ...]] | None:
+        """Mutant export-when-inactive: what is exported to the peer, read from the export
+        table itself (the store's exported_services_for_peer answers nothing for an inactive
+        row)."""
+        store = self.env.store
+        row = store.peering_read_by_id(self.params.local_id)
+        if row is None:
+            return None
+        exported = sorted(e.service for e in store.dump().exports if e.partition == row.partition
+                          and row.name.lower() in {p.lower() for p in e.peers})
+        found = store.local_instances_by_service(exported, partition=row.partition)
+        return {service: tuple(instances) for service, instances in found.items() if instances}
+
     async def _publish(self) -> None:
         current = self._current_exports()
+        if current is None and "export-when-inactive" in self._mutants:
+            current = self._exports_whatever_the_state()  # mutant: publish while inactive
         if current is None:
             return
         names = sorted(set(current) | set(self._sent))
