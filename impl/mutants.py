@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-__all__ = ["IMPL_MUTANTS", "NOT_CAUGHT", "NOT_PORTED", "validate_mutants"]
+__all__ = ["IMPL_MUTANTS", "NOT_PORTED", "validate_mutants"]
 
 #: catalog name -> where and how the implementation makes that mistake (one line)
 IMPL_MUTANTS: Final[Mapping[str, str]] = {
@@ -166,10 +166,6 @@ NOT_PORTED: Final[Mapping[str, str]] = {
         "abstraction compares what is written, not who wrote it (a deposed routine that runs "
         "on is the historical bug deletion-no-stop, which the zombie flag catches)",
 }
-
-#: ported mutants that conformance does not catch, with the reason (empty when all are caught)
-NOT_CAUGHT: Final[Mapping[str, str]] = {}
-
 
 def validate_mutants(names: object) -> frozenset[str]:
     """Check a collection of mutant names against IMPL_MUTANTS; ValueError names unknown ones."""
