@@ -31,21 +31,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from conformance_speed import _has_divergence
 from machine_info import machine_info
 
-from peerkit.conformance.candidates import Divergence
 from peerkit.conformance.mutants import GAP, NOT_CAUGHT, SCENARIOS, scenario_diverges
 from peerkit.conformance.profiles import STEPS, bug_hunt
 from peerkit.conformance.stateful import machine_for
 from peerkit.impl.mutants import IMPL_MUTANTS
-
-
-def _has_divergence(exc: BaseException) -> bool:
-    if isinstance(exc, Divergence):
-        return True
-    if isinstance(exc, BaseExceptionGroup):
-        return any(_has_divergence(e) for e in exc.exceptions)
-    return False
 
 
 def hunt(mutant: str, budget: int) -> dict[str, Any]:

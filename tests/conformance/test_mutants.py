@@ -5,7 +5,9 @@ mutant is ported, not ported with a reason, or shown equivalent); every ported s
 somewhere in impl/ (a misspelt switch would be a no-op, and its check a vacuous pass); and each
 ported mutant, on in the implementation only, is caught by a short directed scenario replayed
 through the driver without search, a scenario that conforms with the switch off (so the check
-can fail and is not vacuous).
+can fail and is not vacuous). A few mutants are also hunted by search, derandomized, with a
+small budget: the search finds them too, not only the scenario written for them
+(``benchmarks/conformance_mutants.py`` hunts every one).
 
 May import: pytest, peerkit.conformance, peerkit.impl.mutants, peerkit.model.
 """
@@ -16,7 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from peerkit.conformance.candidates import Divergence
 from peerkit.conformance.mutants import GAP, NOT_CAUGHT, SCENARIOS, scenario_diverges
+from peerkit.conformance.profiles import bug_hunt
+from peerkit.conformance.stateful import machine_for
 from peerkit.impl.mutants import IMPL_MUTANTS, NOT_PORTED, validate_mutants
 from peerkit.model.mutants import EQUIVALENT, MUTANTS
 
@@ -64,3 +69,28 @@ def test_each_ported_mutant_has_a_scenario_the_driver_catches(name: str) -> None
     if key not in _UNMUTATED:
         _UNMUTATED[key] = scenario_diverges([], steps, gap)
     assert not _UNMUTATED[key], f"{name}: the scenario diverged with no mutant on"
+
+
+def _divergences(exc: BaseException) -> list[Divergence]:
+    if isinstance(exc, Divergence):
+        return [exc]
+    if isinstance(exc, BaseExceptionGroup):
+        return [d for e in exc.exceptions for d in _divergences(e)]
+    return []
+
+
+#: mutants the derandomized search catches within a few dozen examples (measured by
+#: benchmarks/conformance_mutants.py: 12, 26 and 8 examples); one of the deletion routine, one
+#: of the dialer's handler, one of the acceptor's teardown
+HUNTED = ("deletion-row-first", "dialer-gives-up-on-reset",
+          "drop-send-terminated:acceptor-open-teardown")
+HUNT_BUDGET = 100
+
+
+@pytest.mark.parametrize("name", HUNTED)
+def test_a_search_catches_a_few_mutants(name: str) -> None:
+    machine = machine_for(impl_mutants=[name])
+    machine.TestCase.settings = bug_hunt(HUNT_BUDGET)
+    with pytest.raises(BaseException) as info:  # a Divergence, or a group of them
+        machine.TestCase().runTest()
+    assert _divergences(info.value), f"{name}: failed with {info.value!r}, not a divergence"
