@@ -112,9 +112,12 @@ def _swarm(draws: tuple[int, ...]) -> frozenset[str]:
 
 
 class ConformanceMachine(RuleBasedStateMachine):
-    """Subclass with ``IMPL_BUGS`` / ``MODEL_BUGS`` set (see ``machine_for``)."""
+    """Subclass with ``IMPL_BUGS`` / ``MODEL_BUGS`` / ``IMPL_MUTANTS`` set (see
+    ``machine_for``)."""
 
     IMPL_BUGS: ClassVar[frozenset[str]] = frozenset()
+    #: mistakes of the mutation catalog on in the implementation (the model runs unmutated)
+    IMPL_MUTANTS: ClassVar[frozenset[str]] = frozenset()
     MODEL_BUGS: ClassVar[frozenset[str]] = frozenset()
     CONFIG: ClassVar[Config] = CONFORMANCE_CONFIG
     #: the store backend the servers run on: "memory", or "sqlite" (one database file per
@@ -250,6 +253,7 @@ class ConformanceMachine(RuleBasedStateMachine):
                     secrets = _counter(f"{name}-secret-", itertools.count(1))
                     cl = await stack.enter_async_context(running_cluster(
                         net, name, f"{name}:8502", store=store, bugs=self.IMPL_BUGS,
+                        mutants=self.IMPL_MUTANTS,
                         deletion_burst=deletion_burst, deletion_rate=deletion_rate,
                         sync_burst=sync_burst,
                         spin_limit=50, heartbeat_interval=HEARTBEAT_INTERVAL,
@@ -534,15 +538,18 @@ STORES = ("memory", "sqlite")
 
 def machine_for(impl_bugs: Iterable[str] = (), model_bugs: Iterable[str] = (),
                 config: Config = CONFORMANCE_CONFIG,
-                final_settle: bool = True, store: str = "memory") -> type[ConformanceMachine]:
-    """A state machine class with the given bug switches (implementation / model) and store
-    backend (``STORES``)."""
+                final_settle: bool = True, store: str = "memory",
+                impl_mutants: Iterable[str] = ()) -> type[ConformanceMachine]:
+    """A state machine class with the given bug switches (implementation / model), mutants of
+    the catalog in the implementation (``peerkit.impl.mutants``; the model is unmutated) and
+    store backend (``STORES``)."""
     if store not in STORES:
         raise ValueError(f"store must be one of {', '.join(STORES)}, got {store!r}")
     settle_at_end = final_settle
 
     class Machine(ConformanceMachine):
         IMPL_BUGS = frozenset(impl_bugs)
+        IMPL_MUTANTS = frozenset(impl_mutants)
         MODEL_BUGS = frozenset(model_bugs)
         CONFIG = config
         STORE = store
@@ -558,8 +565,9 @@ def machine_for(impl_bugs: Iterable[str] = (), model_bugs: Iterable[str] = (),
                 super().teardown()
 
     Machine.__name__ = Machine.__qualname__ = "Conformance" + "".join(
-        "_" + b.replace("-", "_") for b in sorted(Machine.IMPL_BUGS)) + (
-        "_sqlite" if store == "sqlite" else "")
+        "_" + b.replace("-", "_") for b in sorted(Machine.IMPL_BUGS)) + "".join(
+        "_mutant_" + "".join(ch if ch.isalnum() else "_" for ch in m)
+        for m in sorted(Machine.IMPL_MUTANTS)) + ("_sqlite" if store == "sqlite" else "")
     return Machine
 
 

@@ -116,6 +116,8 @@ class LeaderConfig:
     trust_domain: str
     root_pems: tuple[str, ...]
     bugs: frozenset[str] = frozenset()
+    #: mistakes of the mutation catalog switched on (peerkit.impl.mutants); none by default
+    mutants: frozenset[str] = frozenset()
     heartbeat_interval: float = HEARTBEAT_INTERVAL
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT
     deletion_batch_bytes: int = MAX_BATCH_BYTES
@@ -150,6 +152,7 @@ class Leadership:
             trust_domain=cfg.trust_domain,
             root_pems=cfg.root_pems,
             bugs=cfg.bugs,
+            mutants=cfg.mutants,
             heartbeat_interval=cfg.heartbeat_interval,
             heartbeat_timeout=cfg.heartbeat_timeout,
         )
@@ -168,6 +171,7 @@ class Leadership:
             batch_bytes=cfg.deletion_batch_bytes,
             spin_limit=cfg.spin_limit,
             limiter=TokenBucket(cfg.deletion_rate, cfg.deletion_burst),
+            mutants=cfg.mutants,
         )
 
     async def run(self, outer: trio.Nursery) -> None:
@@ -176,7 +180,9 @@ class Leadership:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self.sync.run)
-                if self.deletion.ctx is not None:
+                if "no-deletion-on-new-leader" in self.cfg.mutants and self.term > 1:
+                    pass  # mutant: a later term starts no deletion routine
+                elif self.deletion.ctx is not None:
                     # bug deletion-no-stop: not tied to the term, stopped by nothing
                     outer.start_soon(self.deletion.run)
                 else:
@@ -260,6 +266,7 @@ class SyncRoutine:
         tracker = leadership.tracker
         store = leadership.cfg.store
         stored_map_bug = "stored-map" in leadership.cfg.bugs
+        mutants = leadership.cfg.mutants
         # First the connected streams, THEN the peerings: a stream that connects in between is
         # not in the copy, so it cannot be torn down for a peering missing from the list.
         connected = tracker.connected_streams()
@@ -269,11 +276,15 @@ class SyncRoutine:
         stored: set[str] = set()
         for peering in peerings:
             if not peering.is_active():
+                if "sync-keeps-inactive" in mutants:
+                    stored.add(peering.id)  # mutant: an inactive peering is stored too
                 continue
             if not stored_map_bug or peering.should_dial():
                 stored.add(peering.id)
             if not peering.should_dial():
                 continue
+            if "sync-no-redial" in mutants:
+                continue  # mutant: no retry loop is ever started
             status = tracker.stream_status(peering.id)
             if status is not None and status.connected:
                 continue
@@ -282,7 +293,10 @@ class SyncRoutine:
             self.log.info("establishing stream", peering_id=peering.id, peer_name=peering.name)
             leadership.establish_stream(peering)
         for peering_id, done in connected.items():
-            if peering_id in stored or done.is_set():
+            keep = peering_id in stored
+            if "sync-teardown-stored" in mutants:
+                keep = not keep  # mutant: tear down what is stored, keep the rest
+            if keep or done.is_set():
                 continue
             self.log.info("closing stream of a peering that is not active", peering_id=peering_id)
             self.torn_down.append(peering_id)
@@ -344,8 +358,10 @@ class DeletionRoutine:
         batch_bytes: int = MAX_BATCH_BYTES,
         spin_limit: int = SPIN_LIMIT,
         limiter: TokenBucket | None = None,
+        mutants: frozenset[str] = frozenset(),
     ) -> None:
         self.store = store
+        self.mutants = mutants  # peerkit.impl.mutants; none by default
         self.log = log
         self.ctx = ctx
         self.batch_bytes = batch_bytes
@@ -378,6 +394,9 @@ class DeletionRoutine:
             try:
                 index = store.table_index(PEERINGS)
                 deleted = store.peering_list_deleted()
+                if "deletion-guard-inverted" in self.mutants:
+                    # mutant: the routine works on the active peerings instead
+                    deleted = [p for p in store.peering_list() if p.is_active()]
                 work = [p for p in deleted if self._has_work(p)]
             except trio.ClosedResourceError:
                 raise
@@ -418,6 +437,8 @@ class DeletionRoutine:
     def _has_work(self, p: Peering) -> bool:
         if p.state is not PeeringState.TERMINATED:
             return True
+        if "deletion-removes-terminated" in self.mutants:
+            return True  # mutant: a TERMINATED row is work (its row is removed)
         return bool(
             self.store.imported_node_dump(p.name, p.partition)
             or self.store.trust_bundle_read(p.name, p.partition) is not None
@@ -430,23 +451,47 @@ class DeletionRoutine:
         """Nodes, then the trust bundle, then (unless TERMINATED) the row. Errors are logged;
         returns False after one."""
         log = self.log.bind(peering_id=p.id, peer_name=p.name)
+        order = (self._remove_nodes, self._remove_bundle, self._remove_row)
+        if "deletion-row-first" in self.mutants:
+            order = (self._remove_row, self._remove_nodes, self._remove_bundle)  # mutant
+        if "deletion-row-before-bundle" in self.mutants:
+            order = (self._remove_nodes, self._remove_row, self._remove_bundle)  # mutant
+        for step in order:
+            if not await step(p, log):
+                return False
+        return True
+
+    async def _remove_nodes(self, p: Peering, log: EventLog) -> bool:
         try:
             await self._delete_all_nodes(p)
         except Exception as exc:
             self._failed(log, "Failed to remove Nodes for peer", exc)
             return False
+        return True
+
+    async def _remove_bundle(self, p: Peering, log: EventLog) -> bool:
         try:
             await self._delete_trust_bundle(p)
         except Exception as exc:
             self._failed(log, "Failed to remove trust bundle for peer", exc)
             return False
+        return True
+
+    async def _remove_row(self, p: Peering, log: EventLog) -> bool:
         try:
             await self._wait()
         except Exception as exc:
             self._failed(log, "failed to wait for the deletion rate limiter", exc)
             return False
-        if p.state is PeeringState.TERMINATED:
+        if p.state is PeeringState.TERMINATED and \
+                "deletion-removes-terminated" not in self.mutants:  # mutant if in
             return True  # kept as a signal to the operator
+        # a marked row keeps no addresses (store.peering_mark_deleted), so its role is unknown
+        # here: each of these two mutants refuses the removal of every marked row
+        if p.state is PeeringState.DELETING and (
+                "refuse:acceptor-deleting-deletion-routine-finished" in self.mutants
+                or "refuse:dialer-deleting-deletion-routine-finished" in self.mutants):
+            return True  # mutant: the marked row is never removed
         try:
             if self.store.peering_delete(p.name, p.partition):
                 self.stats.rows_deleted += 1

@@ -81,6 +81,7 @@ from .codec import (
 )
 from .leader import MAX_BATCH_BYTES, SPIN_LIMIT, LeaderConfig, Leadership, NotLeaderAnymore
 from .logs import EventLog
+from .mutants import validate_mutants
 from .ratelimit import DELETION_BURST, DELETION_RATE, RETRY_BUCKET_SIZE
 from .store import (
     DEFAULT_PARTITION,
@@ -234,7 +235,8 @@ class PeeringServer:
     ``advertise_addr`` goes into peering tokens; None means "the address ``serve`` bound".
     Timers use trio's clock (virtual under a MockClock); ``wall_clock`` stamps DeletedAt and
     converts tracker times for Status. ``bugs`` switches on historical bugs by name
-    (``peerkit.model.vocabulary.BUGS``); none is on by default.
+    (``peerkit.model.vocabulary.BUGS``); ``mutants`` switches on mistakes of the mutation
+    catalog (``peerkit.impl.mutants.IMPL_MUTANTS``); none is on by default.
     """
 
     def __init__(
@@ -245,6 +247,7 @@ class PeeringServer:
         advertise_addr: str | None = None,
         *,
         bugs: Iterable[str] = frozenset(),
+        mutants: Iterable[str] = frozenset(),
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
         deletion_batch_bytes: int = MAX_BATCH_BYTES,
@@ -268,6 +271,9 @@ class PeeringServer:
         self.transport = transport
         self._advertise = advertise_addr
         self.bugs = validate_bugs(bugs)
+        self.mutants = validate_mutants(mutants)
+        if self.mutants:
+            store.mutants = self.mutants  # the import guard's switches live in the store
         self.wall_clock = wall_clock
         self._secret: Callable[[], str] = secret_factory or (lambda: secrets.token_hex(16))
         self.log = log or EventLog("peerkit.server", {"server": name})
@@ -281,6 +287,7 @@ class PeeringServer:
             trust_domain=self.trust_domain,
             root_pems=self.root_pems,
             bugs=self.bugs,
+            mutants=self.mutants,
             heartbeat_interval=heartbeat_interval,
             heartbeat_timeout=heartbeat_timeout,
             deletion_batch_bytes=deletion_batch_bytes,
@@ -382,6 +389,9 @@ class PeeringServer:
             return self._leadership
         self._term_count += 1
         term = Leadership(self._cfg, self._term_count)
+        if "failover-keeps-tracker" in self.mutants and self._terms:
+            # mutant: the new term takes over the previous term's stream tracker
+            term.tracker = term.stream_env.tracker = self._terms[-1].tracker
         term.log.info("leadership established; starting leader routines")
         self._leadership = term
         self._terms.append(term)
@@ -465,6 +475,8 @@ class PeeringServer:
                      for a in req.ServerExternalAddresses] or [self.advertise_addr]
         self._require_leader()
         existing = self.store.peering_read(name, partition)
+        if existing is None and "refuse:acceptor-none-generatetoken" in self.mutants:
+            raise AbortStream(StatusCode.FAILED_PRECONDITION, "mutant: refused")  # mutant
         if existing is not None:
             if not existing.is_active():
                 raise AbortStream(StatusCode.FAILED_PRECONDITION, ERR_WRITE_MARKED)
@@ -500,6 +512,8 @@ class PeeringServer:
             raise _invalid(str(exc)) from None
         self._require_leader()
         self._check_new_name(name, partition)
+        if "refuse:dialer-none-establish" in self.mutants:
+            raise AbortStream(StatusCode.FAILED_PRECONDITION, "mutant: refused")  # mutant
         stream_secret = await self._exchange_with_peer(token)
         self._require_leader()
         self._check_new_name(name, partition)  # the exchange awaited: look again
@@ -597,6 +611,8 @@ class PeeringServer:
         if "terminated-undeletable" in self.bugs and not row.is_active():
             self.log.info("peering is not active; nothing to delete", peer_name=name, bug=True)
             return peering_pb2.PeeringDeleteResponse()
+        if _refused_delete(row, self.mutants):
+            return peering_pb2.PeeringDeleteResponse()  # mutant: the transition is refused
         marked = self.store.peering_mark_deleted(name, partition, self.wall_clock())
         if marked is not None:
             self.log.info("marked peering for deletion", peer_name=name, peering_id=marked.id,
@@ -700,6 +716,10 @@ class PeeringServer:
         if row is None or row.should_dial():
             raise _invalid(ERR_UNKNOWN_PEER.format(id=_clip(peer_id)))
         if row.state is PeeringState.TERMINATED:
+            if "accept-terminated-row" in self.mutants:
+                return row  # mutant: accepted (a TERMINATED row holds no secret to check)
+            if "terminated-row-answers-terminated" in self.mutants:  # mutant: Terminated first
+                await stream.send(ReplicationMessage(terminated=ReplicationMessage.Terminated()))
             raise AbortStream(StatusCode.ABORTED, ERR_PEERING_TERMINATED.format(id=peer_id))
         if not row.is_active():
             if "dial-deleted" in self.bugs:
@@ -708,7 +728,10 @@ class PeeringServer:
                 return row  # the bug's era had no secrets to check
             self.log.info("dial for a deleted peering: sending Terminated", peering_id=peer_id)
             try:
-                await stream.send(ReplicationMessage(terminated=ReplicationMessage.Terminated()))
+                if ("drop-send-terminated-only:acceptor-new-open-peering-marked-for-deletion"
+                        not in self.mutants):  # the mutant, when in, sends nothing
+                    await stream.send(ReplicationMessage(
+                        terminated=ReplicationMessage.Terminated()))
             except TransportError as exc:
                 self.log.debug("could not send Terminated", error=str(exc))
             raise AbortStream(StatusCode.ABORTED, ERR_MARKED_DELETED.format(id=peer_id))
@@ -886,6 +909,18 @@ def _unary(
         return data
 
     return UnaryMethod(name, handler, request_type.FromString, serialize)
+
+
+def _refused_delete(row: Peering, mutants: frozenset[str]) -> bool:
+    """Whether a mutant of the catalog refuses the delete RPC's transition for this row."""
+    acceptor = not row.should_dial()
+    if row.is_active():
+        name = ("refuse:acceptor-pending-user-delete" if acceptor
+                else "refuse:dialer-establishing-user-delete")
+        return name in mutants
+    name = ("refuse:acceptor-terminated-user-delete" if acceptor
+            else "refuse:dialer-terminated-user-delete")
+    return row.state is PeeringState.TERMINATED and name in mutants
 
 
 def _instances(dump: StoreDump, peer_name: str) -> list[CheckServiceNode]:

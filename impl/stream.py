@@ -77,7 +77,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError, Message
 
 from peerkit.model.tables import ACCEPTOR, DIALER
-from peerkit.model.vocabulary import ERR_HEARTBEAT_TIMEOUT, WARN_DRAIN_FAILED
+from peerkit.model.vocabulary import ERR_HEARTBEAT_TIMEOUT, WARN_DRAIN_FAILED, PeeringState
 from peerkit.proto import peering_pb2, peerstream_pb2, status_pb2
 from peerkit.proto.resources import (
     EXPORTED_SERVICE_LIST_RESOURCE_ID,
@@ -196,6 +196,7 @@ class StreamEnv:
     trust_domain: str
     root_pems: tuple[str, ...]
     bugs: frozenset[str] = frozenset()
+    mutants: frozenset[str] = frozenset()  # peerkit.impl.mutants; none by default
     heartbeat_interval: float = HEARTBEAT_INTERVAL
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT
     outbound_backlog_limit: int = OUTBOUND_BACKLOG_LIMIT
@@ -342,6 +343,15 @@ class StreamSession:
     def _bugs(self) -> frozenset[str]:
         return self.env.bugs
 
+    @property
+    def _mutants(self) -> frozenset[str]:
+        return self.env.mutants
+
+    def _mutant(self, acceptor_name: str, dialer_name: str) -> bool:
+        """Whether this role's mutant of a pair is on (the names are spelt out at each site,
+        so that a test can find every switch in the source)."""
+        return (acceptor_name if self.params.role == ACCEPTOR else dialer_name) in self._mutants
+
     # =========================================================================================
     # the whole life of the stream end
     # =========================================================================================
@@ -349,11 +359,14 @@ class StreamSession:
     async def run(self) -> Ending:
         """HandleStream plus, after a nil return, the role's CloseSend / drain."""
         tracker = self.env.tracker
-        try:
-            done = tracker.connected(self.params.local_id)
-        except DuplicateStreamError as exc:
-            return Ending(False, REGISTER_FAILED, f"failed to register stream: {exc.message}")
-        self._live_entry = True
+        if self._mutant("drop-accept:acceptor-new-open-valid", ""):
+            done = trio.Event()  # mutant: served, but never registered in the tracker
+        else:
+            try:
+                done = tracker.connected(self.params.local_id)
+            except DuplicateStreamError as exc:
+                return Ending(False, REGISTER_FAILED, f"failed to register stream: {exc.message}")
+            self._live_entry = True
         self.log.info("stream connected")
         events_send, events_recv = trio.open_memory_channel[_Event](0)
         try:
@@ -384,7 +397,16 @@ class StreamSession:
                 self.log.info("cancelled outbound stream after sending Terminated", bug=True)
                 return Ending(True, ending.reason, ending.message, ending.inbound,
                               cancelled_stream=True)
-            self._queue(_Final(close_send=True))  # behind Terminated and the last ACKs
+            no_close = {TEARDOWN: "drop-close-send:dialer-open-teardown",
+                        TERMINATED_RECEIVED: "drop-close-send:dialer-open-terminated"}
+            # mutant if in: drain without CloseSend
+            close_send = no_close.get(ending.reason, "") not in self._mutants
+            self._queue(_Final(close_send=close_send))  # behind Terminated and the last ACKs
+            if ending.reason == TEARDOWN and "dialer-no-drain" in self._mutants:
+                # mutant: half-closed once the outbox is out, returns at once (the connection
+                # closes) without draining the inbound side
+                await self._drain(events, until_inbound_end=False)
+                return ending
             drained = await self._drain(events)
             if drained != "EOF":
                 self.log.warning(WARN_DRAIN_FAILED, error=drained)
@@ -449,14 +471,17 @@ class StreamSession:
         # services (so the peer drops what it kept from an earlier stream) and each service,
         # then this side's subscription requests: all queued now, in that order (the model's
         # ``accept``); the sender sends them as the transport takes them.
+        unregistered = self._mutant("drop-accept:acceptor-new-open-valid", "")
         try:
             snapshot = self._current_exports()
         except StoreFailure as exc:
             return self._store_failed(exc)
-        self._queue(self._trust_bundle())
-        if snapshot is not None:  # an inactive peering exports nothing
-            self._queue(self._service_list(snapshot))
-            self._queue(_Pass(snapshot, first=True))
+        if not unregistered and "no-trust-bundle" not in self._mutants:  # mutant if in
+            self._queue(self._trust_bundle())
+        if snapshot is not None and not unregistered:  # an inactive peering exports nothing
+            if "no-service-list" not in self._mutants:  # mutant if in
+                self._queue(self._service_list(snapshot))
+            self._queue(_Pass(snapshot, first=True))  # mutant drop-accept: nothing at the start
         for url in RESOURCE_TYPE_URLS:
             self._queue(ReplicationMessage(
                 request=ReplicationMessage.Request(ResourceURL=url, PeerID=self.params.remote_id)
@@ -567,13 +592,35 @@ class StreamSession:
             tracker.disconnected(pid, text)
             self.log.info("stream closed; not reconnecting", error=text, bug=True)
             return Ending(True, STREAM_CLOSED, text, error)
+        reset = isinstance(error, StreamCancelled) or (
+            isinstance(error, StreamFailed) and error.code is StatusCode.UNAVAILABLE)
+        if self.params.role == DIALER and reset and "dialer-gives-up-on-reset" in self._mutants:
+            self._live_entry = False  # mutant: a reset is a nil end, the retry loop stops
+            tracker.disconnected(pid, text)
+            return Ending(True, STREAM_CLOSED, text, error)
+        if isinstance(error, EndOfStream):
+            no_disconnect = self._mutant("drop-disconnect:acceptor-open-eof", "")
+        elif reset:
+            no_disconnect = self._mutant("drop-disconnect:acceptor-open-reset",
+                                         "drop-disconnect:dialer-open-reset")
+        else:
+            no_disconnect = self._mutant("", "drop-disconnect:dialer-open-error-status")
+        if no_disconnect:
+            self._live_entry = False  # mutant: the entry is left connected
+            return Ending(False, INBOUND_END, text, error)
         return self._ended_with_error(INBOUND_END, text, error)
 
     def _on_teardown(self) -> Ending:
         """doneCh closed: send (queue) Terminated, forget the tracker entry, return nil."""
         self.log.info("peering deleted locally: sending Terminated")
+        if self._mutant("drop-send-terminated:acceptor-open-teardown",
+                        "drop-send-terminated:dialer-open-teardown"):
+            self._live_entry = False  # mutant: nothing sent, the entry is left connected
+            return Ending(True, TEARDOWN)
         self._queue(ReplicationMessage(terminated=ReplicationMessage.Terminated()))
         self._live_entry = False
+        if self._mutant("acceptor-teardown-keeps-tracker", ""):
+            return Ending(True, TEARDOWN)  # mutant: Terminated sent, the entry left connected
         self.env.tracker.delete_status(self.params.local_id)
         return Ending(True, TEARDOWN)
 
@@ -582,10 +629,21 @@ class StreamSession:
         store = self.env.store
         pid = self.params.local_id
         self.log.info("peering was deleted by our peer: marking peering as terminated")
+        if self._mutant("drop-terminate:acceptor-open-terminated",
+                        "drop-terminate:dialer-open-terminated"):
+            self._live_entry = False  # mutant: no TerminateByID, the entry left connected
+            return Ending(True, TERMINATED_RECEIVED)
         try:
             row = store.peering_read_by_id(pid)
-            if row is not None and row.is_active():
+            if row is not None and row.is_active() and self._mutant(
+                    "refuse:acceptor-pending-terminated-received",
+                    "refuse:dialer-establishing-terminated-received"):
+                pass  # mutant: an active row refuses TerminateByID
+            elif row is not None and row.is_active():
                 store.peering_terminate_by_id(pid)
+            elif row is not None and row.state is PeeringState.DELETING and \
+                    "terminate-marked-row" in self._mutants:
+                store.peering_terminate_by_id(pid)  # mutant: no state check
             elif row is not None:
                 # peerkit decision: a row marked for deletion stays marked (model/tables.py)
                 self.log.info("local peering is already inactive; left as it is",
@@ -603,6 +661,9 @@ class StreamSession:
         tracker = self.env.tracker
         pid = self.params.local_id
         if kind == "response":
+            if self._mutant("drop-import:acceptor-open-response",
+                            "drop-import:dialer-open-response"):
+                return None  # mutant: the Response is dropped (no write, no ACK)
             if self._replies_queued >= self.env.outbound_backlog_limit:
                 return self._backlog_full()  # before importing what could not be answered
             reply, result = self._process_response(msg.response)
@@ -695,6 +756,8 @@ class StreamSession:
         if url == TYPE_URL_EXPORTED_SERVICE_LIST:
             listed = peerstream_pb2.ExportedServiceList()
             _unpack(resource, listed)
+            if "service-list-ignored" in self._mutants:
+                return  # mutant: the list is accepted and ignored
             keep = set(listed.Services)
             for service in store.imported_service_names(peer, partition):
                 if service not in keep:
@@ -747,10 +810,25 @@ class StreamSession:
         found = store.local_instances_by_service(exported, partition=row.partition)
         return {service: tuple(instances) for service, instances in found.items() if instances}
 
+    def _exports_whatever_the_state(self) -> dict[str, tuple[CheckServiceNode, ...]] | None:
+        """Mutant export-when-inactive: what is exported to the peer, read from the export
+        table itself (the store's exported_services_for_peer answers nothing for an inactive
+        row)."""
+        store = self.env.store
+        row = store.peering_read_by_id(self.params.local_id)
+        if row is None:
+            return None
+        exported = sorted(e.service for e in store.dump().exports if e.partition == row.partition
+                          and row.name.lower() in {p.lower() for p in e.peers})
+        found = store.local_instances_by_service(exported, partition=row.partition)
+        return {service: tuple(instances) for service, instances in found.items() if instances}
+
     def _still_exporting(self) -> bool:
         """A later pass may send: the handler is in OPEN and the local row is still active."""
         if not self._open:
             return False
+        if "export-when-inactive" in self._mutants:
+            return True  # mutant: whatever the row's state
         row = self.env.store.peering_read_by_id(self.params.local_id)
         return row is not None and row.is_active()
 
@@ -761,6 +839,8 @@ class StreamSession:
         if not item.first and not self._open:
             return
         current = item.snapshot if item.first else self._current_exports()
+        if current is None and "export-when-inactive" in self._mutants:
+            current = self._exports_whatever_the_state()  # mutant: publish while inactive
         if current is None:
             return
         for service in sorted(set(current) | set(self._sent)):

@@ -164,10 +164,13 @@ async def running_cluster(
     *,
     store: StateStore | None = None,
     leader: bool = True,
+    mutants: Iterable[str] = (),
     **server_kwargs: Any,
 ) -> AsyncIterator[Cluster]:
+    """One serving cluster; ``mutants`` are mistakes of the mutation catalog switched on in its
+    server (``peerkit.impl.mutants``), none by default."""
     store = store if store is not None else MemoryStore()
-    server = PeeringServer(name, store, transport, **server_kwargs)
+    server = PeeringServer(name, store, transport, mutants=mutants, **server_kwargs)
     async with server.serve(address, leader=leader):
         assert server.address is not None
         async with PeerkitClient.connect(transport, server.address) as client:

@@ -267,6 +267,10 @@ class StateStore:
     until it gets one that is unused.
     """
 
+    #: mistakes of the mutation catalog in the import guard (peerkit.impl.mutants); a server
+    #: started with mutants sets them; none by default
+    mutants: frozenset[str] = frozenset()
+
     def __init__(self, backend: Backend, *, id_factory: Callable[[], str] | None = None) -> None:
         self._backend = backend
         self._id_factory: Callable[[], str] = id_factory or (lambda: str(uuid.uuid4()))
@@ -866,7 +870,12 @@ class StateStore:
 
     def _require_active(self, tx: _Tx, peer_name: str, partition: str) -> None:
         peering = self._peering_by_name(tx, partition, peer_name)
-        if peering is None or not peering.is_active():
+        refused = peering is None or not peering.is_active()
+        if "import-when-inactive" in self.mutants:  # mutant: refused only when there is no row
+            refused = peering is None
+        if "import-guard-inverted" in self.mutants:  # mutant: refused only for an active row
+            refused = peering is not None and peering.is_active()
+        if refused:
             raise StoreError(ERR_IMPORT_INACTIVE)
 
     @staticmethod
