@@ -205,11 +205,11 @@ class ConformanceMachine(RuleBasedStateMachine):
     @initialize(seed=st.integers(0, 2**32 - 1), upstream_pacing=st.booleans(),
                 establish_after=st.sampled_from((6.0, 0.0)),
                 kinds=st.tuples(*(st.integers(0, 9) for _ in RULE_KINDS)).map(_swarm),
-                eof_first=st.booleans())
+                eof_first=st.booleans(), held=st.sampled_from(("", C2S, S2C)))
     def setup(self, seed: int, upstream_pacing: bool = False,
               establish_after: float = 6.0,
               kinds: frozenset[str] = frozenset(RULE_KINDS),
-              eof_first: bool = False) -> None:
+              eof_first: bool = False, held: str = "") -> None:
         """Start both servers (dc1 exports the model's services to dc2), then dc1 generates a
         token and dc2 establishes it, each step compared with the model.
 
@@ -220,7 +220,9 @@ class ConformanceMachine(RuleBasedStateMachine):
         longer than the dialer's first retry backoff (2 s). ``establish_after``: virtual seconds
         between the token and the establishment (6 s lets the acceptor's sync pass for the
         establishment wait for its limiter until after the stream connects). ``kinds``: the
-        groups of rules (``RULE_KINDS``) this example may use. ``eof_first``: the in-memory
+        groups of rules (``RULE_KINDS``) this example may use. ``held``: a direction of the
+        stream held from the start (message-granularity delay from the first rule on, without
+        spending one of the example's steps on it; shrinks to none). ``eof_first``: the in-memory
         network behaves as a Python gRPC server does (python-stack.md §3): a client's cancel
         reaching a server end blocked in ``receive`` is first seen as end-of-stream, and the
         model runs with ``python_server_eof_first`` to match."""
@@ -293,6 +295,8 @@ class ConformanceMachine(RuleBasedStateMachine):
             self._advance(establish_after)
         self._establish(1)
         self._advance(30.0)  # the dial and the replication, even with slow pacing
+        if held and self._live_calls():
+            self._hold(0, held)
 
     def teardown(self) -> None:
         if self.cands is not None:
@@ -460,11 +464,13 @@ class ConformanceMachine(RuleBasedStateMachine):
     @rule(i=st.integers(0, 3), up=st.booleans())
     def hold(self, i: int, up: bool) -> None:
         """Stop delivery in one direction of a live stream (messages queue up)."""
+        self._hold(i, C2S if up else S2C)
+
+    def _hold(self, i: int, direction: str) -> None:
         calls = self._live_calls()
         if not calls:
             return
         call = calls[i % len(calls)]
-        direction = C2S if up else S2C
         if call.is_held(direction):
             return
 
