@@ -83,7 +83,7 @@ CRAFTED: list[tuple[str, str, str]] = [
     ("address-newline", doc(ServerAddresses=["dc1\n:8502"]), "invalid host name"),
     ("address-bad-ipv4", doc(ServerAddresses=["300.1.1.1:8502"]), "invalid IPv4"),
     ("address-bad-ipv6", doc(ServerAddresses=["[::zz]:8502"]), "invalid IPv6"),
-    ("ca-pem", doc(CA=["-----BEGIN"]), "without TLS"),
+    ("ca-pem", doc(CA=["-----BEGIN"]), "CA entry 0 is not a PEM certificate"),
 ]
 
 
