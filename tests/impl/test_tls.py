@@ -254,11 +254,13 @@ def write_pki(tmp_path: Path, ca: Authority, dc: str) -> dict[str, Path]:
 def test_serve_needs_tls_or_an_explicit_plaintext(
     extra: list[str], reason: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    args = parse(["--name", "dc1", "--data-dir", str(tmp_path / "d"), "--grpc-addr", LOCAL,
-                  *extra])
+    # the data dir is a file: were the usage let through, the command would fail to open it
+    # (exit 1) at once instead of serving for ever
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    args = parse(["--name", "dc1", "--data-dir", str(blocker), "--grpc-addr", LOCAL, *extra])
     assert serve.run(args) == 2
     assert reason in capsys.readouterr().err
-    assert not (tmp_path / "d").exists()
 
 
 def test_serve_refuses_tls_files_it_cannot_use(
@@ -267,7 +269,9 @@ def test_serve_refuses_tls_files_it_cannot_use(
     paths = write_pki(tmp_path, ca1, "dc1")
     other_key = issue(ca2, "x").private_key_pem
     (tmp_path / "other-key.pem").write_bytes(other_key)
-    base = ["--name", "dc1", "--data-dir", str(tmp_path / "d"), "--grpc-addr", LOCAL,
+    blocker = tmp_path / "not-a-dir"  # as above: a let-through would exit 1, never serve
+    blocker.write_text("")
+    base = ["--name", "dc1", "--data-dir", str(blocker), "--grpc-addr", LOCAL,
             "--tls-cert", str(paths["cert"]), "--tls-ca", str(paths["ca"])]
     assert serve.run(parse([*base, "--tls-key", str(tmp_path / "other-key.pem")])) == 2
     err = capsys.readouterr().err
@@ -277,7 +281,7 @@ def test_serve_refuses_tls_files_it_cannot_use(
     assert "cannot read --tls-key" in capsys.readouterr().err
     assert serve.run(parse([*base[:-2], "--tls-ca", str(paths["key"]),
                             "--tls-key", str(paths["key"])])) == 2
-    assert "--tls-ca" in capsys.readouterr().err and not (tmp_path / "d").exists()
+    assert "--tls-ca" in capsys.readouterr().err
 
 
 def test_serve_with_tls_end_to_end(ca1: Authority, tmp_path: Path) -> None:
