@@ -9,14 +9,15 @@ a TLS-only server refuses plaintext clients; ``peerkit serve`` runs TLS or, only
 ``--plaintext``, plaintext. Each test makes its own CA and certificates (``cryptography``, EC
 P-256: fast); no key is ever written outside the test's tmp_path.
 
-May import: pytest, trio, cryptography, peerkit.impl (codec, server, serve, store, testing,
-transport incl. grpc_bridge), peerkit.model.vocabulary.
+May import: pytest, trio, cryptography, peerkit.cli (main), peerkit.impl (codec, server, serve,
+store, testing, transport incl. grpc_bridge), peerkit.model.vocabulary.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import io
 import logging
 import signal
 import subprocess
@@ -33,6 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from peerkit.cli import main
 from peerkit.impl import serve
 from peerkit.impl.client import PeerkitClient
 from peerkit.impl.codec import decode_token, encode_token
@@ -311,3 +313,32 @@ def test_serve_with_tls_end_to_end(ca1: Authority, tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=DEADLINE)
     assert proc.returncode == 0
     assert "PRIVATE KEY" not in err  # the key never reaches the log
+
+
+def cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+async def test_the_operator_commands_speak_tls_with_ca_file(
+    transport: GrpcTransport, ca1: Authority, ca2: Authority, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PEERKIT_CACERT", raising=False)
+    monkeypatch.delenv("PEERKIT_TLS_SERVER_NAME", raising=False)
+    (tmp_path / "ca1.pem").write_text(ca1.pem)
+    (tmp_path / "ca2.pem").write_text(ca2.pem)
+    with trio.fail_after(DEADLINE):
+        async with running_cluster(transport, "dc1", LOCAL, tls=tls_for(ca1, "dc1")) as dc1:
+            def at(*argv: str) -> tuple[int, str, str]:
+                return cli("peering", "list", "--addr", dc1.address, "--timeout", "10", *argv)
+
+            name = ("--tls-server-name", server_name("dc1"))
+            assert await trio.to_thread.run_sync(
+                at, "--ca-file", str(tmp_path / "ca1.pem"), *name) == (0, "No peerings.\n", "")
+            for argv in ((), ("--ca-file", str(tmp_path / "ca2.pem"), *name)):
+                code, _, err = await trio.to_thread.run_sync(at, *argv)
+                assert code == 1 and f"cannot reach the server at {dc1.address}" in err, argv
+            code, _, err = await trio.to_thread.run_sync(at, *name)
+            assert code == 2 and "--tls-server-name needs --ca-file" in err
