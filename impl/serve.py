@@ -27,6 +27,7 @@ May import: the standard library, trio, ``peerkit.model.vocabulary`` and the sib
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sqlite3
 import ssl
@@ -38,7 +39,12 @@ import trio
 
 from peerkit.model.vocabulary import BUGS, validate_bugs
 
-from .codec import address_problem, is_pem_certificates
+from .codec import (
+    MAX_TOKEN_CAS,
+    MAX_TOKEN_STRING_CHARS,
+    address_problem,
+    is_pem_certificates,
+)
 from .logs import EventLog, configure_logging
 from .server import PeeringServer, PeeringTLS
 from .store import SqliteStore, StoreFailure, StoreOpenError
@@ -49,6 +55,8 @@ __all__ = ["add_arguments", "run"]
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 SHUTDOWN_GRACE: Final = 2.0
+_PEM_BLOCK: Final = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----",
+                               re.DOTALL)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -139,9 +147,16 @@ def load_tls(args: argparse.Namespace) -> PeeringTLS:
     except ssl.SSLError as exc:
         raise ValueError(f"--tls-cert {args.tls_cert!r} and --tls-key {args.tls_key!r} do not "
                          f"make a usable pair: {exc.reason or exc}") from None
+    # one token CA entry per certificate, as upstream's one PEM per root; each must pass the
+    # peer's token bounds, or every token this server makes would be refused
+    ca_pems = tuple(block + "\n" for block in _PEM_BLOCK.findall(ca.decode("ascii")))
+    if len(ca_pems) > MAX_TOKEN_CAS or any(len(p) > MAX_TOKEN_STRING_CHARS for p in ca_pems):
+        raise ValueError(f"--tls-ca {args.tls_ca!r} does not fit a peering token: at most "
+                         f"{MAX_TOKEN_CAS} certificates of at most {MAX_TOKEN_STRING_CHARS} "
+                         "characters each")
     return PeeringTLS(
         identity=ServerTLS(cert_chain_pem=cert, private_key_pem=key),
-        ca_pems=(ca.decode("ascii"),),
+        ca_pems=ca_pems,
         server_name=args.tls_server_name or default_server_name(args.name),
     )
 

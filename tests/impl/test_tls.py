@@ -284,6 +284,21 @@ def test_serve_refuses_tls_files_it_cannot_use(
     assert serve.run(parse([*base[:-2], "--tls-ca", str(paths["key"]),
                             "--tls-key", str(paths["key"])])) == 2
     assert "--tls-ca" in capsys.readouterr().err
+    (tmp_path / "five-cas.pem").write_text("".join(make_ca(f"ca{i}").pem for i in range(5)))
+    assert serve.run(parse([*base[:-2], "--tls-ca", str(tmp_path / "five-cas.pem"),
+                            "--tls-key", str(paths["key"])])) == 2
+    assert "does not fit a peering token" in capsys.readouterr().err
+
+
+def test_a_ca_bundle_becomes_one_token_entry_per_certificate(
+    ca1: Authority, ca2: Authority, tmp_path: Path
+) -> None:
+    paths = write_pki(tmp_path, ca1, "dc1")
+    paths["ca"].write_text(ca1.pem + ca2.pem)  # a root and one being rotated in
+    tls = serve.load_tls(parse(["--name", "dc1", "--data-dir", "d", "--grpc-addr", LOCAL,
+                                "--tls-cert", str(paths["cert"]), "--tls-key", str(paths["key"]),
+                                "--tls-ca", str(paths["ca"])]))
+    assert tls.ca_pems == (ca1.pem, ca2.pem)
 
 
 def test_serve_with_tls_end_to_end(ca1: Authority, tmp_path: Path) -> None:
