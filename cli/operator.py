@@ -2,9 +2,11 @@
 
 One job: parse ``peerkit peering generate-token | establish | list | read | delete`` and
 ``peerkit services register | deregister | export | unexport | imported``, make the one RPC
-each stands for over real gRPC (``--addr``, default ``$PEERKIT_ADDR``, else 127.0.0.1:8502),
-and print the answer (``cli/operator_views.py``: a table for people, one JSON document with
-``--json``).
+each stands for over real gRPC (``--addr``, default ``$PEERKIT_ADDR``, else 127.0.0.1:8502;
+TLS when ``--ca-file`` / ``$PEERKIT_CACERT`` names the server's CA, verified against
+``--tls-server-name`` / ``$PEERKIT_TLS_SERVER_NAME``, like consul's ``-ca-file`` and
+``-tls-server-name``), and print the answer (``cli/operator_views.py``: a table for people,
+one JSON document with ``--json``).
 
 Exit codes: 0 done; 1 the server could not be reached, did not answer within ``--timeout``,
 refused the RPC (the gRPC status code name and the server's message are shown), or
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
 __all__ = ["ADDR_ENV", "DEFAULT_ADDR", "add_commands", "run"]
 
 ADDR_ENV = "PEERKIT_ADDR"
+CACERT_ENV = "PEERKIT_CACERT"  # consul: CONSUL_CACERT
+SERVER_NAME_ENV = "PEERKIT_TLS_SERVER_NAME"  # consul: CONSUL_TLS_SERVER_NAME
 DEFAULT_ADDR = "127.0.0.1:8502"  # Consul's gRPC port, and the address README's examples serve on
 DEFAULT_TIMEOUT = 20.0  # above the server's own 10 s for Establish's secret exchange with its peer
 MAX_TIMEOUT = 3600.0
@@ -110,6 +114,12 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument("--addr", metavar="HOST:PORT",
                         help=f"the server's gRPC address (default: ${ADDR_ENV}, else "
                         f"{DEFAULT_ADDR})")
+    common.add_argument("--ca-file", metavar="FILE",
+                        help=f"speak TLS and verify the server with this CA (PEM; default: "
+                        f"${CACERT_ENV}; none: plaintext)")
+    common.add_argument("--tls-server-name", metavar="NAME",
+                        help=f"the name the server's certificate must carry (default: "
+                        f"${SERVER_NAME_ENV}, else the host of the address)")
     common.add_argument("--json", action="store_true",
                         help="print one JSON document on stdout (keys: see README)")
     common.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="S",
@@ -211,6 +221,26 @@ def _resolve_address(args: argparse.Namespace) -> str:
     if problem is not None:
         raise UsageError(f"{where} {problem}")
     return address
+
+
+def _resolve_tls(args: argparse.Namespace) -> tuple[tuple[str, ...], str] | None:
+    """(CA PEMs, server name) to speak TLS with, or None for plaintext."""
+    ca_file = args.ca_file if args.ca_file is not None else os.environ.get(CACERT_ENV) or None
+    name = (args.tls_server_name if args.tls_server_name is not None
+            else os.environ.get(SERVER_NAME_ENV, ""))
+    if ca_file is None:
+        if args.tls_server_name is not None:
+            raise UsageError("--tls-server-name needs --ca-file (or $" + CACERT_ENV + ")")
+        return None
+    try:
+        with open(ca_file, encoding="ascii") as handle:
+            pem = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UsageError(f"cannot read the CA file {ca_file}: {reason}") from None
+    if "-----BEGIN CERTIFICATE-----" not in pem:
+        raise UsageError(f"the CA file {ca_file} holds no PEM certificate")
+    return (pem,), name
 
 
 def _read_token(args: argparse.Namespace, stdin: IO[str]) -> str:
@@ -315,16 +345,19 @@ def _command(args: argparse.Namespace, stdin: IO[str]) -> Call:
     raise AssertionError(f"no operator command {key}")  # the parser admits no other
 
 
-async def _call(address: str, timeout: float, command: Call) -> Answer | BaseException:
-    """Run ``command`` against ``address``; its failure is returned, not raised, so that
-    nothing of trio's or the transport's wrapping reaches the user."""
+async def _call(address: str, timeout: float, command: Call,
+                tls: tuple[tuple[str, ...], str] | None = None) -> Answer | BaseException:
+    """Run ``command`` against ``address`` (over TLS with ``tls``: CA PEMs and server name);
+    its failure is returned, not raised, so that nothing of trio's or the transport's wrapping
+    reaches the user."""
     from .impl.client import PeerkitClient
-    from .impl.transport import StreamFailed
+    from .impl.transport import ClientTLS, StreamFailed
     from .impl.transport.grpc_bridge import GrpcTransport
 
+    client_tls = None if tls is None else ClientTLS(*tls)
     try:
         async with GrpcTransport() as transport, PeerkitClient.connect(
-                transport, address, timeout=timeout) as client:
+                transport, address, timeout=timeout, tls=client_tls) as client:
             return await command(client)
     except (StreamFailed, NotFound) as exc:
         return exc
@@ -358,11 +391,12 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO,
     prog = f"peerkit {args.command} {args.action}"
     try:
         address = _resolve_address(args)
+        tls = _resolve_tls(args)
         command = _command(args, stdin or sys.stdin)
     except UsageError as exc:
         err.write(f"{prog}: {exc}\n")
         return EXIT_USAGE
-    result = trio.run(_call, address, args.timeout, command)
+    result = trio.run(_call, address, args.timeout, command, tls)
     if isinstance(result, BaseException):
         err.write(f"{prog}: {describe_failure(result, address, args.timeout)}\n")
         return EXIT_FAILED

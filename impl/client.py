@@ -5,8 +5,8 @@ One job: wrap ``Channel.unary`` with one method per RPC of ``PeeringService``,
 ``await client.peering_read("dc2")`` instead of spelling method names and (de)serializers. Errors
 surface as the transport's ``StreamFailed`` (status code + message).
 
-Use: ``async with PeerkitClient.connect(transport, address) as client: ...`` or wrap an open
-channel with ``PeerkitClient(channel)``.
+Use: ``async with PeerkitClient.connect(transport, address) as client: ...`` (``tls=ClientTLS``
+for a server that listens with TLS) or wrap an open channel with ``PeerkitClient(channel)``.
 
 May import: the standard library, protobuf, ``peerkit.proto`` and the sibling modules
 ``.codec`` and ``.transport``.
@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from peerkit.proto import admin_pb2, peering_pb2, peerstream_pb2
 
 from .codec import ADMIN_METHODS, METHOD_EXCHANGE_SECRET, PEERING_METHODS
-from .transport import Channel, Transport
+from .transport import Channel, ClientTLS, Transport
 
 __all__ = ["PeerkitClient"]
 
@@ -44,9 +44,10 @@ class PeerkitClient:
     @classmethod
     @asynccontextmanager
     async def connect(
-        cls, transport: Transport, address: str, *, timeout: float | None = 30.0
+        cls, transport: Transport, address: str, *, timeout: float | None = 30.0,
+        tls: ClientTLS | None = None,
     ) -> AsyncIterator[PeerkitClient]:
-        async with transport.connect(address) as channel:
+        async with transport.connect(address, tls=tls) as channel:
             yield cls(channel, timeout=timeout)
 
     async def call(self, method: str, request: Message, response_type: type[Resp]) -> Resp:

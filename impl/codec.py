@@ -10,9 +10,10 @@ Catalog instances have two wire forms. What crosses the peer stream is Consul's 
 reads what Consul exports. peerkit's control service keeps its own small messages
 (``catalog_pb2``; ``csn_to_pb`` / ``csn_from_pb``).
 
-The token is ``base64(JSON)`` with the keys ``CA`` (null: peerkit runs without TLS),
-``ServerAddresses`` (non-empty list of "host:port"), ``ServerName``, ``PeerID`` (the acceptor's
-peering ID) and ``EstablishmentSecret``; ``decode_token`` validates all of them and raises
+The token is ``base64(JSON)`` with the keys ``CA`` (null for a plaintext server, else the list
+of PEM root certificates the dialer verifies the acceptor with), ``ServerAddresses``
+(non-empty list of "host:port"), ``ServerName``, ``PeerID`` (the acceptor's peering ID) and
+``EstablishmentSecret``; ``decode_token`` validates all of them and raises
 ``TokenError`` (a ValueError) with a readable reason.
 
 May import: the standard library, protobuf, ``peerkit.proto``, ``peerkit.model.vocabulary`` and
@@ -26,6 +27,7 @@ import binascii
 import ipaddress
 import json
 import re
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -42,6 +44,7 @@ from .store.base import ImportedInstance
 __all__ = [
     "ADMIN_METHODS",
     "MAX_TOKEN_ADDRESSES",
+    "MAX_TOKEN_CAS",
     "MAX_TOKEN_CHARS",
     "METHOD_EXCHANGE_SECRET",
     "METHOD_STREAM_RESOURCES",
@@ -58,6 +61,7 @@ __all__ = [
     "encode_token",
     "from_timestamp",
     "instances_to_pb",
+    "is_pem_certificates",
     "method_name",
     "peering_to_pb",
     "to_timestamp",
@@ -372,11 +376,18 @@ def encode_token(token: PeeringToken) -> str:
     return base64.b64encode(json.dumps(doc, separators=(",", ":")).encode()).decode("ascii")
 
 
-# Bounds on what a token may hold. A real token is a few hundred characters: one object holding
-# a list of a handful of "host:port" strings and three short strings. The bounds make a crafted
-# token (deep nesting, huge numbers, thousands of addresses) a clear InvalidArgument, never a
-# RecursionError / ValueError deep inside the JSON parser or minutes of dialing.
-MAX_TOKEN_CHARS: Final = 16 * 1024  # the base64 text
+# Bounds on what a token may hold. A plaintext token is a few hundred characters: one object
+# holding a list of a handful of "host:port" strings and three short strings; a TLS token adds
+# its CA PEMs, about 0.7 KB (EC) to 2 KB (RSA 4096) each. The bounds make a crafted token (deep
+# nesting, huge numbers, thousands of addresses) a clear InvalidArgument, never a RecursionError
+# / ValueError deep inside the JSON parser or minutes of dialing.
+# The total is 48 KiB (it was 16 KiB before tokens carried CAs) so that a token with every
+# field at its own bound still fits (test_the_largest_legal_token_fits_the_total_bound): 4
+# PEMs of 4,096 characters (16.3 KiB of JSON with their escaped line breaks), PeerID,
+# ServerName and EstablishmentSecret of 4,096 each (12 KiB) and 16 addresses of 261 (4.2 KiB)
+# come to about 44 KiB of base64. Still far below gRPC's 4 MiB message limit.
+MAX_TOKEN_CHARS: Final = 48 * 1024  # the base64 text
+MAX_TOKEN_CAS: Final = 4  # CA PEMs: a root and a few being rotated in
 MAX_TOKEN_DEPTH: Final = 3  # object -> list (ServerAddresses, CA) -> nothing deeper
 MAX_TOKEN_ADDRESSES: Final = 16
 MAX_ADDRESS_CHARS: Final = 261  # "[" + 253-char host or IPv6 literal + "]" + ":" + 5 digits
@@ -473,6 +484,24 @@ def _token_string(doc: dict[str, Any], key: str, *, required: bool) -> str:
     return value
 
 
+_PEM_BLOCK_RE: Final = re.compile(
+    r"-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+?-----END CERTIFICATE-----")
+
+
+def is_pem_certificates(pem: str) -> bool:
+    """True if ``pem`` is one or more PEM CERTIFICATE blocks and nothing else but white space,
+    each holding valid base64 (the structure only: the DER inside is parsed by TLS itself)."""
+    blocks = _PEM_BLOCK_RE.findall(pem)
+    if not blocks or _PEM_BLOCK_RE.sub("", pem).strip():
+        return False
+    for block in blocks:
+        try:
+            ssl.PEM_cert_to_DER_cert(block + "\n")
+        except ValueError:
+            return False
+    return True
+
+
 def decode_token(text: str) -> PeeringToken:
     """Decode and validate a token (see the module docstring); TokenError says what is wrong.
 
@@ -529,8 +558,18 @@ def decode_token(text: str) -> PeeringToken:
         not isinstance(ca, list) or not all(isinstance(pem, str) and pem for pem in ca)
     ):
         raise TokenError("the peering token's CA must be null or a list of PEM strings")
-    if ca:
-        raise TokenError("the peering token carries a CA, but peerkit runs without TLS")
+    if ca is not None:
+        if len(ca) > MAX_TOKEN_CAS:
+            raise TokenError(f"the peering token has {len(ca)} CA certificates; at most "
+                             f"{MAX_TOKEN_CAS} are allowed")
+        for index, pem in enumerate(ca):
+            if len(pem) > MAX_TOKEN_STRING_CHARS:
+                raise TokenError(f"the peering token's CA entry {index} is longer than "
+                                 f"{MAX_TOKEN_STRING_CHARS} characters")
+            if not is_pem_certificates(pem):
+                # upstream refuses it too, at dial time: "failed to parse PEM" (TLSDialOption)
+                raise TokenError(f"the peering token's CA entry {index} is not a PEM "
+                                 "certificate")
     return PeeringToken(
         server_addresses=tuple(addresses),
         server_name=server_name,

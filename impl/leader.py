@@ -22,7 +22,9 @@ tracker, while the store survives (the fix of #14344/#17483):
 * ``DialLoop`` (§4.3): one per dialer peering; an address ring advanced after every attempt;
   upstream's retry pacing; each attempt re-reads the peering and stops if it is gone or
   inactive, opens ``StreamResources``, sends Open (PeerID from the token, StreamSecretID), and
-  runs the stream as dialer; a nil ending stops the loop, an error retries.
+  runs the stream as dialer; a nil ending stops the loop, an error retries. A peering whose
+  token carried a CA is dialed over TLS, verified with that CA and the token's ServerName
+  (``peer_tls``; upstream ``establishStream`` / ``Peering.TLSDialOption``); else plaintext.
 
 May import: the standard library, trio, ``peerkit.proto``, ``peerkit.model`` and the sibling
 modules ``.store``, ``.transport``, ``.tracker``, ``.ratelimit``, ``.stream``, ``.codec``,
@@ -67,7 +69,7 @@ from .stream import (
     serialize,
 )
 from .tracker import StreamTracker
-from .transport import Transport, TransportError
+from .transport import ClientTLS, Transport, TransportError
 
 __all__ = [
     "MAX_BATCH_BYTES",
@@ -80,6 +82,7 @@ __all__ = [
     "NotLeaderAnymore",
     "SyncRoutine",
     "node_batches",
+    "peer_tls",
 ]
 
 MAX_BATCH_BYTES: Final = 256 * 1024  # "same as ACL batch upsert size"
@@ -526,6 +529,13 @@ class DeletionRoutine:
 # =============================================================================================
 
 
+def peer_tls(ca_pems: Sequence[str], server_name: str) -> ClientTLS | None:
+    """How to dial a peer whose token carried ``ca_pems`` and ``server_name``: TLS verified
+    with them when there is a CA, plaintext (None) when there is none, as upstream's
+    ``Peering.TLSDialOption`` (``grpc.WithInsecure()`` unless ``PeerCAPems`` is non-empty)."""
+    return ClientTLS(tuple(ca_pems), server_name) if ca_pems else None
+
+
 class AddressRing:
     """The dialer's ring of server addresses, advanced after every attempt."""
 
@@ -580,7 +590,8 @@ class DialLoop:
         address = self.ring.next(peering.peer_server_addresses)
         self.attempts.append(address)
         self.log.debug("dialing", address=address)
-        async with cfg.transport.connect(address) as channel:
+        tls = peer_tls(peering.peer_ca_pems, peering.peer_server_name)
+        async with cfg.transport.connect(address, tls=tls) as channel:
             stream = channel.open_stream(METHOD_STREAM_RESOURCES, serialize, deserialize)
             self.in_attempt = True
             try:

@@ -1,11 +1,18 @@
 """``peerkit serve``: run one peerkit server on a SQLite data dir over real gRPC until stopped.
 
 One job: the command-line entry of a single server. ``add_arguments(parser)`` declares
-``--name``, ``--data-dir``, ``--grpc-addr``, ``--advertise-addr``, ``--bug NAME`` (repeatable)
-and ``--log-level``; ``run(args)`` serves until Ctrl-C or SIGTERM and returns the exit code
-(0 after a clean shutdown, 1 when it cannot listen (one line saying why, e.g. ``address already
-in use``) or the data dir cannot be opened, 2 for bad arguments). A host name in ``--grpc-addr``
-means every address it resolves to: all are bound, or none and the command fails.
+``--name``, ``--data-dir``, ``--grpc-addr``, ``--advertise-addr``, the transport security
+(``--tls-cert FILE --tls-key FILE --tls-ca FILE [--tls-server-name NAME]``, or ``--plaintext``),
+``--bug NAME`` (repeatable) and ``--log-level``; ``run(args)`` serves until Ctrl-C or SIGTERM
+and returns the exit code (0 after a clean shutdown, 1 when it cannot listen (one line saying
+why, e.g. ``address already in use``), the data dir cannot be opened or a TLS file cannot be
+read, 2 for bad arguments). A host name in ``--grpc-addr`` means every address it resolves to:
+all are bound, or none and the command fails.
+
+Transport security is chosen explicitly, never by default: the three ``--tls-*`` files (the
+server listens with TLS only and its tokens carry the CA and ``--tls-server-name``), or
+``--plaintext``; neither, or both, is a usage error (exit 2). Upstream refuses to generate
+peering tokens without gRPC TLS; peerkit keeps plaintext for tests and demos, on request only.
 
 The server is the leader from the start, keeps its state in ``<data-dir>/peerkit-state.sqlite``
 (so a restart on the same data dir resumes, e.g. a half-finished deletion continues), and logs
@@ -20,26 +27,36 @@ May import: the standard library, trio, ``peerkit.model.vocabulary`` and the sib
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sqlite3
+import ssl
 import sys
+from pathlib import Path
 from typing import Final
 
 import trio
 
 from peerkit.model.vocabulary import BUGS, validate_bugs
 
-from .codec import address_problem
+from .codec import (
+    MAX_TOKEN_CAS,
+    MAX_TOKEN_STRING_CHARS,
+    address_problem,
+    is_pem_certificates,
+)
 from .logs import EventLog, configure_logging
-from .server import PeeringServer
+from .server import PeeringServer, PeeringTLS
 from .store import SqliteStore, StoreFailure, StoreOpenError
-from .transport import ListenError
+from .transport import ListenError, ServerTLS
 from .transport.grpc_bridge import GrpcTransport
 
 __all__ = ["add_arguments", "run"]
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 SHUTDOWN_GRACE: Final = 2.0
+_PEM_BLOCK: Final = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----",
+                               re.DOTALL)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +66,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="host:port to listen on, e.g. 127.0.0.1:8502 (port 0: any)")
     parser.add_argument("--advertise-addr", default=None,
                         help="host:port put into peering tokens (default: the listen address)")
+    tls = parser.add_argument_group(
+        "transport security", "either all three --tls-* files, or --plaintext")
+    tls.add_argument("--tls-cert", metavar="FILE",
+                     help="this server's certificate (PEM; may hold the chain)")
+    tls.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    tls.add_argument("--tls-ca", metavar="FILE",
+                     help="the CA certificate(s) that signed it (PEM); put into peering tokens")
+    tls.add_argument("--tls-server-name", metavar="NAME", default=None,
+                     help="the name the certificate carries, put into tokens as ServerName "
+                          "(default: server.<name>.peering.peerkit)")
+    tls.add_argument("--plaintext", action="store_true",
+                     help="listen and dial without TLS (tests and demos only)")
     parser.add_argument("--bug", action="append", default=[], metavar="NAME",
                         choices=sorted(BUGS),
                         help="switch on a historical bug (repeatable): " + ", ".join(sorted(BUGS)))
@@ -60,6 +89,76 @@ def _check_address(value: str, what: str) -> str | None:
     if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         return f"{what} must look like host:port, got {value!r}"
     return None
+
+
+class _TLSFileError(Exception):
+    """A --tls-* file that cannot be read (exit 1)."""
+
+
+def default_server_name(name: str) -> str:
+    """The default ``--tls-server-name``: upstream's form ``server.<dc>.peering.<trust
+    domain>`` (``connect.PeeringServerSAN``) with peerkit as the trust domain."""
+    return f"server.{name}.peering.peerkit"
+
+
+def _tls_usage_problem(args: argparse.Namespace) -> str | None:
+    files = {"--tls-cert": args.tls_cert, "--tls-key": args.tls_key, "--tls-ca": args.tls_ca}
+    given = [flag for flag, value in files.items() if value is not None]
+    if args.plaintext and (given or args.tls_server_name is not None):
+        return "--plaintext cannot be combined with --tls-* options"
+    if args.plaintext:
+        return None
+    if not given:
+        return ("choose the transport security: --tls-cert FILE --tls-key FILE --tls-ca FILE, "
+                "or --plaintext")
+    missing = [flag for flag, value in files.items() if value is None]
+    if missing:
+        return f"TLS needs --tls-cert, --tls-key and --tls-ca; missing {', '.join(missing)}"
+    name = args.tls_server_name
+    if name is not None and (not name or not name.isascii() or not name.isprintable()
+                             or " " in name):
+        return f"--tls-server-name {name!r} is not a host name"
+    return None
+
+
+def _read(flag: str, path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise _TLSFileError(f"cannot read {flag} {path!r}: "
+                            f"{(exc.strerror or str(exc)).lower()}") from None
+
+
+def load_tls(args: argparse.Namespace) -> PeeringTLS:
+    """The server's TLS from the --tls-* files. Raises _TLSFileError (cannot read) or
+    ValueError (not usable), naming the file, never its contents (a key must not be echoed)."""
+    cert = _read("--tls-cert", args.tls_cert)
+    key = _read("--tls-key", args.tls_key)
+    ca = _read("--tls-ca", args.tls_ca)
+    for flag, data in (("--tls-cert", cert), ("--tls-ca", ca)):
+        if not is_pem_certificates(data.decode("ascii", "replace")):
+            raise ValueError(f"{flag} {getattr(args, flag[2:].replace('-', '_'))!r} holds no "
+                             "PEM certificate (or something else besides)")
+    # the stdlib's TLS loads the pair the way a TLS server will: it refuses a key that is not
+    # the certificate's, which gRPC would only report at the first handshake
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    except ssl.SSLError as exc:
+        raise ValueError(f"--tls-cert {args.tls_cert!r} and --tls-key {args.tls_key!r} do not "
+                         f"make a usable pair: {exc.reason or exc}") from None
+    # one token CA entry per certificate, as upstream's one PEM per root; each must pass the
+    # peer's token bounds, or every token this server makes would be refused
+    ca_pems = tuple(block + "\n" for block in _PEM_BLOCK.findall(ca.decode("ascii")))
+    if len(ca_pems) > MAX_TOKEN_CAS or any(len(p) > MAX_TOKEN_STRING_CHARS for p in ca_pems):
+        raise ValueError(f"--tls-ca {args.tls_ca!r} does not fit a peering token: at most "
+                         f"{MAX_TOKEN_CAS} certificates of at most {MAX_TOKEN_STRING_CHARS} "
+                         "characters each")
+    return PeeringTLS(
+        identity=ServerTLS(cert_chain_pem=cert, private_key_pem=key),
+        ca_pems=ca_pems,
+        server_name=args.tls_server_name or default_server_name(args.name),
+    )
 
 
 def _warn_bugs(bugs: frozenset[str]) -> None:
@@ -81,7 +180,7 @@ def _is_interrupt(exc: BaseException) -> bool:
     return False
 
 
-async def _serve(args: argparse.Namespace, bugs: frozenset[str]) -> int:
+async def _serve(args: argparse.Namespace, bugs: frozenset[str], tls: PeeringTLS | None) -> int:
     log = EventLog("peerkit.serve", {"server": args.name})
     try:
         store = SqliteStore(args.data_dir)
@@ -92,11 +191,14 @@ async def _serve(args: argparse.Namespace, bugs: frozenset[str]) -> int:
         with trio.open_signal_receiver(signal.SIGTERM) as signals:
             async with GrpcTransport() as transport:
                 server = PeeringServer(args.name, store, transport, args.advertise_addr,
-                                       bugs=bugs)
+                                       bugs=bugs, tls=tls)
                 try:
                     async with server.serve(args.grpc_addr, leader=True, grace=SHUTDOWN_GRACE):
+                        security = ("plaintext" if tls is None
+                                    else f"TLS as {tls.server_name}")
                         print(f"peerkit serve: {args.name} listening on {server.address} "
-                              f"(advertised as {server.advertise_addr})", flush=True)
+                              f"(advertised as {server.advertise_addr}; {security})",
+                              flush=True)
                         async for signum in signals:
                             log.info("signal received; shutting down", signal=int(signum))
                             break
@@ -131,9 +233,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"peerkit serve: --advertise-addr {args.advertise_addr!r} {problem}",
                   file=sys.stderr)
             return 2
+    problem = _tls_usage_problem(args)
+    if problem is not None:
+        print(f"peerkit serve: {problem}", file=sys.stderr)
+        return 2
     try:
         bugs = validate_bugs(args.bug or [])
         configure_logging(args.log_level)
+        tls = None if args.plaintext else load_tls(args)
+    except _TLSFileError as exc:
+        print(f"peerkit serve: {exc}", file=sys.stderr)
+        return 1
     except ValueError as exc:
         print(f"peerkit serve: {exc}", file=sys.stderr)
         return 2
@@ -143,7 +253,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"peerkit serve: note: tokens will advertise {args.grpc_addr!r}, which peers "
               "cannot dial; pass --advertise-addr", file=sys.stderr)
     try:
-        code: int = trio.run(_serve, args, bugs, restrict_keyboard_interrupt_to_checkpoints=True)
+        code: int = trio.run(_serve, args, bugs, tls,
+                             restrict_keyboard_interrupt_to_checkpoints=True)
     except BaseException as exc:
         if not _is_interrupt(exc):
             raise

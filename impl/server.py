@@ -40,7 +40,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Final, TypeVar
 
 import trio
@@ -79,7 +79,14 @@ from .codec import (
     peering_to_pb,
     to_timestamp,
 )
-from .leader import MAX_BATCH_BYTES, SPIN_LIMIT, LeaderConfig, Leadership, NotLeaderAnymore
+from .leader import (
+    MAX_BATCH_BYTES,
+    SPIN_LIMIT,
+    LeaderConfig,
+    Leadership,
+    NotLeaderAnymore,
+    peer_tls,
+)
 from .logs import EventLog
 from .mutants import validate_mutants
 from .ratelimit import DELETION_BURST, DELETION_RATE, RETRY_BUCKET_SIZE
@@ -115,6 +122,7 @@ from .transport import (
     AbortStream,
     EndOfStream,
     Handler,
+    ServerTLS,
     StatusCode,
     StreamFailed,
     StreamMethod,
@@ -123,7 +131,7 @@ from .transport import (
     UnaryMethod,
 )
 
-__all__ = ["ERR_NOT_LEADER", "PeeringServer", "read_state"]
+__all__ = ["ERR_NOT_LEADER", "PeeringServer", "PeeringTLS", "read_state"]
 
 # peerkit's own error texts (the reference records no upstream wording for these)
 ERR_NOT_LEADER: Final = "this server is not the leader"
@@ -221,6 +229,22 @@ def _address(value: str, what: str) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class PeeringTLS:
+    """A server's TLS: its own identity (certificate chain and key), the CA PEMs that signed it
+    and the name its certificate carries. GenerateToken puts ``ca_pems`` and ``server_name``
+    into tokens (upstream ``GenerateToken``: ``CA`` and ``ServerName`` from
+    ``GetTLSMaterials``); the listener accepts TLS only."""
+
+    identity: ServerTLS
+    ca_pems: tuple[str, ...]
+    server_name: str
+
+    def __post_init__(self) -> None:
+        if not self.ca_pems:
+            raise ValueError("PeeringTLS needs the CA that signed the server's certificate")
+
+
 def read_state(row: Peering, status: StreamStatus | None) -> PeeringState:
     """The state PeeringRead reports (``VIEW_RULES`` of the model): ACTIVE / FAILING come from
     the tracker for an active row; an inactive row reports its stored state."""
@@ -236,7 +260,8 @@ class PeeringServer:
     Timers use trio's clock (virtual under a MockClock); ``wall_clock`` stamps DeletedAt and
     converts tracker times for Status. ``bugs`` switches on historical bugs by name
     (``peerkit.model.vocabulary.BUGS``); ``mutants`` switches on mistakes of the mutation
-    catalog (``peerkit.impl.mutants.IMPL_MUTANTS``); none is on by default.
+    catalog (``peerkit.impl.mutants.IMPL_MUTANTS``); none is on by default. ``tls`` makes the
+    server listen with TLS only and put its CA and server name into its tokens; None: plaintext.
     """
 
     def __init__(
@@ -258,6 +283,7 @@ class PeeringServer:
         wall_clock: Callable[[], float] = time.time,
         secret_factory: Callable[[], str] | None = None,
         log: EventLog | None = None,
+        tls: PeeringTLS | None = None,
     ) -> None:
         problem = self.name_problem(name)
         if problem is not None:
@@ -269,6 +295,7 @@ class PeeringServer:
         self.name = name
         self.store = store
         self.transport = transport
+        self.tls = tls
         self._advertise = advertise_addr
         self.bugs = validate_bugs(bugs)
         self.mutants = validate_mutants(mutants)
@@ -340,12 +367,14 @@ class PeeringServer:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 try:
-                    async with self.transport.serve(address, self.handlers(),
-                                                    grace=grace) as srv:
+                    identity = None if self.tls is None else self.tls.identity
+                    async with self.transport.serve(address, self.handlers(), grace=grace,
+                                                    tls=identity) as srv:
                         listened = True
                         self.address = srv.address
                         self.log.info("serving", address=srv.address,
-                                      advertise=self.advertise_addr, bugs=sorted(self.bugs))
+                                      advertise=self.advertise_addr, bugs=sorted(self.bugs),
+                                      tls=self.tls is not None)
                         if leader:
                             self.become_leader()
                         try:
@@ -496,9 +525,10 @@ class PeeringServer:
                       reused=existing is not None)
         token = PeeringToken(
             server_addresses=tuple(addresses),
-            server_name=f"server.{self.name}.peerkit",
+            server_name=self.server_name,
             peer_id=row.id,
             establishment_secret=secret,
+            ca=None if self.tls is None else self.tls.ca_pems,
         )
         return peering_pb2.GenerateTokenResponse(PeeringToken=encode_token(token))
 
@@ -523,14 +553,22 @@ class PeeringServer:
                 partition=partition,
                 meta=meta,
                 peer_id=token.peer_id,
+                peer_ca_pems=token.ca or (),
                 peer_server_name=token.server_name,
                 peer_server_addresses=token.server_addresses,
                 stream_secret=stream_secret,
             )
         )
         self.log.info("established peering", peer_name=name, peering_id=row.id,
-                      peer_id=token.peer_id, addresses=list(token.server_addresses))
+                      peer_id=token.peer_id, addresses=list(token.server_addresses),
+                      tls=bool(token.ca))
         return peering_pb2.EstablishResponse()
+
+    @property
+    def server_name(self) -> str:
+        """The name tokens carry as ServerName: the TLS certificate's name, or (plaintext,
+        where nothing verifies it) ``server.<name>.peerkit``."""
+        return self.tls.server_name if self.tls is not None else f"server.{self.name}.peerkit"
 
     def _check_new_name(self, name: str, partition: str) -> None:
         existing = self.store.peering_read(name, partition)
@@ -541,14 +579,17 @@ class PeeringServer:
         raise AbortStream(StatusCode.ALREADY_EXISTS, ERR_NAME_EXISTS)
 
     async def _exchange_with_peer(self, token: PeeringToken) -> str:
-        """ExchangeSecret against the token's servers, in order; the first answer wins."""
+        """ExchangeSecret against the token's servers, in order; the first answer wins. Dialed
+        as the dialer will dial the stream: TLS with the token's CA and ServerName, or plaintext
+        when it carries no CA (upstream ``Establish``: ``peering.TLSDialOption()``)."""
         request = peerstream_pb2.ExchangeSecretRequest(
             PeerID=token.peer_id, EstablishmentSecret=token.establishment_secret
         )
+        tls = peer_tls(token.ca or (), token.server_name)
         failures: list[str] = []
         for address in token.server_addresses:
             try:
-                async with self.transport.connect(address) as channel:
+                async with self.transport.connect(address, tls=tls) as channel:
                     response = await channel.unary(
                         METHOD_EXCHANGE_SECRET,
                         request,
@@ -566,8 +607,12 @@ class PeeringServer:
             if not response.StreamSecret:
                 raise AbortStream(StatusCode.INTERNAL, "peer returned an empty stream secret")
             return response.StreamSecret
+        # a plaintext dial to a TLS-only server fails as "unavailable" like a dead one: say so
+        hint = ("" if tls is not None else " (the token carries no CA, so the peer was dialed "
+                "without TLS; a peer that requires TLS refuses that)")
         raise AbortStream(StatusCode.UNAVAILABLE,
-                          "failed to exchange the establishment secret: " + "; ".join(failures))
+                          "failed to exchange the establishment secret: " + "; ".join(failures)
+                          + hint)
 
     async def peering_read(
         self, req: peering_pb2.PeeringReadRequest

@@ -37,7 +37,7 @@ from .store import (
     StateStore,
 )
 from .stream import ReplicationMessage, deserialize, serialize
-from .transport import BidiStream, MemoryCall, MemoryNetwork, Transport
+from .transport import BidiStream, ClientTLS, MemoryCall, MemoryNetwork, Transport
 
 ClientStream = BidiStream[ReplicationMessage, ReplicationMessage]
 
@@ -171,9 +171,11 @@ async def running_cluster(
     server (``peerkit.impl.mutants``), none by default."""
     store = store if store is not None else MemoryStore()
     server = PeeringServer(name, store, transport, mutants=mutants, **server_kwargs)
+    # a TLS server answers TLS only: its own client verifies it as a peer would
+    tls = None if server.tls is None else ClientTLS(server.tls.ca_pems, server.tls.server_name)
     async with server.serve(address, leader=leader):
         assert server.address is not None
-        async with PeerkitClient.connect(transport, server.address) as client:
+        async with PeerkitClient.connect(transport, server.address, tls=tls) as client:
             yield Cluster(name, server, store, client, server.address)
 
 

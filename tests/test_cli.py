@@ -174,7 +174,7 @@ def test_max_seconds_must_be_finite() -> None:
 
 def test_serve_refuses_an_empty_data_dir(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "peerkit", "serve", "--name", "dc1",
-                           "--data-dir", "", "--grpc-addr", "127.0.0.1:0"],
+                           "--data-dir", "", "--grpc-addr", "127.0.0.1:0", "--plaintext"],
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip() == "peerkit serve: --data-dir must not be empty"
@@ -213,7 +213,8 @@ def test_bound_options_have_help() -> None:
 def test_serve_refuses_a_bad_name_before_touching_the_data_dir(tmp_path: Path) -> None:
     data = tmp_path / "data"
     done = subprocess.run([sys.executable, "-m", "peerkit", "serve", "--name", "bad name",
-                           "--data-dir", str(data), "--grpc-addr", "127.0.0.1:0"],
+                           "--data-dir", str(data), "--grpc-addr", "127.0.0.1:0",
+                           "--plaintext"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.startswith("peerkit serve: --name: server name 'bad name' is not valid")
@@ -225,7 +226,7 @@ def test_serve_refuses_an_advertise_addr_a_peer_could_not_dial(
     address: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     code, _, _ = run("serve", "--name", "dc1", "--data-dir", str(tmp_path / "d"),
-                     "--grpc-addr", "127.0.0.1:0", "--advertise-addr", address)
+                     "--grpc-addr", "127.0.0.1:0", "--plaintext", "--advertise-addr", address)
     assert code == 2
     assert f"--advertise-addr {address!r}" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()

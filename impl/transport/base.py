@@ -93,6 +93,13 @@ server's own trio nursery:
 The client of a client-cancelled RPC does not cancel the stream handler's task: the handler learns
 of it from the stream (as in Go). Server shutdown does cancel handler tasks (trio.Cancelled), after
 ``grace`` seconds. A unary handler's task *is* cancelled when its caller cancels.
+
+TLS
+---
+``serve(..., tls=ServerTLS(...))`` listens with TLS only (server authentication: no client
+certificate is asked for, as upstream's peering never uses mutual TLS); ``connect(...,
+tls=ClientTLS(...))`` verifies the server against the given roots and name. Without ``tls`` both
+are plaintext. The in-memory network has no wire to protect and ignores both.
 """
 
 from __future__ import annotations
@@ -101,7 +108,7 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Generic, Literal, Protocol, Self, TypeVar
 
@@ -112,12 +119,14 @@ __all__ = [
     "AddressInUseError",
     "BidiStream",
     "Channel",
+    "ClientTLS",
     "ClosedForSending",
     "EndOfStream",
     "Handler",
     "ListenError",
     "Outcome",
     "Server",
+    "ServerTLS",
     "Side",
     "StatusCode",
     "StreamCancelled",
@@ -500,22 +509,50 @@ class Channel(Protocol):
     async def aclose(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class ServerTLS:
+    """A server's TLS identity: its certificate chain and private key, both PEM. The key is
+    left out of ``repr`` so that it cannot end up in a log line."""
+
+    cert_chain_pem: bytes
+    private_key_pem: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ClientTLS:
+    """How a client verifies a TLS server: the root CA certificates (PEM strings; the server's
+    chain must lead to one of them) and the name its certificate must carry (empty: the host
+    of the dialed address), as Go's ``tls.Config{RootCAs, ServerName}``."""
+
+    root_pems: tuple[str, ...]
+    server_name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.root_pems:
+            raise ValueError("ClientTLS needs at least one root CA certificate")
+
+
 class Transport(Protocol):
     """Server and client creation, so code can be handed "a transport" and work on either."""
 
     def serve(
-        self, address: str, handlers: Iterable[Handler], *, grace: float = 0.0
+        self, address: str, handlers: Iterable[Handler], *, grace: float = 0.0,
+        tls: ServerTLS | None = None,
     ) -> AbstractAsyncContextManager[Server]:
         """Listen on ``address`` ("host:port"; port 0 picks a free port) until the block exits.
 
         On exit: stop accepting, give running RPCs ``grace`` seconds, then end the rest (clients
         see StreamFailed(UNAVAILABLE), handlers see StreamCancelled and are cancelled).
         Raises AddressInUseError if the address is taken, ListenError if it cannot listen there
-        for another reason; a host name means every address it resolves to."""
+        for another reason; a host name means every address it resolves to. With ``tls`` it
+        accepts TLS connections only."""
         ...
 
-    def connect(self, address: str) -> AbstractAsyncContextManager[Channel]:
-        """A channel to ``address``, closed when the block exits."""
+    def connect(
+        self, address: str, *, tls: ClientTLS | None = None
+    ) -> AbstractAsyncContextManager[Channel]:
+        """A channel to ``address``, closed when the block exits; with ``tls`` it speaks TLS
+        and verifies the server (a failed verification makes calls fail UNAVAILABLE)."""
         ...
 
 

@@ -29,6 +29,9 @@ Design
   that into ``outcome`` CANCELLED and StreamCancelled on later operations. The trio stream handler
   itself is not cancelled (it learns from the stream, as in Go). Server shutdown looks the same to
   the handler (EOF, then cancelled), and clients then see UNAVAILABLE.
+* TLS: ``serve(..., tls=ServerTLS)`` binds with ``add_secure_port`` and
+  ``ssl_server_credentials`` (no client certificates); ``connect(..., tls=ClientTLS)`` makes a
+  ``secure_channel`` with the roots and ``grpc.ssl_target_name_override`` for the server name.
 * Listening: ``serve("name:port")`` resolves the name itself and binds each resulting ip
   explicitly (IPv4 first), all or none; gRPC's own ``add_insecure_port("localhost:P")`` succeeds
   when any one address binds (e.g. only [::1] when 127.0.0.1:P is taken). Each ip is first bound
@@ -59,12 +62,14 @@ import trio
 from .base import (
     AddressInUseError,
     BidiStream,
+    ClientTLS,
     ClosedForSending,
     EndOfStream,
     Handler,
     HandlerOutcome,
     ListenError,
     Outcome,
+    ServerTLS,
     StatusCode,
     StreamMethod,
     UnaryMethod,
@@ -443,7 +448,7 @@ class GrpcServer:
 
     async def _aio_bind(
         self, address: str, targets: Sequence[tuple[int, str]], port: int,
-        options: Sequence[tuple[str, Any]],
+        options: Sequence[tuple[str, Any]], tls: ServerTLS | None,
     ) -> int:
         """Bind every one of ``targets`` (family, ip) on ``port`` (0: the first bind picks one,
         the others use it), or none: gRPC's own ``add_insecure_port("localhost:P")`` succeeds
@@ -453,13 +458,18 @@ class GrpcServer:
         them open even when stopped or collected (measured, grpcio 1.85.3), so it is started
         with no handlers (an RPC in that instant gets UNIMPLEMENTED) and stopped at once."""
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *options])
+        # TLS only, no client certificate: the peer stream authenticates the dialer by its
+        # stream secret, and upstream never uses mutual TLS for peering (specs/security.md)
+        credentials = None if tls is None else grpc.ssl_server_credentials(
+            [(tls.private_key_pem, tls.cert_chain_pem)])
         bound_any = False
         try:
             for family, ip in targets:
                 where = _join_host_port(ip, port)
                 _probe_bind(address, where, family, ip, port)  # port 0: is the ip assignable?
                 try:
-                    bound = server.add_insecure_port(where)
+                    bound = (server.add_insecure_port(where) if credentials is None
+                             else server.add_secure_port(where, credentials))
                 except RuntimeError:
                     bound = 0
                 if bound == 0 or (port != 0 and bound != port):
@@ -772,7 +782,7 @@ class GrpcClientStream(BidiStream[SendT, RecvT]):
 
 
 class GrpcChannel:
-    """A grpc.aio insecure channel to one address."""
+    """A grpc.aio channel to one address (plaintext, or TLS when ``connect`` was given it)."""
 
     def __init__(self, lt: _LoopThread, aio: grpc.aio.Channel, address: str) -> None:
         self.address = address
@@ -857,8 +867,23 @@ class GrpcChannel:
                 await self._lt.run(self._aio_close())
 
 
-async def _aio_make_channel(address: str, options: Sequence[tuple[str, Any]]) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=list(options))
+async def _aio_make_channel(
+    address: str, options: Sequence[tuple[str, Any]], tls: ClientTLS | None
+) -> grpc.aio.Channel:
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=list(options))
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates="".join(_pem_with_newline(p) for p in tls.root_pems).encode())
+    if tls.server_name:
+        # the name the certificate must carry (and the SNI), instead of the dialed host: Go's
+        # tls.Config.ServerName
+        options = [("grpc.ssl_target_name_override", tls.server_name), *options]
+    return grpc.aio.secure_channel(address, credentials, options=list(options))
+
+
+def _pem_with_newline(pem: str) -> str:
+    # concatenated PEMs need a line break between them (upstream: lib.EnsureTrailingNewline)
+    return pem if pem.endswith("\n") else pem + "\n"
 
 
 class GrpcTransport:
@@ -923,7 +948,8 @@ class GrpcTransport:
 
     @asynccontextmanager
     async def serve(
-        self, address: str, handlers: Iterable[Handler], *, grace: float = 0.0
+        self, address: str, handlers: Iterable[Handler], *, grace: float = 0.0,
+        tls: ServerTLS | None = None,
     ) -> AsyncIterator[GrpcServer]:
         grace = _check_grace(grace)
         table = _check_handlers(handlers)
@@ -931,7 +957,8 @@ class GrpcTransport:
         targets = await _listen_targets(address, host, port)
         server = GrpcServer(self, table)
         lt = server._lt
-        port = await lt.run(server._aio_bind(address, targets, port, self._server_options))
+        port = await lt.run(server._aio_bind(address, targets, port, self._server_options,
+                                                   tls))
         server._port = port
         server._address = f"{host}:{port}"
         self._servers.add(server)
@@ -955,10 +982,12 @@ class GrpcTransport:
             self._servers.discard(server)
 
     @asynccontextmanager
-    async def connect(self, address: str) -> AsyncIterator[GrpcChannel]:
+    async def connect(
+        self, address: str, *, tls: ClientTLS | None = None
+    ) -> AsyncIterator[GrpcChannel]:
         _split_host_port(address)
         lt = self._loop_thread()
-        aio = await lt.run(_aio_make_channel(address, self._channel_options))
+        aio = await lt.run(_aio_make_channel(address, self._channel_options, tls))
         channel = GrpcChannel(lt, aio, address)
         self._channels.add(channel)
         try:

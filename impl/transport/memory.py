@@ -55,11 +55,13 @@ import trio
 from .base import (
     AddressInUseError,
     BidiStream,
+    ClientTLS,
     ClosedForSending,
     EndOfStream,
     Handler,
     HandlerOutcome,
     Outcome,
+    ServerTLS,
     Side,
     StatusCode,
     StreamFailed,
@@ -880,7 +882,8 @@ class MemoryNetwork:
 
     @asynccontextmanager
     async def serve(
-        self, address: str, handlers: Iterable[Handler], *, grace: float = 0.0
+        self, address: str, handlers: Iterable[Handler], *, grace: float = 0.0,
+        tls: ServerTLS | None = None,  # no wire to protect: accepted and ignored
     ) -> AsyncIterator[MemoryServer]:
         grace = _check_grace(grace)
         table = _check_handlers(handlers)
@@ -909,7 +912,9 @@ class MemoryNetwork:
             raise
 
     @asynccontextmanager
-    async def connect(self, address: str) -> AsyncIterator[MemoryChannel]:
+    async def connect(
+        self, address: str, *, tls: ClientTLS | None = None  # accepted and ignored, as serve's
+    ) -> AsyncIterator[MemoryChannel]:
         _split_host_port(address)
         channel = MemoryChannel(self, address)
         try:

@@ -322,7 +322,8 @@ def peerkit(*argv: str, env: dict[str, str] | None = None,
 def test_end_to_end_against_peerkit_serve(tmp_path: Path) -> None:
     server = subprocess.Popen(
         [sys.executable, "-m", "peerkit", "serve", "--name", "dc1", "--data-dir",
-         str(tmp_path / "dc1"), "--grpc-addr", "127.0.0.1:0", "--log-level", "warning"],
+         str(tmp_path / "dc1"), "--grpc-addr", "127.0.0.1:0", "--plaintext", "--log-level",
+         "warning"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None

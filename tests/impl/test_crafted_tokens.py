@@ -20,7 +20,9 @@ import trio.testing
 
 from peerkit.impl.codec import (
     MAX_TOKEN_ADDRESSES,
+    MAX_TOKEN_CAS,
     MAX_TOKEN_CHARS,
+    MAX_TOKEN_STRING_CHARS,
     TokenError,
     address_problem,
     decode_token,
@@ -30,6 +32,13 @@ from peerkit.impl.transport import MemoryNetwork, StatusCode, StreamFailed
 
 GOOD = {"CA": None, "ServerAddresses": ["dc1.example:8502"], "ServerName": "server.dc1",
         "PeerID": "p-1", "EstablishmentSecret": "e"}
+
+
+def pem(chars: int = 800) -> str:
+    """A PEM CERTIFICATE block of about ``chars`` characters (the codec checks the structure
+    only; TLS parses the certificate)."""
+    body = base64.encodebytes(b"\x30" * (chars * 3 // 4 - 60)).decode()
+    return f"-----BEGIN CERTIFICATE-----\n{body}-----END CERTIFICATE-----\n"
 
 
 def b64(body: str | bytes) -> str:
@@ -83,7 +92,15 @@ CRAFTED: list[tuple[str, str, str]] = [
     ("address-newline", doc(ServerAddresses=["dc1\n:8502"]), "invalid host name"),
     ("address-bad-ipv4", doc(ServerAddresses=["300.1.1.1:8502"]), "invalid IPv4"),
     ("address-bad-ipv6", doc(ServerAddresses=["[::zz]:8502"]), "invalid IPv6"),
-    ("ca-pem", doc(CA=["-----BEGIN"]), "without TLS"),
+    ("ca-pem", doc(CA=["-----BEGIN"]), "CA entry 0 is not a PEM certificate"),
+    ("ca-text", doc(CA=[pem(), "hello"]), "CA entry 1 is not a PEM certificate"),
+    ("ca-pem-and-junk", doc(CA=[pem() + "junk"]), "CA entry 0 is not a PEM certificate"),
+    ("ca-private-key", doc(CA=[pem().replace("CERTIFICATE", "PRIVATE KEY")]),
+     "not a PEM certificate"),
+    ("ca-bad-base64", doc(CA=["-----BEGIN CERTIFICATE-----\nQUJ\n-----END CERTIFICATE-----"]),
+     "not a PEM certificate"),
+    ("ca-too-many", doc(CA=[pem()] * (MAX_TOKEN_CAS + 1)), f"at most {MAX_TOKEN_CAS} are allowed"),
+    ("ca-too-long", doc(CA=[pem(MAX_TOKEN_STRING_CHARS + 200)]), "CA entry 0 is longer than"),
 ]
 
 
@@ -102,6 +119,23 @@ def test_good_addresses_are_accepted() -> None:
         assert address_problem(address) is None, address
     token = decode_token(doc(ServerAddresses=[f"h{i}:1" for i in range(MAX_TOKEN_ADDRESSES)]))
     assert len(token.server_addresses) == MAX_TOKEN_ADDRESSES
+
+
+def test_the_largest_legal_token_fits_the_total_bound() -> None:
+    """Every field at its own bound at once (the most CA PEMs, each as long as allowed, and the
+    most addresses, each as long as allowed) still fits MAX_TOKEN_CHARS: the total bound never
+    refuses a token that the per-field bounds admit."""
+    big_pem = pem(MAX_TOKEN_STRING_CHARS)
+    while len(big_pem) > MAX_TOKEN_STRING_CHARS:
+        big_pem = big_pem.replace("MDAw", "", 1)
+    host = ".".join(["a" * 63] * 3) + "." + "b" * 61  # 253 characters
+    addresses = [f"{host}:{10000 + i}" for i in range(MAX_TOKEN_ADDRESSES)]
+    longest = "x" * MAX_TOKEN_STRING_CHARS
+    text = doc(CA=[big_pem] * MAX_TOKEN_CAS, ServerAddresses=addresses, ServerName=longest,
+               PeerID=longest, EstablishmentSecret=longest)
+    assert len(text) <= MAX_TOKEN_CHARS
+    token = decode_token(text)
+    assert token.ca is not None and len(token.ca) == MAX_TOKEN_CAS
 
 
 @pytest.fixture

@@ -97,7 +97,7 @@ def test_serve_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None
 def start_serve(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVE, "--name", "dc1", "--data-dir", str(data_dir),
-         "--grpc-addr", "127.0.0.1:0", *extra],
+         "--grpc-addr", "127.0.0.1:0", "--plaintext", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()  # printed once the server listens
@@ -173,7 +173,7 @@ def _run_serve_once(data_dir: Path, grpc_addr: str) -> subprocess.CompletedProce
     # the child) instead of waiting for ever
     return subprocess.run(
         [sys.executable, "-c", SERVE, "--name", "dc1", "--data-dir", str(data_dir),
-         "--grpc-addr", grpc_addr],
+         "--grpc-addr", grpc_addr, "--plaintext"],
         capture_output=True, text=True, timeout=30, check=False)
 
 

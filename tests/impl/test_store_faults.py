@@ -221,7 +221,7 @@ def test_second_open_of_a_data_dir_is_refused_until_the_first_closes(tmp_path: P
 @pytest.mark.grpc
 def test_two_serve_processes_on_one_data_dir(tmp_path: Path) -> None:
     argv = [sys.executable, "-c", SERVE, "--name", "dc1", "--data-dir", str(tmp_path),
-            "--grpc-addr", "127.0.0.1:0"]
+            "--grpc-addr", "127.0.0.1:0", "--plaintext"]
     first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert first.stdout is not None
@@ -245,7 +245,7 @@ def test_serve_refuses_a_foreign_database(tmp_path: Path) -> None:
     make_db(tmp_path, "CREATE TABLE peerings (id INTEGER PRIMARY KEY, name TEXT)")
     result = subprocess.run(
         [sys.executable, "-c", SERVE, "--name", "dc1", "--data-dir", str(tmp_path),
-         "--grpc-addr", "127.0.0.1:0"], capture_output=True, text=True, timeout=60)
+         "--grpc-addr", "127.0.0.1:0", "--plaintext"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "is not a peerkit database" in result.stderr
     assert "Traceback" not in result.stderr
@@ -354,7 +354,7 @@ def test_serve_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> None:
     (tmp_path / DB_FILENAME).write_text("this is not SQLite\n" * 100)
     result = subprocess.run(
         [sys.executable, "-c", SERVE, "--name", "dc1", "--data-dir", str(tmp_path),
-         "--grpc-addr", "127.0.0.1:0"], capture_output=True, text=True, timeout=60)
+         "--grpc-addr", "127.0.0.1:0", "--plaintext"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr.strip() == (f"peerkit serve: cannot open data dir {str(tmp_path)!r}: "
                                      "file is not a database")
