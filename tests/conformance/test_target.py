@@ -49,7 +49,8 @@ def servers(tmp: Path, bugs: tuple[str, ...]) -> Iterator[tuple[str, str]]:
         for name in ("dc1", "dc2"):
             log = stack.enter_context((tmp / f"{name}.log").open("w"))
             argv = [sys.executable, "-m", "peerkit", "serve", "--name", name, "--data-dir",
-                    str(tmp / name), "--grpc-addr", "127.0.0.1:0", "--log-level", "warning"]
+                    str(tmp / name), "--grpc-addr", "127.0.0.1:0", "--plaintext",
+                    "--log-level", "warning"]
             for b in bugs:
                 argv += ["--bug", b]
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)

@@ -103,7 +103,7 @@ def start(name: str, data_dir: Path, kill_at: int = 0,
                PEERKIT_TEST_KILL_AT_NODE_DELETE=str(kill_at_node))
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVE, "--name", name, "--data-dir", str(data_dir),
-         "--grpc-addr", "127.0.0.1:0"],
+         "--grpc-addr", "127.0.0.1:0", "--plaintext"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     assert proc.stdout is not None
     line = proc.stdout.readline()  # printed once the server listens
