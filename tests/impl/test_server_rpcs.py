@@ -123,7 +123,7 @@ async def test_generate_token_creates_then_reuses_the_pending_row(dc1: Cluster) 
     assert second.establishment_secret != first.establishment_secret
     # only the latest establishment secret is good, and only once
     assert await fails(dc1.client.exchange_secret(first.peer_id, first.establishment_secret)) == (
-        StatusCode.PERMISSION_DENIED, f"invalid establishment secret for PeerID: {first.peer_id}")
+        StatusCode.PERMISSION_DENIED, "invalid peering establishment secret")
     secret = await dc1.client.exchange_secret(second.peer_id, second.establishment_secret)
     assert secret and dc1.row("dc2").stream_secret == secret  # type: ignore[union-attr]
     code, _ = await fails(dc1.client.exchange_secret(second.peer_id,
@@ -166,10 +166,22 @@ async def test_exchange_secret_refusals(dc1: Cluster) -> None:
     assert (await fails(dc1.client.exchange_secret("", "x")))[0] is StatusCode.INVALID_ARGUMENT
     assert (await fails(dc1.client.exchange_secret(token.peer_id, "")))[0] is (
         StatusCode.INVALID_ARGUMENT)
-    assert (await fails(dc1.client.exchange_secret("nope", "x")))[0] is StatusCode.NOT_FOUND
+    # upstream's ExchangeSecret (stream_resources.go) reads only the secrets: an unknown ID, a
+    # dialer row, a marked or TERMINATED row (secrets deleted) and a wrong secret look alike
+    denied = (StatusCode.PERMISSION_DENIED, "invalid peering establishment secret")
+    assert await fails(dc1.client.exchange_secret("nope", "x")) == denied
+    assert await fails(dc1.client.exchange_secret(token.peer_id, "wrong")) == denied
+    dialer = dc1.store.peering_write(Peering(name="dc7", peer_server_addresses=("x:1",),
+                                             peer_id="remote", stream_secret="s"))
+    assert await fails(dc1.client.exchange_secret(dialer.id, "s")) == denied
+    marked = decode_token(await dc1.client.generate_token("dc3"))
+    block_deletions(dc1)
+    await dc1.client.peering_delete("dc3")
+    assert await fails(dc1.client.exchange_secret(marked.peer_id,
+                                                  marked.establishment_secret)) == denied
     dc1.store.peering_terminate_by_id(token.peer_id)
-    code, _ = await fails(dc1.client.exchange_secret(token.peer_id, token.establishment_secret))
-    assert code is StatusCode.ABORTED
+    assert await fails(dc1.client.exchange_secret(token.peer_id,
+                                                  token.establishment_secret)) == denied
 
 
 @pytest.mark.parametrize("token", ["", "!!!", b64({"PeerID": "x"}), b64({**GOOD, "PeerID": 1})])
