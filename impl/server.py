@@ -129,10 +129,14 @@ __all__ = ["ERR_NOT_LEADER", "PeeringServer", "read_state"]
 
 # peerkit's own error texts (the reference records no upstream wording for these)
 ERR_NOT_LEADER: Final = "this server is not the leader"
-ERR_NAME_EXISTS: Final = "a peering with this name exists"
+# upstream validatePeer (agent/rpc/peering/service.go), verbatim; Go's %q of a peer name (a DNS
+# label) is the name in double quotes
+ERR_EXPECTING_DIAL: Final = ('cannot create peering with name: "{name}"; there is an existing '
+                             'peering expecting to be dialed')
+ERR_ALREADY_DIALING: Final = ('cannot create peering with name: "{name}"; there is already an '
+                              'established peering')
 # upstream's retryExchange (agent/rpc/peering/service.go), verbatim
 ERR_NEW_TOKEN_NEEDED: Final = "a new peering token must be generated: {message}"
-ERR_DIALER_TOKEN: Final = "cannot generate a peering token for a peering that dials its peer"
 ERR_STORE_FAILED: Final = "the state store failed"
 
 # Names of nodes, services, service IDs, partitions and of this server: 1-63 letters, digits,
@@ -472,7 +476,8 @@ class PeeringServer:
             if not existing.is_active():
                 raise AbortStream(StatusCode.FAILED_PRECONDITION, ERR_WRITE_MARKED)
             if existing.should_dial():
-                raise AbortStream(StatusCode.FAILED_PRECONDITION, ERR_DIALER_TOKEN)
+                raise AbortStream(StatusCode.FAILED_PRECONDITION,
+                                  ERR_ALREADY_DIALING.format(name=name))
         secret = self._secret()
         row = self.store.peering_write(
             Peering(
@@ -502,10 +507,19 @@ class PeeringServer:
         except TokenError as exc:
             raise _invalid(str(exc)) from None
         self._require_leader()
-        self._check_new_name(name, partition)
+        self._check_dialer_name(name, partition)
         stream_secret = await self._exchange_with_peer(token)
         self._require_leader()
-        self._check_new_name(name, partition)  # the exchange awaited: look again
+        existing = self._check_dialer_name(name, partition)  # the exchange awaited: look again
+        addresses = token.server_addresses
+        if existing is not None:
+            # re-establish (upstream Establish, agent/rpc/peering/service.go): the same row
+            # (same ID) takes the new PeerID, server name and stream secret. A connected stream
+            # is left alone, and upstream then keeps the row's addresses, taking them to be the
+            # current ones; the sync pass uses the new data when the stream next ends.
+            status = self._status(existing.id)
+            if status is not None and status.connected:
+                addresses = existing.peer_server_addresses
         row = self.store.peering_write(
             Peering(
                 name=name,
@@ -513,21 +527,26 @@ class PeeringServer:
                 meta=meta,
                 peer_id=token.peer_id,
                 peer_server_name=token.server_name,
-                peer_server_addresses=token.server_addresses,
+                peer_server_addresses=addresses,
                 stream_secret=stream_secret,
             )
         )
         self.log.info("established peering", peer_name=name, peering_id=row.id,
-                      peer_id=token.peer_id, addresses=list(token.server_addresses))
+                      peer_id=token.peer_id, addresses=list(addresses),
+                      reestablished=existing is not None)
         return peering_pb2.EstablishResponse()
 
-    def _check_new_name(self, name: str, partition: str) -> None:
+    def _check_dialer_name(self, name: str, partition: str) -> Peering | None:
+        """The row Establish would rewrite (None: a new one), or the RPC's refusal."""
         existing = self.store.peering_read(name, partition)
         if existing is None:
-            return
+            return None
         if not existing.is_active():
             raise AbortStream(StatusCode.FAILED_PRECONDITION, ERR_WRITE_MARKED)
-        raise AbortStream(StatusCode.ALREADY_EXISTS, ERR_NAME_EXISTS)
+        if not existing.should_dial():
+            # upstream validatePeer(existing, true), verbatim
+            raise AbortStream(StatusCode.FAILED_PRECONDITION, ERR_EXPECTING_DIAL.format(name=name))
+        return existing
 
     async def _exchange_with_peer(self, token: PeeringToken) -> str:
         """ExchangeSecret against the token's servers, in order; the first answer wins."""
