@@ -335,6 +335,14 @@ class ConformanceMachine(RuleBasedStateMachine):
             after = {t for w in self._worlds() for t in w.tokens} - before
             for key in after:
                 self.tokens[key] = tokens[0]
+            if not after:
+                # GenerateToken on the PENDING row again: the same row, so the model's token is
+                # the one it already had, but its secret is new (the old one is refused now)
+                for key in [k for k in self.tokens if k[0] == c]:
+                    if all((r := w.clusters[c].row_by_gen(key[1])) is not None and r.peer == p
+                           for w in self._worlds()):
+                        self.tokens[key] = tokens[0]
+                        self.used_tokens.discard(key)
 
     def _establish(self, c: int) -> None:
         a = 1 - c

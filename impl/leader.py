@@ -20,7 +20,8 @@ tracker, while the store survives (the fix of #14344/#17483):
   cancel scope on a Go-style ``Context`` and never checks it: after leadership loss every token
   wait fails at once and the loop spins, counting ``spins`` (bounded by ``spin_limit``).
 * ``DialLoop`` (§4.3): one per dialer peering; an address ring advanced after every attempt;
-  upstream's retry pacing; each attempt re-reads the peering and stops if it is gone or
+  the later upstream's dialer pacing (``retry_loop_backoff_peering``: fast after
+  FailedPrecondition, capped at 64 s); each attempt re-reads the peering and stops if it is gone or
   inactive, opens ``StreamResources``, sends Open (PeerID from the token, StreamSecretID), and
   runs the stream as dialer; a nil ending stops the loop, an error retries. A peering whose
   token carried a CA is dialed over TLS, verified with that CA and the token's ServerName
@@ -55,7 +56,9 @@ from .ratelimit import (
     Context,
     ContextCancelled,
     TokenBucket,
+    peering_retry_timeout,
     retry_loop_backoff,
+    retry_loop_backoff_peering,
 )
 from .store import PEERINGS, Peering, StateStore
 from .stream import (
@@ -69,7 +72,7 @@ from .stream import (
     serialize,
 )
 from .tracker import StreamTracker
-from .transport import ClientTLS, Transport, TransportError
+from .transport import ClientTLS, StreamFailed, Transport, TransportError
 
 __all__ = [
     "MAX_BATCH_BYTES",
@@ -98,7 +101,12 @@ HISTORY_LIMIT: Final = 100
 
 
 class DialError(Exception):
-    """A dial attempt that ended with an error; the retry loop tries again."""
+    """A dial attempt that ended with an error; the retry loop tries again. ``code`` is the
+    status code name the attempt ended with, if it ended with a status (it paces the retry)."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class NotLeaderAnymore(Exception):
@@ -572,13 +580,21 @@ class DialLoop:
     async def run(self) -> None:
         try:
             with self.scope:
-                await retry_loop_backoff(self._attempt, self._on_error)
+                await retry_loop_backoff_peering(self._attempt, self._on_error,
+                                                 self._retry_time)
         finally:
             if self.leadership.dialers.get(self.peering_id) is self:
                 del self.leadership.dialers[self.peering_id]
 
     def _on_error(self, exc: Exception) -> None:
         self.log.warning("error managing peering stream", error=str(exc))
+
+    @staticmethod
+    def _retry_time(failed_attempts: int, exc: Exception) -> float:
+        code = exc.code if isinstance(exc, DialError) else None
+        if isinstance(exc, StreamFailed):
+            code = exc.code.name
+        return peering_retry_timeout(failed_attempts, code)
 
     async def _attempt(self) -> bool:
         cfg = self.leadership.cfg
@@ -626,4 +642,5 @@ class DialLoop:
         if ending.nil:
             self.stopped_by = ending.reason
             return True
-        raise DialError(f"stream to {address} ended: {ending.error_text}")
+        code = ending.inbound.code.name if isinstance(ending.inbound, StreamFailed) else None
+        raise DialError(f"stream to {address} ended: {ending.error_text}", code)

@@ -11,6 +11,12 @@ they run in virtual time under ``trio.testing.MockClock``):
   error sleep ``2**n`` seconds (n = 1, 2, ... until the sleep reaches 256 s), back to n = 0 after
   a success. ``fn`` returning True ends the loop (upstream cancels the loop's context instead);
   cancelling the caller ends it at once, sleeps included.
+* ``retry_loop_backoff_peering(fn, on_error, retry_time)`` is the later upstream's
+  ``retryLoopBackoffPeering`` for a dialer (agent/consul/leader_peering.go): no bucket; after the
+  n-th error in a row sleep ``retry_time(n, error)``; ``fn`` returning ends the loop. Its schedule
+  is ``peering_retry_timeout`` (upstream ``peeringRetryTimeout``): after FailedPrecondition
+  (a follower answered) 8 ms for the first 5 errors, then doubling up to 8.192 s; after
+  ResourceExhausted 8.192 s; otherwise 2**n s up to 64 s.
 * ``Context``: a cancellation signal that is *not* a trio cancel scope, for the one place where
   peerkit reproduces Go's behaviour on purpose (bug ``deletion-no-stop``): a cancelled context
   makes ``TokenBucket.wait(ctx)`` and ``ctx.guard()`` fail at once with ``ContextCancelled``
@@ -40,7 +46,9 @@ __all__ = [
     "ContextCancelled",
     "TokenBucket",
     "backoff_seconds",
+    "peering_retry_timeout",
     "retry_loop_backoff",
+    "retry_loop_backoff_peering",
 ]
 
 DELETION_RATE = 10.0  # raft applies per second (defaultDeletionApplyRate)
@@ -48,6 +56,11 @@ DELETION_BURST = 10
 LOOP_RATE_LIMIT = 0.2  # loopRateLimit
 RETRY_BUCKET_SIZE = 5  # retryBucketSize
 MAX_RETRY_BACKOFF = 256  # maxRetryBackoff, seconds
+# the dialer's schedule (agent/consul/leader_peering.go, the later upstream)
+FAST_CONN_RETRY_TIMEOUT = 0.008  # fastConnRetryTimeout, seconds
+MAX_FAST_CONN_RETRIES = 5  # maxFastConnRetries
+MAX_FAST_RETRY_BACKOFF = 8.192  # maxFastRetryBackoff, seconds
+MAX_RETRY_BACKOFF_PEERING = 64  # maxRetryBackoffPeering, seconds
 
 
 class ContextCancelled(Exception):
@@ -182,3 +195,38 @@ async def retry_loop_backoff(
         if stop:
             return
         failed_attempts = 0
+
+
+def peering_retry_timeout(failed_attempts: int, code: str | None) -> float:
+    """Seconds a dialer waits after its ``failed_attempts``-th error in a row (1 or more);
+    ``code`` is the gRPC status code name of the error, None if it was not a status."""
+    if code == "FAILED_PRECONDITION":
+        # a follower answered: the leader is expected to be found at once
+        if failed_attempts <= MAX_FAST_CONN_RETRIES:
+            return FAST_CONN_RETRY_TIMEOUT
+        shift = min(failed_attempts - MAX_FAST_CONN_RETRIES, 16)
+        return min(FAST_CONN_RETRY_TIMEOUT * (1 << shift), MAX_FAST_RETRY_BACKOFF)
+    if code == "RESOURCE_EXHAUSTED":
+        return MAX_FAST_RETRY_BACKOFF
+    if (1 << min(failed_attempts, 16)) < MAX_RETRY_BACKOFF_PEERING:
+        return float(1 << failed_attempts)
+    return float(MAX_RETRY_BACKOFF_PEERING)
+
+
+async def retry_loop_backoff_peering(
+    fn: Callable[[], Awaitable[object]],
+    on_error: Callable[[Exception], None],
+    retry_time: Callable[[int, Exception], float],
+) -> None:
+    """Run ``fn`` until it returns; after the n-th exception in a row sleep ``retry_time(n,
+    exc)``. Upstream never resets the count: a success ends the loop."""
+    failed_attempts = 0
+    while True:
+        try:
+            await fn()
+        except Exception as exc:
+            on_error(exc)
+            failed_attempts += 1
+            await trio.sleep(retry_time(failed_attempts, exc))
+            continue
+        return

@@ -17,14 +17,16 @@ from the local store. Every input is validated before anything changes (InvalidA
 
 The acceptor's first-message checks, in order (mirroring ``_classify_open`` of the model):
 not leader → FailedPrecondition ``ERR_FOLLOWER``; the first receive fails → that error; not Open
-→ InvalidArgument ``ERR_FIRST_NOT_OPEN``; empty PeerID → ``ERR_OPEN_NO_PEER_ID``; unknown (or a
-dialer row) → InvalidArgument ``ERR_UNKNOWN_PEER``; TERMINATED → Aborted
-``ERR_PEERING_TERMINATED``; marked for deletion → send Terminated, then Aborted
-``ERR_MARKED_DELETED`` (bug ``dial-deleted``: accepted); wrong stream secret → PermissionDenied
-``ERR_OPEN_BAD_SECRET``; a connected stream already → AlreadyExists "failed to register stream:
-" + ``ERR_ACTIVE_STREAM``. The inactive checks come before the secret check because an inactive
-row holds no secrets. The FailedPrecondition carries the message only: the transport has no
-status details, so there is no LeaderAddress detail.
+→ InvalidArgument ``ERR_FIRST_NOT_OPEN``; empty PeerID → ``ERR_OPEN_NO_PEER_ID``; unknown →
+InvalidArgument ``ERR_UNKNOWN_PEER``; TERMINATED → Aborted ``ERR_MARKED_DELETED``; marked for
+deletion → send Terminated, then Aborted ``ERR_MARKED_DELETED`` (bug ``dial-deleted``:
+accepted); wrong stream secret → PermissionDenied ``ERR_OPEN_BAD_SECRET``; a dialer row →
+InvalidArgument ``ERR_WRONG_END``; a connected stream already → Unknown (upstream returns a plain
+Go error) ``ERR_REGISTER_STREAM``. Texts, codes and order are upstream's (``StreamResources``
+and ``realHandleStream`` in agent/grpc-external/services/peerstream/stream_resources.go). The
+inactive checks come before the secret check because an inactive row holds no secrets. The
+FailedPrecondition carries the message only: the transport has no status details, so there is
+no LeaderAddress detail.
 
 May import: the standard library, trio, protobuf, ``peerkit.proto``, ``peerkit.model`` and the
 sibling modules of ``peerkit.impl``.
@@ -48,6 +50,7 @@ from google.protobuf.message import Message
 
 from peerkit.model.tables import ACCEPTOR
 from peerkit.model.vocabulary import (
+    ERR_BAD_ESTABLISHMENT_SECRET,
     ERR_FIRST_NOT_OPEN,
     ERR_FOLLOWER,
     ERR_HEARTBEAT_TIMEOUT,
@@ -55,9 +58,9 @@ from peerkit.model.vocabulary import (
     ERR_NOT_LEADER_ANYMORE,
     ERR_OPEN_BAD_SECRET,
     ERR_OPEN_NO_PEER_ID,
-    ERR_PEERING_TERMINATED,
     ERR_UNKNOWN_PEER,
     ERR_WRITE_MARKED,
+    ERR_WRONG_END,
     PeeringState,
     validate_bugs,
 )
@@ -135,10 +138,14 @@ __all__ = ["ERR_NOT_LEADER", "PeeringServer", "PeeringTLS", "read_state"]
 
 # peerkit's own error texts (the reference records no upstream wording for these)
 ERR_NOT_LEADER: Final = "this server is not the leader"
-ERR_NAME_EXISTS: Final = "a peering with this name exists"
-ERR_DIALER_TOKEN: Final = "cannot generate a peering token for a peering that dials its peer"
-ERR_BAD_ESTABLISHMENT_SECRET: Final = "invalid establishment secret for PeerID: {id}"
-ERR_EXCHANGE_UNKNOWN: Final = "no peering with PeerID: {id}"
+# upstream validatePeer (agent/rpc/peering/service.go), verbatim; Go's %q of a peer name (a DNS
+# label) is the name in double quotes
+ERR_EXPECTING_DIAL: Final = ('cannot create peering with name: "{name}"; there is an existing '
+                             'peering expecting to be dialed')
+ERR_ALREADY_DIALING: Final = ('cannot create peering with name: "{name}"; there is already an '
+                              'established peering')
+# upstream's retryExchange (agent/rpc/peering/service.go), verbatim
+ERR_NEW_TOKEN_NEEDED: Final = "a new peering token must be generated: {message}"
 ERR_STORE_FAILED: Final = "the state store failed"
 
 # Names of nodes, services, service IDs, partitions and of this server: 1-63 letters, digits,
@@ -510,7 +517,8 @@ class PeeringServer:
             if not existing.is_active():
                 raise AbortStream(StatusCode.FAILED_PRECONDITION, ERR_WRITE_MARKED)
             if existing.should_dial():
-                raise AbortStream(StatusCode.FAILED_PRECONDITION, ERR_DIALER_TOKEN)
+                raise AbortStream(StatusCode.FAILED_PRECONDITION,
+                                  ERR_ALREADY_DIALING.format(name=name))
         secret = self._secret()
         row = self.store.peering_write(
             Peering(
@@ -541,12 +549,21 @@ class PeeringServer:
         except TokenError as exc:
             raise _invalid(str(exc)) from None
         self._require_leader()
-        self._check_new_name(name, partition)
-        if "refuse:dialer-none-establish" in self.mutants:
+        before = self._check_dialer_name(name, partition)
+        if before is None and "refuse:dialer-none-establish" in self.mutants:
             raise AbortStream(StatusCode.FAILED_PRECONDITION, "mutant: refused")  # mutant
         stream_secret = await self._exchange_with_peer(token)
         self._require_leader()
-        self._check_new_name(name, partition)  # the exchange awaited: look again
+        existing = self._check_dialer_name(name, partition)  # the exchange awaited: look again
+        addresses = token.server_addresses
+        if existing is not None:
+            # re-establish (upstream Establish, agent/rpc/peering/service.go): the same row
+            # (same ID) takes the new PeerID, server name and stream secret. A connected stream
+            # is left alone, and upstream then keeps the row's addresses, taking them to be the
+            # current ones; the sync pass uses the new data when the stream next ends.
+            status = self._status(existing.id)
+            if status is not None and status.connected:
+                addresses = existing.peer_server_addresses
         row = self.store.peering_write(
             Peering(
                 name=name,
@@ -555,13 +572,13 @@ class PeeringServer:
                 peer_id=token.peer_id,
                 peer_ca_pems=token.ca or (),
                 peer_server_name=token.server_name,
-                peer_server_addresses=token.server_addresses,
+                peer_server_addresses=addresses,
                 stream_secret=stream_secret,
             )
         )
         self.log.info("established peering", peer_name=name, peering_id=row.id,
-                      peer_id=token.peer_id, addresses=list(token.server_addresses),
-                      tls=bool(token.ca))
+                      peer_id=token.peer_id, addresses=list(addresses),
+                      reestablished=existing is not None, tls=bool(token.ca))
         return peering_pb2.EstablishResponse()
 
     @property
@@ -570,13 +587,17 @@ class PeeringServer:
         where nothing verifies it) ``server.<name>.peerkit``."""
         return self.tls.server_name if self.tls is not None else f"server.{self.name}.peerkit"
 
-    def _check_new_name(self, name: str, partition: str) -> None:
+    def _check_dialer_name(self, name: str, partition: str) -> Peering | None:
+        """The row Establish would rewrite (None: a new one), or the RPC's refusal."""
         existing = self.store.peering_read(name, partition)
         if existing is None:
-            return
+            return None
         if not existing.is_active():
             raise AbortStream(StatusCode.FAILED_PRECONDITION, ERR_WRITE_MARKED)
-        raise AbortStream(StatusCode.ALREADY_EXISTS, ERR_NAME_EXISTS)
+        if not existing.should_dial():
+            # upstream validatePeer(existing, true), verbatim
+            raise AbortStream(StatusCode.FAILED_PRECONDITION, ERR_EXPECTING_DIAL.format(name=name))
+        return existing
 
     async def _exchange_with_peer(self, token: PeeringToken) -> str:
         """ExchangeSecret against the token's servers, in order; the first answer wins. Dialed
@@ -598,12 +619,13 @@ class PeeringServer:
                         timeout=_EXCHANGE_TIMEOUT,
                     )
             except StreamFailed as exc:
-                if exc.code in (StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED,
-                                StatusCode.FAILED_PRECONDITION):
-                    failures.append(f"{address}: {exc}")
-                    continue
-                raise AbortStream(exc.code, f"peer refused the establishment secret: "
-                                            f"{exc.message}") from None
+                # upstream's retryExchange (agent/rpc/peering/service.go) gives up only on
+                # PermissionDenied: the secret is wrong or spent, and no address will take it
+                if exc.code is StatusCode.PERMISSION_DENIED:
+                    raise AbortStream(StatusCode.PERMISSION_DENIED,
+                                      ERR_NEW_TOKEN_NEEDED.format(message=exc.message)) from None
+                failures.append(f"{address}: {exc}")
+                continue
             if not response.StreamSecret:
                 raise AbortStream(StatusCode.INTERNAL, "peer returned an empty stream secret")
             return response.StreamSecret
@@ -702,18 +724,15 @@ class PeeringServer:
             raise _invalid("EstablishmentSecret is required")
         self._require_leader()
         row = self.store.peering_read_by_id(req.PeerID)
-        if row is None or row.should_dial():
-            raise AbortStream(StatusCode.NOT_FOUND,
-                              ERR_EXCHANGE_UNKNOWN.format(id=_clip(req.PeerID)))
-        if row.state is PeeringState.TERMINATED:
-            raise AbortStream(StatusCode.ABORTED, ERR_PEERING_TERMINATED.format(id=req.PeerID))
-        if not row.is_active():
-            raise AbortStream(StatusCode.ABORTED, ERR_MARKED_DELETED.format(id=req.PeerID))
-        if row.establishment_secret is None or not secrets.compare_digest(
-            row.establishment_secret, req.EstablishmentSecret
-        ):
-            raise AbortStream(StatusCode.PERMISSION_DENIED,
-                              ERR_BAD_ESTABLISHMENT_SECRET.format(id=req.PeerID))
+        # Upstream (ExchangeSecret in stream_resources.go) looks up only the row's secrets: an
+        # unknown PeerID, a dialer row (it holds no establishment secret) and an inactive row
+        # (its secrets were deleted when it was marked or terminated: PeeringWrite in
+        # agent/consul/state/peering.go) all fail like a wrong secret. PermissionDenied is also
+        # the one code that makes upstream's Establish stop trying (retryExchange).
+        if row is None or row.should_dial() or not row.is_active() \
+                or row.establishment_secret is None or not secrets.compare_digest(
+                    row.establishment_secret, req.EstablishmentSecret):
+            raise AbortStream(StatusCode.PERMISSION_DENIED, ERR_BAD_ESTABLISHMENT_SECRET)
         stream_secret = self._secret()
         self.store.peering_write(replace(row, establishment_secret=None,
                                          stream_secret=stream_secret))
@@ -758,14 +777,15 @@ class PeeringServer:
         if not peer_id:
             raise _invalid(ERR_OPEN_NO_PEER_ID)
         row = self.store.peering_read_by_id(peer_id)
-        if row is None or row.should_dial():
+        if row is None:
             raise _invalid(ERR_UNKNOWN_PEER.format(id=_clip(peer_id)))
         if row.state is PeeringState.TERMINATED:
             if "accept-terminated-row" in self.mutants:
                 return row  # mutant: accepted (a TERMINATED row holds no secret to check)
             if "terminated-row-answers-terminated" in self.mutants:  # mutant: Terminated first
                 await stream.send(ReplicationMessage(terminated=ReplicationMessage.Terminated()))
-            raise AbortStream(StatusCode.ABORTED, ERR_PEERING_TERMINATED.format(id=peer_id))
+            # upstream: "our peer sent the termination message", so no Terminated back
+            raise AbortStream(StatusCode.ABORTED, ERR_MARKED_DELETED.format(id=peer_id))
         if not row.is_active():
             if "dial-deleted" in self.bugs:
                 self.log.info("accepting a stream for a deleted peering", peering_id=peer_id,
@@ -783,7 +803,9 @@ class PeeringServer:
         if row.stream_secret is None or not secrets.compare_digest(
             row.stream_secret, first.open.StreamSecretID
         ):
-            raise AbortStream(StatusCode.PERMISSION_DENIED, ERR_OPEN_BAD_SECRET.format(id=peer_id))
+            raise AbortStream(StatusCode.PERMISSION_DENIED, ERR_OPEN_BAD_SECRET)
+        if row.should_dial():
+            raise _invalid(ERR_WRONG_END)
         return row
 
     @staticmethod
@@ -792,7 +814,8 @@ class PeeringServer:
         if ending.nil:
             return  # drained to EOF: status OK
         if ending.reason == REGISTER_FAILED:
-            raise AbortStream(StatusCode.ALREADY_EXISTS, ending.message)
+            # upstream's realHandleStream returns a plain error here: gRPC sends Unknown
+            raise AbortStream(StatusCode.UNKNOWN, ending.message)
         if ending.reason == HEARTBEAT:
             raise AbortStream(StatusCode.UNKNOWN, ERR_HEARTBEAT_TIMEOUT)
         if isinstance(ending.inbound, EndOfStream):

@@ -77,7 +77,16 @@ from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError, Message
 
 from peerkit.model.tables import ACCEPTOR, DIALER
-from peerkit.model.vocabulary import ERR_HEARTBEAT_TIMEOUT, WARN_DRAIN_FAILED, PeeringState
+from peerkit.model.vocabulary import (
+    ERR_HEARTBEAT_TIMEOUT,
+    ERR_MISMATCHED_URL,
+    ERR_NO_NONCE,
+    ERR_RECEIVE_FAILED,
+    ERR_REGISTER_STREAM,
+    ERR_STREAM_ENDED,
+    WARN_DRAIN_FAILED,
+    PeeringState,
+)
 from peerkit.proto import peering_pb2, peerstream_pb2, status_pb2
 from peerkit.proto.resources import (
     EXPORTED_SERVICE_LIST_RESOURCE_ID,
@@ -365,7 +374,8 @@ class StreamSession:
             try:
                 done = tracker.connected(self.params.local_id)
             except DuplicateStreamError as exc:
-                return Ending(False, REGISTER_FAILED, f"failed to register stream: {exc.message}")
+                return Ending(False, REGISTER_FAILED,
+                              ERR_REGISTER_STREAM.format(error=exc.message))
             self._live_entry = True
         self.log.info("stream connected")
         events_send, events_recv = trio.open_memory_channel[_Event](0)
@@ -586,7 +596,10 @@ class StreamSession:
             tracker.disconnected(pid, None)
             self.log.debug("stream cancelled by the peer; ignored", bug=True)
             return Ending(True, STREAM_CLOSED, text, error)
-        tracker.track_receive_error(pid, text)
+        # upstream's realHandleStream names the end for the tracker and its caller
+        message = (ERR_STREAM_ENDED if isinstance(error, EndOfStream)
+                   else ERR_RECEIVE_FAILED.format(error=text))
+        tracker.track_receive_error(pid, message)
         if self.params.role == DIALER and "no-reconnect" in self._bugs:
             self._live_entry = False
             tracker.disconnected(pid, text)
@@ -596,8 +609,8 @@ class StreamSession:
             isinstance(error, StreamFailed) and error.code is StatusCode.UNAVAILABLE)
         if self.params.role == DIALER and reset and "dialer-gives-up-on-reset" in self._mutants:
             self._live_entry = False  # mutant: a reset is a nil end, the retry loop stops
-            tracker.disconnected(pid, text)
-            return Ending(True, STREAM_CLOSED, text, error)
+            tracker.disconnected(pid, message)
+            return Ending(True, STREAM_CLOSED, message, error)
         if isinstance(error, EndOfStream):
             no_disconnect = self._mutant("drop-disconnect:acceptor-open-eof", "")
         elif reset:
@@ -607,8 +620,8 @@ class StreamSession:
             no_disconnect = self._mutant("", "drop-disconnect:dialer-open-error-status")
         if no_disconnect:
             self._live_entry = False  # mutant: the entry is left connected
-            return Ending(False, INBOUND_END, text, error)
-        return self._ended_with_error(INBOUND_END, text, error)
+            return Ending(False, INBOUND_END, message, error)
+        return self._ended_with_error(INBOUND_END, message, error)
 
     def _on_teardown(self) -> Ending:
         """doneCh closed: send (queue) Terminated, forget the tracker entry, return nil."""
@@ -720,6 +733,10 @@ class StreamSession:
                        TYPE_URL_EXPORTED_SERVICE_LIST):
             msg = f"received response for unknown resource type {_go_quote(url)}"
             return _Reply(StatusCode.INVALID_ARGUMENT.value, msg, msg)
+        if not resp.Nonce:
+            # since 1.14 (processResponse): a Response without a nonce cannot be ACKed
+            msg = ERR_NO_NONCE.format(url=url, id=rid)
+            return _Reply(StatusCode.INVALID_ARGUMENT.value, msg, msg)
         op = resp.operation
         if op != OP_UPSERT:
             known = peerstream_pb2.Operation.DESCRIPTOR.values_by_number.get(op)
@@ -742,6 +759,10 @@ class StreamSession:
     def _upsert(self, url: str, rid: str, resource: any_pb2.Any) -> None:
         store = self.env.store
         peer, partition = self.params.peer_name, self.params.partition
+        if resource.type_url != url:
+            # upstream's handleUpsert checks this before decoding anything
+            raise ValueError(ERR_MISMATCHED_URL.format(url=_go_quote(url),
+                                                       type_url=_go_quote(resource.type_url)))
         if url == TYPE_URL_EXPORTED_SERVICE:
             if not rid:
                 raise ValueError("a service resource needs a ResourceID (the service name)")

@@ -238,11 +238,12 @@ class PeeringModel:
                 if p == c:
                     continue
                 row = cl.row(p)
-                if b.tokens and row is None:
+                if b.tokens and self._writes_again(row, ACCEPTOR, GENERATE_TOKEN):
                     out.append(A.GenerateToken(c, p))
-                if b.establishes and row is None:
+                if b.establishes and self._writes_again(row, DIALER, ESTABLISH):
                     for (a, g) in w.tokens:
-                        if a == p:
+                        if a == p and (row is None
+                                       or self._may_reestablish(w, c, row, g) is None):
                             out.append(A.Establish(c, a, g))
                 if row is not None and row.state != DELETING and (
                     b.cleanups if row.state == TERMINATED else b.deletes
@@ -331,6 +332,33 @@ class PeeringModel:
                         out.append(A.SendTerminated(st.sid, side))
                     if any(True for _ in self._pending_publishes(w, st, side)):
                         out.append(A.Publish(st.sid, side))
+
+    def _writes_again(self, row: Row | None, role: str, event: str) -> bool:
+        """Whether the operator's creating call `event` is offered for the row of that name: no
+        row yet, or a row of this role that the lifecycle lets the call rewrite (upstream:
+        GenerateToken on a PENDING row, Establish on an ESTABLISHING one). A refused call on an
+        existing row changes nothing and is not offered (why_not explains it)."""
+        if row is None:
+            return True
+        return self._role(row) == role and not isinstance(
+            self.lifecycle.get((role, row.state, event)), Refused)
+
+    def _may_reestablish(self, w: World, c: int, row: Row, token_gen: int) -> str | None:
+        """Why cluster `c` may not re-establish its dialer `row` with the token of its peer's
+        row `token_gen` (None: it may).
+
+        The token must belong to an active acceptor row issued for `c`: otherwise the
+        implementation's ExchangeSecret is refused and nothing is written (peerkit writes only
+        after the exchange; secrets are not modelled, so the model asks the row instead).
+        And the row must have no live stream: the model explores re-establishing only between
+        streams, because a Terminated still in flight on the old stream would terminate the
+        re-established peering (upstream reuses the row's ID; specs/findings.md F8)."""
+        acc = w.clusters[row.peer].row_by_gen(token_gen)
+        if acc is None or acc.dialer or not acc.active or acc.peer != c:
+            return "the token is not one of an active peering issued for this cluster"
+        if self._dialer_end_live(w, c, row.gen):
+            return "the peering has a live stream (the model re-establishes between streams)"
+        return None
 
     def _deletion_step(self, cl: Cluster, row: Row
                        ) -> type[A.DeleteNodes | A.DeleteBundle | A.DeleteRow] | None:
@@ -435,17 +463,22 @@ class PeeringModel:
                 return f"{name}: a cluster cannot peer with itself"
             cl = w.clusters[action.cluster]
             row = cl.row(peer) if isinstance(peer, int) else None
-            if row is not None:
-                role = ACCEPTOR if isinstance(action, A.GenerateToken) else DIALER
-                event = GENERATE_TOKEN if role == ACCEPTOR else ESTABLISH
-                nxt = self.lifecycle.get((role, row.state, event))
+            role = ACCEPTOR if isinstance(action, A.GenerateToken) else DIALER
+            if row is not None and not self._writes_again(
+                    row, role, GENERATE_TOKEN if role == ACCEPTOR else ESTABLISH):
+                if self._role(row) != role:
+                    return f"{name}: the peering with this name is the other role's"
                 if row.active:
-                    return f"{name}: a peering with this name exists"
-                return f"{name}: {ERR_WRITE_MARKED}" if nxt is not None else f"{name}: refused"
+                    return f"{name}: refused"
+                return f"{name}: {ERR_WRITE_MARKED}"
             if isinstance(action, A.Establish) and (
                 (action.acceptor, action.token_gen) not in w.tokens
             ):
                 return f"{name}: no such token was issued"
+            if isinstance(action, A.Establish) and row is not None:
+                why = self._may_reestablish(w, action.cluster, row, action.token_gen)
+                if why is not None:
+                    return f"{name}: {why}"
         if isinstance(action, A.Delete):
             row = w.clusters[action.cluster].row(action.peer)
             if row is None:
@@ -509,8 +542,16 @@ class PeeringModel:
     # -- operator -----------------------------------------------------------------------------
     def _do_GenerateToken(self, w: World, a: A.GenerateToken) -> World:
         cl = w.clusters[a.cluster]
-        nxt = self.lifecycle[ACCEPTOR, None, GENERATE_TOKEN]
+        old = cl.row(a.peer)
+        nxt = self.lifecycle[ACCEPTOR, None if old is None else old.state, GENERATE_TOKEN]
         if isinstance(nxt, Refused):  # only a mutant refuses: the RPC fails, the budget is spent
+            return w._replace(budget=w.budget._replace(tokens=w.budget.tokens - 1))
+        if old is not None:
+            # the same row (same ID) with a fresh establishment secret, which the model does not
+            # hold: the token is the one already issued for this row; the write fires the watch
+            assert (a.cluster, old.gen) in w.tokens
+            cl = self._with_row(cl, old._replace(state=nxt), a.peer)._replace(sync_due=True)
+            w = self._set_cluster(w, a.cluster, cl)
             return w._replace(budget=w.budget._replace(tokens=w.budget.tokens - 1))
         row = Row(peer=a.peer, gen=cl.next_gen, state=nxt, peer_gen=0, dialer=False)
         cl = self._with_row(cl, row, a.peer)._replace(next_gen=cl.next_gen + 1, sync_due=True)
@@ -520,8 +561,19 @@ class PeeringModel:
 
     def _do_Establish(self, w: World, a: A.Establish) -> World:
         cl = w.clusters[a.cluster]
-        nxt = self.lifecycle[DIALER, None, ESTABLISH]
+        old = cl.row(a.acceptor)
+        nxt = self.lifecycle[DIALER, None if old is None else old.state, ESTABLISH]
         if isinstance(nxt, Refused):  # only a mutant refuses: the RPC fails, the budget is spent
+            return w._replace(budget=w.budget._replace(establishes=w.budget.establishes - 1))
+        if old is not None:
+            # re-establish: the same row (same ID, so its tracker entry, its dialer and any live
+            # stream stay its own) now names the token's acceptor row. A connected stream is left
+            # alone; the new PeerID is used from the next dial (upstream syncPeeringsAndBlock
+            # skips a connected peering). `linked` is about the pair, which is a new one.
+            row = old._replace(state=nxt, peer_gen=a.token_gen,
+                               linked=old.linked and old.peer_gen == a.token_gen)
+            cl = self._with_row(cl, row, a.acceptor)._replace(sync_due=True)
+            w = self._set_cluster(w, a.cluster, cl)
             return w._replace(budget=w.budget._replace(establishes=w.budget.establishes - 1))
         row = Row(peer=a.acceptor, gen=cl.next_gen, state=nxt, peer_gen=a.token_gen,
                   dialer=True)

@@ -221,6 +221,10 @@ EQUIVALENT: dict[str, str] = {
     "acceptor-no-drain": "E5: an acceptor's messages reach the dialer before its end",
     "deletion-bundle-first": "E6: nodes and bundle of an inactive peering are never read",
     "accept-duplicate": "E7: registering with the tracker refuses a second stream anyway",
+    "refuse:acceptor-pending-generatetoken":
+        "E8: writing an active row again is an operator's convenience no property asks for",
+    "refuse:dialer-establishing-establish":
+        "E8: writing an active row again is an operator's convenience no property asks for",
 }
 
 

@@ -72,11 +72,18 @@ def _lifecycle() -> dict[tuple[str, int | None, str], LifecycleNext]:
         other_initial = _INITIAL[DIALER if role == ACCEPTOR else ACCEPTOR]
         # creating the row
         table[role, None, _CREATE[role]] = initial
-        for state in (initial, DELETING, TERMINATED):
+        # again on an active row: upstream rewrites it under the same ID. GenerateToken
+        # regenerates the establishment secret; Establish exchanges the new token's secret and
+        # replaces PeerID, the server addresses and the stream secret (agent/rpc/peering/
+        # service.go GenerateToken, Establish; this is how operators rotate secrets and move
+        # servers). Secrets are not modelled, so only a changed PeerID shows (specs/lifecycle.md).
+        table[role, initial, _CREATE[role]] = initial
+        # peerkit: refused on an inactive row. Upstream's PeeringWrite refuses only DELETING;
+        # over a TERMINATED row it lets a dialer re-establish (#16776) and an acceptor generate a
+        # token whose dials it then refuses (specs/lifecycle.md, "Where peerkit differs").
+        for state in (DELETING, TERMINATED):
             table[role, state, _CREATE[role]] = Refused(
-                "a peering with this name exists" if state == initial
-                else "cannot write to peering that is marked for deletion"
-            )
+                "cannot write to peering that is marked for deletion")
         for event in (USER_DELETE, TERMINATED_RECEIVED, DELETION_FINISHED):
             table[role, None, event] = Refused("there is no such peering (a no-op)")
         # the other role's creation event never applies to this role's rows

@@ -182,12 +182,23 @@ ERR_ACTIVE_STREAM = 'there is an active stream for the given PeerID "{id}"'
 # Stream handshake (§5.3, §5.8, §7.3); the released first message is Open (§6.4)
 ERR_FOLLOWER = "cannot establish a peering stream on a follower node"
 ERR_NOT_LEADER_ANYMORE = "node is not a leader anymore; cannot continue streaming"
-ERR_FIRST_NOT_OPEN = "first message when initiating a peering must be an Open message"  # peerkit
-ERR_OPEN_NO_PEER_ID = "initial Open message must specify a PeerID"  # peerkit
-ERR_OPEN_BAD_SECRET = "invalid stream secret for PeerID: {id}"  # peerkit
+# Upstream's texts, verbatim (agent/grpc-external/services/peerstream/stream_resources.go,
+# StreamResources and realHandleStream; replication.go, processResponse and handleUpsert).
+ERR_FIRST_NOT_OPEN = "first message when initiating a peering must be: Open"
+ERR_OPEN_NO_PEER_ID = "initial subscription request must specify a PeerID"
+ERR_OPEN_BAD_SECRET = "invalid peering stream secret"
 ERR_UNKNOWN_PEER = "initial subscription for unknown PeerID: {id}"
+# upstream answers a dial for a TERMINATED row with this text too (it only skips Terminated)
 ERR_MARKED_DELETED = "peering is marked as deleted: {id}"
-ERR_PEERING_TERMINATED = "peering is terminated: {id}"  # peerkit: TERMINATED acceptor row
+ERR_WRONG_END = "expected PeerID to be empty; the wrong end of peering is being dialed"
+ERR_REGISTER_STREAM = "failed to register stream: {error}"
+ERR_STREAM_ENDED = "stream ended unexpectedly"
+ERR_RECEIVE_FAILED = "unexpected error receiving from the stream: {error}"
+ERR_NO_NONCE = "received response without a nonce for: {url}:{id}"
+ERR_MISMATCHED_URL = "mismatched resourceURL {url} and Any typeUrl {type_url}"
+# ExchangeSecret (stream_resources.go, ExchangeSecret): an unknown PeerID, a row whose secrets
+# are gone (marked for deletion, TERMINATED) and a wrong secret all get this, PermissionDenied
+ERR_BAD_ESTABLISHMENT_SECRET = "invalid peering establishment secret"
 ERR_HEARTBEAT_TIMEOUT = "heartbeat timeout"
 WARN_DRAIN_FAILED = (
     "failed to tear down stream gracefully: peer may not have received termination message"

@@ -100,7 +100,7 @@ def test_a_stale_token_is_where_model_and_implementation_part() -> None:
     """Known gap, why ``establish`` only uses fresh tokens: the model does not model
     ExchangeSecret, so Establish with the token of a peering both sides have deleted creates an
     ESTABLISHING row (whose dials are then refused); the implementation refuses the
-    establishment itself (NOT_FOUND from ExchangeSecret) and creates no row."""
+    establishment itself (PERMISSION_DENIED from ExchangeSecret) and creates no row."""
     from peerkit.model import actions as A
 
     machine = machine_for()()

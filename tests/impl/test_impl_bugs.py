@@ -235,3 +235,23 @@ async def test_deletion_no_stop(autojump_clock: trio.testing.MockClock, bug: boo
         new = dc1.server.become_leader()
         await until(dc1.store, lambda: dc1.row("dc2") is None)
         assert new.deletion.stats.node_batches == 70
+
+
+async def test_dialer_retries_fast_after_failed_precondition(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The later upstream's peeringRetryTimeout (agent/consul/leader_peering.go): an acceptor
+    that lost its leadership answers FailedPrecondition, and the dialer retries after 8 ms five
+    times, then doubling, instead of after 2, 4, 8 s; a new leader is found within a second."""
+    net = MemoryNetwork()
+    async with two_clusters(net) as (dc1, dc2):
+        await peer(dc1, dc2)
+        before = stream_calls(net)
+        dc1.server.lose_leadership()
+        await let_time_pass(1.0)
+        # 8 ms x 5, then 16, 32, 64, 128, 256 ms: 10 redials in the first second (the old
+        # schedule, 2 s then 4 s, made none)
+        assert stream_calls(net) - before == 10
+        dc1.server.become_leader()
+        start = trio.current_time()
+        await until(dc2.store, lambda: dc2.connected("dc1"), tables=ALL)
+        assert trio.current_time() - start <= 8.192

@@ -27,7 +27,15 @@ from peerkit.impl.codec import (
     to_timestamp,
 )
 from peerkit.impl.server import ERR_NOT_LEADER
-from peerkit.impl.store import CheckServiceNode, Node, Peering, Service
+from peerkit.impl.store import (
+    CATALOG,
+    PEERINGS,
+    TRUST_BUNDLES,
+    CheckServiceNode,
+    Node,
+    Peering,
+    Service,
+)
 from peerkit.impl.testing import Cluster, peer, running_cluster, two_clusters, until
 from peerkit.impl.transport import MemoryNetwork, StatusCode, StreamFailed
 from peerkit.model.vocabulary import ERR_WRITE_MARKED, PeeringState
@@ -123,7 +131,7 @@ async def test_generate_token_creates_then_reuses_the_pending_row(dc1: Cluster) 
     assert second.establishment_secret != first.establishment_secret
     # only the latest establishment secret is good, and only once
     assert await fails(dc1.client.exchange_secret(first.peer_id, first.establishment_secret)) == (
-        StatusCode.PERMISSION_DENIED, f"invalid establishment secret for PeerID: {first.peer_id}")
+        StatusCode.PERMISSION_DENIED, "invalid peering establishment secret")
     secret = await dc1.client.exchange_secret(second.peer_id, second.establishment_secret)
     assert secret and dc1.row("dc2").stream_secret == secret  # type: ignore[union-attr]
     code, _ = await fails(dc1.client.exchange_secret(second.peer_id,
@@ -147,8 +155,10 @@ async def test_generate_token_refusals(dc1: Cluster) -> None:
     assert dc1.store.dump() == before
     # a dialer row's name
     dc1.store.peering_write(Peering(name="dc3", peer_server_addresses=("dc3:1",), peer_id="x"))
-    code, _ = await fails(dc1.client.generate_token("dc3"))
-    assert code is StatusCode.FAILED_PRECONDITION
+    # upstream's validatePeer text, verbatim
+    assert await fails(dc1.client.generate_token("dc3")) == (
+        StatusCode.FAILED_PRECONDITION,
+        'cannot create peering with name: "dc3"; there is already an established peering')
     # a name whose row is being deleted (the deletion routine is held back)
     await dc1.client.generate_token("dc4")
     block_deletions(dc1)
@@ -166,10 +176,22 @@ async def test_exchange_secret_refusals(dc1: Cluster) -> None:
     assert (await fails(dc1.client.exchange_secret("", "x")))[0] is StatusCode.INVALID_ARGUMENT
     assert (await fails(dc1.client.exchange_secret(token.peer_id, "")))[0] is (
         StatusCode.INVALID_ARGUMENT)
-    assert (await fails(dc1.client.exchange_secret("nope", "x")))[0] is StatusCode.NOT_FOUND
+    # upstream's ExchangeSecret (stream_resources.go) reads only the secrets: an unknown ID, a
+    # dialer row, a marked or TERMINATED row (secrets deleted) and a wrong secret look alike
+    denied = (StatusCode.PERMISSION_DENIED, "invalid peering establishment secret")
+    assert await fails(dc1.client.exchange_secret("nope", "x")) == denied
+    assert await fails(dc1.client.exchange_secret(token.peer_id, "wrong")) == denied
+    dialer = dc1.store.peering_write(Peering(name="dc7", peer_server_addresses=("x:1",),
+                                             peer_id="remote", stream_secret="s"))
+    assert await fails(dc1.client.exchange_secret(dialer.id, "s")) == denied
+    marked = decode_token(await dc1.client.generate_token("dc3"))
+    block_deletions(dc1)
+    await dc1.client.peering_delete("dc3")
+    assert await fails(dc1.client.exchange_secret(marked.peer_id,
+                                                  marked.establishment_secret)) == denied
     dc1.store.peering_terminate_by_id(token.peer_id)
-    code, _ = await fails(dc1.client.exchange_secret(token.peer_id, token.establishment_secret))
-    assert code is StatusCode.ABORTED
+    assert await fails(dc1.client.exchange_secret(token.peer_id,
+                                                  token.establishment_secret)) == denied
 
 
 @pytest.mark.parametrize("token", ["", "!!!", b64({"PeerID": "x"}), b64({**GOOD, "PeerID": 1})])
@@ -195,13 +217,53 @@ async def test_establish_refusals(autojump_clock: trio.testing.MockClock) -> Non
                                            parsed.peer_id, "forged"))
         code, _ = await fails(dc2.client.establish("dc1", forged))
         assert code is StatusCode.PERMISSION_DENIED and dc2.row("dc1") is None
-        # success, then the name is taken
+        # success
         await dc2.client.establish("dc1", token)
         row = dc2.row("dc1")
         assert row is not None and row.peer_id == parsed.peer_id
         assert row.peer_server_addresses == ("dc1:8502",) and row.stream_secret
-        code, _ = await fails(dc2.client.establish("dc1", await dc1.client.generate_token("dc2")))
-        assert code is StatusCode.ALREADY_EXISTS
+        # the name of an acceptor row cannot be established (upstream validatePeer)
+        await dc2.client.generate_token("dc3")
+        assert await fails(dc2.client.establish("dc3", token)) == (
+            StatusCode.FAILED_PRECONDITION,
+            'cannot create peering with name: "dc3"; there is an existing peering expecting '
+            'to be dialed')
+
+
+async def test_establish_again_re_establishes(autojump_clock: trio.testing.MockClock) -> None:
+    """Upstream's Establish on an existing dialer row (agent/rpc/peering/service.go): the same
+    row takes the fresh token's secret; a connected stream is left alone and keeps its
+    addresses; a disconnected peering takes the token's addresses too."""
+    from peerkit.impl.testing import memory_call
+
+    net = MemoryNetwork()
+    async with two_clusters(net) as (dc1, dc2):
+        await peer(dc1, dc2)
+        first = dc2.row("dc1")
+        assert first is not None and dc2.connected("dc1")
+        # rotate the secret while connected: same ID, a new stream secret, addresses kept
+        fresh = await dc1.client.generate_token(
+            "dc2", server_external_addresses=["dc1:8502", "dc9:1"])
+        await dc2.client.establish("dc1", fresh)
+        second = dc2.row("dc1")
+        assert second is not None and second.id == first.id
+        assert second.state is PeeringState.ESTABLISHING
+        assert second.stream_secret not in (None, first.stream_secret)
+        assert second.peer_server_addresses == ("dc1:8502",)
+        assert dc2.connected("dc1") and dc1.connected("dc2")  # the stream was not cut
+        # while disconnected (a reset, before the 2 s redial) the new addresses are taken
+        memory_call(net).reset()
+        await trio.testing.wait_all_tasks_blocked()
+        assert not dc2.connected("dc1")
+        await dc2.client.establish("dc1", await dc1.client.generate_token(
+            "dc2", server_external_addresses=["dc1:8502", "dc9:1"]))
+        third = dc2.row("dc1")
+        assert third is not None and third.id == first.id
+        assert third.peer_server_addresses == ("dc1:8502", "dc9:1")
+        # the redial opens with the new stream secret, which the acceptor holds
+        await until(dc2.store, lambda: dc2.connected("dc1"),
+                    tables=(PEERINGS, CATALOG, TRUST_BUNDLES))
+        assert dc1.row("dc2").stream_secret == third.stream_secret  # type: ignore[union-attr]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,8 +43,8 @@ from peerkit.model.vocabulary import (
     ERR_MARKED_DELETED,
     ERR_OPEN_BAD_SECRET,
     ERR_OPEN_NO_PEER_ID,
-    ERR_PEERING_TERMINATED,
     ERR_UNKNOWN_PEER,
+    ERR_WRONG_END,
     PeeringState,
 )
 from peerkit.proto import peering_pb2, peerstream_pb2, service_pb2, status_pb2
@@ -120,20 +120,20 @@ async def test_open_validation(
         "no-secret": open_message(peer_id, ""),
     }[case]
     if case == "dialer-row":
-        # a row this side dials is not a peering anyone may dial in on
+        # a row this side dials is not a peering anyone may dial in on, even with its secret
         from peerkit.impl.store import Peering
 
         row = dc1.store.peering_write(Peering(name="dc9", peer_server_addresses=("x:1",),
-                                              peer_id="remote"))
-        first = open_message(row.id, secret)
+                                              peer_id="remote", stream_secret="dialer-secret"))
+        first = open_message(row.id, "dialer-secret")
     expected = {
         "not-open": (StatusCode.INVALID_ARGUMENT, ERR_FIRST_NOT_OPEN),
         "no-peer-id": (StatusCode.INVALID_ARGUMENT, ERR_OPEN_NO_PEER_ID),
         "unknown": (StatusCode.INVALID_ARGUMENT,
                     ERR_UNKNOWN_PEER.format(id="d0e7ea2b-0000-4000-8000-000000000000")),
-        "dialer-row": (StatusCode.INVALID_ARGUMENT, ERR_UNKNOWN_PEER.format(id=first.open.PeerID)),
-        "bad-secret": (StatusCode.PERMISSION_DENIED, ERR_OPEN_BAD_SECRET.format(id=peer_id)),
-        "no-secret": (StatusCode.PERMISSION_DENIED, ERR_OPEN_BAD_SECRET.format(id=peer_id)),
+        "dialer-row": (StatusCode.INVALID_ARGUMENT, ERR_WRONG_END),
+        "bad-secret": (StatusCode.PERMISSION_DENIED, ERR_OPEN_BAD_SECRET),
+        "no-secret": (StatusCode.PERMISSION_DENIED, ERR_OPEN_BAD_SECRET),
     }[case]
     stream = await open_raw_stream(dc1.client)
     await stream.send(first)
@@ -170,8 +170,9 @@ async def test_dial_for_terminated_peering_is_aborted(
     stream = await open_raw_stream(dc1.client)
     await stream.send(open_message(peer_id, secret))
     failure = await expect_failure(stream)  # no Terminated first
+    # upstream's text for a TERMINATED row is the deleted one (StreamResources)
     assert (failure.code, failure.message) == (StatusCode.ABORTED,
-                                               ERR_PEERING_TERMINATED.format(id=peer_id))
+                                               ERR_MARKED_DELETED.format(id=peer_id))
 
 
 async def test_duplicate_stream_is_refused(
@@ -183,7 +184,7 @@ async def test_duplicate_stream_is_refused(
     second = await open_raw_stream(dc1.client)
     await second.send(open_message(peer_id, row.stream_secret))
     failure = await expect_failure(second)
-    assert failure.code is StatusCode.ALREADY_EXISTS
+    assert failure.code is StatusCode.UNKNOWN  # upstream returns a plain Go error
     assert failure.message == "failed to register stream: " + ERR_ACTIVE_STREAM.format(id=peer_id)
     # the first stream is untouched
     status = dc1.server.leadership.tracker.stream_status(peer_id)  # type: ignore[union-attr]
@@ -239,7 +240,8 @@ async def test_stream_tracker_steps(autojump_clock: trio.testing.MockClock, dc1:
     assert reply.request.Error.message == 'unsupported operation: "OPERATION_UNSPECIFIED"'
     assert status().last_receive_error == trio.current_time()
     assert status().last_receive_error_message == reply.request.Error.message
-    # 6. the client closes: disconnected, LastReceiveErrorMessage "EOF"
+    # 6. the client closes: disconnected, LastReceiveErrorMessage upstream's
+    #    "stream ended unexpectedly" (realHandleStream)
     await let_time_pass(1)
     await stream.close_send()
     outcome = None
@@ -251,11 +253,12 @@ async def test_stream_tracker_steps(autojump_clock: trio.testing.MockClock, dc1:
     assert outcome is not None and outcome.ok
     assert not status().connected
     assert status().disconnect_time == trio.current_time()
-    assert status().last_receive_error_message == "EOF"
+    assert status().last_receive_error_message == "stream ended unexpectedly"
 
 
 @pytest.mark.parametrize("case", ["upsert", "delete", "bad-url", "no-content", "op-100000",
-                                  "op-delete-1.13", "bundle", "bundle-wrong-payload"])
+                                  "op-delete-1.13", "bundle", "bundle-wrong-payload",
+                                  "no-nonce"])
 async def test_process_response_validation(
     autojump_clock: trio.testing.MockClock, dc1: Cluster, case: str
 ) -> None:
@@ -295,13 +298,22 @@ async def test_process_response_validation(
             msg.response.Resource.Pack(peering_pb2.PeeringTrustBundle(
                 TrustDomain="dc2.example", RootPEMs=["PEM"]))
         else:
+            # upstream's handleUpsert: the Any's type must be the Response's ResourceURL
             expected = (StatusCode.INTERNAL.value,
                         f'upsert error, ResourceURL: "{TYPE_URL_PEERING_TRUST_BUNDLE}", '
-                        f'ResourceID: "roots": unexpected payload type '
-                        f'{msg.response.Resource.type_url}')
+                        f'ResourceID: "roots": mismatched resourceURL '
+                        f'"{TYPE_URL_PEERING_TRUST_BUNDLE}" and Any typeUrl '
+                        f'"{msg.response.Resource.type_url}"')
+    elif case == "no-nonce":
+        # since 1.14 upstream's processResponse NACKs a Response it could not ACK by nonce
+        msg.response.Nonce = ""
+        expected = (StatusCode.INVALID_ARGUMENT.value,
+                    f"received response without a nonce for: {TYPE_URL_EXPORTED_SERVICE}:api")
     await stream.send(msg)
+    nonce = msg.response.Nonce
     reply = await receive_until(stream, lambda m: kind(m) == "request"
-                                and m.request.ResponseNonce == "21")
+                                and m.request.ResponseNonce == nonce
+                                and (bool(nonce) or m.request.HasField("Error")))
     got = (reply.request.Error.code, reply.request.Error.message)
     assert got == expected
     if case == "delete":
@@ -488,3 +500,23 @@ async def test_terminated_for_a_marked_row_leaves_it_marked(
     assert row is not None and row.state is PeeringState.DELETING
     assert any(r.getMessage() == "local peering is already inactive; left as it is"
                for r in caplog.records)
+
+
+def test_error_texts_are_upstreams_verbatim() -> None:
+    """The texts a port is compared by, written out as upstream has them (stream_resources.go
+    StreamResources / realHandleStream, replication.go processResponse / handleUpsert,
+    ExchangeSecret), so that a change of the shared vocabulary cannot pass unnoticed."""
+    from peerkit.model import vocabulary as v
+
+    assert v.ERR_FIRST_NOT_OPEN == "first message when initiating a peering must be: Open"
+    assert v.ERR_OPEN_NO_PEER_ID == "initial subscription request must specify a PeerID"
+    assert v.ERR_OPEN_BAD_SECRET == "invalid peering stream secret"
+    assert v.ERR_UNKNOWN_PEER.format(id="x") == "initial subscription for unknown PeerID: x"
+    assert v.ERR_MARKED_DELETED.format(id="x") == "peering is marked as deleted: x"
+    assert v.ERR_WRONG_END == (
+        "expected PeerID to be empty; the wrong end of peering is being dialed")
+    assert v.ERR_STREAM_ENDED == "stream ended unexpectedly"
+    assert v.ERR_BAD_ESTABLISHMENT_SECRET == "invalid peering establishment secret"
+    assert v.ERR_REGISTER_STREAM.format(error=v.ERR_ACTIVE_STREAM.format(id="x")) == (
+        'failed to register stream: there is an active stream for the given PeerID "x"')
+    assert not hasattr(v, "ERR_PEERING_TERMINATED")  # upstream has no text of its own for it

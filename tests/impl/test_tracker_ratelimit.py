@@ -23,7 +23,9 @@ from peerkit.impl.ratelimit import (
     ContextCancelled,
     TokenBucket,
     backoff_seconds,
+    peering_retry_timeout,
     retry_loop_backoff,
+    retry_loop_backoff_peering,
 )
 from peerkit.impl.tracker import DuplicateStreamError, StreamStatus, StreamTracker
 from peerkit.model.vocabulary import ERR_ACTIVE_STREAM
@@ -256,3 +258,38 @@ async def test_retry_loop_sleep_ends_on_cancel(autojump_clock: trio.testing.Mock
     with trio.move_on_after(3):
         await retry_loop_backoff(fail, lambda exc: None)
     assert trio.current_time() - start == pytest.approx(3.0)
+
+
+def test_dialer_backoff_schedule_is_the_later_upstreams() -> None:
+    """peeringRetryTimeout (agent/consul/leader_peering.go): FailedPrecondition (a follower
+    answered) retries after 8 ms five times, then doubles up to 8.192 s; ResourceExhausted
+    waits 8.192 s; anything else 2, 4, ... 64 s and never longer."""
+    fast = [peering_retry_timeout(n, "FAILED_PRECONDITION") for n in range(1, 14)]
+    assert fast == pytest.approx([0.008] * 5 + [0.016, 0.032, 0.064, 0.128, 0.256, 0.512,
+                                                1.024, 2.048])
+    assert peering_retry_timeout(40, "FAILED_PRECONDITION") == pytest.approx(8.192)
+    assert peering_retry_timeout(1, "RESOURCE_EXHAUSTED") == pytest.approx(8.192)
+    assert [peering_retry_timeout(n, None) for n in range(1, 10)] == [2, 4, 8, 16, 32, 64, 64,
+                                                                     64, 64]
+    assert peering_retry_timeout(10**6, "UNAVAILABLE") == 64
+
+
+async def test_dialer_loop_counts_errors_without_a_bucket(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """retryLoopBackoffPeering: no rate limiter, the n-th error in a row waits retry_time(n)."""
+    start = trio.current_time()
+    calls: list[float] = []
+    seen: list[int] = []
+
+    async def attempt() -> None:
+        calls.append(trio.current_time() - start)
+        if len(calls) < 8:
+            raise ValueError("refused")
+
+    def retry_time(n: int, exc: Exception) -> float:
+        seen.append(n)
+        return peering_retry_timeout(n, "FAILED_PRECONDITION")
+
+    await retry_loop_backoff_peering(attempt, lambda exc: None, retry_time)
+    assert seen == [1, 2, 3, 4, 5, 6, 7]
+    assert calls == pytest.approx([0, 0.008, 0.016, 0.024, 0.032, 0.040, 0.056, 0.088])

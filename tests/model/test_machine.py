@@ -75,10 +75,50 @@ def test_establish_creates_an_establishing_dialer_row_pointing_at_the_token() ->
     assert row is not None and row.state == ESTABLISHING and row.dialer and row.peer_gen == 1
 
 
+def test_generate_token_again_keeps_the_pending_row() -> None:
+    """L1a (upstream GenerateToken): the same row, the same token key (secrets are not
+    modelled); the write fires the watch and spends the budget."""
+    m = model(EMPTY.with_(tokens=2))
+    w = run(m, m.initial(), A.GenerateToken(0, 1))
+    w = w._replace(clusters=(w.clusters[0]._replace(sync_due=False), *w.clusters[1:]))
+    again = run(m, w, A.GenerateToken(0, 1))
+    assert again.clusters[0].rows == w.clusters[0].rows and again.tokens == w.tokens
+    assert again.clusters[0].sync_due and again.budget.tokens == 0
+
+
+def test_establish_again_re_points_the_dialer_row_between_streams() -> None:
+    """L2a (upstream Establish): the same row (same gen) takes the new token's PeerID; offered
+    only with a token of an active acceptor row issued for this cluster, and only while the
+    row has no live stream (finding F8)."""
+    m = model(get_config("repeer"))
+    w = m.initial()
+    dialer = w.clusters[1].row(0)
+    assert dialer is not None
+    assert "live stream" in refused(m, w, A.Establish(1, 0, dialer.peer_gen))
+    # a reset ends the stream; dc2 does not redial yet; dc1 deletes its row for good
+    (st,) = w.streams
+    w = drive(m, run(m, w, A.Reset(st.sid)), avoid=(A.Dial,))
+    w = drive(m, run(m, w, A.Delete(0, 1)), avoid=(A.Dial,))
+    assert w.clusters[0].row(1) is None and not w.streams
+    # the old token's row is gone: the exchange would be refused, so nothing is offered
+    assert "not one of an active peering" in refused(m, w, A.Establish(1, 0, dialer.peer_gen))
+    w = run(m, w, A.GenerateToken(0, 1))
+    new = w.clusters[0].row(1)
+    assert new is not None and new.gen != dialer.peer_gen
+    w = run(m, w, A.Establish(1, 0, new.gen))
+    again = w.clusters[1].row(0)
+    assert again is not None and again.state == ESTABLISHING
+    assert again.gen == dialer.gen and again.peer_gen == new.gen and again.dialer
+    assert w.clusters[1].sync_due
+    # and the peering comes up with the new pair
+    w = drive(m, w)
+    assert [(st.dialer_gen, st.peer_gen) for st in w.streams] == [(dialer.gen, new.gen)]
+
+
 def test_refusals_change_nothing_and_say_why() -> None:
     m = model(EMPTY.with_(tokens=2, establishes=2, deletes=2))
     w = run(m, m.initial(), A.GenerateToken(0, 1))
-    assert "exists" in refused(m, w, A.GenerateToken(0, 1))
+    assert "other role" in refused(m, w, A.Establish(0, 1, 1))  # dc1's row for dc2 accepts
     assert "itself" in refused(m, w, A.GenerateToken(0, 0))
     assert "no such token" in refused(m, w, A.Establish(1, 0, 7))
     assert "no cluster" in refused(m, w, A.GenerateToken(5, 1))
