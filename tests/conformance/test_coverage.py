@@ -43,9 +43,12 @@ DIRECTED: dict[str, tuple[EdgeKey, list[tuple[str, dict[str, Any]]]]] = {
     "a reset reaches a draining acceptor": (
         ("Deliver", "acceptor", "DRAINING", "reset", "DONE"),
         [("hold", {"i": 0, "up": True}), ("delete", {"c": 0}), ("reset", {"i": 0})]),
-    "the terminated side deletes its row": (
+    "the terminated dialer deletes its row": (
         ("Delete", "dialer", "TERMINATED", "DELETING"),
         [("delete", {"c": 0}), ("advance", {"seconds": 300.0}), ("delete", {"c": 1})]),
+    "the terminated acceptor deletes its row": (
+        ("Delete", "acceptor", "TERMINATED", "DELETING"),
+        [("delete", {"c": 1}), ("advance", {"seconds": 300.0}), ("delete", {"c": 0})]),
     "a redial of a marked peering: Terminated, then an error status": (
         ("Deliver", "dialer", "DRAINING", "error status", "DONE"),
         [("reset", {"i": 0}), ("delete", {"c": 0}), ("advance", {"seconds": 2.0})]),
