@@ -541,6 +541,23 @@ class ConformanceMachine(RuleBasedStateMachine):
         self._observe(what)
         assert self.cands is not None
         self.cands.require_settled(what)
+        self._require_no_stuck_stream(what)
+
+    def _require_no_stuck_stream(self, what: str) -> None:
+        """The one thing about streams the view does not say: in a settled model state every
+        stream is either gone or healthy (both ends OPEN, each side's tracker connected), so
+        after a long settle with nothing held every open stream call must be one of the
+        connected pairs. A call still open beyond them is a stream whose ends are stuck (for
+        example both draining, waiting for a half-close that never comes)."""
+        view = impl_view(self.clusters)
+        connected = min(sum(1 for _peer, up in cl.tracker if up) for cl in view.clusters)
+        live = self._live_calls()
+        if len(live) > connected:
+            self.diverged = True
+            raise Divergence(
+                f"after: {what}\n{len(live)} stream calls are still open "
+                f"(#{', #'.join(str(c.id) for c in live)}) but only {connected} streams are "
+                "connected: a stream is stuck, which no settled model state allows")
 
 
 async def _now() -> float:
