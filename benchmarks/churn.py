@@ -23,12 +23,10 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import logging
 import random
 import sys
 import tempfile
 import time
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +34,11 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from load import _Counter
+from load import count_warnings, two_servers
 from machine_info import machine_info
 
-from peerkit.impl.store.sqlite import SqliteStore
-from peerkit.impl.testing import Cluster, running_cluster
+from peerkit.impl.testing import Cluster
 from peerkit.impl.transport import StreamFailed
-from peerkit.impl.transport.grpc_bridge import GrpcTransport
 
 DELAYS = (0.0, 0.05, 0.5, 2.0)
 
@@ -69,15 +65,7 @@ async def client(i: int, dc1: Cluster, dc2: Cluster, stop: float, rng: random.Ra
 async def run(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
     log: dict[str, dict[str, Any]] = {}
     rng = random.Random(args.seed)
-    async with AsyncExitStack() as stack:
-        transport = await stack.enter_async_context(GrpcTransport())
-        stores = [SqliteStore(Path(tmp) / name) for name in ("dc1", "dc2")]
-        for s in stores:
-            stack.callback(s.close)
-        dc1 = await stack.enter_async_context(
-            running_cluster(transport, "dc1", "127.0.0.1:0", store=stores[0]))
-        dc2 = await stack.enter_async_context(
-            running_cluster(transport, "dc2", "127.0.0.1:0", store=stores[1]))
+    async with two_servers(tmp) as (dc1, dc2):
         stop = time.monotonic() + args.seconds
         async with trio.open_nursery() as nursery:
             for i in range(args.clients):
@@ -119,10 +107,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path,
                         default=Path(__file__).resolve().parent / "results" / "churn.json")
     args = parser.parse_args()
-    counter = _Counter()
-    logger = logging.getLogger("peerkit")
-    logger.addHandler(counter)
-    logger.setLevel(logging.WARNING)
+    counter = count_warnings()
     with tempfile.TemporaryDirectory(prefix="peerkit-churn-") as tmp:
         result = trio.run(run, args, tmp)
     result |= {"clients": args.clients, "seconds": args.seconds, "settle": args.settle,

@@ -31,9 +31,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conformance_speed import _has_divergence
 from machine_info import machine_info
 
+from peerkit.conformance.candidates import divergences
 from peerkit.conformance.mutants import GAP, NOT_CAUGHT, SCENARIOS, scenario_diverges
 from peerkit.conformance.profiles import STEPS, bug_hunt
 from peerkit.conformance.stateful import machine_for
@@ -48,7 +48,7 @@ def hunt(mutant: str, budget: int) -> dict[str, Any]:
     try:
         machine.TestCase().runTest()
     except BaseException as exc:  # a divergence (or a group of them) is what we hunt for
-        if not _has_divergence(exc):
+        if not divergences(exc):
             raise
         caught = True
     return {"caught": caught, "examples": machine.STATS.get("examples", 0),

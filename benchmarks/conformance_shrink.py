@@ -37,24 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_info import machine_info
 
 from peerkit.conformance import replay
-from peerkit.conformance.candidates import Divergence
+from peerkit.conformance.candidates import divergences
 from peerkit.conformance.profiles import _SUPPRESS, STEPS
 from peerkit.conformance.stateful import machine_for
 from peerkit.model.vocabulary import BUGS
 
 ROOT = Path(__file__).resolve().parent.parent
 STORED = ROOT / "tests" / "conformance" / "counterexamples"
-
-
-def _divergence(exc: BaseException) -> Divergence | None:
-    if isinstance(exc, Divergence):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for e in exc.exceptions:
-            found = _divergence(e)
-            if found is not None:
-                return found
-    return None
 
 
 def shrunk(bug: str, seed: int, budget: int) -> dict[str, Any]:
@@ -70,7 +59,8 @@ def shrunk(bug: str, seed: int, budget: int) -> dict[str, Any]:
         machine.TestCase().runTest()
     except BaseException as exc:  # the failure is the measurement
         seconds = time.perf_counter() - start
-        div = _divergence(exc)
+        found = divergences(exc)
+        div = found[0] if found else None
         notes = "\n".join(getattr(exc, "__notes__", []) or getattr(div, "__notes__", []))
         lines = [ln.strip() for ln in notes.splitlines() if ln.strip().startswith("state.")]
         rules = [ln for ln in lines if not ln.startswith(("state.setup(", "state.teardown("))]

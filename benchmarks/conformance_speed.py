@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine_info import machine_info
 
-from peerkit.conformance.candidates import Divergence
+from peerkit.conformance.candidates import divergences
 from peerkit.conformance.coverage import reachable_keys
 from peerkit.conformance.profiles import _SUPPRESS, STEPS
 from peerkit.conformance.stateful import CONFORMANCE_CONFIG, machine_for
@@ -66,14 +66,6 @@ def clean_run(examples: int) -> dict[str, Any]:
     }
 
 
-def _has_divergence(exc: BaseException) -> bool:
-    if isinstance(exc, Divergence):
-        return True
-    if isinstance(exc, BaseExceptionGroup):
-        return any(_has_divergence(e) for e in exc.exceptions)
-    return False
-
-
 def hunt(bug: str, seed: int, budget: int) -> dict[str, Any]:
     machine = machine_for(impl_bugs=[bug])
     machine.TestCase.settings = _settings(budget, derandomize=False)
@@ -83,7 +75,7 @@ def hunt(bug: str, seed: int, budget: int) -> dict[str, Any]:
     try:
         machine.TestCase().runTest()
     except BaseException as exc:  # a divergence (or a group of them) is what we hunt for
-        if not _has_divergence(exc):
+        if not divergences(exc):
             raise
         caught = True
     finally:

@@ -32,7 +32,8 @@ import resource
 import sys
 import tempfile
 import time
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,14 +76,21 @@ def _imported_total(c: Cluster, peers: list[str]) -> int:
     return sum(len(c.imported(p)) for p in peers)
 
 
-async def run(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
-    peers_of_1 = [f"b-{i:03d}" for i in range(args.peerings)]  # dc1's names for dc2
-    peers_of_2 = [f"a-{i:03d}" for i in range(args.peerings)]
-    services = [f"svc-{i:03d}" for i in range(args.services)]
-    out: dict[str, Any] = {}
+def count_warnings() -> _Counter:
+    """Count (and keep the first few of) the ``peerkit`` log records at WARNING or above."""
+    counter = _Counter()
+    logger = logging.getLogger("peerkit")
+    logger.addHandler(counter)
+    logger.setLevel(logging.WARNING)
+    return counter
+
+
+@asynccontextmanager
+async def two_servers(tmp: str, store: str = "sqlite") -> AsyncIterator[tuple[Cluster, Cluster]]:
+    """dc1 and dc2 serving over real gRPC on 127.0.0.1, each with its store under ``tmp``."""
     async with AsyncExitStack() as stack:
         transport = await stack.enter_async_context(GrpcTransport())
-        stores = [SqliteStore(Path(tmp) / name) if args.store == "sqlite" else MemoryStore()
+        stores = [SqliteStore(Path(tmp) / name) if store == "sqlite" else MemoryStore()
                   for name in ("dc1", "dc2")]
         for s in stores:
             stack.callback(s.close)
@@ -90,7 +98,15 @@ async def run(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
             running_cluster(transport, "dc1", "127.0.0.1:0", store=stores[0]))
         dc2 = await stack.enter_async_context(
             running_cluster(transport, "dc2", "127.0.0.1:0", store=stores[1]))
+        yield dc1, dc2
 
+
+async def run(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
+    peers_of_1 = [f"b-{i:03d}" for i in range(args.peerings)]  # dc1's names for dc2
+    peers_of_2 = [f"a-{i:03d}" for i in range(args.peerings)]
+    services = [f"svc-{i:03d}" for i in range(args.services)]
+    out: dict[str, Any] = {}
+    async with two_servers(tmp, args.store) as (dc1, dc2):
         start = time.perf_counter()
         for p1, p2 in zip(peers_of_1, peers_of_2, strict=True):
             token = await dc1.client.generate_token(p1)
@@ -146,10 +162,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path,
                         default=Path(__file__).resolve().parent / "results" / "load.json")
     args = parser.parse_args()
-    counter = _Counter()
-    logger = logging.getLogger("peerkit")
-    logger.addHandler(counter)
-    logger.setLevel(logging.WARNING)
+    counter = count_warnings()
     with tempfile.TemporaryDirectory(prefix="peerkit-load-") as tmp:
         started = time.perf_counter()
         result = trio.run(run, args, tmp)

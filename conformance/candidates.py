@@ -51,6 +51,15 @@ class Divergence(AssertionError):
     """The implementation did something no candidate model state allows (or failed to)."""
 
 
+def divergences(exc: BaseException) -> list[Divergence]:
+    """The Divergences ``exc`` is or holds (Hypothesis and trio may raise them in groups)."""
+    if isinstance(exc, Divergence):
+        return [exc]
+    if isinstance(exc, BaseExceptionGroup):
+        return [d for e in exc.exceptions for d in divergences(e)]
+    return []
+
+
 class ClosureTooLarge(Exception):
     """The protocol closure exceeded its bound; the comparison is inconclusive."""
 

@@ -47,24 +47,9 @@ from peerkit.model.machine import PeeringModel
 from peerkit.model.state import cluster_name
 
 from .abstraction import GONE, ClusterView, View
+from .configs import REMOTE_CONFIG
 from .trace import TraceValidator
 
-#: the model the remote scenarios are held to: from no peering, budgets for a peering, a
-#: deletion on each side, a re-peering and a little churn; no resets and no failovers (the
-#: control service cannot cause them)
-REMOTE_CONFIG = Config(
-    "remote",
-    start="empty",
-    tokens=2,
-    establishes=2,
-    deletes=2,
-    cleanups=2,
-    churn=4,
-    faults=0,
-    failovers=0,
-    description="the remote conformance suite: 2 peerings in turn, 2 deletes, 2 cleanups, "
-    "4 churn; no faults, no failovers",
-)
 
 @dataclass(frozen=True)
 class Timing:

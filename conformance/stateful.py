@@ -67,27 +67,11 @@ from peerkit.model.state import World, cluster_name
 
 from .abstraction import impl_view
 from .candidates import Candidates, Divergence
+from .configs import CONFORMANCE_CONFIG
 from .coverage import EdgeKey, edge_key
 from .guest import GuestRun
 
 T = TypeVar("T")
-
-#: the model configuration the driver runs against: from no peering (the driver establishes in
-#: ``setup``), budgets large enough for a few lifecycles per example
-CONFORMANCE_CONFIG = Config(
-    "conformance",
-    start="empty",
-    tokens=2,
-    establishes=2,
-    deletes=2,
-    cleanups=2,
-    churn=4,
-    faults=2,
-    failovers=2,
-    python_server_eof_first=False,
-    description="the conformance driver's budgets: 2 peerings in turn, 2 deletes, 2 cleanups, "
-    "4 churn, 2 resets, 2 failovers",
-)
 
 C2S = "client→server"
 S2C = "server→client"

@@ -9,19 +9,10 @@ from __future__ import annotations
 import pytest
 from hypothesis import settings
 
-from peerkit.conformance.candidates import Divergence
+from peerkit.conformance.candidates import Divergence, divergences
 from peerkit.conformance.profiles import BUG_BUDGET, bug_hunt, store_backend
 from peerkit.conformance.stateful import machine_for
 from peerkit.model.vocabulary import BUGS
-
-
-def _divergences(exc: BaseException) -> list[Divergence]:
-    if isinstance(exc, Divergence):
-        return [exc]
-    if isinstance(exc, BaseExceptionGroup):
-        return [d for e in exc.exceptions for d in _divergences(e)]
-    return []
-
 
 #: No bug switch: every example of the profile passes (``ci`` or ``thorough``). A module-level
 #: ``TestCase`` (not a function that calls ``runTest``), so that pytest, pytest-xdist and HypoFuzz
@@ -47,7 +38,7 @@ def test_bug_in_the_implementation_is_caught(bug: str) -> None:
     machine.TestCase.settings = bug_hunt(BUG_BUDGET)
     with pytest.raises(BaseException) as info:  # a Divergence, or a group of them
         machine.TestCase().runTest()
-    assert _divergences(info.value), f"{bug}: failed with {info.value!r}, not a divergence"
+    assert divergences(info.value), f"{bug}: failed with {info.value!r}, not a divergence"
 
 
 def test_a_failure_prints_the_shrunk_program_and_the_diff(capsys: pytest.CaptureFixture[str],

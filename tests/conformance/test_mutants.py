@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from peerkit.conformance.candidates import Divergence
+from peerkit.conformance.candidates import divergences
 from peerkit.conformance.mutants import GAP, NOT_CAUGHT, SCENARIOS, scenario_diverges
 from peerkit.conformance.profiles import bug_hunt
 from peerkit.conformance.stateful import machine_for
@@ -71,14 +71,6 @@ def test_each_ported_mutant_has_a_scenario_the_driver_catches(name: str) -> None
     assert not _UNMUTATED[key], f"{name}: the scenario diverged with no mutant on"
 
 
-def _divergences(exc: BaseException) -> list[Divergence]:
-    if isinstance(exc, Divergence):
-        return [exc]
-    if isinstance(exc, BaseExceptionGroup):
-        return [d for e in exc.exceptions for d in _divergences(e)]
-    return []
-
-
 #: mutants the derandomized search catches within a few dozen examples (measured by
 #: benchmarks/conformance_mutants.py: 12, 26 and 8 examples); one of the deletion routine, one
 #: of the dialer's handler, one of the acceptor's teardown
@@ -93,4 +85,4 @@ def test_a_search_catches_a_few_mutants(name: str) -> None:
     machine.TestCase.settings = bug_hunt(HUNT_BUDGET)
     with pytest.raises(BaseException) as info:  # a Divergence, or a group of them
         machine.TestCase().runTest()
-    assert _divergences(info.value), f"{name}: failed with {info.value!r}, not a divergence"
+    assert divergences(info.value), f"{name}: failed with {info.value!r}, not a divergence"
