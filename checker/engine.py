@@ -32,13 +32,16 @@ Import rules: standard library and ``peerkit.checker.api`` only.
 from __future__ import annotations
 
 import gc
+import sys
 import time
 from array import array
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
 from .api import InvariantLike, LivenessLike, Model, ReductionLike, TransitionInvariantLike
+from .fingerprint import FINGERPRINT_BITS, MASK64, omission_probability, process_fingerprint
+from .fingerprint import fingerprint as stable_fingerprint
 
 S = TypeVar("S", bound=Hashable)
 A = TypeVar("A")
@@ -120,6 +123,39 @@ class PropertyResult:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class FingerprintReport:
+    """What fingerprint mode stored and what it risked (see _FingerprintSearch)."""
+
+    #: the fingerprint function's name (``process_fingerprint``: hash() within this process)
+    function: str
+    bits: int
+    #: TLC's optimistic estimate that a collision omitted some state (fingerprint.py)
+    omission_probability: float
+    #: collisions seen between a new state and a different state with the same fingerprint that
+    #: was still held in full (current or next level): both were kept, nothing was omitted
+    collisions_detected: int
+    #: bytes allocated for the per-state store: fingerprint table, fingerprints by number,
+    #: parent numbers and liveness target bits
+    state_store_bytes: int
+    #: bytes allocated for the liveness graph: one shared edge store for every property
+    edge_store_bytes: int
+    #: edges in that store (transitions counted by at least one liveness property)
+    edges: int
+    #: the most states held in full at once (the current and the next BFS level)
+    peak_frontier: int
+    distinct_states: int
+    transitions: int
+
+    @property
+    def bytes_per_state(self) -> float:
+        return self.state_store_bytes / self.distinct_states if self.distinct_states else 0.0
+
+    @property
+    def bytes_per_transition(self) -> float:
+        return self.edge_store_bytes / self.transitions if self.transitions else 0.0
+
+
 @dataclass
 class Result(Generic[S, A]):
     model: str
@@ -132,6 +168,8 @@ class Result(Generic[S, A]):
     properties: list[PropertyResult]
     counterexamples: list[Counterexample[S, A]] = field(default_factory=list)
     reductions: list[dict[str, str]] = field(default_factory=list)
+    #: set in fingerprint mode only
+    fingerprints: FingerprintReport | None = None
 
     @property
     def ok(self) -> bool:
@@ -161,10 +199,27 @@ def check(
     bounds: Bounds = Bounds(),
     progress: ProgressCallback | None = None,
     progress_interval: float = 1.0,
+    fingerprints: bool = False,
+    fingerprint: Callable[[S], int] | None = None,
 ) -> Result[S, A]:
-    """Explore `model` breadth-first within `bounds` and decide its properties."""
+    """Explore `model` breadth-first within `bounds` and decide its properties.
+
+    With `fingerprints`, visited states are stored as 64-bit fingerprints instead of in full
+    (see _FingerprintSearch); `fingerprint` then chooses the function (default:
+    ``process_fingerprint``, i.e. hash(), valid within this process; ``fingerprint.fingerprint``
+    is the same in every process). A `fingerprint` without `fingerprints` is a usage error.
+    """
     if not isinstance(bounds, Bounds):
         raise TypeError(f"bounds must be a Bounds, not {type(bounds).__name__}")
+    if not isinstance(fingerprints, bool):
+        raise TypeError(f"fingerprints must be a bool, not {type(fingerprints).__name__}")
+    if fingerprint is not None and not fingerprints:
+        raise ValueError("a fingerprint function is only used with fingerprints=True")
+    if fingerprints:
+        if fingerprint is None:
+            # hash() is 32 bits wide on a 32-bit build: too narrow, use the portable one
+            fingerprint = process_fingerprint if sys.hash_info.width >= 64 else stable_fingerprint
+        return _FingerprintSearch(model, bounds, progress, progress_interval, fingerprint).run()
     return _Search(model, bounds, progress, progress_interval).run()
 
 
@@ -236,15 +291,16 @@ class _Search(Generic[S, A]):
             if gc_was_enabled:
                 gc.enable()
         seconds = time.perf_counter() - started
-        depth = len(self._chain(len(self.states) - 1)) - 1 if self.states else 0
+        count = self._count()
+        depth = len(self._chain(count - 1)) - 1 if count else 0
         if complete and self.liveness:
             self._decide_liveness()
             seconds = time.perf_counter() - started
         if self.progress is not None:
-            self.progress(Progress(len(self.states), self.transitions, depth, 0, seconds))
+            self.progress(Progress(count, self.transitions, depth, 0, seconds))
         return Result(
             model=self.model.name,
-            distinct_states=len(self.states),
+            distinct_states=count,
             transitions=self.transitions,
             depth=depth,
             seconds=seconds,
@@ -255,7 +311,31 @@ class _Search(Generic[S, A]):
                 self.violated.values(), key=lambda c: (len(c.steps), c.property_id)
             ),
             reductions=[{"name": r.name, "why_sound": r.why_sound} for r in self.reductions],
+            fingerprints=self._fingerprint_report(),
         )
+
+    # -- what the storage holds (overridden by _FingerprintSearch) --------------------------
+    def _count(self) -> int:
+        return len(self.states)
+
+    def _state_at(self, sid: int) -> S:
+        return self.states[sid]
+
+    def _matches(self, nid: int, state: S) -> bool:
+        """Whether `state` (canonical) is state number `nid`."""
+        return state == self.states[nid]
+
+    def _target_ids(self, prop: LivenessLike[S, A]) -> list[int]:
+        target = prop.target
+        return [i for i, st in enumerate(self.states) if target(st)]
+
+    def _property_edges(
+        self,
+    ) -> Iterable[tuple[LivenessLike[S, A], tuple[array[int], array[int]], array[int] | None]]:
+        return zip(self.liveness, self.edges, self.labels, strict=True)
+
+    def _fingerprint_report(self) -> FingerprintReport | None:
+        return None
 
     def _canonical(self, state: S) -> S:
         for reduction in self.reductions:
@@ -281,7 +361,7 @@ class _Search(Generic[S, A]):
 
     def _state_failed(self, sid: int) -> None:
         """Record every invariant that state `sid` breaks and that was not broken before."""
-        state = self.states[sid]
+        state = self._state_at(sid)
         for inv in self.invariants:
             if inv.id not in self.violated and not inv.holds(state):
                 note = inv.explain(state) if inv.explain else ""
@@ -416,7 +496,7 @@ class _Search(Generic[S, A]):
 
     def _transition_violation(self, pid: str, sid: int, action: A, nxt: S) -> None:
         tinv = next(t for t in self.transition_invariants if t.id == pid)
-        note = tinv.explain(self.states[sid], action, nxt) if tinv.explain else ""
+        note = tinv.explain(self._state_at(sid), action, nxt) if tinv.explain else ""
         self._record(pid, "transition", sid, (action, nxt), note,
                      breaks=lambda s, a, t: not tinv.holds(s, a, t))
 
@@ -426,9 +506,9 @@ class _Search(Generic[S, A]):
             raise _Stop(f"time bound {self.bounds.max_seconds} s reached")
         if self.progress is not None and now - self.last_report >= self.progress_interval:
             self.last_report = now
+            count = self._count()
             self.progress(
-                Progress(len(self.states), self.transitions, depth,
-                         len(self.states) - cursor, now - self.started)
+                Progress(count, self.transitions, depth, count - cursor, now - self.started)
             )
 
     # -- counterexamples -------------------------------------------------------------------
@@ -459,11 +539,10 @@ class _Search(Generic[S, A]):
         steps: list[Step[S, A]] = []
         current = start
         for nid in ids:
-            target = self.states[nid]
             for action, nxt in self.model.successors(current):
                 if counts is not None and not counts(action):
                     continue
-                if self._canonical(nxt) == target:
+                if self._matches(nid, self._canonical(nxt)):
                     steps.append(Step(action, nxt))
                     current = nxt
                     break
@@ -495,8 +574,8 @@ class _Search(Generic[S, A]):
 
     # -- liveness --------------------------------------------------------------------------
     def _decide_liveness(self) -> None:
-        n = len(self.states)
-        for prop, (src, dst), lab in zip(self.liveness, self.edges, self.labels, strict=True):
+        n = self._count()
+        for prop, (src, dst), lab in self._property_edges():
             if prop.id in self.violated:
                 continue
             # reverse adjacency in CSR form
@@ -511,7 +590,7 @@ class _Search(Generic[S, A]):
                 rev[fill[d]] = s
                 fill[d] += 1
             good = bytearray(n)
-            stack = [i for i, st in enumerate(self.states) if prop.target(st)]
+            stack = self._target_ids(prop)
             for i in stack:
                 good[i] = 1
             while stack:
@@ -541,12 +620,10 @@ class _Search(Generic[S, A]):
     def _decide_fairness(self, prop: LivenessLike[S, A], src: array[int], dst: array[int],
                          lab: array[int]) -> None:
         """Look for a fair cycle that avoids the targets (see the module docstring)."""
-        n = len(self.states)
-        target = prop.target
+        n = self._count()
         off = bytearray(n)  # 1: a target state, outside the graph searched here
-        for i, st in enumerate(self.states):
-            if target(st):
-                off[i] = 1
+        for i in self._target_ids(prop):
+            off[i] = 1
         # forward adjacency over edges between non-target states, in CSR form
         start = [0] * (n + 1)
         for s_, d_ in zip(src, dst, strict=True):
@@ -667,12 +744,362 @@ class _Search(Generic[S, A]):
                     verdict = "unknown"
                     note = ("the search stopped early, so liveness is undecided"
                             if kind == "liveness" else
-                            f"no violation in the {len(self.states):,} states explored before "
+                            f"no violation in the {self._count():,} states explored before "
                             "the search stopped")
                 else:
                     verdict, note = "holds", ""
                 out.append(PropertyResult(prop.id, prop.title, kind, verdict, note))
         return out
+
+
+class TraceRebuildError(RuntimeError):
+    """Fingerprint mode could not re-execute a path to a state it had met: only an undetected
+    fingerprint collision (or a model whose successors are not deterministic) does that."""
+
+
+#: the fingerprint table's first size (slots; it doubles whenever it is half full)
+_TABLE_START = 1 << 12
+
+
+class _FingerprintSearch(_Search[S, A]):
+    """Breadth-first search that stores each visited state as a 64-bit fingerprint.
+
+    Storage per visited state: its fingerprint (``fps``, array 'Q', by state number), its BFS
+    parent's number (``parent``, array 'I'; a root is its own parent), one slot or two of an
+    open-addressing table (array 'I' holding state number + 1, linear probing, at most half
+    full) and, with liveness properties, a bit per property saying whether it is a target.
+    Only the current and the next BFS level are held as state objects; every other state is
+    known by its fingerprint alone, as in TLC and in Spin's hash-compact mode.
+
+    Liveness needs the graph: every transition that some liveness property counts is stored
+    once (source and destination numbers, array 'I'), with a bit mask of the properties that
+    count it and, if any property asks for weak fairness, its action's number. The decision
+    itself is the exact mode's (_decide_liveness), fed one property's edges at a time.
+
+    A counterexample is rebuilt by re-execution: from the concrete initial state, each step
+    takes a successor whose fingerprint is the next one on the parent chain, in successor order
+    (so without collisions it picks the very step the exact mode prints), backtracking if a
+    choice leads nowhere; the last state must equal the violating state when that is still held.
+
+    Collisions. When a new state's fingerprint is already known and the known state is still
+    held in full, the two are compared: if they differ, the collision is counted
+    (`FingerprintReport.collisions_detected`) and the new state is stored as a state of its
+    own, so nothing is omitted. A collision with an older state cannot be seen: the new state
+    is taken for the old one and is omitted with whatever it alone leads to. The chance of that
+    is what `FingerprintReport.omission_probability` estimates.
+    """
+
+    def __init__(
+        self,
+        model: Model[S, A],
+        bounds: Bounds,
+        progress: ProgressCallback | None,
+        progress_interval: float,
+        fingerprint: Callable[[S], int],
+    ) -> None:
+        super().__init__(model, bounds, progress, progress_interval)
+        if len(self.liveness) > 64:
+            raise ValueError("fingerprint mode handles at most 64 liveness properties")
+        self.fp = fingerprint
+        self.fps = array("Q")
+        self.parent = array("I")
+        self.table = array("I", bytes(4 * _TABLE_START))
+        self.count = 0
+        self.cur_start = 0
+        self.cur: list[S] = []
+        self.nxt_level: list[S] = []
+        self.collisions = 0
+        self.peak_frontier = 0
+        self.generated = 0  # initial states as generated (with duplicates)
+        n_live = len(self.liveness)
+        bits = next(c for c in "BHILQ" if array(c).itemsize * 8 >= max(n_live, 1))
+        self.live_bit = {lv.id: 1 << j for j, lv in enumerate(self.liveness)}
+        self.target_bits = array(bits)
+        self.e_src = array("I")
+        self.e_dst = array("I")
+        self.e_mask = array(bits)
+        weak = any(lab is not None for lab in self.labels)
+        self.weak_bits = sum(1 << j for j, lab in enumerate(self.labels) if lab is not None)
+        self.e_lab: array[int] | None = array("I") if weak else None
+        self.edges = []
+        self.labels = []
+        self.states = []
+
+    # -- storage ----------------------------------------------------------------------------
+    def _count(self) -> int:
+        return self.count
+
+    def _held(self, sid: int) -> S | None:
+        """State `sid` if it is still held in full (current or next level), else None."""
+        off = sid - self.cur_start
+        if 0 <= off < len(self.cur):
+            return self.cur[off]
+        off -= len(self.cur)
+        if 0 <= off < len(self.nxt_level):
+            return self.nxt_level[off]
+        return None
+
+    def _state_at(self, sid: int) -> S:
+        state = self._held(sid)
+        if state is None:
+            raise LookupError(f"state {sid} is known by its fingerprint only")
+        return state
+
+    def _matches(self, nid: int, state: S) -> bool:
+        return (self.fp(state) & MASK64) == self.fps[nid]
+
+    def _lookup(self, fp: int, state: S) -> tuple[int, int]:
+        """(state number or -1, the free slot where it would go)."""
+        table = self.table
+        mask = len(table) - 1
+        fps = self.fps
+        h = fp & mask
+        while True:
+            slot = table[h]
+            if not slot:
+                return -1, h
+            k = slot - 1
+            if fps[k] == fp:
+                held = self._held(k)
+                if held is None or held == state:
+                    return k, h
+                self.collisions += 1
+            h = (h + 1) & mask
+
+    def _grow(self) -> None:
+        size = len(self.table) * 2
+        mask = size - 1
+        table = array("I", bytes(4 * size))
+        for i, fp in enumerate(self.fps):
+            h = fp & mask
+            while table[h]:
+                h = (h + 1) & mask
+            table[h] = i + 1
+        self.table = table
+
+    def _add(self, slot: int, fp: int, parent: int, state: S, level: list[S]) -> int:
+        sid = self.count
+        if sid >= 0xFFFFFFFF:
+            raise _Stop("fingerprint mode numbers at most 2**32 - 1 states")
+        self.table[slot] = sid + 1
+        self.fps.append(fp)
+        self.parent.append(sid if parent < 0 else parent)
+        level.append(state)
+        self.count = sid + 1
+        if self.liveness:
+            bits = 0
+            for lv in self.liveness:
+                if lv.target(state):
+                    bits |= self.live_bit[lv.id]
+            self.target_bits.append(bits)
+        if 2 * self.count > len(self.table):
+            self._grow()
+        return sid
+
+    def _chain(self, sid: int) -> list[int]:
+        parent = self.parent
+        chain = [sid]
+        while parent[sid] != sid:
+            sid = parent[sid]
+            chain.append(sid)
+        chain.reverse()
+        return chain
+
+    def _target_ids(self, prop: LivenessLike[S, A]) -> list[int]:
+        bit = self.live_bit[prop.id]
+        return [i for i, bits in enumerate(self.target_bits) if bits & bit]
+
+    def _property_edges(
+        self,
+    ) -> Iterable[tuple[LivenessLike[S, A], tuple[array[int], array[int]], array[int] | None]]:
+        # one property's edges at a time, so only one filtered copy exists at once
+        for prop in self.liveness:
+            bit = self.live_bit[prop.id]
+            src, dst = array("I"), array("I")
+            lab: array[int] | None = None
+            if prop.id not in self.violated:
+                src.extend(s for s, m in zip(self.e_src, self.e_mask, strict=True) if m & bit)
+                dst.extend(d for d, m in zip(self.e_dst, self.e_mask, strict=True) if m & bit)
+                if bit & self.weak_bits and self.e_lab is not None:
+                    lab = array("I", (a for a, m in zip(self.e_lab, self.e_mask, strict=True)
+                                      if m & bit))
+            elif bit & self.weak_bits:
+                lab = array("I")
+            yield prop, (src, dst), lab
+
+    def _fingerprint_report(self) -> FingerprintReport:
+        store = (sys.getsizeof(self.fps) + sys.getsizeof(self.parent)
+                 + sys.getsizeof(self.table) + sys.getsizeof(self.target_bits))
+        edges = (sys.getsizeof(self.e_src) + sys.getsizeof(self.e_dst)
+                 + sys.getsizeof(self.e_mask)
+                 + (sys.getsizeof(self.e_lab) if self.e_lab is not None else 0))
+        generated = self.generated + self.transitions
+        return FingerprintReport(
+            function=getattr(self.fp, "__name__", repr(self.fp)),
+            bits=FINGERPRINT_BITS,
+            omission_probability=omission_probability(self.count, generated),
+            collisions_detected=self.collisions,
+            state_store_bytes=store,
+            edge_store_bytes=edges,
+            edges=len(self.e_src),
+            peak_frontier=self.peak_frontier,
+            distinct_states=self.count,
+            transitions=self.transitions,
+        )
+
+    # -- counterexamples ---------------------------------------------------------------------
+    def _walk(
+        self, start: S, ids: Sequence[int], counts: Callable[[A], bool] | None = None
+    ) -> tuple[Step[S, A], ...]:
+        if not ids:
+            return ()
+        fp_of, canonical, fps = self.fp, self._canonical, self.fps
+        successors = self.model.successors
+
+        def options(state: S, nid: int) -> Iterator[Step[S, A]]:
+            want = fps[nid]
+            for action, nxt in successors(state):
+                if counts is not None and not counts(action):
+                    continue
+                if (fp_of(canonical(nxt)) & MASK64) == want:
+                    yield Step(action, nxt)
+
+        final = self._held(ids[-1])
+        steps: list[Step[S, A]] = []
+        frames = [options(start, ids[0])]
+        while frames:
+            step = next(frames[-1], None)
+            if step is None:
+                frames.pop()
+                if steps:
+                    steps.pop()
+                continue
+            steps.append(step)
+            if len(steps) == len(ids):
+                if final is None or canonical(step.state) == final:
+                    return tuple(steps)
+                steps.pop()
+                continue
+            frames.append(options(step.state, ids[len(steps)]))
+        raise TraceRebuildError(
+            "no run from the initial state matches the fingerprints of the path found: a "
+            "fingerprint collision merged two states on it (or the model's successors are not "
+            "deterministic)"
+        )
+
+    # -- the search --------------------------------------------------------------------------
+    def _seed(self) -> None:
+        level = self.cur
+        for concrete in self.model.initial_states():
+            state = self._canonical(concrete)
+            self.generated += 1
+            fp = self.fp(state) & MASK64
+            known, slot = self._lookup(fp, state)
+            if known >= 0:
+                continue
+            if self.bounds.max_states is not None and self.count >= self.bounds.max_states:
+                raise _Stop(f"state bound {self.bounds.max_states} reached")
+            sid = self._add(slot, fp, -1, state, level)
+            self.concrete_initial[sid] = concrete
+            self._state_failed(sid)
+
+    def _bfs(self) -> None:
+        fp_of = self.fp
+        fps = self.fps
+        violated = self.violated
+        successors = self.model.successors
+        checks = self.checks
+        tinvs = [(t.id, t.holds) for t in self.transition_invariants]
+        live = [(lv.counts, self.live_bit[lv.id]) for lv in self.liveness]
+        e_src, e_dst, e_mask, e_lab = self.e_src, self.e_dst, self.e_mask, self.e_lab
+        action_ids = self.action_ids
+        canonical = self._canonical if self.reductions else None
+        max_depth = self.bounds.max_depth
+        max_states = self.bounds.max_states if self.bounds.max_states is not None else -1
+        clock_due = self.count + _CLOCK_EVERY
+        due = clock_due if max_states < 0 else min(clock_due, max_states)
+        transitions = 0
+        depth = 0
+        add = self._add
+        try:
+            while self.cur:
+                if max_depth is not None and depth >= max_depth:
+                    raise _Stop(f"depth bound {max_depth} reached")
+                cur = self.cur
+                cur_start = self.cur_start
+                next_start = cur_start + len(cur)
+                level: list[S] = []
+                self.nxt_level = level
+                for offset, state in enumerate(cur):
+                    sid = cur_start + offset
+                    for action, concrete in successors(state):
+                        nxt = canonical(concrete) if canonical is not None else concrete
+                        transitions += 1
+                        fp = fp_of(nxt) & MASK64
+                        # inline probe of the table (see _lookup)
+                        table = self.table
+                        mask = len(table) - 1
+                        h = fp & mask
+                        while True:
+                            slot = table[h]
+                            if not slot:
+                                nid = -1
+                                break
+                            nid = slot - 1
+                            if fps[nid] == fp:
+                                if nid < cur_start:
+                                    break
+                                held = (cur[nid - cur_start] if nid < next_start
+                                        else level[nid - next_start])
+                                if held == nxt:
+                                    break
+                                self.collisions += 1
+                            h = (h + 1) & mask
+                        if nid < 0:
+                            nid = self.count
+                            if nid >= due:
+                                if nid == max_states:
+                                    raise _Stop(f"state bound {max_states} reached")
+                                clock_due = nid + _CLOCK_EVERY
+                                due = clock_due if max_states < 0 else min(clock_due, max_states)
+                                self.transitions = transitions
+                                self._tick(sid + 1, depth + 1)
+                            add(h, fp, sid, nxt, level)
+                            for holds in checks:
+                                if not holds(nxt):
+                                    self.transitions = transitions
+                                    self._state_failed(nid)
+                        for pid, tholds in tinvs:
+                            if not tholds(state, action, concrete) and pid not in violated:
+                                self.transitions = transitions
+                                self._transition_violation(pid, sid, action, concrete)
+                        if live:
+                            bits = 0
+                            for counts, bit in live:
+                                if counts(action):
+                                    bits |= bit
+                            if bits:
+                                e_src.append(sid)
+                                e_dst.append(nid)
+                                e_mask.append(bits)
+                                if e_lab is not None:
+                                    aid = action_ids.get(action)
+                                    if aid is None:
+                                        aid = action_ids[action] = len(action_ids)
+                                    e_lab.append(aid)
+                    if len(cur) + len(level) > self.peak_frontier:
+                        self.peak_frontier = len(cur) + len(level)
+                self.cur_start = next_start
+                self.cur = level
+                self.nxt_level = []
+                depth += 1
+        finally:
+            self.transitions = transitions
+
+    def _tick(self, cursor: int, depth: int) -> None:
+        if len(self.cur) + len(self.nxt_level) > self.peak_frontier:
+            self.peak_frontier = len(self.cur) + len(self.nxt_level)
+        super()._tick(cursor, depth)
 
 
 def _strongly_connected(n: int, off: bytearray, start: list[int], succ: array[int]
