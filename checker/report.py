@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from .engine import Counterexample, Result, Step
+from .engine import Counterexample, FingerprintReport, Result, Step
 
 S = TypeVar("S", bound=Hashable)
 A = TypeVar("A")
@@ -76,6 +76,7 @@ def result_json(result: Result[Any, Any], describe: DescribeStep | None = None,
             for p in result.properties
         ],
         "reductions": result.reductions or [],
+        "fingerprints": fingerprints_json(result.fingerprints),
     })
     if first is not None:
         cj = counterexample_json(first, describe)
@@ -85,6 +86,40 @@ def result_json(result: Result[Any, Any], describe: DescribeStep | None = None,
         out["counterexample_loop"] = cj["loop"]
         out["violations"] = [counterexample_json(ce, describe) for ce in result.counterexamples]
     return out
+
+
+def fingerprints_json(fp: FingerprintReport | None) -> dict[str, Any] | None:
+    """Fingerprint mode's figures (None in the exact mode)."""
+    if fp is None:
+        return None
+    return {
+        "function": fp.function,
+        "bits": fp.bits,
+        "omission_probability": fp.omission_probability,
+        "collisions_detected": fp.collisions_detected,
+        "state_store_bytes": fp.state_store_bytes,
+        "bytes_per_state": round(fp.bytes_per_state, 1),
+        "edge_store_bytes": fp.edge_store_bytes,
+        "edges": fp.edges,
+        "bytes_per_transition": round(fp.bytes_per_transition, 1),
+        "peak_frontier_states": fp.peak_frontier,
+    }
+
+
+def format_fingerprints(fp: FingerprintReport) -> list[str]:
+    how = {"process_fingerprint": "hash() within this process",
+           "fingerprint": "BLAKE2b, the same in every process"}.get(fp.function, fp.function)
+    lines = [
+        f"fingerprints: {fp.bits}-bit ({how}); "
+        f"{fp.bytes_per_state:.1f} bytes per state stored, "
+        f"{fp.bytes_per_transition:.1f} bytes per transition for the liveness graph "
+        f"({_count(fp.edges, 'edge')}); at most {fp.peak_frontier:,} states held in full "
+        "(two BFS levels)",
+        f"fingerprints: probability that a collision omitted a state: "
+        f"{fp.omission_probability:.1e} (TLC's estimate, for uniformly distributed "
+        f"fingerprints); collisions detected and resolved: {fp.collisions_detected}",
+    ]
+    return lines
 
 
 def format_counterexample(
@@ -131,6 +166,8 @@ def format_summary(result: Result[Any, Any]) -> list[str]:
         lines.append(f"reduction: {red['name']}: {red['why_sound']}")
     if not result.reductions:
         lines.append("reductions: none (every state is explored as it is)")
+    if result.fingerprints is not None:
+        lines += format_fingerprints(result.fingerprints)
     return lines
 
 

@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "deeper states were left unexplored and nothing was violated)")
     chk.add_argument("--max-seconds", type=positive_float, metavar="S",
                      help="stop after S seconds of search (exit 3 if nothing was violated)")
+    chk.add_argument("--fingerprints", action="store_true",
+                     help="store each visited state as a 64-bit fingerprint (about 30 bytes, "
+                     "not about 1 KB), as TLC does; the report gives the probability that a "
+                     "fingerprint collision omitted a state")
     chk.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
 
     sub.add_parser("bugs", help="list the bug switches, one per line")
@@ -193,7 +197,8 @@ def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write(f"peerkit check: configuration {config.name!r} ({config.description})"
                   f"{'; bugs: ' + ', '.join(bugs) if bugs else ''}"
                   f"{'; mutant: ' + args.mutant if args.mutant else ''}\n")
-    result = check(model, bounds, progress=progress, progress_interval=0.5)
+    result = check(model, bounds, progress=progress, progress_interval=0.5,
+                   fingerprints=args.fingerprints)
     if progress is not None:
         progress.done()
 

@@ -248,3 +248,20 @@ def test_a_mutant_that_breaks_the_start_fails_with_one_line() -> None:
     code, out, err = run("check", "--config", "ci", "--mutant", "sync-no-redial")
     assert code == 1 and out == ""
     assert "the established start cannot be reached" in err and len(err.splitlines()) == 1
+
+
+def test_check_fingerprints_reports_the_omission_probability() -> None:
+    code, out, _ = run("check", "--config", "race", "--fingerprints", "--json", "--no-progress")
+    assert code == 0
+    report = json.loads(out)
+    fp = report["fingerprints"]
+    assert fp["bits"] == 64 and fp["function"] == "process_fingerprint"
+    assert 0 < fp["omission_probability"] < 1e-9
+    assert fp["collisions_detected"] == 0 and fp["bytes_per_state"] > 0
+    exact = json.loads(run("check", "--config", "race", "--json", "--no-progress")[1])
+    assert exact["fingerprints"] is None
+    assert (report["distinct_states"], report["transitions"]) == (
+        exact["distinct_states"], exact["transitions"])
+    code, text, _ = run("check", "--config", "race", "--fingerprints", "--no-progress")
+    assert code == 0
+    assert "probability that a collision omitted a state" in text

@@ -273,3 +273,22 @@ def test_depth_bound(g: Graph, k: int) -> None:
     else:  # no violation among the explored states, which is no proof for the rest
         assert verdict(result, "good") in ("holds", "unknown")
 
+
+
+@settings(max_examples=120, deadline=None)
+@given(graphs(), st.booleans(), st.one_of(st.none(), st.integers(0, 14)),
+       st.one_of(st.none(), st.integers(0, 12)))
+def test_fingerprint_mode_gives_the_exact_modes_answers(
+    g: Graph, stop_at_first: bool, max_states: int | None, max_depth: int | None
+) -> None:
+    """check(fingerprints=True) agrees with the exact mode on counts, verdicts and every
+    counterexample, step for step, under any bounds."""
+    model = g.model(invariant=True, liveness=True, transition=True)
+    bounds = Bounds(stop_at_first=stop_at_first, max_states=max_states, max_depth=max_depth)
+    exact = check(model, bounds)
+    fp = check(model, bounds, fingerprints=True)
+    assert (fp.distinct_states, fp.transitions, fp.depth, fp.complete, fp.stopped_because) == (
+        exact.distinct_states, exact.transitions, exact.depth, exact.complete,
+        exact.stopped_because)
+    assert fp.properties == exact.properties
+    assert fp.counterexamples == exact.counterexamples
