@@ -32,8 +32,10 @@ Import rules: standard library and ``peerkit.checker.api`` only.
 from __future__ import annotations
 
 import gc
+import pickle
 import sys
 import time
+import zlib
 from array import array
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -142,8 +144,11 @@ class FingerprintReport:
     edge_store_bytes: int
     #: edges in that store (transitions counted by at least one liveness property)
     edges: int
-    #: the most states held in full at once (the current and the next BFS level)
+    #: the most states held in full at once (a chunk of the current BFS level and the part of
+    #: the next one not yet spilled; see _FingerprintSearch._spill)
     peak_frontier: int
+    #: the most bytes the spilled (compressed) chunks of the two levels took at once
+    peak_frontier_bytes: int
     distinct_states: int
     transitions: int
 
@@ -759,6 +764,8 @@ class TraceRebuildError(RuntimeError):
 
 #: the fingerprint table's first size (slots; it doubles whenever it is half full)
 _TABLE_START = 1 << 12
+#: next-level states held in full before they are spilled into one compressed chunk
+_SPILL_CHUNK = 2048
 
 
 class _FingerprintSearch(_Search[S, A]):
@@ -805,9 +812,17 @@ class _FingerprintSearch(_Search[S, A]):
         self.parent = array("I")
         self.table = array("I", bytes(4 * _TABLE_START))
         self.count = 0
+        # held in full: the chunk of the current level being expanded (`cur`, from state number
+        # `cur_start`) and the next level's states not yet spilled (`buf`, from `buf_start`);
+        # the rest of both levels is in `spilled` chunks (see _spill)
         self.cur_start = 0
         self.cur: list[S] = []
-        self.nxt_level: list[S] = []
+        self.buf_start = 0
+        self.buf: list[S] = []
+        self.spilled: list[bytes] = []
+        self.spill_ok = True
+        self.frontier_bytes = 0  # compressed bytes of both levels' spilled chunks
+        self.peak_frontier_bytes = 0
         self.collisions = 0
         self.peak_frontier = 0
         self.generated = 0  # initial states as generated (with duplicates)
@@ -830,14 +845,30 @@ class _FingerprintSearch(_Search[S, A]):
         return self.count
 
     def _held(self, sid: int) -> S | None:
-        """State `sid` if it is still held in full (current or next level), else None."""
+        """State `sid` if it is held in full (see __init__), else None."""
         off = sid - self.cur_start
         if 0 <= off < len(self.cur):
             return self.cur[off]
-        off -= len(self.cur)
-        if 0 <= off < len(self.nxt_level):
-            return self.nxt_level[off]
+        off = sid - self.buf_start
+        if 0 <= off < len(self.buf):
+            return self.buf[off]
         return None
+
+    def _spill(self) -> None:
+        """Move the next level's held states into a compressed chunk (pickle, then zlib at its
+        fastest level): about 20 bytes a peering state instead of about 800. The bytes never
+        leave this process. A state that cannot be pickled turns spilling off for the search."""
+        if self.spill_ok:
+            try:
+                data = zlib.compress(pickle.dumps(self.buf, pickle.HIGHEST_PROTOCOL), 1)
+            except (pickle.PicklingError, TypeError, AttributeError):
+                self.spill_ok = False
+                return
+            self.spilled.append(data)
+            self.frontier_bytes += len(data)
+            self.peak_frontier_bytes = max(self.peak_frontier_bytes, self.frontier_bytes)
+            self.buf_start += len(self.buf)
+            self.buf = []
 
     def _state_at(self, sid: int) -> S:
         state = self._held(sid)
@@ -943,6 +974,7 @@ class _FingerprintSearch(_Search[S, A]):
             edge_store_bytes=edges,
             edges=len(self.e_src),
             peak_frontier=self.peak_frontier,
+            peak_frontier_bytes=self.peak_frontier_bytes,
             distinct_states=self.count,
             transitions=self.transitions,
         )
@@ -989,7 +1021,7 @@ class _FingerprintSearch(_Search[S, A]):
 
     # -- the search --------------------------------------------------------------------------
     def _seed(self) -> None:
-        level = self.cur
+        level = self.buf
         for concrete in self.model.initial_states():
             state = self._canonical(concrete)
             self.generated += 1
@@ -1021,84 +1053,107 @@ class _FingerprintSearch(_Search[S, A]):
         transitions = 0
         depth = 0
         add = self._add
+        chunk_size = _SPILL_CHUNK
+        loads, decompress = pickle.loads, zlib.decompress
+        level_start = 0
+        chunks: list[bytes | list[S]] = [*self.spilled, self.buf]
+        self.spilled, self.buf, self.buf_start = [], [], self.count
         try:
-            while self.cur:
+            while self.count > level_start:
                 if max_depth is not None and depth >= max_depth:
                     raise _Stop(f"depth bound {max_depth} reached")
-                cur = self.cur
-                cur_start = self.cur_start
-                next_start = cur_start + len(cur)
-                level: list[S] = []
-                self.nxt_level = level
-                for offset, state in enumerate(cur):
-                    sid = cur_start + offset
-                    for action, concrete in successors(state):
-                        nxt = canonical(concrete) if canonical is not None else concrete
-                        transitions += 1
-                        fp = fp_of(nxt) & MASK64
-                        # inline probe of the table (see _lookup)
-                        table = self.table
-                        mask = len(table) - 1
-                        h = fp & mask
-                        while True:
-                            slot = table[h]
-                            if not slot:
-                                nid = -1
-                                break
-                            nid = slot - 1
-                            if fps[nid] == fp:
-                                if nid < cur_start:
+                level = self.buf
+                buf_start = self.buf_start
+                cur_start = level_start
+                for i, chunk in enumerate(chunks):
+                    chunks[i] = []  # let it go once expanded
+                    if isinstance(chunk, bytes):
+                        self.frontier_bytes -= len(chunk)
+                        cur: list[S] = loads(decompress(chunk))
+                    else:
+                        cur = chunk
+                    self.cur, self.cur_start = cur, cur_start
+                    cur_end = cur_start + len(cur)
+                    for offset, state in enumerate(cur):
+                        sid = cur_start + offset
+                        for action, concrete in successors(state):
+                            nxt = canonical(concrete) if canonical is not None else concrete
+                            transitions += 1
+                            fp = fp_of(nxt) & MASK64
+                            # inline probe of the table (see _lookup)
+                            table = self.table
+                            mask = len(table) - 1
+                            h = fp & mask
+                            while True:
+                                slot = table[h]
+                                if not slot:
+                                    nid = -1
                                     break
-                                held = (cur[nid - cur_start] if nid < next_start
-                                        else level[nid - next_start])
-                                if held == nxt:
-                                    break
-                                self.collisions += 1
-                            h = (h + 1) & mask
-                        if nid < 0:
-                            nid = self.count
-                            if nid >= due:
-                                if nid == max_states:
-                                    raise _Stop(f"state bound {max_states} reached")
-                                clock_due = nid + _CLOCK_EVERY
-                                due = clock_due if max_states < 0 else min(clock_due, max_states)
-                                self.transitions = transitions
-                                self._tick(sid + 1, depth + 1)
-                            add(h, fp, sid, nxt, level)
-                            for holds in checks:
-                                if not holds(nxt):
+                                nid = slot - 1
+                                if fps[nid] == fp:
+                                    if cur_start <= nid < cur_end:
+                                        held = cur[nid - cur_start]
+                                    elif nid >= buf_start:
+                                        held = level[nid - buf_start]
+                                    else:
+                                        break  # known by its fingerprint only
+                                    if held == nxt:
+                                        break
+                                    self.collisions += 1
+                                h = (h + 1) & mask
+                            if nid < 0:
+                                nid = self.count
+                                if nid >= due:
+                                    if nid == max_states:
+                                        raise _Stop(f"state bound {max_states} reached")
+                                    clock_due = nid + _CLOCK_EVERY
+                                    due = (clock_due if max_states < 0
+                                           else min(clock_due, max_states))
                                     self.transitions = transitions
-                                    self._state_failed(nid)
-                        for pid, tholds in tinvs:
-                            if not tholds(state, action, concrete) and pid not in violated:
-                                self.transitions = transitions
-                                self._transition_violation(pid, sid, action, concrete)
-                        if live:
-                            bits = 0
-                            for counts, bit in live:
-                                if counts(action):
-                                    bits |= bit
-                            if bits:
-                                e_src.append(sid)
-                                e_dst.append(nid)
-                                e_mask.append(bits)
-                                if e_lab is not None:
-                                    aid = action_ids.get(action)
-                                    if aid is None:
-                                        aid = action_ids[action] = len(action_ids)
-                                    e_lab.append(aid)
+                                    self._tick(sid + 1, depth + 1)
+                                add(h, fp, sid, nxt, level)
+                                for holds in checks:
+                                    if not holds(nxt):
+                                        self.transitions = transitions
+                                        self._state_failed(nid)
+                                if len(level) >= chunk_size:
+                                    if len(cur) + len(level) > self.peak_frontier:
+                                        self.peak_frontier = len(cur) + len(level)
+                                    self._spill()
+                                    level, buf_start = self.buf, self.buf_start
+                            for pid, tholds in tinvs:
+                                if not tholds(state, action, concrete) and pid not in violated:
+                                    self.transitions = transitions
+                                    self._transition_violation(pid, sid, action, concrete)
+                            if live:
+                                bits = 0
+                                for counts, bit in live:
+                                    if counts(action):
+                                        bits |= bit
+                                if bits:
+                                    e_src.append(sid)
+                                    e_dst.append(nid)
+                                    e_mask.append(bits)
+                                    if e_lab is not None:
+                                        aid = action_ids.get(action)
+                                        if aid is None:
+                                            aid = action_ids[action] = len(action_ids)
+                                        e_lab.append(aid)
                     if len(cur) + len(level) > self.peak_frontier:
                         self.peak_frontier = len(cur) + len(level)
-                self.cur_start = next_start
-                self.cur = level
-                self.nxt_level = []
+                    cur_start = cur_end
+                # the next level becomes the current one
+                level_start = cur_start
+                chunks = [*self.spilled, level]
+                self.spilled, self.buf, self.buf_start = [], [], self.count
+                self.cur = []
                 depth += 1
         finally:
             self.transitions = transitions
 
     def _tick(self, cursor: int, depth: int) -> None:
-        if len(self.cur) + len(self.nxt_level) > self.peak_frontier:
-            self.peak_frontier = len(self.cur) + len(self.nxt_level)
+        if len(self.cur) + len(self.buf) > self.peak_frontier:
+            self.peak_frontier = len(self.cur) + len(self.buf)
         super()._tick(cursor, depth)
 
 

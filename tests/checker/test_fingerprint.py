@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from peerkit.checker.api import Invariant, Liveness, StepModel, TransitionInvariant
+from peerkit.checker import engine
 from peerkit.checker.engine import Bounds, Result, check, replay
 from peerkit.checker.fingerprint import (
     canonical_text,
@@ -94,6 +95,38 @@ def test_fingerprint_mode_equals_exact_mode(
     assert info.omission_probability == omission_probability(result.distinct_states, generated)
     for ce in result.counterexamples:
         replay(model, ce.initial, [*ce.actions, *(s.action for s in ce.loop)])
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("bounds", [Bounds(), Bounds(stop_at_first=False), Bounds(max_states=40)],
+                         ids=["first", "all", "max40"])
+def test_spilled_levels_change_nothing(
+    name: str, bounds: Bounds, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a spill chunk of 3 states, every level but the smallest lives in compressed chunks
+    between its discovery and its expansion; the answers must not change."""
+    monkeypatch.setattr(engine, "_SPILL_CHUNK", 3)
+    model = MODELS[name]()
+    result = check(model, bounds, fingerprints=True)
+    _same(check(model, bounds), result)
+    assert result.fingerprints is not None
+    assert result.fingerprints.peak_frontier <= 6
+    if result.distinct_states > 20:
+        assert result.fingerprints.peak_frontier_bytes > 0
+
+
+def test_states_that_cannot_be_pickled_stay_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "_SPILL_CHUNK", 2)
+    cls = type("Unpicklable", (tuple,), {"__module__": __name__})  # no such module attribute
+    model = StepModel(
+        name="unpicklable",
+        initial=lambda: [cls((0, 0))],
+        enabled=lambda s: [i for i in range(2) if s[i] < 3],
+        step=lambda s, i: cls((*s[:i], s[i] + 1, *s[i + 1:])),
+    )
+    result = check(model, fingerprints=True)
+    assert result.distinct_states == 16 and result.complete
+    assert result.fingerprints is not None and result.fingerprints.peak_frontier_bytes == 0
 
 
 def test_the_weak_ring_finds_what_it_should() -> None:
