@@ -26,7 +26,13 @@ in which every action enabled in all of its states is taken on some edge inside 
 can go round that component for ever. If the search was cut short by a bound, liveness is
 reported as unknown rather than guessed.
 
-Import rules: standard library and ``peerkit.checker.api`` only.
+Fingerprint mode (``check(..., fingerprints=True)``, `_FingerprintSearch`) keeps the same
+search order and decisions but stores a visited state as a 64-bit fingerprint with its parent's
+number, holds only a chunk of the current and of the next level as state objects, and rebuilds a
+counterexample by re-running the model along the parent chain; see that class for what a
+fingerprint collision does and `fingerprint.py` for the fingerprint functions.
+
+Import rules: standard library, ``peerkit.checker.api`` and ``peerkit.checker.fingerprint`` only.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from peerkit.checker.api import Invariant, Liveness, StepModel, TransitionInvariant
 from peerkit.checker import engine
+from peerkit.checker.api import Invariant, Liveness, StepModel, TransitionInvariant
 from peerkit.checker.engine import Bounds, Result, check, replay
 from peerkit.checker.fingerprint import (
     canonical_text,
