@@ -589,14 +589,14 @@ class _Search(Generic[S, A]):
         for prop, (src, dst), lab in self._property_edges():
             if prop.id in self.violated:
                 continue
-            # reverse adjacency in CSR form
-            counts = [0] * (n + 1)
+            # reverse adjacency in CSR form (arrays, not lists: 8 bytes a state, not ~40)
+            counts = array("q", bytes(8 * (n + 1)))
             for d in dst:
                 counts[d + 1] += 1
             for i in range(n):
                 counts[i + 1] += counts[i]
-            fill = counts[:-1].copy()
-            rev = array("q", bytes(8 * len(dst)))
+            fill = counts[:-1]
+            rev = array(src.typecode, bytes(src.itemsize * len(dst)))
             for s, d in zip(src, dst, strict=True):
                 rev[fill[d]] = s
                 fill[d] += 1
@@ -611,6 +611,7 @@ class _Search(Generic[S, A]):
                     if not good[s]:
                         good[s] = 1
                         stack.append(s)
+            del counts, fill, rev  # not needed below: free them before the fairness search
             bad = good.find(0)
             if bad < 0:
                 if lab is not None:
@@ -636,31 +637,63 @@ class _Search(Generic[S, A]):
         for i in self._target_ids(prop):
             off[i] = 1
         # forward adjacency over edges between non-target states, in CSR form
-        start = [0] * (n + 1)
+        start = array("q", bytes(8 * (n + 1)))
         for s_, d_ in zip(src, dst, strict=True):
             if not off[s_] and not off[d_]:
                 start[s_ + 1] += 1
         for i in range(n):
             start[i + 1] += start[i]
-        fill = start[:-1].copy()
-        succ = array("q", bytes(8 * start[n]))
+        fill = start[:-1]
+        succ = array(src.typecode, bytes(src.itemsize * start[n]))
         succ_lab = array("i", bytes(4 * start[n]))
         for s_, d_, a_ in zip(src, dst, lab, strict=True):
             if not off[s_] and not off[d_]:
                 succ[fill[s_]] = d_
                 succ_lab[fill[s_]] = a_
                 fill[s_] += 1
+        del fill
         comp = _strongly_connected(n, off, start, succ)
-        # the actions enabled in each state (all its counted edges, wherever they lead)
-        enabled: dict[int, set[int]] = {}
+        # The actions enabled in each state (all its counted edges, wherever they lead) and the
+        # members of each component, both in CSR form: arrays rather than a set per state and a
+        # list per component, so the decision needs tens of bytes a state, not hundreds.
+        out_start = array("q", bytes(8 * (n + 1)))
+        for s_ in src:
+            if not off[s_]:
+                out_start[s_ + 1] += 1
+        for i in range(n):
+            out_start[i + 1] += out_start[i]
+        out_lab = array("i", bytes(4 * out_start[n]))
+        fill = out_start[:-1]
         for s_, a_ in zip(src, lab, strict=True):
             if not off[s_]:
-                enabled.setdefault(s_, set()).add(a_)
-        members: dict[int, list[int]] = {}
+                out_lab[fill[s_]] = a_
+                fill[s_] += 1
+        del fill
+
+        def enabled(v: int) -> set[int]:
+            return set(out_lab[out_start[v]:out_start[v + 1]])
+
+        ncomp = max(comp, default=-1) + 1
+        m_start = array("q", bytes(8 * (ncomp + 1)))
+        order = array("q")  # components in order of their smallest state
         for i in range(n):
             if not off[i]:
-                members.setdefault(comp[i], []).append(i)
-        for cid, nodes in sorted(members.items(), key=lambda kv: min(kv[1])):
+                c = comp[i]
+                if not m_start[c + 1]:
+                    order.append(c)
+                m_start[c + 1] += 1
+        for c in range(ncomp):
+            m_start[c + 1] += m_start[c]
+        by_comp = array("q", bytes(8 * m_start[ncomp]))  # each component's states, ascending
+        fill = m_start[:-1]
+        for i in range(n):
+            if not off[i]:
+                c = comp[i]
+                by_comp[fill[c]] = i
+                fill[c] += 1
+        del fill
+        for cid in order:
+            nodes = by_comp[m_start[cid]:m_start[cid + 1]]
             inside: set[int] = set()
             for v in nodes:
                 for k in range(start[v], start[v + 1]):
@@ -668,7 +701,7 @@ class _Search(Generic[S, A]):
                         inside.add(succ_lab[k])
             if not inside:
                 continue  # a single state without a self-loop: no cycle here
-            always = set.intersection(*(enabled.get(v, set()) for v in nodes))
+            always = set.intersection(*(enabled(v) for v in nodes))
             if not always <= inside:
                 continue  # some step enabled throughout is never taken: every cycle is unfair
             entry = min(nodes)  # discovered first, so the shortest path leads to it
@@ -686,7 +719,7 @@ class _Search(Generic[S, A]):
             return
 
     @staticmethod
-    def _cycle_in(entry: int, cid: int, comp: array[int], start: list[int],
+    def _cycle_in(entry: int, cid: int, comp: array[int], start: array[int],
                   succ: array[int]) -> list[int]:
         """A shortest cycle from `entry` back to itself inside component `cid` (state ids
         after `entry`, ending with `entry`)."""
@@ -1163,41 +1196,49 @@ class _FingerprintSearch(_Search[S, A]):
         super()._tick(cursor, depth)
 
 
-def _strongly_connected(n: int, off: bytearray, start: list[int], succ: array[int]
+def _strongly_connected(n: int, off: bytearray, start: array[int], succ: array[int]
                         ) -> array[int]:
     """Tarjan's algorithm, iterative: a component number for every state not `off`."""
     index = array("q", [-1]) * n
     low = array("q", [0]) * n
     comp = array("q", [-1]) * n
     on_stack = bytearray(n)
-    stack: list[int] = []
+    stack = array("q")
+    # the depth-first work stack as two arrays (state, next edge), not a list of tuples: it can
+    # grow as deep as there are states
+    work_v = array("q")
+    work_k = array("q")
     counter = 0
     ncomp = 0
     for root in range(n):
         if off[root] or index[root] >= 0:
             continue
-        work = [(root, start[root])]
+        work_v.append(root)
+        work_k.append(start[root])
         index[root] = low[root] = counter
         counter += 1
         stack.append(root)
         on_stack[root] = 1
-        while work:
-            v, k = work[-1]
+        while work_v:
+            v = work_v[-1]
+            k = work_k[-1]
             if k < start[v + 1]:
-                work[-1] = (v, k + 1)
+                work_k[-1] = k + 1
                 w = succ[k]
                 if index[w] < 0:
                     index[w] = low[w] = counter
                     counter += 1
                     stack.append(w)
                     on_stack[w] = 1
-                    work.append((w, start[w]))
+                    work_v.append(w)
+                    work_k.append(start[w])
                 elif on_stack[w] and index[w] < low[v]:
                     low[v] = index[w]
                 continue
-            work.pop()
-            if work:
-                u = work[-1][0]
+            work_v.pop()
+            work_k.pop()
+            if work_v:
+                u = work_v[-1]
                 if low[v] < low[u]:
                     low[u] = low[v]
             if low[v] == index[v]:
