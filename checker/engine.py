@@ -862,6 +862,7 @@ class _FingerprintSearch(_Search[S, A]):
         self.spill_ok = True
         self.frontier_bytes = 0  # compressed bytes of both levels' spilled chunks
         self.peak_frontier_bytes = 0
+        self.table_bytes = 0  # the table's size when it was freed (see _decide_liveness)
         self.collisions = 0
         self.peak_frontier = 0
         self.generated = 0  # initial states as generated (with duplicates)
@@ -982,12 +983,16 @@ class _FingerprintSearch(_Search[S, A]):
     def _property_edges(
         self,
     ) -> Iterable[tuple[LivenessLike[S, A], tuple[array[int], array[int]], array[int] | None]]:
-        # one property's edges at a time, so only one filtered copy exists at once
+        # one property's edges at a time, so only one filtered copy exists at once; none at all
+        # for a property that counts every stored edge (e.g. the only one)
         for prop in self.liveness:
             bit = self.live_bit[prop.id]
             src, dst = array("I"), array("I")
             lab: array[int] | None = None
-            if prop.id not in self.violated:
+            if prop.id not in self.violated and all(m & bit for m in self.e_mask):
+                src, dst = self.e_src, self.e_dst
+                lab = self.e_lab if bit & self.weak_bits else None
+            elif prop.id not in self.violated:
                 src.extend(s for s, m in zip(self.e_src, self.e_mask, strict=True) if m & bit)
                 dst.extend(d for d, m in zip(self.e_dst, self.e_mask, strict=True) if m & bit)
                 if bit & self.weak_bits and self.e_lab is not None:
@@ -997,9 +1002,22 @@ class _FingerprintSearch(_Search[S, A]):
                 lab = array("I")
             yield prop, (src, dst), lab
 
+    def _decide_liveness(self) -> None:
+        # the table only serves lookups during the search: free it before the decision's arrays
+        self.table_bytes = sys.getsizeof(self.table)
+        self.table = array("I")
+        super()._decide_liveness()
+
+    def _action_id(self, action: A) -> int:
+        aid = self.action_ids.get(action)
+        if aid is None:
+            aid = self.action_ids[action] = len(self.action_ids)
+        return aid
+
     def _fingerprint_report(self) -> FingerprintReport:
         store = (sys.getsizeof(self.fps) + sys.getsizeof(self.parent)
-                 + sys.getsizeof(self.table) + sys.getsizeof(self.target_bits))
+                 + max(sys.getsizeof(self.table), self.table_bytes)
+                 + sys.getsizeof(self.target_bits))
         edges = (sys.getsizeof(self.e_src) + sys.getsizeof(self.e_dst)
                  + sys.getsizeof(self.e_mask)
                  + (sys.getsizeof(self.e_lab) if self.e_lab is not None else 0))
@@ -1083,7 +1101,7 @@ class _FingerprintSearch(_Search[S, A]):
         tinvs = [(t.id, t.holds) for t in self.transition_invariants]
         live = [(lv.counts, self.live_bit[lv.id]) for lv in self.liveness]
         e_src, e_dst, e_mask, e_lab = self.e_src, self.e_dst, self.e_mask, self.e_lab
-        action_ids = self.action_ids
+        action_id = self._action_id
         canonical = self._canonical if self.reductions else None
         max_depth = self.bounds.max_depth
         max_states = self.bounds.max_states if self.bounds.max_states is not None else -1
@@ -1174,10 +1192,7 @@ class _FingerprintSearch(_Search[S, A]):
                                     e_dst.append(nid)
                                     e_mask.append(bits)
                                     if e_lab is not None:
-                                        aid = action_ids.get(action)
-                                        if aid is None:
-                                            aid = action_ids[action] = len(action_ids)
-                                        e_lab.append(aid)
+                                        e_lab.append(action_id(action))
                     if len(cur) + len(level) > self.peak_frontier:
                         self.peak_frontier = len(cur) + len(level)
                     cur_start = cur_end
