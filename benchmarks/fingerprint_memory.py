@@ -2,17 +2,20 @@
 
 Each measurement is a fresh process that builds the peering model for one configuration, takes
 its resident set size (VmRSS) after a garbage collection, runs one search, and reads the peak
-resident set size (VmHWM). The growth, peak minus before, is all the search allocated at its
-worst moment: the visited-state store, the liveness graph, the states held in full (all of them
-in the exact mode; the current and next BFS level in fingerprint mode) and, for a complete
-search, the liveness decision's own arrays. It is divided by the number of distinct states. The
-engine's own accounting (allocated bytes of its arrays, FingerprintReport) is reported next to
-it, split into bytes per state (fingerprint table, fingerprints, parents, target bits) and bytes
-per transition (the shared liveness edge store).
+resident set size (VmHWM), also just before the liveness decision of a complete search (so the
+search's own peak and the decision's are told apart). The growth, peak minus before, is all the
+search allocated at its worst moment: the visited-state store, the liveness graph, the states
+held in full (all of them in the exact mode; a chunk of the current and of the next BFS level in
+fingerprint mode, the rest of those levels compressed), the liveness decision's arrays and the
+allocator's slack. It is divided by the number of distinct states. The engine's own accounting
+(allocated bytes of its arrays, FingerprintReport) is reported next to it, split into bytes per
+state (fingerprint table, fingerprints, parents, target bits) and bytes per transition (the
+shared liveness edge store).
 
-Runs: `default` complete (liveness decided) in both modes, and a prefix of `deep` (the first
-N states, default 300,000; liveness then undecided) in both modes. Both modes must report the
-same states and transitions; the script fails if they do not.
+Runs: `default` complete (liveness decided) in both modes, a prefix of `deep` (the first N
+states, default 300,000; liveness then undecided) in both modes, and on request the toy
+`counters(7, 5)` (279,936 states, no liveness property, so no edge store). Both modes must
+report the same states and transitions; the script fails if they do not.
 
 It also times the two fingerprint functions per call on the states of `ci` (process_fingerprint
 is hash(); fingerprint is BLAKE2b over the canonical text, the same in every process).
@@ -50,11 +53,27 @@ def _kib(field: str) -> int:
 def worker(config: str, fingerprints: bool, max_states: int | None) -> dict[str, Any]:
     import gc
 
+    from peerkit.checker import engine
     from peerkit.checker.engine import Bounds, check
     from peerkit.model import PeeringModel, get_config
 
-    model = PeeringModel(get_config(config))
-    model.initial()
+    # the peak as the search ends and the liveness decision begins (complete searches only)
+    decide = engine._Search._decide_liveness
+    marks: dict[str, int] = {}
+
+    def wrapped(self: Any) -> None:
+        marks["search_peak"] = _kib("VmHWM")
+        decide(self)
+
+    engine._Search._decide_liveness = wrapped  # type: ignore[method-assign]
+    model: Any
+    if config == "counters":
+        from peerkit.checker.toys import counters
+
+        model = counters(7, 5)
+    else:
+        model = PeeringModel(get_config(config))
+        model.initial()
     gc.collect()
     before = _kib("VmRSS")
     started = time.perf_counter()
@@ -75,6 +94,10 @@ def worker(config: str, fingerprints: bool, max_states: int | None) -> dict[str,
         "rss_peak_growth_mib": round(growth / 2**20, 1),
         "peak_growth_bytes_per_state": round(growth / max(result.distinct_states, 1), 1),
     }
+    if "search_peak" in marks:
+        search_growth = (marks["search_peak"] - before) * 1024
+        out["search_peak_growth_bytes_per_state"] = round(
+            search_growth / max(result.distinct_states, 1), 1)
     fp = result.fingerprints
     if fp is not None:
         out.update({
@@ -82,6 +105,7 @@ def worker(config: str, fingerprints: bool, max_states: int | None) -> dict[str,
             "edge_store_bytes_per_transition": round(fp.bytes_per_transition, 1),
             "edges": fp.edges,
             "peak_frontier_states": fp.peak_frontier,
+            "peak_frontier_compressed_mib": round(fp.peak_frontier_bytes / 2**20, 1),
             "omission_probability": fp.omission_probability,
             "collisions_detected": fp.collisions_detected,
         })
@@ -140,14 +164,17 @@ def main() -> int:
     parser.add_argument("--max-states", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--deep-states", type=int, default=300_000,
                         help="how many states of `deep` to explore (default 300,000)")
-    parser.add_argument("--skip-default", action="store_true", help="measure only `deep`")
+    parser.add_argument("--runs", default="default,deep",
+                        help="comma-separated: default (complete), deep (a prefix), counters "
+                        "(the toy counters(7, 5): no liveness; default: default,deep)")
+    parser.add_argument("--json", type=Path, default=RESULTS, help="where to write the results")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.fingerprints, args.max_states)))
         return 0
 
-    runs: list[tuple[str, int | None]] = [] if args.skip_default else [("default", None)]
-    runs.append(("deep", args.deep_states))
+    runs = [(name, args.deep_states if name == "deep" else None)
+            for name in args.runs.split(",")]
     rows = []
     failed = False
     for config, limit in runs:
@@ -168,9 +195,9 @@ def main() -> int:
     print(json.dumps(cost))
     report = {"machine": machine_info(), "target_bytes_per_state": TARGET_BYTES_PER_STATE,
               "runs": rows, "fingerprint_cost": cost}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"written to {RESULTS}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written to {args.json}")
     return 1 if failed else 0
 
 

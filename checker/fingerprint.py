@@ -8,7 +8,7 @@
   them), enums (type and member name), dataclasses (type and fields) and anything else (type and
   repr). Equal states get equal fingerprints, with two harmless exceptions: ``True``/``1`` and
   ``1.0``/``1`` are equal in Python but encode differently; a state holding one where another
-  holds the other is then explored twice, which costs time and hides nothing. Cost: about 35 us
+  holds the other is then explored twice, which costs time and hides nothing. Cost: about 38 us
   for a ~600-character peering state on the 2-core benchmark machine (a C JSON encoder plus
   hashlib), about ten times `hash()`; `benchmarks/fingerprint_memory.py` measures it.
 * `process_fingerprint(state)`: ``hash(state)`` as an unsigned 64-bit number, the engine's
