@@ -278,3 +278,28 @@ def test_stable_fingerprint_tells_apart_what_differs() -> None:
 def test_process_fingerprint_is_hash_as_unsigned() -> None:
     for value in [(1, "a"), -1, ()]:
         assert process_fingerprint(value) == hash(value) % 2 ** 64
+
+
+def test_a_path_that_cannot_be_re_executed_is_a_clear_error() -> None:
+    """Re-execution needs deterministic successors: a model whose step changes between the
+    search and the rebuild (as an undetected collision on the path would look) gets
+    TraceRebuildError, never a wrong counterexample."""
+    from peerkit.checker.engine import TraceRebuildError
+
+    calls = {"n": 0}
+
+    def step(state: int, action: int) -> int:
+        calls["n"] += 1
+        # during the search (first 3 calls) the chain is 0 -> 1 -> 2 -> 3; afterwards the step
+        # from 1 leads to 10 instead, so the path to 3 cannot be walked again
+        return 10 if calls["n"] > 3 and state == 1 else state + 1
+
+    model = StepModel(
+        name="fickle",
+        initial=lambda: [0],
+        enabled=lambda s: [0] if s < 3 else [],
+        step=step,
+        invariants=(Invariant("below-3", "never 3", lambda s: s < 3),),
+    )
+    with pytest.raises(TraceRebuildError, match="fingerprint collision"):
+        check(model, fingerprints=True)
