@@ -29,8 +29,16 @@ What the driver cannot do (and why), beyond what ``abstraction`` leaves out:
   refuses at establishment would be accepted by the model and refused later, at the stream;
 * no heartbeat timeouts: the servers' timeout is set beyond any example's virtual time (the
   configuration has ``heartbeat_faults`` off), heartbeats go every 100 s;
-* no store-write failures (the model's ``HandlerWriteFails`` / ``RoutineWriteFails``, config
-  ``write_faults``): the memory store has no hook to fail one chosen write of one handler.
+
+Store-write failures (the model's ``HandlerWriteFails`` / ``RoutineWriteFails``, finding F6) are
+driven by a configuration with ``write_faults`` (``configs.WRITE_FAULTS_CONFIG``), whose machine
+has one more rule, ``write_fault``: it arms ``impl.testing.WriteFault`` so that the next store
+write of one cluster's stream handlers (an import, TerminateByID) or of its deletion routine
+fails. When the implementation meets it is the implementation's business, so the rule pins
+nothing: the first observation after the write failed requires exactly one such fault of that
+cluster among the steps since the last one (``Candidates.observe(fault=...)``). Only
+``machine_for`` with such a configuration has the rule, so the default run's example sequence
+does not depend on it.
 
 A Python gRPC server's view of a client cancel (first an end-of-stream, then the cancel) *is*
 driven: ``setup`` draws ``eof_first`` for the in-memory network, and the model runs with
@@ -57,8 +65,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition,
 
 from peerkit.impl.codec import METHOD_STREAM_RESOURCES
 from peerkit.impl.store import MemoryStore, SqliteStore, StateStore
+from peerkit.impl.testing import HANDLER_WRITES, ROUTINE_WRITES, WriteFault, running_cluster
 from peerkit.impl.testing import Cluster as ImplCluster
-from peerkit.impl.testing import running_cluster
 from peerkit.impl.transport import MemoryCall, MemoryNetwork, TransportError
 from peerkit.model import actions as A
 from peerkit.model.config import Config
@@ -66,7 +74,7 @@ from peerkit.model.machine import PeeringModel
 from peerkit.model.state import World, cluster_name
 
 from .abstraction import impl_view
-from .candidates import Candidates, Divergence
+from .candidates import Candidates, Divergence, FaultFn
 from .configs import CONFORMANCE_CONFIG
 from .coverage import EdgeKey, edge_key
 from .guest import GuestRun
@@ -124,6 +132,8 @@ class ConformanceMachine(RuleBasedStateMachine):
         self.reset_queued: set[int] = set()  # calls reset behind what is in flight
         self.diverged = False
         self.kinds: frozenset[str] = frozenset()
+        #: an armed store-write fault and which fault actions of the model it stands for
+        self.armed_write: tuple[WriteFault, FaultFn] | None = None
 
     # =========================================================================================
     # plumbing
@@ -150,8 +160,13 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     def _observe(self, what: str) -> None:
         assert self.cands is not None
+        fault: FaultFn | None = None
+        if self.armed_write is not None and self.armed_write[0].fired:
+            fault = self.armed_write[1]
+            what += " (an armed store write failed meanwhile)"
+            self.armed_write = None
         try:
-            self.cands.observe(impl_view(self.clusters), what)
+            self.cands.observe(impl_view(self.clusters), what, fault)
         except Divergence:
             self.diverged = True
             raise
@@ -410,8 +425,13 @@ class ConformanceMachine(RuleBasedStateMachine):
     def _resettable(self) -> list[MemoryCall]:
         return [c for c in self._live_calls() if c.id not in self.reset_queued]
 
+    def _spare_faults(self) -> int:
+        """The fault budget every candidate has left beyond an armed fault's share."""
+        left = min((w.budget.faults for w in self._worlds()), default=0)
+        return left - (self.armed_write is not None)
+
     @precondition(lambda self: "reset" in self.kinds and self._any_enabled(A.Reset)
-                  and bool(self._resettable()))
+                  and bool(self._resettable()) and self._spare_faults() > 0)
     @rule(i=st.integers(0, 3), overtake=st.booleans())
     def reset(self, i: int, overtake: bool = True) -> None:
         """Reset the connection of a live stream: everything in flight is dropped
@@ -548,6 +568,34 @@ async def _now() -> float:
     return trio.current_time()
 
 
+class WriteFaultMachine(ConformanceMachine):
+    """The machine for a configuration with ``write_faults``: one more rule."""
+
+    @precondition(lambda self: self.armed_write is None and self._spare_faults() > 0)
+    @rule(c=st.integers(0, 1), routine=st.booleans())
+    def write_fault(self, c: int, routine: bool) -> None:
+        """Arm a failure of cluster ``c``'s next store write by a stream handler (the model's
+        ``HandlerWriteFails`` of a stream end of ``c``) or by its deletion routine
+        (``RoutineWriteFails(c, _)``)."""
+        store = self.clusters[c].store
+        fault: FaultFn
+        if routine:
+            armed = WriteFault(store, ROUTINE_WRITES)
+
+            def fault(w: World, a: object) -> bool:
+                return isinstance(a, A.RoutineWriteFails) and a.cluster == c
+        else:
+            armed = WriteFault(store, HANDLER_WRITES)
+
+            def fault(w: World, a: object) -> bool:
+                if not isinstance(a, A.HandlerWriteFails):
+                    return False
+                st_ = next(x for x in w.streams if x.sid == a.sid)
+                return (st_.dialer if a.side == "d" else st_.acceptor) == c
+
+        self.armed_write = (armed, fault)  # nothing to observe until it fires
+
+
 STORES = ("memory", "sqlite")
 
 
@@ -561,8 +609,9 @@ def machine_for(impl_bugs: Iterable[str] = (), model_bugs: Iterable[str] = (),
     if store not in STORES:
         raise ValueError(f"store must be one of {', '.join(STORES)}, got {store!r}")
     settle_at_end = final_settle
+    base = WriteFaultMachine if config.write_faults else ConformanceMachine
 
-    class Machine(ConformanceMachine):
+    class Machine(base):  # type: ignore[valid-type,misc]
         IMPL_BUGS = frozenset(impl_bugs)
         IMPL_MUTANTS = frozenset(impl_mutants)
         MODEL_BUGS = frozenset(model_bugs)
@@ -582,8 +631,32 @@ def machine_for(impl_bugs: Iterable[str] = (), model_bugs: Iterable[str] = (),
     Machine.__name__ = Machine.__qualname__ = "Conformance" + "".join(
         "_" + b.replace("-", "_") for b in sorted(Machine.IMPL_BUGS)) + "".join(
         "_mutant_" + "".join(ch if ch.isalnum() else "_" for ch in m)
-        for m in sorted(Machine.IMPL_MUTANTS)) + ("_sqlite" if store == "sqlite" else "")
+        for m in sorted(Machine.IMPL_MUTANTS)) + ("_sqlite" if store == "sqlite" else "") + (
+        "_write_faults" if config.write_faults else "")
     return Machine
+
+
+#: one rule call of a scenario: the rule's name and its arguments
+Step = tuple[str, dict[str, object]]
+
+
+def run_scenario(steps: Iterable[Step], *, eof_first: bool = False, gap: float = 0.0,
+                 **machine: object) -> ConformanceMachine:
+    """Replay ``steps`` (rule calls) after ``setup`` (seed 0, slow pacing, ``gap`` seconds
+    between token and establishment, ``eof_first``) on ``machine_for(**machine)``, then settle;
+    returns the torn-down machine (its ``cands.covered``). A divergence propagates."""
+    m = machine_for(**machine)()  # type: ignore[arg-type]
+    try:
+        m.setup(seed=0, upstream_pacing=False, establish_after=gap, eof_first=eof_first)
+        for name, kwargs in steps:
+            getattr(m, name)(**kwargs)
+        m._settle()
+    except Divergence:
+        m.diverged = True
+        raise
+    finally:
+        m.teardown()
+    return m
 
 
 def _counter(prefix: str, numbers: Iterator[int]) -> Callable[[], str]:
