@@ -9,9 +9,9 @@ One job: keep that set, advance it, and say when it becomes empty.
   abstraction equals the observed view. Empty: a ``Divergence`` naming the nearest candidates.
 * ``close()``: time passed unobserved (a live system between an observation and an operator
   call): every state the protocol reaches from a candidate becomes a candidate.
-* ``observe(view, fault=...)``: the same, where the implementation also made one fault happen
-  on its own (a failed store write the driver armed): exactly one step of the set is such a
-  fault;
+* ``observe(view, faults=...)``: the same, where the implementation also made faults happen on
+  its own (a failed store write the driver armed, a heartbeat timeout): each is exactly one
+  step of the path;
 * ``require_settled()``: the implementation has settled (time ran far, nothing held); some
   candidate must be settled in the model's sense, or the implementation failed to do something
   the model must do.
@@ -30,7 +30,7 @@ May import: the standard library and ``peerkit.model``.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 from peerkit.model import actions as A
@@ -69,7 +69,7 @@ class ClosureTooLarge(Exception):
 
 EdgeKey = tuple[str, ...]
 KeyFn = Callable[[World, object, World], EdgeKey]
-#: which fault actions (in which world) the implementation's one unpinned fault may be
+#: which fault actions (in which world) one fault the implementation made on its own may be
 FaultFn = Callable[[World, object], bool]
 
 
@@ -165,13 +165,13 @@ class Candidates:
         self.largest_closure = max(self.largest_closure, len(seen))
         return order, parents
 
-    def observe(self, observed: View, what: str, fault: FaultFn | None = None) -> None:
-        """``fault``: the implementation made exactly one fault happen on its own since the
-        last observation (a store write failed where the driver armed it to): the matching
-        states are those reached by protocol steps, one fault action ``a`` with
-        ``fault(world, a)``, and protocol steps again."""
+    def observe(self, observed: View, what: str, faults: Sequence[FaultFn] = ()) -> None:
+        """``faults``: the implementation made these faults happen on its own since the last
+        observation (a store write failed where the driver armed it to, a handler timed out):
+        the matching states are those reached by protocol steps, then for each ``fault`` in
+        turn one fault action ``a`` with ``fault(world, a)`` and protocol steps again."""
         order, parents = self._closure()
-        if fault is not None:
+        for fault in faults:
             faulted: list[Candidate] = []
             for c in order:
                 for a in self.model.enabled(c.world):

@@ -39,6 +39,16 @@ WRITE_FAULTS_CONFIG = replace(
     "stream handler or of the deletion routine",
 )
 
+#: the in-process driver with heartbeat timeouts: ``machine_for`` gives its machine the
+#: ``heartbeat_timeout`` rule and the servers a finite heartbeat timeout
+HEARTBEAT_FAULTS_CONFIG = replace(
+    CONFORMANCE_CONFIG,
+    name="conformance-heartbeat-faults",
+    heartbeat_faults=True,
+    description=CONFORMANCE_CONFIG.description + "; a fault may be a handler's heartbeat "
+    "timeout",
+)
+
 #: the model the remote scenarios are held to: the same budgets without resets and failovers
 #: (the control service cannot cause them); a Python gRPC server may see a cancel first as EOF
 REMOTE_CONFIG = replace(

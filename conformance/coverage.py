@@ -9,6 +9,7 @@ what the model checker reaches in the same configuration:
   accepted or refused);
 * ``SendTerminated``: the handler table's teardown entry for the role;
 * ``HandlerWriteFails``: like ``Deliver`` (the message whose write fails: Response or Terminated);
+* ``HeartbeatTimeout``: the role of the end that gives up;
 * ``RoutineWriteFails``: the role and stored state of the row whose data the routine failed to
   delete;
 * ``Delete`` and ``DeleteRow``: the lifecycle table entry (role, stored state before, after);
@@ -76,6 +77,8 @@ def edge_key(w: World, action: object, after: World) -> EdgeKey:
         else:
             inp = action.how
         return (name, role, PHASE_NAMES[phase], inp, phase2)
+    if isinstance(action, A.HeartbeatTimeout):  # the end is always OPEN
+        return (name, "dialer" if action.side == "d" else "acceptor")
     if isinstance(action, A.RoutineWriteFails):
         return (name, _role(w, action.cluster, action.peer),
                 _state_name(w, action.cluster, action.peer))

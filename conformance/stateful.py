@@ -72,6 +72,7 @@ from peerkit.model import actions as A
 from peerkit.model.config import Config
 from peerkit.model.machine import PeeringModel
 from peerkit.model.state import World, cluster_name
+from peerkit.model.vocabulary import ERR_HEARTBEAT_TIMEOUT
 
 from .abstraction import impl_view
 from .candidates import Candidates, Divergence, FaultFn
@@ -88,6 +89,13 @@ S2C = "server→client"
 #: configuration leaves out (``heartbeat_faults``), so holds may last as long as they like
 HEARTBEAT_INTERVAL = 100.0
 HEARTBEAT_TIMEOUT = 1.0e9
+#: the timeout with ``heartbeat_faults`` (``HeartbeatFaultMachine``): finite, so that a handler
+#: whose inbound direction is held long enough gives up; a handler's last message is at most
+#: one interval older than a hold, so a hold shorter than ``SAFE_HOLD`` never times one out
+FAULT_HEARTBEAT_TIMEOUT = 250.0
+SAFE_HOLD = FAULT_HEARTBEAT_TIMEOUT - HEARTBEAT_INTERVAL - 10.0
+#: the call id of ``holds`` entries that stand for every stream call opened from now on
+NEW_CALLS = 0
 SETTLE_TIME = 700.0  # more than every backoff (256 s) and timeout; rate limits long refilled
 ADVANCES = (0.1, 1.0, 2.0, 5.0, 16.0, 60.0, 300.0)
 #: groups of rules; each example enables a drawn subset ("swarm testing": an example that uses
@@ -134,6 +142,8 @@ class ConformanceMachine(RuleBasedStateMachine):
         self.kinds: frozenset[str] = frozenset()
         #: an armed store-write fault and which fault actions of the model it stands for
         self.armed_write: tuple[WriteFault, FaultFn] | None = None
+        #: heartbeat timeouts the implementation made since the last observation
+        self.timeouts: list[FaultFn] = []
 
     # =========================================================================================
     # plumbing
@@ -160,13 +170,15 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     def _observe(self, what: str) -> None:
         assert self.cands is not None
-        fault: FaultFn | None = None
+        faults: list[FaultFn] = []
         if self.armed_write is not None and self.armed_write[0].fired:
-            fault = self.armed_write[1]
+            faults.append(self.armed_write[1])
             what += " (an armed store write failed meanwhile)"
             self.armed_write = None
+        faults.extend(self.timeouts)
+        self.timeouts.clear()
         try:
-            self.cands.observe(impl_view(self.clusters), what, fault)
+            self.cands.observe(impl_view(self.clusters), what, faults)
         except Divergence:
             self.diverged = True
             raise
@@ -258,7 +270,9 @@ class ConformanceMachine(RuleBasedStateMachine):
                         deletion_burst=deletion_burst, deletion_rate=deletion_rate,
                         sync_burst=sync_burst,
                         spin_limit=50, heartbeat_interval=HEARTBEAT_INTERVAL,
-                        heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                        heartbeat_timeout=(FAULT_HEARTBEAT_TIMEOUT
+                                           if self.CONFIG.heartbeat_faults
+                                           else HEARTBEAT_TIMEOUT),
                         wall_clock=lambda: 1.0e9 + trio.current_time(),
                         secret_factory=secrets,
                     ))
@@ -482,7 +496,9 @@ class ConformanceMachine(RuleBasedStateMachine):
         calls = self._live_calls()
         if not calls:
             return
-        call = calls[i % len(calls)]
+        self._hold_call(calls[i % len(calls)], direction)
+
+    def _hold_call(self, call: MemoryCall, direction: str) -> None:
         if call.is_held(direction):
             return
 
@@ -502,15 +518,31 @@ class ConformanceMachine(RuleBasedStateMachine):
         self._release_all()
         self._observe("release every held direction")
 
+    def hold_new(self, up: bool) -> None:
+        """Every stream call opened from now on starts with one direction held, before its
+        first message (a dialer's Open waits, its acceptor end stays in NEW). Not a rule: the
+        directed scenarios of the coverage test use it (``release`` and ``settle`` end it)."""
+        assert self.net is not None
+        direction = C2S if up else S2C
+        self.net.hold_new(direction)
+        self.holds[(NEW_CALLS, direction)] = self._call(_now)
+
     def _release_all(self) -> None:
         assert self.net is not None
-        calls = {c.id: c for c in self.net.streams}
+        net = self.net
+        calls = {c.id: c for c in net.streams}
         holds = list(self.holds)
         self.holds.clear()
 
         async def do() -> None:
             for call_id, direction in holds:
-                calls[call_id].release(direction)
+                if call_id == NEW_CALLS:
+                    net.release_new(direction)
+                    for call in net.streams:  # the calls opened held
+                        if call.id not in calls or call.is_held(direction):
+                            call.release(direction)
+                else:
+                    calls[call_id].release(direction)
 
         self._step(do)
 
@@ -520,6 +552,12 @@ class ConformanceMachine(RuleBasedStateMachine):
         self._advance(seconds)
 
     def _advance(self, seconds: float) -> None:
+        if self.CONFIG.heartbeat_faults and self.holds:
+            # only the ``heartbeat_timeout`` rule may let a hold last long enough to time out
+            now = self._call(_now)
+            if any(now + seconds - since >= SAFE_HOLD for since in self.holds.values()):
+                self._release_all()
+
         async def do() -> None:
             await trio.sleep(seconds)
 
@@ -596,6 +634,60 @@ class WriteFaultMachine(ConformanceMachine):
         self.armed_write = (armed, fault)  # nothing to observe until it fires
 
 
+class HeartbeatFaultMachine(ConformanceMachine):
+    """The machine for a configuration with ``heartbeat_faults``: one more rule, and the
+    servers' heartbeat timeout finite (``FAULT_HEARTBEAT_TIMEOUT``)."""
+
+    @precondition(lambda self: self._spare_faults() > 0 and bool(self._live_calls())
+                  and self._any_enabled(A.HeartbeatTimeout))
+    @rule(i=st.integers(0, 3), dialer=st.booleans())
+    def heartbeat_timeout(self, i: int, dialer: bool) -> None:
+        """Hold the direction into one end of a live stream (the dialer's or the acceptor's)
+        and let virtual time run until that end's handler gives up (the model's
+        ``HeartbeatTimeout``), or ``FAULT_HEARTBEAT_TIMEOUT`` has passed."""
+        direction = S2C if dialer else C2S
+        calls = self._live_calls()
+        call = calls[i % len(calls)]
+        acceptor = next(c for c in self.clusters if c.address == call.address)
+        cluster = next(c for c in self.clusters if (c is acceptor) != dialer)
+        # nothing else is held long enough to time out (``_advance``): release it all
+        if any(k != (call.id, direction) for k in self.holds):
+            self._release_all()
+        if call.finished:
+            return
+        self._hold_call(call, direction)
+        before = _heartbeat_ends(cluster)
+
+        async def wait() -> None:
+            end = trio.current_time() + FAULT_HEARTBEAT_TIMEOUT + 1.0
+            # small steps, so that the timeout is seen before the dialer's redial (2 s) clears
+            # it from the tracker
+            while trio.current_time() < end and not _heartbeat_ends(cluster) - before:
+                await trio.sleep(0.5)
+                await trio.testing.wait_all_tasks_blocked()
+
+        self._step(wait)
+        side = "d" if dialer else "a"
+        if _heartbeat_ends(cluster) - before:
+            def fault(w: World, a: object) -> bool:
+                return isinstance(a, A.HeartbeatTimeout) and a.side == side
+
+            self.timeouts.append(fault)
+        self._observe(f"hold {direction} of stream call #{call.id} until the "
+                      f"{'dialer' if dialer else 'acceptor'}'s heartbeat timeout")
+
+
+def _heartbeat_ends(cluster: ImplCluster) -> set[tuple[str, float]]:
+    """The (peering ID, time) of each stream end of ``cluster``'s current term that ended by a
+    heartbeat timeout and has not reconnected since."""
+    term = cluster.server.leadership
+    if term is None:
+        return set()
+    return {(pid, s.disconnect_time) for pid, s in term.tracker.all_statuses().items()
+            if s.disconnect_error_message == ERR_HEARTBEAT_TIMEOUT
+            and s.disconnect_time is not None}
+
+
 STORES = ("memory", "sqlite")
 
 
@@ -609,9 +701,10 @@ def machine_for(impl_bugs: Iterable[str] = (), model_bugs: Iterable[str] = (),
     if store not in STORES:
         raise ValueError(f"store must be one of {', '.join(STORES)}, got {store!r}")
     settle_at_end = final_settle
-    base = WriteFaultMachine if config.write_faults else ConformanceMachine
+    bases = tuple(m for on, m in ((config.write_faults, WriteFaultMachine),
+                                  (config.heartbeat_faults, HeartbeatFaultMachine)) if on)
 
-    class Machine(base):  # type: ignore[valid-type,misc]
+    class Machine(*(bases or (ConformanceMachine,))):  # type: ignore[misc]
         IMPL_BUGS = frozenset(impl_bugs)
         IMPL_MUTANTS = frozenset(impl_mutants)
         MODEL_BUGS = frozenset(model_bugs)
@@ -632,7 +725,8 @@ def machine_for(impl_bugs: Iterable[str] = (), model_bugs: Iterable[str] = (),
         "_" + b.replace("-", "_") for b in sorted(Machine.IMPL_BUGS)) + "".join(
         "_mutant_" + "".join(ch if ch.isalnum() else "_" for ch in m)
         for m in sorted(Machine.IMPL_MUTANTS)) + ("_sqlite" if store == "sqlite" else "") + (
-        "_write_faults" if config.write_faults else "")
+        "_write_faults" if config.write_faults else "") + (
+        "_heartbeat_faults" if config.heartbeat_faults else "")
     return Machine
 
 
