@@ -16,7 +16,9 @@ Rules, in the model's vocabulary (each names the model action it pins, if any):
 * network: ``hold``/``release`` one direction of a live stream (delays ``Deliver`` steps; the
   model's interleavings already contain every delay, so nothing is pinned);
 * time: ``advance`` the virtual clock (heartbeats, retries, rate limits); ``settle``: release
-  every hold, let 700 s pass, and require a settled candidate.
+  every hold, let 700 s pass, and require a settled candidate;
+* with ``write_faults`` / ``heartbeat_faults`` only: ``write_fault``, ``heartbeat_timeout``
+  (below).
 
 Every rule ends by letting the implementation run until every task is blocked at the current
 virtual time, then observing it. The scheduler seed is drawn in ``setup``, so interleavings vary,
@@ -27,8 +29,17 @@ What the driver cannot do (and why), beyond what ``abstraction`` leaves out:
 * ``Establish`` only with a fresh token of an active acceptor row, once per token: the model does
   not model ExchangeSecret (specs/model.md), so a stale token that the implementation rightly
   refuses at establishment would be accepted by the model and refused later, at the stream;
-* no heartbeat timeouts: the servers' timeout is set beyond any example's virtual time (the
-  configuration has ``heartbeat_faults`` off), heartbeats go every 100 s;
+* the first message of a new call is held only by the directed scenarios (``hold_new``, not a
+  rule: a rule would change the derandomized example sequence the bug hunts are measured on).
+
+Heartbeat timeouts (the model's ``HeartbeatTimeout``) are driven by a configuration with
+``heartbeat_faults`` (``configs.HEARTBEAT_FAULTS_CONFIG``): its servers time out after
+``FAULT_HEARTBEAT_TIMEOUT`` (250 s; heartbeats go every 100 s), its ``advance`` releases any hold
+before it could last ``SAFE_HOLD``, and its one more rule, ``heartbeat_timeout``, holds the
+direction into one end of a live stream and lets virtual time run until that end gives up, by
+the implementation's own timer; the tracker's "heartbeat timeout" disconnection tells the driver
+it did, and the observation then requires exactly one ``HeartbeatTimeout`` of that role. Without
+the flag the timeout lies beyond any example's virtual time, so holds may last as they like.
 
 Store-write failures (the model's ``HandlerWriteFails`` / ``RoutineWriteFails``, finding F6) are
 driven by a configuration with ``write_faults`` (``configs.WRITE_FAULTS_CONFIG``), whose machine
@@ -36,7 +47,7 @@ has one more rule, ``write_fault``: it arms ``impl.testing.WriteFault`` so that 
 write of one cluster's stream handlers (an import, TerminateByID) or of its deletion routine
 fails. When the implementation meets it is the implementation's business, so the rule pins
 nothing: the first observation after the write failed requires exactly one such fault of that
-cluster among the steps since the last one (``Candidates.observe(fault=...)``). Only
+cluster among the steps since the last one (``Candidates.observe(faults=...)``). Only
 ``machine_for`` with such a configuration has the rule, so the default run's example sequence
 does not depend on it.
 
