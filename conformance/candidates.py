@@ -9,6 +9,9 @@ One job: keep that set, advance it, and say when it becomes empty.
   abstraction equals the observed view. Empty: a ``Divergence`` naming the nearest candidates.
 * ``close()``: time passed unobserved (a live system between an observation and an operator
   call): every state the protocol reaches from a candidate becomes a candidate.
+* ``observe(view, faults=...)``: the same, where the implementation also made faults happen on
+  its own (a failed store write the driver armed, a heartbeat timeout): each is exactly one
+  step of the path;
 * ``require_settled()``: the implementation has settled (time ran far, nothing held); some
   candidate must be settled in the model's sense, or the implementation failed to do something
   the model must do.
@@ -27,7 +30,7 @@ May import: the standard library and ``peerkit.model``.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 from peerkit.model import actions as A
@@ -66,6 +69,8 @@ class ClosureTooLarge(Exception):
 
 EdgeKey = tuple[str, ...]
 KeyFn = Callable[[World, object, World], EdgeKey]
+#: which fault actions (in which world) one fault the implementation made on its own may be
+FaultFn = Callable[[World, object], bool]
 
 
 def _seen(c: Candidate, w: World) -> tuple[bool, ...]:
@@ -133,10 +138,12 @@ class Candidates:
         order, _parents = self._closure()
         self.states = set(order)
 
-    def _closure(self) -> tuple[list[Candidate], dict[Candidate, list[tuple[Candidate, object]]]]:
-        order: list[Candidate] = list(self.states)
+    def _closure(self, start: Iterable[Candidate] | None = None,
+                 parents: dict[Candidate, list[tuple[Candidate, object]]] | None = None,
+                 ) -> tuple[list[Candidate], dict[Candidate, list[tuple[Candidate, object]]]]:
+        order: list[Candidate] = list(self.states if start is None else start)
         seen: set[Candidate] = set(order)
-        parents: dict[Candidate, list[tuple[Candidate, object]]] = {}
+        parents = {} if parents is None else parents
         queue = deque(order)
         model = self.model
         while queue:
@@ -158,8 +165,23 @@ class Candidates:
         self.largest_closure = max(self.largest_closure, len(seen))
         return order, parents
 
-    def observe(self, observed: View, what: str) -> None:
+    def observe(self, observed: View, what: str, faults: Sequence[FaultFn] = ()) -> None:
+        """``faults``: the implementation made these faults happen on its own since the last
+        observation (a store write failed where the driver armed it to, a handler timed out):
+        the matching states are those reached by protocol steps, then for each ``fault`` in
+        turn one fault action ``a`` with ``fault(world, a)`` and protocol steps again."""
         order, parents = self._closure()
+        for fault in faults:
+            faulted: list[Candidate] = []
+            for c in order:
+                for a in self.model.enabled(c.world):
+                    if not A.is_protocol(a) and fault(c.world, a):
+                        w = self.model.step(c.world, a)
+                        n = Candidate(w, _seen(c, w))
+                        parents.setdefault(n, []).append((c, a))
+                        faulted.append(n)
+            # a fault spends its budget, so these states are none of the states before it
+            order, parents = self._closure(dict.fromkeys(faulted), parents)
         matching = [c for c in order if model_view(c.world, c.zombie_seen) == observed]
         if not matching:
             raise Divergence(self._explain(what, observed, order))

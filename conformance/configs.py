@@ -28,6 +28,27 @@ CONFORMANCE_CONFIG = Config(
     "4 churn, 2 resets, 2 failovers",
 )
 
+#: the in-process driver with store-write failures (finding F6): ``machine_for`` gives its
+#: machine the ``write_fault`` rule; the same budgets otherwise (2 faults: resets and failed
+#: writes share them)
+WRITE_FAULTS_CONFIG = replace(
+    CONFORMANCE_CONFIG,
+    name="conformance-write-faults",
+    write_faults=True,
+    description=CONFORMANCE_CONFIG.description + "; a fault may be a failed store write of a "
+    "stream handler or of the deletion routine",
+)
+
+#: the in-process driver with heartbeat timeouts: ``machine_for`` gives its machine the
+#: ``heartbeat_timeout`` rule and the servers a finite heartbeat timeout
+HEARTBEAT_FAULTS_CONFIG = replace(
+    CONFORMANCE_CONFIG,
+    name="conformance-heartbeat-faults",
+    heartbeat_faults=True,
+    description=CONFORMANCE_CONFIG.description + "; a fault may be a handler's heartbeat "
+    "timeout",
+)
+
 #: the model the remote scenarios are held to: the same budgets without resets and failovers
 #: (the control service cannot cause them); a Python gRPC server may see a cancel first as EOF
 REMOTE_CONFIG = replace(

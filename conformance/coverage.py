@@ -8,6 +8,10 @@ what the model checker reaches in the same configuration:
   kind of message, or how the channel ended (``Open`` inputs are told apart by the phase after:
   accepted or refused);
 * ``SendTerminated``: the handler table's teardown entry for the role;
+* ``HandlerWriteFails``: like ``Deliver`` (the message whose write fails: Response or Terminated);
+* ``HeartbeatTimeout``: the role of the end that gives up;
+* ``RoutineWriteFails``: the role and stored state of the row whose data the routine failed to
+  delete;
 * ``Delete`` and ``DeleteRow``: the lifecycle table entry (role, stored state before, after);
 * every other action (including types this module does not know): its type name.
 
@@ -51,7 +55,7 @@ def _role(w: World, cluster: int, peer: int) -> str:
 
 def edge_key(w: World, action: object, after: World) -> EdgeKey:
     name = type(action).__name__
-    if isinstance(action, A.Deliver | A.SendTerminated):
+    if isinstance(action, A.Deliver | A.SendTerminated | A.HandlerWriteFails):
         st = _stream(w, action.sid)
         st2 = _stream(after, action.sid)
         if st is None:
@@ -66,13 +70,18 @@ def edge_key(w: World, action: object, after: World) -> EdgeKey:
         if isinstance(action, A.SendTerminated):
             return (name, role, PHASE_NAMES[phase], "doneCh closed", phase2)
         inbound = st.down if side == "d" else st.up  # type: ignore[attr-defined]
-        if action.how == "msg":
+        if isinstance(action, A.HandlerWriteFails) or action.how == "msg":
             inp = str(inbound.msgs[0][0])
         elif action.how == "end":
             inp = END_NAMES[inbound.end]
         else:
             inp = action.how
         return (name, role, PHASE_NAMES[phase], inp, phase2)
+    if isinstance(action, A.HeartbeatTimeout):  # the end is always OPEN
+        return (name, "dialer" if action.side == "d" else "acceptor")
+    if isinstance(action, A.RoutineWriteFails):
+        return (name, _role(w, action.cluster, action.peer),
+                _state_name(w, action.cluster, action.peer))
     if isinstance(action, A.Delete | A.DeleteRow):
         return (name, _role(w, action.cluster, action.peer),
                 _state_name(w, action.cluster, action.peer),

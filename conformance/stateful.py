@@ -16,7 +16,9 @@ Rules, in the model's vocabulary (each names the model action it pins, if any):
 * network: ``hold``/``release`` one direction of a live stream (delays ``Deliver`` steps; the
   model's interleavings already contain every delay, so nothing is pinned);
 * time: ``advance`` the virtual clock (heartbeats, retries, rate limits); ``settle``: release
-  every hold, let 700 s pass, and require a settled candidate.
+  every hold, let 700 s pass, and require a settled candidate;
+* with ``write_faults`` / ``heartbeat_faults`` only: ``write_fault``, ``heartbeat_timeout``
+  (below).
 
 Every rule ends by letting the implementation run until every task is blocked at the current
 virtual time, then observing it. The scheduler seed is drawn in ``setup``, so interleavings vary,
@@ -27,10 +29,27 @@ What the driver cannot do (and why), beyond what ``abstraction`` leaves out:
 * ``Establish`` only with a fresh token of an active acceptor row, once per token: the model does
   not model ExchangeSecret (specs/model.md), so a stale token that the implementation rightly
   refuses at establishment would be accepted by the model and refused later, at the stream;
-* no heartbeat timeouts: the servers' timeout is set beyond any example's virtual time (the
-  configuration has ``heartbeat_faults`` off), heartbeats go every 100 s;
-* no store-write failures (the model's ``HandlerWriteFails`` / ``RoutineWriteFails``, config
-  ``write_faults``): the memory store has no hook to fail one chosen write of one handler.
+* the first message of a new call is held only by the directed scenarios (``hold_new``, not a
+  rule: a rule would change the derandomized example sequence the bug hunts are measured on).
+
+Heartbeat timeouts (the model's ``HeartbeatTimeout``) are driven by a configuration with
+``heartbeat_faults`` (``configs.HEARTBEAT_FAULTS_CONFIG``): its servers time out after
+``FAULT_HEARTBEAT_TIMEOUT`` (250 s; heartbeats go every 100 s), its ``advance`` releases any hold
+before it could last ``SAFE_HOLD``, and its one more rule, ``heartbeat_timeout``, holds the
+direction into one end of a live stream and lets virtual time run until that end gives up, by
+the implementation's own timer; the tracker's "heartbeat timeout" disconnection tells the driver
+it did, and the observation then requires exactly one ``HeartbeatTimeout`` of that role. Without
+the flag the timeout lies beyond any example's virtual time, so holds may last as they like.
+
+Store-write failures (the model's ``HandlerWriteFails`` / ``RoutineWriteFails``, finding F6) are
+driven by a configuration with ``write_faults`` (``configs.WRITE_FAULTS_CONFIG``), whose machine
+has one more rule, ``write_fault``: it arms ``impl.testing.WriteFault`` so that the next store
+write of one cluster's stream handlers (an import, TerminateByID) or of its deletion routine
+fails. When the implementation meets it is the implementation's business, so the rule pins
+nothing: the first observation after the write failed requires exactly one such fault of that
+cluster among the steps since the last one (``Candidates.observe(faults=...)``). Only
+``machine_for`` with such a configuration has the rule, so the default run's example sequence
+does not depend on it.
 
 A Python gRPC server's view of a client cancel (first an end-of-stream, then the cancel) *is*
 driven: ``setup`` draws ``eof_first`` for the in-memory network, and the model runs with
@@ -57,16 +76,17 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition,
 
 from peerkit.impl.codec import METHOD_STREAM_RESOURCES
 from peerkit.impl.store import MemoryStore, SqliteStore, StateStore
+from peerkit.impl.testing import HANDLER_WRITES, ROUTINE_WRITES, WriteFault, running_cluster
 from peerkit.impl.testing import Cluster as ImplCluster
-from peerkit.impl.testing import running_cluster
 from peerkit.impl.transport import MemoryCall, MemoryNetwork, TransportError
 from peerkit.model import actions as A
 from peerkit.model.config import Config
 from peerkit.model.machine import PeeringModel
 from peerkit.model.state import World, cluster_name
+from peerkit.model.vocabulary import ERR_HEARTBEAT_TIMEOUT
 
 from .abstraction import impl_view
-from .candidates import Candidates, Divergence
+from .candidates import Candidates, Divergence, FaultFn
 from .configs import CONFORMANCE_CONFIG
 from .coverage import EdgeKey, edge_key
 from .guest import GuestRun
@@ -80,6 +100,13 @@ S2C = "server→client"
 #: configuration leaves out (``heartbeat_faults``), so holds may last as long as they like
 HEARTBEAT_INTERVAL = 100.0
 HEARTBEAT_TIMEOUT = 1.0e9
+#: the timeout with ``heartbeat_faults`` (``HeartbeatFaultMachine``): finite, so that a handler
+#: whose inbound direction is held long enough gives up; a handler's last message is at most
+#: one interval older than a hold, so a hold shorter than ``SAFE_HOLD`` never times one out
+FAULT_HEARTBEAT_TIMEOUT = 250.0
+SAFE_HOLD = FAULT_HEARTBEAT_TIMEOUT - HEARTBEAT_INTERVAL - 10.0
+#: the call id of ``holds`` entries that stand for every stream call opened from now on
+NEW_CALLS = 0
 SETTLE_TIME = 700.0  # more than every backoff (256 s) and timeout; rate limits long refilled
 ADVANCES = (0.1, 1.0, 2.0, 5.0, 16.0, 60.0, 300.0)
 #: groups of rules; each example enables a drawn subset ("swarm testing": an example that uses
@@ -124,6 +151,10 @@ class ConformanceMachine(RuleBasedStateMachine):
         self.reset_queued: set[int] = set()  # calls reset behind what is in flight
         self.diverged = False
         self.kinds: frozenset[str] = frozenset()
+        #: an armed store-write fault and which fault actions of the model it stands for
+        self.armed_write: tuple[WriteFault, FaultFn] | None = None
+        #: heartbeat timeouts the implementation made since the last observation
+        self.timeouts: list[FaultFn] = []
 
     # =========================================================================================
     # plumbing
@@ -150,8 +181,15 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     def _observe(self, what: str) -> None:
         assert self.cands is not None
+        faults: list[FaultFn] = []
+        if self.armed_write is not None and self.armed_write[0].fired:
+            faults.append(self.armed_write[1])
+            what += " (an armed store write failed meanwhile)"
+            self.armed_write = None
+        faults.extend(self.timeouts)
+        self.timeouts.clear()
         try:
-            self.cands.observe(impl_view(self.clusters), what)
+            self.cands.observe(impl_view(self.clusters), what, faults)
         except Divergence:
             self.diverged = True
             raise
@@ -243,7 +281,9 @@ class ConformanceMachine(RuleBasedStateMachine):
                         deletion_burst=deletion_burst, deletion_rate=deletion_rate,
                         sync_burst=sync_burst,
                         spin_limit=50, heartbeat_interval=HEARTBEAT_INTERVAL,
-                        heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                        heartbeat_timeout=(FAULT_HEARTBEAT_TIMEOUT
+                                           if self.CONFIG.heartbeat_faults
+                                           else HEARTBEAT_TIMEOUT),
                         wall_clock=lambda: 1.0e9 + trio.current_time(),
                         secret_factory=secrets,
                     ))
@@ -410,8 +450,13 @@ class ConformanceMachine(RuleBasedStateMachine):
     def _resettable(self) -> list[MemoryCall]:
         return [c for c in self._live_calls() if c.id not in self.reset_queued]
 
+    def _spare_faults(self) -> int:
+        """The fault budget every candidate has left beyond an armed fault's share."""
+        left = min((w.budget.faults for w in self._worlds()), default=0)
+        return left - (self.armed_write is not None)
+
     @precondition(lambda self: "reset" in self.kinds and self._any_enabled(A.Reset)
-                  and bool(self._resettable()))
+                  and bool(self._resettable()) and self._spare_faults() > 0)
     @rule(i=st.integers(0, 3), overtake=st.booleans())
     def reset(self, i: int, overtake: bool = True) -> None:
         """Reset the connection of a live stream: everything in flight is dropped
@@ -462,7 +507,9 @@ class ConformanceMachine(RuleBasedStateMachine):
         calls = self._live_calls()
         if not calls:
             return
-        call = calls[i % len(calls)]
+        self._hold_call(calls[i % len(calls)], direction)
+
+    def _hold_call(self, call: MemoryCall, direction: str) -> None:
         if call.is_held(direction):
             return
 
@@ -482,15 +529,31 @@ class ConformanceMachine(RuleBasedStateMachine):
         self._release_all()
         self._observe("release every held direction")
 
+    def hold_new(self, up: bool) -> None:
+        """Every stream call opened from now on starts with one direction held, before its
+        first message (a dialer's Open waits, its acceptor end stays in NEW). Not a rule: the
+        directed scenarios of the coverage test use it (``release`` and ``settle`` end it)."""
+        assert self.net is not None
+        direction = C2S if up else S2C
+        self.net.hold_new(direction)
+        self.holds[(NEW_CALLS, direction)] = self._call(_now)
+
     def _release_all(self) -> None:
         assert self.net is not None
-        calls = {c.id: c for c in self.net.streams}
+        net = self.net
+        calls = {c.id: c for c in net.streams}
         holds = list(self.holds)
         self.holds.clear()
 
         async def do() -> None:
             for call_id, direction in holds:
-                calls[call_id].release(direction)
+                if call_id == NEW_CALLS:
+                    net.release_new(direction)
+                    for call in net.streams:  # the calls opened held
+                        if call.id not in calls or call.is_held(direction):
+                            call.release(direction)
+                else:
+                    calls[call_id].release(direction)
 
         self._step(do)
 
@@ -500,6 +563,12 @@ class ConformanceMachine(RuleBasedStateMachine):
         self._advance(seconds)
 
     def _advance(self, seconds: float) -> None:
+        if self.CONFIG.heartbeat_faults and self.holds:
+            # only the ``heartbeat_timeout`` rule may let a hold last long enough to time out
+            now = self._call(_now)
+            if any(now + seconds - since >= SAFE_HOLD for since in self.holds.values()):
+                self._release_all()
+
         async def do() -> None:
             await trio.sleep(seconds)
 
@@ -548,6 +617,88 @@ async def _now() -> float:
     return trio.current_time()
 
 
+class WriteFaultMachine(ConformanceMachine):
+    """The machine for a configuration with ``write_faults``: one more rule."""
+
+    @precondition(lambda self: self.armed_write is None and self._spare_faults() > 0)
+    @rule(c=st.integers(0, 1), routine=st.booleans())
+    def write_fault(self, c: int, routine: bool) -> None:
+        """Arm a failure of cluster ``c``'s next store write by a stream handler (the model's
+        ``HandlerWriteFails`` of a stream end of ``c``) or by its deletion routine
+        (``RoutineWriteFails(c, _)``)."""
+        store = self.clusters[c].store
+        fault: FaultFn
+        if routine:
+            armed = WriteFault(store, ROUTINE_WRITES)
+
+            def fault(w: World, a: object) -> bool:
+                return isinstance(a, A.RoutineWriteFails) and a.cluster == c
+        else:
+            armed = WriteFault(store, HANDLER_WRITES)
+
+            def fault(w: World, a: object) -> bool:
+                if not isinstance(a, A.HandlerWriteFails):
+                    return False
+                st_ = next(x for x in w.streams if x.sid == a.sid)
+                return (st_.dialer if a.side == "d" else st_.acceptor) == c
+
+        self.armed_write = (armed, fault)  # nothing to observe until it fires
+
+
+class HeartbeatFaultMachine(ConformanceMachine):
+    """The machine for a configuration with ``heartbeat_faults``: one more rule, and the
+    servers' heartbeat timeout finite (``FAULT_HEARTBEAT_TIMEOUT``)."""
+
+    @precondition(lambda self: self._spare_faults() > 0 and bool(self._live_calls())
+                  and self._any_enabled(A.HeartbeatTimeout))
+    @rule(i=st.integers(0, 3), dialer=st.booleans())
+    def heartbeat_timeout(self, i: int, dialer: bool) -> None:
+        """Hold the direction into one end of a live stream (the dialer's or the acceptor's)
+        and let virtual time run until that end's handler gives up (the model's
+        ``HeartbeatTimeout``), or ``FAULT_HEARTBEAT_TIMEOUT`` has passed."""
+        direction = S2C if dialer else C2S
+        calls = self._live_calls()
+        call = calls[i % len(calls)]
+        acceptor = next(c for c in self.clusters if c.address == call.address)
+        cluster = next(c for c in self.clusters if (c is acceptor) != dialer)
+        # nothing else is held long enough to time out (``_advance``): release it all
+        if any(k != (call.id, direction) for k in self.holds):
+            self._release_all()
+        if call.finished:
+            return
+        self._hold_call(call, direction)
+        before = _heartbeat_ends(cluster)
+
+        async def wait() -> None:
+            end = trio.current_time() + FAULT_HEARTBEAT_TIMEOUT + 1.0
+            # small steps, so that the timeout is seen before the dialer's redial (2 s) clears
+            # it from the tracker
+            while trio.current_time() < end and not _heartbeat_ends(cluster) - before:
+                await trio.sleep(0.5)
+                await trio.testing.wait_all_tasks_blocked()
+
+        self._step(wait)
+        side = "d" if dialer else "a"
+        if _heartbeat_ends(cluster) - before:
+            def fault(w: World, a: object) -> bool:
+                return isinstance(a, A.HeartbeatTimeout) and a.side == side
+
+            self.timeouts.append(fault)
+        self._observe(f"hold {direction} of stream call #{call.id} until the "
+                      f"{'dialer' if dialer else 'acceptor'}'s heartbeat timeout")
+
+
+def _heartbeat_ends(cluster: ImplCluster) -> set[tuple[str, float]]:
+    """The (peering ID, time) of each stream end of ``cluster``'s current term that ended by a
+    heartbeat timeout and has not reconnected since."""
+    term = cluster.server.leadership
+    if term is None:
+        return set()
+    return {(pid, s.disconnect_time) for pid, s in term.tracker.all_statuses().items()
+            if s.disconnect_error_message == ERR_HEARTBEAT_TIMEOUT
+            and s.disconnect_time is not None}
+
+
 STORES = ("memory", "sqlite")
 
 
@@ -561,8 +712,10 @@ def machine_for(impl_bugs: Iterable[str] = (), model_bugs: Iterable[str] = (),
     if store not in STORES:
         raise ValueError(f"store must be one of {', '.join(STORES)}, got {store!r}")
     settle_at_end = final_settle
+    bases = tuple(m for on, m in ((config.write_faults, WriteFaultMachine),
+                                  (config.heartbeat_faults, HeartbeatFaultMachine)) if on)
 
-    class Machine(ConformanceMachine):
+    class Machine(*(bases or (ConformanceMachine,))):  # type: ignore[misc]
         IMPL_BUGS = frozenset(impl_bugs)
         IMPL_MUTANTS = frozenset(impl_mutants)
         MODEL_BUGS = frozenset(model_bugs)
@@ -582,8 +735,33 @@ def machine_for(impl_bugs: Iterable[str] = (), model_bugs: Iterable[str] = (),
     Machine.__name__ = Machine.__qualname__ = "Conformance" + "".join(
         "_" + b.replace("-", "_") for b in sorted(Machine.IMPL_BUGS)) + "".join(
         "_mutant_" + "".join(ch if ch.isalnum() else "_" for ch in m)
-        for m in sorted(Machine.IMPL_MUTANTS)) + ("_sqlite" if store == "sqlite" else "")
+        for m in sorted(Machine.IMPL_MUTANTS)) + ("_sqlite" if store == "sqlite" else "") + (
+        "_write_faults" if config.write_faults else "") + (
+        "_heartbeat_faults" if config.heartbeat_faults else "")
     return Machine
+
+
+#: one rule call of a scenario: the rule's name and its arguments
+Step = tuple[str, dict[str, object]]
+
+
+def run_scenario(steps: Iterable[Step], *, eof_first: bool = False, gap: float = 0.0,
+                 **machine: object) -> ConformanceMachine:
+    """Replay ``steps`` (rule calls) after ``setup`` (seed 0, slow pacing, ``gap`` seconds
+    between token and establishment, ``eof_first``) on ``machine_for(**machine)``, then settle;
+    returns the torn-down machine (its ``cands.covered``). A divergence propagates."""
+    m = machine_for(**machine)()  # type: ignore[arg-type]
+    try:
+        m.setup(seed=0, upstream_pacing=False, establish_after=gap, eof_first=eof_first)
+        for name, kwargs in steps:
+            getattr(m, name)(**kwargs)
+        m._settle()
+    except Divergence:
+        m.diverged = True
+        raise
+    finally:
+        m.teardown()
+    return m
 
 
 def _counter(prefix: str, numbers: Iterator[int]) -> Callable[[], str]:

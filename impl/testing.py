@@ -1,11 +1,12 @@
 """Test support for the implementation (like ``trio.testing``): peered clusters and waits.
 
 One job: build running peerkit clusters, peer them, and wait for store-visible conditions without
-sleeping, for peerkit's own tests and for anyone driving the implementation. Every wait
-here is event-driven: it re-checks a predicate each time the watched store commits a write
-(``StateStore.wait_for_change``), so it works the same under a MockClock (in-memory network) and
-with the real clock (gRPC). ``let_time_pass`` is the one deliberate sleep: under a MockClock it
-lets *virtual* time run so that a test can assert that something does NOT happen.
+sleeping, for peerkit's own tests and for anyone driving the implementation (with
+``WriteFault``, the one fault-injection hook: a store write that fails as a raft apply can).
+Every wait here is event-driven: it re-checks a predicate each time the watched store commits a
+write (``StateStore.wait_for_change``), so it works the same under a MockClock (in-memory
+network) and with the real clock (gRPC). ``let_time_pass`` is the one deliberate sleep: under a
+MockClock it lets *virtual* time run so that a test can assert that something does NOT happen.
 
 May import: the standard library, trio, ``peerkit.proto``, ``peerkit.model.vocabulary`` and the
 sibling modules of ``peerkit.impl``. Never pytest.
@@ -35,11 +36,47 @@ from .store import (
     Peering,
     Service,
     StateStore,
+    StoreError,
 )
 from .stream import ReplicationMessage, deserialize, serialize
 from .transport import BidiStream, ClientTLS, MemoryCall, MemoryNetwork, Transport
 
 ClientStream = BidiStream[ReplicationMessage, ReplicationMessage]
+
+#: the store writes a stream handler makes (an import, TerminateByID: ``impl/stream.py``) and the
+#: ones the deletion routine makes (``impl/leader.py``); no other code calls them
+HANDLER_WRITES = ("import_service_nodes", "import_delete_service", "trust_bundle_write",
+                  "peering_terminate_by_id")
+ROUTINE_WRITES = ("delete_imported_nodes", "trust_bundle_delete", "peering_delete")
+WRITE_FAULT_MESSAGE = "raft apply failed (injected write fault)"
+
+
+class WriteFault:
+    """The next call of one of ``methods`` on ``store`` fails with ``StoreError`` and writes
+    nothing, as a failed raft apply does (the model's ``HandlerWriteFails`` /
+    ``RoutineWriteFails``, finding F6); one shot: ``fired`` says whether it has. ``disarm``
+    (idempotent) puts the store's own methods back. A StoreError, not a StoreFailure: the
+    handler NACKs and goes on, as upstream does after a failed apply."""
+
+    def __init__(self, store: StateStore, methods: Sequence[str]) -> None:
+        self.store = store
+        self.methods = tuple(methods)
+        self.fired = False
+        for name in self.methods:
+            setattr(store, name, self._failing(name))
+
+    def _failing(self, name: str) -> Callable[..., Any]:
+        def fail(*args: Any, **kwargs: Any) -> Any:
+            self.disarm()
+            self.fired = True
+            raise StoreError(WRITE_FAULT_MESSAGE)
+
+        fail.__name__ = name
+        return fail
+
+    def disarm(self) -> None:
+        for name in self.methods:
+            self.store.__dict__.pop(name, None)
 
 
 @dataclass

@@ -769,6 +769,8 @@ class MemoryChannel:
         )
         net.streams.append(call)
         net.trace.append(("open", call_id, self.address, method))
+        for d in net.held_at_open:  # held before its first message (``hold_new``)
+            call.hold(d)
         self._calls.append(call)
         server._start_stream(entry, call)
         net._lot.unpark_all()
@@ -856,6 +858,8 @@ class MemoryNetwork:
             raise ValueError(f"send_window must be None or an int >= 1, got {send_window!r}")
         self.send_window = send_window
         self.streams: list[MemoryCall] = []
+        #: directions every stream call opened from now on starts with held (``hold_new``)
+        self.held_at_open: set[Direction] = set()
         self.trace: list[TraceEvent] = []
         self.closed = False
         self._listeners: dict[str, MemoryServer] = {}
@@ -866,6 +870,15 @@ class MemoryNetwork:
 
     def __repr__(self) -> str:
         return f"<MemoryNetwork: {len(self._listeners)} listening, {len(self.streams)} streams>"
+
+    def hold_new(self, direction: Direction | str) -> None:
+        """Every stream call opened from now on starts with ``direction`` held, so that even
+        its first message waits (``release_new`` stops this; each such call is released as any
+        other, with ``MemoryCall.release``)."""
+        self.held_at_open.add(_direction(direction))
+
+    def release_new(self, direction: Direction | str) -> None:
+        self.held_at_open.discard(_direction(direction))
 
     def _trace_net(self, *event: object) -> None:
         self.trace.append(event)

@@ -159,6 +159,31 @@ async def test_hold_and_release_keep_order(autojump_clock: trio.testing.MockCloc
         stop.set()
 
 
+async def test_hold_new_holds_a_call_from_its_first_message(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``hold_new``: a call opened afterwards starts held, so even its first message waits; a
+    call opened after ``release_new`` does not."""
+    network = MemoryNetwork()
+    network.hold_new(C2S)
+    recorder = _Recorder()
+    async with trio.open_nursery() as nursery:
+        client, call, stop = await _setup(network, recorder, nursery)
+        assert call.is_held(C2S) and not call.is_held(Direction.SERVER_TO_CLIENT)
+        await client.send(b"open")
+        await trio.testing.wait_all_tasks_blocked()
+        assert recorder.received == [] and call.in_flight(C2S) == [b"open"]
+        call.release(C2S)
+        await trio.testing.wait_all_tasks_blocked()
+        assert recorder.received == [b"open"]
+        stop.set()
+    network.release_new(C2S)
+    async with trio.open_nursery() as nursery:
+        _client, call, stop = await _setup(network, _Recorder(), nursery)
+        assert not call.is_held(C2S)
+        stop.set()
+
+
 async def test_hold_server_to_client_holds_the_status_too(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
