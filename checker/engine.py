@@ -494,6 +494,16 @@ class _Search(Generic[S, A]):
         return Step(candidate, nxt)
 
     # -- liveness --------------------------------------------------------------------------
+    def _target_flags(self, prop: LivenessLike[S, A]) -> bytearray:
+        """1 for each state (by number) that is one of `prop`'s targets. A search that keeps
+        its states elsewhere (checker/parallel.py) overrides this and reuses the rest."""
+        flags = bytearray(len(self.states))
+        target = prop.target
+        for i, st in enumerate(self.states):
+            if target(st):
+                flags[i] = 1
+        return flags
+
     def _decide_liveness(self) -> None:
         n = len(self.states)
         for prop, (src, dst), lab in zip(self.liveness, self.edges, self.labels, strict=True):
@@ -510,10 +520,8 @@ class _Search(Generic[S, A]):
             for s, d in zip(src, dst, strict=True):
                 rev[fill[d]] = s
                 fill[d] += 1
-            good = bytearray(n)
-            stack = [i for i, st in enumerate(self.states) if prop.target(st)]
-            for i in stack:
-                good[i] = 1
+            good = self._target_flags(prop)
+            stack = [i for i in range(n) if good[i]]
             while stack:
                 d = stack.pop()
                 for k in range(counts[d], counts[d + 1]):
@@ -542,11 +550,7 @@ class _Search(Generic[S, A]):
                          lab: array[int]) -> None:
         """Look for a fair cycle that avoids the targets (see the module docstring)."""
         n = len(self.states)
-        target = prop.target
-        off = bytearray(n)  # 1: a target state, outside the graph searched here
-        for i, st in enumerate(self.states):
-            if target(st):
-                off[i] = 1
+        off = self._target_flags(prop)  # 1: a target state, outside the graph searched here
         # forward adjacency over edges between non-target states, in CSR form
         start = [0] * (n + 1)
         for s_, d_ in zip(src, dst, strict=True):
