@@ -69,6 +69,8 @@ _POS_MASK = (1 << _POS_BITS) - 1
 _MASK64 = (1 << 64) - 1
 _FNV_OFFSET = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3
+#: How many tuples a `Fingerprinter` remembers before it starts again (bounds its memory).
+_REMEMBER = 1 << 18
 
 
 def _mix(h: int) -> int:
@@ -84,16 +86,13 @@ class Fingerprinter:
     Defined on the values states are made of: tuples (named or not), ints, bools, strings, bytes,
     None, floats and frozensets (order-free); anything else by its ``repr``. Successors share most
     of their parts with their parent, so a tuple's fingerprint is remembered by identity (keeping
-    the tuple alive, so the identity cannot be reused) until `forget`: the worker forgets after
-    each parent, and fingerprints a successor for about the cost of the parts the step changed.
+    the tuple alive, so the identity cannot be reused), up to `_REMEMBER` tuples: a successor
+    costs about the parts its step changed.
     """
 
     def __init__(self) -> None:
         self._tuples: dict[int, tuple[object, int]] = {}
         self._strings: dict[str, int] = {}
-
-    def forget(self) -> None:
-        self._tuples.clear()
 
     def __call__(self, value: object) -> int:
         kind = type(value)
@@ -104,10 +103,18 @@ class Fingerprinter:
             if known is not None and known[0] is value:
                 return known[1]
             h = _FNV_OFFSET ^ len(value)
+            strings = self._strings
             for item in value:
                 kind = type(item)
-                part = item & _MASK64 if kind is int or kind is bool else self(item)
+                if kind is int or kind is bool:
+                    part = item & _MASK64
+                elif kind is str:
+                    part = strings.get(item) or self(item)
+                else:
+                    part = self(item)
                 h = ((h ^ part) * _FNV_PRIME) & _MASK64
+            if len(self._tuples) >= _REMEMBER:
+                self._tuples.clear()
             self._tuples[id(value)] = (value, h)
             return h
         if kind is str:
@@ -140,8 +147,12 @@ def fingerprint(state: object) -> int:
 class Partition(Generic[S, A]):
     """One worker's share of the search: the states it owns and its part of each round."""
 
-    def __init__(self, model_factory: Callable[[], Model[S, A]], me: int, count: int) -> None:
+    def __init__(self, model_factory: Callable[[], Model[S, A]], me: int, count: int,
+                 portable: bool = True) -> None:
         model = model_factory()
+        #: False only where every worker has this process's string-hash salt and object
+        #: addresses (forked from one parent): then Python's own hash, in C, is the fingerprint
+        self.portable = portable
         self.me = me
         self.count = count
         self.successors = model.successors
@@ -180,6 +191,8 @@ class Partition(Generic[S, A]):
     def owner(self, state: S) -> int:
         if self.count == 1:
             return 0
+        if not self.portable:
+            return _mix(hash(state) & _MASK64) % self.count
         return _mix(self.fp(state)) % self.count
 
     def seed(self, initial: list[tuple[int, S]]) -> int:
@@ -188,7 +201,6 @@ class Partition(Generic[S, A]):
                 self.index[state] = sid
                 self.frontier.append((sid, state))
                 self._targets(sid, state)
-        self.fp.forget()
         return len(self.frontier)
 
     def _targets(self, sid: int, state: S) -> None:
@@ -207,7 +219,6 @@ class Partition(Generic[S, A]):
         canonical = self.canonical
         tinvs = self.tinvs
         owner = self.owner
-        forget = self.fp.forget
         live = [prop.counts for prop in self.liveness]
         pending = self.pending
         action_ids = self.action_ids
@@ -239,7 +250,6 @@ class Partition(Generic[S, A]):
                         if aid is None:
                             aid = action_ids[action] = len(action_ids)
                         pending.append((key, o, idx, aid, mask))
-            forget()
             if position >= _POS_MASK:
                 raise ValueError(f"a state has more than {_POS_MASK} successors")
             self.expanded.append(sid)

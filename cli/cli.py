@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import io
 import json
+import functools
 import os
 import sys
 import time
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 from . import __version__, operator, replay, specgen
+from .checker import parallel
 from .argtypes import positive_float, positive_int
 from .checker.engine import Bounds, Progress, check
 from .checker.report import format_counterexample, format_summary, format_verdicts, result_json
@@ -101,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--max-seconds", type=positive_float, metavar="S",
                      help="stop after S seconds of search (exit 3 if nothing was violated)")
     chk.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
+    where = chk.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=positive_int, metavar="N",
+                       help="search with N worker processes (default: the cores there are; "
+                       "1: in this process); same states, verdicts and counterexamples")
+    where.add_argument("--cluster", metavar="ADDRESS",
+                       help="search on the workers of the Dask cluster whose scheduler is at "
+                       "ADDRESS (e.g. tcp://10.0.0.5:8786); needs peerkit[distributed]")
 
     sub.add_parser("bugs", help="list the bug switches, one per line")
     sub.add_parser("configs", help="list the named configurations")
@@ -193,7 +202,30 @@ def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write(f"peerkit check: configuration {config.name!r} ({config.description})"
                   f"{'; bugs: ' + ', '.join(bugs) if bugs else ''}"
                   f"{'; mutant: ' + args.mutant if args.mutant else ''}\n")
-    result = check(model, bounds, progress=progress, progress_interval=0.5)
+    factory = functools.partial(PeeringModel, config, bugs, mutant=args.mutant)
+    workers = args.workers if args.workers is not None else parallel.default_workers()
+    try:
+        if args.cluster is not None:
+            from .cluster import ClusterUnavailable, DaskPool
+
+            try:
+                pool = DaskPool(factory, args.cluster)
+            except ClusterUnavailable as exc:
+                err.write(f"peerkit check: {exc}\n")
+                return EXIT_USAGE
+            try:
+                result = parallel.check(factory, bounds=bounds, progress=progress,
+                                        progress_interval=0.5, pool=pool)
+            finally:
+                pool.close()
+        elif workers == 1:
+            result = check(model, bounds, progress=progress, progress_interval=0.5)
+        else:
+            result = parallel.check(factory, workers, bounds, progress=progress,
+                                    progress_interval=0.5)
+    except parallel.WorkerError as exc:
+        err.write(f"peerkit check: a worker failed: {exc}\n")
+        return EXIT_USAGE
     if progress is not None:
         progress.done()
 

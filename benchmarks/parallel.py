@@ -1,0 +1,189 @@
+"""The parallel search: states/s per core, the speed-up of workers, and Dask against Ray.
+
+Two measurements, each in interleaved rounds (every round runs every mode once, in a rotating
+order, so a burst of load from another process hurts every mode alike), with the load average
+(`os.getloadavg`) recorded before each run:
+
+* ``local``: the peering model on one configuration (``default``) with the sequential engine
+  (``engine.check``), ``parallel.check`` with 1 worker process and with 2 (``--workers``);
+* ``distributed --engine dask|ray``: ``parallel.check`` on a local cluster of two worker
+  processes of the engine, against ``--workers 2``, on one configuration. Dask and Ray are
+  installed in separate virtual environments (run this file with that environment's python):
+  the one not chosen for ``peerkit[distributed]`` has its pool here (`RayPool`).
+
+Every run checks that the state and transition counts and the verdicts equal the sequential
+engine's. Results go to benchmarks/results/parallel.json (one key per measurement).
+
+    python benchmarks/parallel.py local --config default --rounds 3
+    /path/to/dask-venv/bin/python benchmarks/parallel.py distributed --engine dask --config ci
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from machine_info import machine_info  # noqa: E402
+
+from peerkit.checker import engine, parallel  # noqa: E402
+from peerkit.model import PeeringModel, get_config  # noqa: E402
+
+RESULTS = HERE / "results" / "parallel.json"
+
+
+class RayPool:
+    """`parallel.Pool` on Ray actors, one per CPU of a local Ray instance (for the comparison)."""
+
+    def __init__(self, model_factory: Callable[[], Any], workers: int) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR")
+        remote = ray.remote(num_cpus=1)(parallel.Partition)
+        self.ray = ray
+        self.actors = [remote.remote(model_factory, me, workers, True) for me in range(workers)]
+
+    @property
+    def workers(self) -> int:
+        return len(self.actors)
+
+    def call_all(self, method: str, args: Sequence[tuple[Any, ...]]) -> list[Any]:
+        return self.ray.get([getattr(actor, method).remote(*arg)
+                             for actor, arg in zip(self.actors, args, strict=True)])
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+
+
+def outcome(result: engine.Result[Any, Any]) -> tuple[Any, ...]:
+    return (result.distinct_states, result.transitions, result.depth,
+            [(p.id, p.verdict) for p in result.properties])
+
+
+def timed(run: Callable[[], engine.Result[Any, Any]]) -> tuple[float, engine.Result[Any, Any]]:
+    started = time.perf_counter()
+    result = run()
+    return time.perf_counter() - started, result
+
+
+def rounds(modes: dict[str, Callable[[], engine.Result[Any, Any]]], count: int,
+           expected: tuple[Any, ...]) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in modes}
+    names = list(modes)
+    for r in range(count):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            load = os.getloadavg()[0]
+            seconds, result = timed(modes[name])
+            if outcome(result) != expected:
+                raise SystemExit(f"{name}: {outcome(result)[:3]} differs from the engine's "
+                                 f"{expected[:3]}")
+            runs[name].append({"seconds": round(seconds, 3), "load1": load})
+            print(f"round {r + 1} {name}: {seconds:.2f} s (load {load:.2f})", flush=True)
+    return {name: {"runs": got,
+                   "seconds_median": round(statistics.median(x["seconds"] for x in got), 3)}
+            for name, got in runs.items()}
+
+
+def save(key: str, entry: dict[str, Any]) -> None:
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    entry["machine"] = machine_info()
+    data[key] = entry
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {RESULTS} [{key}]")
+
+
+def local(config: str, count: int) -> None:
+    factory = functools.partial(PeeringModel, get_config(config))
+    reference = engine.check(factory())
+    expected = outcome(reference)
+    modes = {
+        "sequential": lambda: engine.check(factory()),
+        "workers-1": lambda: parallel.check(factory, 1),
+        "workers-2": lambda: parallel.check(factory, 2),
+    }
+    got = rounds(modes, count, expected)
+    states = reference.distinct_states
+    for name, entry in got.items():
+        cores = 2 if name == "workers-2" else 1
+        entry["states_per_second_per_core"] = round(states / entry["seconds_median"] / cores)
+    seq, one, two = (got[n]["seconds_median"] for n in ("sequential", "workers-1", "workers-2"))
+    save(f"local-{config}", {
+        "config": config, "distinct_states": states, "transitions": reference.transitions,
+        "rounds": count, "modes": got,
+        "speedup_workers2_over_workers1": round(one / two, 2),
+        "speedup_workers2_over_sequential": round(seq / two, 2),
+    })
+
+
+def distributed(which: str, config: str, count: int) -> None:
+    factory = functools.partial(PeeringModel, get_config(config))
+    reference = engine.check(factory())
+    started = time.perf_counter()
+    if which == "dask":
+        from distributed import LocalCluster
+
+        from peerkit.cluster import DaskPool
+
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+
+        def make_pool() -> Any:
+            return DaskPool(factory, cluster.scheduler_address)
+    else:
+        import ray
+
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+
+        def make_pool() -> Any:
+            return RayPool(factory, 2)
+    start_seconds = time.perf_counter() - started
+
+    def on_cluster() -> engine.Result[Any, Any]:
+        pool = make_pool()
+        try:
+            return parallel.check(factory, pool=pool)
+        finally:
+            pool.close()
+
+    got = rounds({"workers-2": lambda: parallel.check(factory, 2), which: on_cluster}, count,
+                 outcome(reference))
+    ratio = got[which]["seconds_median"] / got["workers-2"]["seconds_median"]
+    save(f"distributed-{which}-{config}", {
+        "engine": which, "config": config, "distinct_states": reference.distinct_states,
+        "rounds": count, "cluster_start_seconds": round(start_seconds, 2), "modes": got,
+        "cluster_over_workers2": round(ratio, 2),
+    })
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    loc = sub.add_parser("local")
+    loc.add_argument("--config", default="default")
+    loc.add_argument("--rounds", type=int, default=3)
+    dis = sub.add_parser("distributed")
+    dis.add_argument("--engine", choices=("dask", "ray"), required=True)
+    dis.add_argument("--config", default="ci")
+    dis.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if args.what == "local":
+        local(args.config, args.rounds)
+    else:
+        distributed(args.engine, args.config, args.rounds)
+
+
+if __name__ == "__main__":
+    main()
