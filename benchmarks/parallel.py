@@ -6,16 +6,16 @@ order, so a burst of load from another process hurts every mode alike), with the
 
 * ``local``: the peering model on one configuration (``default``) with the sequential engine
   (``engine.check``), ``parallel.check`` with 1 worker process and with 2 (``--workers``);
-* ``distributed --engine dask|ray``: ``parallel.check`` on a local cluster of two worker
-  processes of the engine, against ``--workers 2``, on one configuration. Dask and Ray are
-  installed in separate virtual environments (run this file with that environment's python):
-  the one not chosen for ``peerkit[distributed]`` has its pool here (`RayPool`).
+* ``distributed --engine dask --engine ray``: ``parallel.check`` on a local cluster of two
+  worker processes of each engine, against ``--workers 2``, on one configuration (run this file
+  with a python that has both installed; the engine not chosen for ``peerkit[distributed]``
+  has its pool here, `RayPool`). A new pool (actors) per run; the clusters start once.
 
 Every run checks that the state and transition counts and the verdicts equal the sequential
 engine's. Results go to benchmarks/results/parallel.json (one key per measurement).
 
     python benchmarks/parallel.py local --config default --rounds 3
-    /path/to/dask-venv/bin/python benchmarks/parallel.py distributed --engine dask --config ci
+    /path/to/venv/bin/python benchmarks/parallel.py distributed --engine dask --engine ray
 """
 
 from __future__ import annotations
@@ -128,43 +128,55 @@ def local(config: str, count: int) -> None:
     })
 
 
-def distributed(which: str, config: str, count: int) -> None:
+def distributed(engines: list[str], config: str, count: int) -> None:
+    """Each engine's local cluster of two workers against ``--workers 2``, interleaved."""
     factory = functools.partial(PeeringModel, get_config(config))
     reference = engine.check(factory())
-    started = time.perf_counter()
-    if which == "dask":
-        from distributed import LocalCluster
+    makers: dict[str, Callable[[], Any]] = {}
+    start_seconds: dict[str, float] = {}
+    closers: list[Callable[[], Any]] = []
+    for which in engines:
+        started = time.perf_counter()
+        if which == "dask":
+            from distributed import LocalCluster
 
-        from peerkit.cluster import DaskPool
+            from peerkit.cluster import DaskPool
 
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
+            closers.append(cluster.close)
+            address = cluster.scheduler_address
+            makers[which] = lambda address=address: DaskPool(factory, address)
+        else:
+            import ray
 
-        def make_pool() -> Any:
-            return DaskPool(factory, cluster.scheduler_address)
-    else:
-        import ray
+            ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+            closers.append(ray.shutdown)
+            makers[which] = lambda: RayPool(factory, 2)
+        start_seconds[which] = round(time.perf_counter() - started, 2)
 
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-
-        def make_pool() -> Any:
-            return RayPool(factory, 2)
-    start_seconds = time.perf_counter() - started
-
-    def on_cluster() -> engine.Result[Any, Any]:
-        pool = make_pool()
+    def on_cluster(make: Callable[[], Any]) -> engine.Result[Any, Any]:
+        pool = make()
         try:
             return parallel.check(factory, pool=pool)
         finally:
             pool.close()
 
-    got = rounds({"workers-2": lambda: parallel.check(factory, 2), which: on_cluster}, count,
-                 outcome(reference))
-    ratio = got[which]["seconds_median"] / got["workers-2"]["seconds_median"]
-    save(f"distributed-{which}-{config}", {
-        "engine": which, "config": config, "distinct_states": reference.distinct_states,
-        "rounds": count, "cluster_start_seconds": round(start_seconds, 2), "modes": got,
-        "cluster_over_workers2": round(ratio, 2),
+    modes: dict[str, Callable[[], engine.Result[Any, Any]]] = {
+        "workers-2": lambda: parallel.check(factory, 2)}
+    for which, make in makers.items():
+        modes[which] = functools.partial(on_cluster, make)
+    try:
+        got = rounds(modes, count, outcome(reference))
+    finally:
+        for close in closers:
+            close()
+    two = got["workers-2"]["seconds_median"]
+    save(f"distributed-{config}", {
+        "config": config, "distinct_states": reference.distinct_states,
+        "transitions": reference.transitions, "rounds": count,
+        "cluster_start_seconds": start_seconds, "modes": got,
+        "cluster_over_workers2": {w: round(got[w]["seconds_median"] / two, 2) for w in makers},
     })
 
 
@@ -175,14 +187,14 @@ def main() -> None:
     loc.add_argument("--config", default="default")
     loc.add_argument("--rounds", type=int, default=3)
     dis = sub.add_parser("distributed")
-    dis.add_argument("--engine", choices=("dask", "ray"), required=True)
+    dis.add_argument("--engine", choices=("dask", "ray"), action="append", required=True)
     dis.add_argument("--config", default="ci")
     dis.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if args.what == "local":
         local(args.config, args.rounds)
     else:
-        distributed(args.engine, args.config, args.rounds)
+        distributed(list(dict.fromkeys(args.engine)), args.config, args.rounds)
 
 
 if __name__ == "__main__":

@@ -44,12 +44,12 @@ standard library and the checker's own modules only.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import gc
 import heapq
 import multiprocessing
 import os
 import pickle
-import time
 import traceback
 import zlib
 from array import array
@@ -117,11 +117,11 @@ class Fingerprinter:
                 self._tuples.clear()
             self._tuples[id(value)] = (value, h)
             return h
-        if kind is str:
-            h = self._strings.get(value)  # type: ignore[arg-type]
-            if h is None:
-                h = self._strings[value] = zlib.crc32(value.encode()) | 1 << 40  # type: ignore[attr-defined]
-            return h
+        if isinstance(value, str):
+            cached = self._strings.get(value)
+            if cached is None:
+                cached = self._strings[value] = zlib.crc32(value.encode()) | 1 << 40
+            return cached
         if value is None:
             return 0x9E3779B97F4A7C15
         if isinstance(value, int):  # IntEnum and the like
@@ -402,7 +402,7 @@ class ProcessPool:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         methods = multiprocessing.get_all_start_methods()
         # fork: no need to pickle the model factory (a lambda will do) and a fast start
-        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        context: Any = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         self._conns: list[Connection] = []
         self._procs: list[Any] = []
         for me in range(workers):
@@ -438,10 +438,8 @@ class ProcessPool:
 
     def close(self) -> None:
         for conn in self._conns:
-            try:
+            with contextlib.suppress(OSError):
                 conn.send(None)
-            except OSError:
-                pass
         for proc in self._procs:
             proc.join(timeout=5)
             if proc.is_alive():
@@ -667,7 +665,7 @@ class _ParallelSearch(_Search[S, A]):
 def check(
     model_factory: Callable[[], Model[S, A]],
     workers: int | None = None,
-    bounds: Bounds = Bounds(),
+    bounds: Bounds | None = None,
     progress: ProgressCallback | None = None,
     progress_interval: float = 1.0,
     pool: Pool | None = None,
@@ -678,6 +676,8 @@ def check(
     system can, so the factory need not be picklable there; a pool on other machines needs a
     factory it can send, such as ``functools.partial`` of a module-level function).
     """
+    if bounds is None:
+        bounds = Bounds()
     if not isinstance(bounds, Bounds):
         raise TypeError(f"bounds must be a Bounds, not {type(bounds).__name__}")
     model = model_factory()

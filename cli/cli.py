@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
-import functools
 import os
 import sys
 import time
@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 from . import __version__, operator, replay, specgen
-from .checker import parallel
 from .argtypes import positive_float, positive_int
+from .checker import parallel
 from .checker.engine import Bounds, Progress, check
 from .checker.report import format_counterexample, format_summary, format_verdicts, result_json
 from .model import BUGS, CONFIGS, PeeringModel, get_config

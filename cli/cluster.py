@@ -33,10 +33,11 @@ class DaskPool:
     hash salt, so the partitions use the portable fingerprint (checker/parallel.py).
     """
 
-    def __init__(self, model_factory: Callable[[], Model[Any, Any]], address: str | Any,
+    def __init__(self, model_factory: Callable[[], Model[Any, Any]], address: Any,
                  timeout: float = 30.0) -> None:
+        """`address`: the scheduler's address, or a ``distributed.Client`` to use as it is."""
         try:
-            from distributed import Client
+            from distributed import Client  # type: ignore[import-not-found, unused-ignore]
         except ImportError as exc:
             raise ClusterUnavailable(INSTALL_HINT) from exc
         self._own_client = isinstance(address, str)

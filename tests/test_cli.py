@@ -95,6 +95,8 @@ def test_a_cut_short_search_exits_3() -> None:
     ["check", "--config", "no-such-config"],
     ["check", "--max-states", "-4"],
     ["check", "--max-seconds", "zero"],
+    ["check", "--workers", "0"],
+    ["check", "--workers", "2", "--cluster", "tcp://127.0.0.1:8786"],
     ["frobnicate"],
 ])
 def test_bad_input_is_a_usage_error(argv: list[str]) -> None:
@@ -248,3 +250,26 @@ def test_a_mutant_that_breaks_the_start_fails_with_one_line() -> None:
     code, out, err = run("check", "--config", "ci", "--mutant", "sync-no-redial")
     assert code == 1 and out == ""
     assert "the established start cannot be reached" in err and len(err.splitlines()) == 1
+
+
+def test_check_with_workers_reports_what_one_process_does() -> None:
+    def report(workers: str) -> dict[str, object]:
+        code, out, _ = run("check", "--config", "ci", "--bug", "no-reconnect", "--all",
+                           "--json", "--no-progress", "--workers", workers)
+        assert code == 1
+        data = json.loads(out)
+        del data["seconds"], data["states_per_second"]
+        return data
+
+    one = report("1")
+    assert one == report("2")
+    assert not one["ok"] and one["complete"]
+
+
+def test_check_on_a_cluster_without_dask_says_how_to_get_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if not installed
+    code, _, err = run("check", "--config", "race", "--no-progress", "--cluster",
+                       "tcp://127.0.0.1:8786")
+    assert code == 2
+    assert 'pip install "peerkit[distributed]"' in err

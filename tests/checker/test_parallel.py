@@ -21,6 +21,8 @@ import pytest
 from peerkit.checker import engine, parallel, toys
 from peerkit.model import PeeringModel, get_config
 
+UNBOUNDED = engine.Bounds()
+
 
 def outcome(result: engine.Result[Any, Any]) -> tuple[Any, ...]:
     return (
@@ -32,7 +34,7 @@ def outcome(result: engine.Result[Any, Any]) -> tuple[Any, ...]:
     )
 
 
-def same_as_engine(factory: Callable[[], Any], bounds: engine.Bounds = engine.Bounds(),
+def same_as_engine(factory: Callable[[], Any], bounds: engine.Bounds = UNBOUNDED,
                    workers: tuple[int, ...] = (2,)) -> engine.Result[Any, Any]:
     expected = engine.check(factory(), bounds)
     for count in workers:
