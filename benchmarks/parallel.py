@@ -24,6 +24,7 @@ import argparse
 import functools
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -71,10 +72,22 @@ def outcome(result: engine.Result[Any, Any]) -> tuple[Any, ...]:
             [(p.id, p.verdict) for p in result.properties])
 
 
-def timed(run: Callable[[], engine.Result[Any, Any]]) -> tuple[float, engine.Result[Any, Any]]:
+def cpu() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process, and of its ended children."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, children.ru_utime + children.ru_stime
+
+
+def timed(run: Callable[[], engine.Result[Any, Any]]
+          ) -> tuple[float, float, float, engine.Result[Any, Any]]:
+    """Wall seconds, CPU seconds here and in worker processes (ended by then), the result."""
+    mine, theirs = cpu()
     started = time.perf_counter()
     result = run()
-    return time.perf_counter() - started, result
+    wall = time.perf_counter() - started
+    mine2, theirs2 = cpu()
+    return wall, mine2 - mine, theirs2 - theirs, result
 
 
 def rounds(modes: dict[str, Callable[[], engine.Result[Any, Any]]], count: int,
@@ -85,14 +98,18 @@ def rounds(modes: dict[str, Callable[[], engine.Result[Any, Any]]], count: int,
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             load = os.getloadavg()[0]
-            seconds, result = timed(modes[name])
+            seconds, mine, theirs, result = timed(modes[name])
             if outcome(result) != expected:
                 raise SystemExit(f"{name}: {outcome(result)[:3]} differs from the engine's "
                                  f"{expected[:3]}")
-            runs[name].append({"seconds": round(seconds, 3), "load1": load})
-            print(f"round {r + 1} {name}: {seconds:.2f} s (load {load:.2f})", flush=True)
+            runs[name].append({"seconds": round(seconds, 3), "cpu_coordinator": round(mine, 3),
+                               "cpu_workers": round(theirs, 3), "load1": load})
+            print(f"round {r + 1} {name}: {seconds:.2f} s, cpu {mine:.2f} s here + "
+                  f"{theirs:.2f} s in workers (load {load:.2f})", flush=True)
     return {name: {"runs": got,
-                   "seconds_median": round(statistics.median(x["seconds"] for x in got), 3)}
+                   "seconds_median": round(statistics.median(x["seconds"] for x in got), 3),
+                   "cpu_median": round(statistics.median(
+                       x["cpu_coordinator"] + x["cpu_workers"] for x in got), 3)}
             for name, got in runs.items()}
 
 
@@ -116,15 +133,19 @@ def local(config: str, count: int) -> None:
     }
     got = rounds(modes, count, expected)
     states = reference.distinct_states
-    for name, entry in got.items():
-        cores = 2 if name == "workers-2" else 1
-        entry["states_per_second_per_core"] = round(states / entry["seconds_median"] / cores)
+    for entry in got.values():
+        # per core: per CPU second spent, over every process of the run (wall time on this
+        # shared machine says more about the other sessions than about the search)
+        entry["states_per_cpu_second"] = round(states / entry["cpu_median"])
     seq, one, two = (got[n]["seconds_median"] for n in ("sequential", "workers-1", "workers-2"))
     save(f"local-{config}", {
         "config": config, "distinct_states": states, "transitions": reference.transitions,
         "rounds": count, "modes": got,
         "speedup_workers2_over_workers1": round(one / two, 2),
         "speedup_workers2_over_sequential": round(seq / two, 2),
+        "load_note": "wall times taken while other sessions shared the 2 cores (load1 in each "
+                     "run); the kernel's autogroup scheduling shares the CPU between sessions, "
+                     "so more worker processes do not get more CPU under load",
     })
 
 
