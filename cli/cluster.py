@@ -12,6 +12,7 @@ and ``distributed``.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,12 +38,14 @@ class DaskPool:
                  timeout: float = 30.0) -> None:
         """`address`: the scheduler's address, or a ``distributed.Client`` to use as it is."""
         try:
-            from distributed import Client  # type: ignore[import-not-found, unused-ignore]
+            # untyped, and absent without the extra: reached through importlib, as Any
+            client_class: Any = importlib.import_module("distributed").Client
         except ImportError as exc:
             raise ClusterUnavailable(INSTALL_HINT) from exc
         self._own_client = isinstance(address, str)
         try:
-            self.client = Client(address, timeout=timeout) if self._own_client else address
+            self.client = (client_class(address, timeout=timeout) if self._own_client
+                           else address)
         except OSError as exc:
             raise ClusterUnavailable(f"no Dask scheduler answers at {address}: {exc}") from exc
         workers = sorted(self.client.scheduler_info()["workers"])
