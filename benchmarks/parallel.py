@@ -11,6 +11,10 @@ order, so a burst of load from another process hurts every mode alike), with the
   with a python that has both installed; the engine not chosen for ``peerkit[distributed]``
   has its pool here, `RayPool`). A new pool (actors) per run; the clusters start once.
 
+* ``split``: CPU seconds of the engine against the same search split into 1 and 2 partitions
+  run one after another in this process (`InProcessPool`): what partitioning costs in work,
+  apart from processes, pipes and parallelism.
+
 Every run checks that the state and transition counts and the verdicts equal the sequential
 engine's. Results go to benchmarks/results/parallel.json (one key per measurement).
 
@@ -201,6 +205,45 @@ def distributed(engines: list[str], config: str, count: int) -> None:
     })
 
 
+class InProcessPool:
+    """Every partition in this process, called one after another: the work of a split search
+    without any process, pipe or scheduler (its CPU seconds are the search's own cost)."""
+
+    def __init__(self, model_factory: Callable[[], Any], workers: int) -> None:
+        self.parts = [parallel.Partition(model_factory, me, workers, False)
+                      for me in range(workers)]
+
+    @property
+    def workers(self) -> int:
+        return len(self.parts)
+
+    def call_all(self, method: str, args: Sequence[tuple[Any, ...]]) -> list[Any]:
+        return [getattr(part, method)(*arg) for part, arg in zip(self.parts, args, strict=True)]
+
+    def close(self) -> None:
+        pass
+
+
+def split(config: str, count: int) -> None:
+    """CPU seconds of the engine against the same search split into 1 and 2 partitions that
+    run in this process: the extra work partitioning costs, apart from any parallelism."""
+    factory = functools.partial(PeeringModel, get_config(config))
+    reference = engine.check(factory())
+    modes = {
+        "sequential": lambda: engine.check(factory()),
+        "partitions-1": lambda: parallel.check(factory, pool=InProcessPool(factory, 1)),
+        "partitions-2": lambda: parallel.check(factory, pool=InProcessPool(factory, 2)),
+    }
+    got = rounds(modes, count, outcome(reference))
+    seq = got["sequential"]["cpu_median"]
+    save(f"split-{config}", {
+        "config": config, "distinct_states": reference.distinct_states, "rounds": count,
+        "modes": got,
+        "work_over_sequential": {m: round(got[m]["cpu_median"] / seq, 2)
+                                 for m in ("partitions-1", "partitions-2")},
+    })
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -211,9 +254,14 @@ def main() -> None:
     dis.add_argument("--engine", choices=("dask", "ray"), action="append", required=True)
     dis.add_argument("--config", default="ci")
     dis.add_argument("--rounds", type=int, default=3)
+    spl = sub.add_parser("split")
+    spl.add_argument("--config", default="ci")
+    spl.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if args.what == "local":
         local(args.config, args.rounds)
+    elif args.what == "split":
+        split(args.config, args.rounds)
     else:
         distributed(list(dict.fromkeys(args.engine)), args.config, args.rounds)
 
