@@ -105,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
     where = chk.add_mutually_exclusive_group()
     where.add_argument("--workers", type=positive_int, metavar="N",
-                       help="search with N worker processes (default: the cores there are; "
-                       "1: in this process); same states, verdicts and counterexamples")
+                       help="search with N worker processes (default: $PEERKIT_WORKERS, else "
+                       "the cores there are; 1: in this process); same states, verdicts and "
+                       "counterexamples")
     where.add_argument("--cluster", metavar="ADDRESS",
                        help="search on the workers of the Dask cluster whose scheduler is at "
                        "ADDRESS (e.g. tcp://10.0.0.5:8786); needs peerkit[distributed]")
@@ -203,7 +204,14 @@ def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                   f"{'; bugs: ' + ', '.join(bugs) if bugs else ''}"
                   f"{'; mutant: ' + args.mutant if args.mutant else ''}\n")
     factory = functools.partial(PeeringModel, config, bugs, mutant=args.mutant)
-    workers = args.workers if args.workers is not None else parallel.default_workers()
+    workers = args.workers
+    if workers is None:
+        setting = os.environ.get("PEERKIT_WORKERS", "")
+        try:
+            workers = positive_int(setting) if setting else parallel.default_workers()
+        except argparse.ArgumentTypeError as exc:
+            err.write(f"peerkit check: PEERKIT_WORKERS: {exc}\n")
+            return EXIT_USAGE
     try:
         if args.cluster is not None:
             from .cluster import ClusterUnavailable, DaskPool

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -252,7 +253,19 @@ def test_a_mutant_that_breaks_the_start_fails_with_one_line() -> None:
     assert "the established start cannot be reached" in err and len(err.splitlines()) == 1
 
 
-def test_check_with_workers_reports_what_one_process_does() -> None:
+def test_check_with_workers_reports_what_one_process_does(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from peerkit.checker import parallel
+
+    pools: list[int] = []
+    real_pool = parallel.ProcessPool
+
+    def spy(factory: Any, workers: int) -> Any:
+        pools.append(workers)
+        return real_pool(factory, workers)
+
+    monkeypatch.setattr(parallel, "ProcessPool", spy)
+
     def report(workers: str) -> dict[str, object]:
         code, out, _ = run("check", "--config", "ci", "--bug", "no-reconnect", "--all",
                            "--json", "--no-progress", "--workers", workers)
@@ -262,7 +275,9 @@ def test_check_with_workers_reports_what_one_process_does() -> None:
         return data
 
     one = report("1")
+    assert pools == []  # one process: the engine itself
     assert one == report("2")
+    assert pools == [2]
     assert not one["ok"] and one["complete"]
 
 
@@ -273,3 +288,10 @@ def test_check_on_a_cluster_without_dask_says_how_to_get_it(
                        "tcp://127.0.0.1:8786")
     assert code == 2
     assert 'pip install "peerkit[distributed]"' in err
+
+
+def test_a_bad_peerkit_workers_setting_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PEERKIT_WORKERS", "zero")
+    code, _, err = run("check", "--config", "race", "--no-progress")
+    assert code == 2
+    assert "PEERKIT_WORKERS" in err
