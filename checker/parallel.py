@@ -24,7 +24,7 @@ the counterexamples (rebuilt from parents) are the same shortest ones. The first
 the one with the smallest key; when the search stops there, the coordinator counts the states and
 steps the sequential search would have counted up to that key, so the counts agree too.
 
-The coordinator does not keep the states: it keeps each state's parent and position (12 bytes)
+The coordinator does not keep the states: it keeps each state's parent and position (16 bytes)
 and recomputes a state, when a counterexample needs it, by re-running the steps from its initial
 state (`_Replayed`). Liveness needs the whole graph: the workers keep the edges the properties
 count (with action labels) and which of their states are targets, hand them over at the end, and
@@ -360,13 +360,13 @@ class Pool(Protocol):
 
 
 def serve(conn: Connection, model_factory: Callable[[], Model[Any, Any]], me: int,
-          count: int) -> None:
+          count: int, portable: bool) -> None:
     """A worker process's loop: calls in, results (or the error's traceback) out."""
     gc.disable()  # as in the engine: states hold no cycles, and collections would walk them all
     part: Partition[Any, Any] | None = None
     failure = ""
     try:
-        part = Partition(model_factory, me, count)
+        part = Partition(model_factory, me, count, portable)
     except Exception:
         failure = traceback.format_exc()
     while True:
@@ -402,12 +402,16 @@ class ProcessPool:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         methods = multiprocessing.get_all_start_methods()
         # fork: no need to pickle the model factory (a lambda will do) and a fast start
-        context: Any = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        fork = "fork" in methods
+        context: Any = multiprocessing.get_context("fork" if fork else "spawn")
+        # forked workers share this process's string-hash salt and object addresses, so
+        # Python's own hash chooses the same owner in each; spawned ones need the portable one
         self._conns: list[Connection] = []
         self._procs: list[Any] = []
         for me in range(workers):
             mine, theirs = context.Pipe()
-            proc = context.Process(target=serve, args=(theirs, model_factory, me, workers),
+            proc = context.Process(target=serve, args=(theirs, model_factory, me, workers,
+                                                       not fork),
                                    daemon=True, name=f"peerkit-worker-{me}")
             proc.start()
             theirs.close()
