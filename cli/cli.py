@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import os
@@ -31,6 +32,7 @@ from typing import Any, TextIO, cast
 
 from . import __version__, operator, replay, specgen
 from .argtypes import positive_float, positive_int
+from .checker import parallel
 from .checker.engine import Bounds, Progress, check
 from .checker.report import format_counterexample, format_summary, format_verdicts, result_json
 from .model import BUGS, CONFIGS, PeeringModel, get_config
@@ -105,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
                      "not about 1 KB), as TLC does; the report gives the probability that a "
                      "fingerprint collision omitted a state")
     chk.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
+    where = chk.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=positive_int, metavar="N",
+                       help="search with N worker processes (default: $PEERKIT_WORKERS, else "
+                       "the cores there are; 1: in this process); same states, verdicts and "
+                       "counterexamples")
+    where.add_argument("--cluster", metavar="ADDRESS",
+                       help="search on the workers of the Dask cluster whose scheduler is at "
+                       "ADDRESS (e.g. tcp://10.0.0.5:8786); needs peerkit[distributed]")
 
     sub.add_parser("bugs", help="list the bug switches, one per line")
     sub.add_parser("configs", help="list the named configurations")
@@ -197,8 +207,46 @@ def run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write(f"peerkit check: configuration {config.name!r} ({config.description})"
                   f"{'; bugs: ' + ', '.join(bugs) if bugs else ''}"
                   f"{'; mutant: ' + args.mutant if args.mutant else ''}\n")
-    result = check(model, bounds, progress=progress, progress_interval=0.5,
-                   fingerprints=args.fingerprints)
+    factory = functools.partial(PeeringModel, config, bugs, mutant=args.mutant)
+    workers = args.workers
+    if args.fingerprints and (args.cluster is not None or (workers or 1) > 1):
+        # the parallel search keeps states exactly, partitioned by owner; fingerprints are a
+        # one-process storage mode (see checker/fingerprint.py)
+        err.write("peerkit check: --fingerprints searches in one process: it does not combine "
+                  "with --cluster or --workers above 1\n")
+        return EXIT_USAGE
+    if workers is None and args.fingerprints:
+        workers = 1
+    if workers is None:
+        setting = os.environ.get("PEERKIT_WORKERS", "")
+        try:
+            workers = positive_int(setting) if setting else parallel.default_workers()
+        except argparse.ArgumentTypeError as exc:
+            err.write(f"peerkit check: PEERKIT_WORKERS: {exc}\n")
+            return EXIT_USAGE
+    try:
+        if args.cluster is not None:
+            from .cluster import ClusterUnavailable, DaskPool
+
+            try:
+                pool = DaskPool(factory, args.cluster)
+            except ClusterUnavailable as exc:
+                err.write(f"peerkit check: {exc}\n")
+                return EXIT_USAGE
+            try:
+                result = parallel.check(factory, bounds=bounds, progress=progress,
+                                        progress_interval=0.5, pool=pool)
+            finally:
+                pool.close()
+        elif workers == 1:
+            result = check(model, bounds, progress=progress, progress_interval=0.5,
+                           fingerprints=args.fingerprints)
+        else:
+            result = parallel.check(factory, workers, bounds, progress=progress,
+                                    progress_interval=0.5)
+    except parallel.WorkerError as exc:
+        err.write(f"peerkit check: a worker failed: {exc}\n")
+        return EXIT_USAGE
     if progress is not None:
         progress.done()
 

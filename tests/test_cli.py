@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -95,6 +96,8 @@ def test_a_cut_short_search_exits_3() -> None:
     ["check", "--config", "no-such-config"],
     ["check", "--max-states", "-4"],
     ["check", "--max-seconds", "zero"],
+    ["check", "--workers", "0"],
+    ["check", "--workers", "2", "--cluster", "tcp://127.0.0.1:8786"],
     ["frobnicate"],
 ])
 def test_bad_input_is_a_usage_error(argv: list[str]) -> None:
@@ -265,3 +268,54 @@ def test_check_fingerprints_reports_the_omission_probability() -> None:
     code, text, _ = run("check", "--config", "race", "--fingerprints", "--no-progress")
     assert code == 0
     assert "probability that a collision omitted a state" in text
+
+
+def test_check_with_workers_reports_what_one_process_does(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from peerkit.checker import parallel
+
+    pools: list[int] = []
+    real_pool = parallel.ProcessPool
+
+    def spy(factory: Any, workers: int) -> Any:
+        pools.append(workers)
+        return real_pool(factory, workers)
+
+    monkeypatch.setattr(parallel, "ProcessPool", spy)
+
+    def report(workers: str) -> dict[str, object]:
+        code, out, _ = run("check", "--config", "ci", "--bug", "no-reconnect", "--all",
+                           "--json", "--no-progress", "--workers", workers)
+        assert code == 1
+        data = json.loads(out)
+        del data["seconds"], data["states_per_second"]
+        return data
+
+    one = report("1")
+    assert pools == []  # one process: the engine itself
+    assert one == report("2")
+    assert pools == [2]
+    assert not one["ok"] and one["complete"]
+
+
+def test_check_on_a_cluster_without_dask_says_how_to_get_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if not installed
+    code, _, err = run("check", "--config", "race", "--no-progress", "--cluster",
+                       "tcp://127.0.0.1:8786")
+    assert code == 2
+    assert 'pip install "peerkit[distributed]"' in err
+
+
+def test_a_bad_peerkit_workers_setting_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PEERKIT_WORKERS", "zero")
+    code, _, err = run("check", "--config", "race", "--no-progress")
+    assert code == 2
+    assert "PEERKIT_WORKERS" in err
+
+
+def test_fingerprints_do_not_combine_with_several_workers() -> None:
+    for where in (["--workers", "2"], ["--cluster", "tcp://127.0.0.1:8786"]):
+        code, _, err = run("check", "--config", "race", "--fingerprints", "--no-progress", *where)
+        assert code == 2
+        assert "--fingerprints searches in one process" in err and len(err.splitlines()) == 1

@@ -1,0 +1,270 @@
+"""The parallel search: states/s per core, the speed-up of workers, and Dask against Ray.
+
+Two measurements, each in interleaved rounds (every round runs every mode once, in a rotating
+order, so a burst of load from another process hurts every mode alike), with the load average
+(`os.getloadavg`) recorded before each run:
+
+* ``local``: the peering model on one configuration (``default``) with the sequential engine
+  (``engine.check``), ``parallel.check`` with 1 worker process and with 2 (``--workers``);
+* ``distributed --engine dask --engine ray``: ``parallel.check`` on a local cluster of two
+  worker processes of each engine, against ``--workers 2``, on one configuration (run this file
+  with a python that has both installed; the engine not chosen for ``peerkit[distributed]``
+  has its pool here, `RayPool`). A new pool (actors) per run; the clusters start once.
+
+* ``split``: CPU seconds of the engine against the same search split into 1 and 2 partitions
+  run one after another in this process (`InProcessPool`): what partitioning costs in work,
+  apart from processes, pipes and parallelism.
+
+Every run checks that the state and transition counts and the verdicts equal the sequential
+engine's. Results go to benchmarks/results/parallel.json (one key per measurement).
+
+    python benchmarks/parallel.py local --config default --rounds 3
+    /path/to/venv/bin/python benchmarks/parallel.py distributed --engine dask --engine ray
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from machine_info import machine_info  # noqa: E402
+
+from peerkit.checker import engine, parallel  # noqa: E402
+from peerkit.model import PeeringModel, get_config  # noqa: E402
+
+RESULTS = HERE / "results" / "parallel.json"
+
+
+class RayPool:
+    """`parallel.Pool` on Ray actors, one per CPU of a local Ray instance (for the comparison)."""
+
+    def __init__(self, model_factory: Callable[[], Any], workers: int) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR")
+        remote = ray.remote(num_cpus=1)(parallel.Partition)
+        self.ray = ray
+        self.actors = [remote.remote(model_factory, me, workers, True) for me in range(workers)]
+
+    @property
+    def workers(self) -> int:
+        return len(self.actors)
+
+    def call_all(self, method: str, args: Sequence[tuple[Any, ...]]) -> list[Any]:
+        return self.ray.get([getattr(actor, method).remote(*arg)
+                             for actor, arg in zip(self.actors, args, strict=True)])
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+
+
+def outcome(result: engine.Result[Any, Any]) -> tuple[Any, ...]:
+    return (result.distinct_states, result.transitions, result.depth,
+            [(p.id, p.verdict) for p in result.properties])
+
+
+def cpu() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process, and of its ended children."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, children.ru_utime + children.ru_stime
+
+
+def timed(run: Callable[[], engine.Result[Any, Any]]
+          ) -> tuple[float, float, float, engine.Result[Any, Any]]:
+    """Wall seconds, CPU seconds here and in worker processes (ended by then), the result."""
+    mine, theirs = cpu()
+    started = time.perf_counter()
+    result = run()
+    wall = time.perf_counter() - started
+    mine2, theirs2 = cpu()
+    return wall, mine2 - mine, theirs2 - theirs, result
+
+
+def rounds(modes: dict[str, Callable[[], engine.Result[Any, Any]]], count: int,
+           expected: tuple[Any, ...]) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in modes}
+    names = list(modes)
+    for r in range(count):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            load = os.getloadavg()[0]
+            seconds, mine, theirs, result = timed(modes[name])
+            if outcome(result) != expected:
+                raise SystemExit(f"{name}: {outcome(result)[:3]} differs from the engine's "
+                                 f"{expected[:3]}")
+            runs[name].append({"seconds": round(seconds, 3), "cpu_coordinator": round(mine, 3),
+                               "cpu_workers": round(theirs, 3), "load1": load})
+            print(f"round {r + 1} {name}: {seconds:.2f} s, cpu {mine:.2f} s here + "
+                  f"{theirs:.2f} s in workers (load {load:.2f})", flush=True)
+    return {name: {"runs": got,
+                   "seconds_median": round(statistics.median(x["seconds"] for x in got), 3),
+                   "cpu_median": round(statistics.median(
+                       x["cpu_coordinator"] + x["cpu_workers"] for x in got), 3)}
+            for name, got in runs.items()}
+
+
+def save(key: str, entry: dict[str, Any]) -> None:
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    entry["machine"] = machine_info()
+    data[key] = entry
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {RESULTS} [{key}]")
+
+
+def local(config: str, count: int) -> None:
+    factory = functools.partial(PeeringModel, get_config(config))
+    reference = engine.check(factory())
+    expected = outcome(reference)
+    modes = {
+        "sequential": lambda: engine.check(factory()),
+        "workers-1": lambda: parallel.check(factory, 1),
+        "workers-2": lambda: parallel.check(factory, 2),
+    }
+    got = rounds(modes, count, expected)
+    states = reference.distinct_states
+    for entry in got.values():
+        # per core: per CPU second spent, over every process of the run (wall time on this
+        # shared machine says more about the other sessions than about the search)
+        entry["states_per_cpu_second"] = round(states / entry["cpu_median"])
+    seq, one, two = (got[n]["seconds_median"] for n in ("sequential", "workers-1", "workers-2"))
+    save(f"local-{config}", {
+        "config": config, "distinct_states": states, "transitions": reference.transitions,
+        "rounds": count, "modes": got,
+        "speedup_workers2_over_workers1": round(one / two, 2),
+        "speedup_workers2_over_sequential": round(seq / two, 2),
+        "load_note": "wall times taken while other sessions shared the 2 cores (load1 in each "
+                     "run); the kernel's autogroup scheduling shares the CPU between sessions, "
+                     "so more worker processes do not get more CPU under load",
+    })
+
+
+def distributed(engines: list[str], config: str, count: int) -> None:
+    """Each engine's local cluster of two workers against ``--workers 2``, interleaved."""
+    factory = functools.partial(PeeringModel, get_config(config))
+    reference = engine.check(factory())
+    makers: dict[str, Callable[[], Any]] = {}
+    start_seconds: dict[str, float] = {}
+    closers: list[Callable[[], Any]] = []
+    for which in engines:
+        started = time.perf_counter()
+        if which == "dask":
+            from distributed import LocalCluster
+
+            from peerkit.cluster import DaskPool
+
+            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
+            closers.append(cluster.close)
+            address = cluster.scheduler_address
+            makers[which] = lambda address=address: DaskPool(factory, address)
+        else:
+            import ray
+
+            ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+            closers.append(ray.shutdown)
+            makers[which] = lambda: RayPool(factory, 2)
+        start_seconds[which] = round(time.perf_counter() - started, 2)
+
+    def on_cluster(make: Callable[[], Any]) -> engine.Result[Any, Any]:
+        pool = make()
+        try:
+            return parallel.check(factory, pool=pool)
+        finally:
+            pool.close()
+
+    modes: dict[str, Callable[[], engine.Result[Any, Any]]] = {
+        "workers-2": lambda: parallel.check(factory, 2)}
+    for which, make in makers.items():
+        modes[which] = functools.partial(on_cluster, make)
+    try:
+        got = rounds(modes, count, outcome(reference))
+    finally:
+        for close in closers:
+            close()
+    two = got["workers-2"]["seconds_median"]
+    save(f"distributed-{config}", {
+        "config": config, "distinct_states": reference.distinct_states,
+        "transitions": reference.transitions, "rounds": count,
+        "cluster_start_seconds": start_seconds, "modes": got,
+        "cluster_over_workers2": {w: round(got[w]["seconds_median"] / two, 2) for w in makers},
+    })
+
+
+class InProcessPool:
+    """Every partition in this process, called one after another: the work of a split search
+    without any process, pipe or scheduler (its CPU seconds are the search's own cost)."""
+
+    def __init__(self, model_factory: Callable[[], Any], workers: int) -> None:
+        self.parts = [parallel.Partition(model_factory, me, workers, False)
+                      for me in range(workers)]
+
+    @property
+    def workers(self) -> int:
+        return len(self.parts)
+
+    def call_all(self, method: str, args: Sequence[tuple[Any, ...]]) -> list[Any]:
+        return [getattr(part, method)(*arg) for part, arg in zip(self.parts, args, strict=True)]
+
+    def close(self) -> None:
+        pass
+
+
+def split(config: str, count: int) -> None:
+    """CPU seconds of the engine against the same search split into 1 and 2 partitions that
+    run in this process: the extra work partitioning costs, apart from any parallelism."""
+    factory = functools.partial(PeeringModel, get_config(config))
+    reference = engine.check(factory())
+    modes = {
+        "sequential": lambda: engine.check(factory()),
+        "partitions-1": lambda: parallel.check(factory, pool=InProcessPool(factory, 1)),
+        "partitions-2": lambda: parallel.check(factory, pool=InProcessPool(factory, 2)),
+    }
+    got = rounds(modes, count, outcome(reference))
+    seq = got["sequential"]["cpu_median"]
+    save(f"split-{config}", {
+        "config": config, "distinct_states": reference.distinct_states, "rounds": count,
+        "modes": got,
+        "work_over_sequential": {m: round(got[m]["cpu_median"] / seq, 2)
+                                 for m in ("partitions-1", "partitions-2")},
+    })
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    loc = sub.add_parser("local")
+    loc.add_argument("--config", default="default")
+    loc.add_argument("--rounds", type=int, default=3)
+    dis = sub.add_parser("distributed")
+    dis.add_argument("--engine", choices=("dask", "ray"), action="append", required=True)
+    dis.add_argument("--config", default="ci")
+    dis.add_argument("--rounds", type=int, default=3)
+    spl = sub.add_parser("split")
+    spl.add_argument("--config", default="ci")
+    spl.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if args.what == "local":
+        local(args.config, args.rounds)
+    elif args.what == "split":
+        split(args.config, args.rounds)
+    else:
+        distributed(list(dict.fromkeys(args.engine)), args.config, args.rounds)
+
+
+if __name__ == "__main__":
+    main()

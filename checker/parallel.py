@@ -1,0 +1,695 @@
+"""The search of engine.py spread over several worker processes, with the same results.
+
+Theory of operation
+-------------------
+A hash-partitioned, level-synchronous breadth-first search (the design of PReach and of TLC's
+distributed mode). Each worker owns the states whose fingerprint falls in its partition: it keeps
+them (exactly, in a dict, as the sequential engine does) and expands the ones of the current level
+(its *frontier*). A level has three rounds, and the coordinator waits for every worker at each:
+
+1. ``expand``: each worker runs ``successors`` on its frontier, checks the transition invariants
+   on every step, and sorts the successors into one batch per owner (one pickled message each);
+2. ``receive``: each owner merges the batches sent to it, drops the states it already has, and
+   keeps for every new state the smallest *key* (parent number, position of the step in the
+   parent's ``successors``) it was reached by; it answers with its new keys, sorted;
+3. ``number``: the coordinator ranks all new keys of the level, and each owner numbers its new
+   states by rank, checks the invariants on them, and answers every sender with the numbers of the
+   states it sent (so the sender can record its liveness edges with their end points).
+
+Why the numbering is the sequential one: sequential BFS numbers the states of a level in the order
+they are first discovered, and discovery order is the order of (parent's number, position): the
+parents are expanded in order of number and each one's successors in order. Ranking the minimum
+keys of the level reproduces it, so every state gets the same number and the same BFS parent, and
+the counterexamples (rebuilt from parents) are the same shortest ones. The first violation found is
+the one with the smallest key; when the search stops there, the coordinator counts the states and
+steps the sequential search would have counted up to that key, so the counts agree too.
+
+The coordinator does not keep the states: it keeps each state's parent and position (16 bytes)
+and recomputes a state, when a counterexample needs it, by re-running the steps from its initial
+state (`_Replayed`). Liveness needs the whole graph: the workers keep the edges the properties
+count (with action labels) and which of their states are targets, hand them over at the end, and
+the coordinator decides liveness with the engine's own code (`engine._Search`, whose search and
+seeding this module replaces, and whose `_target_ids` it overrides).
+
+Owners are chosen by `fingerprint`, which is the same in every process: Python's ``hash`` of a
+string is salted per process (a spawned or remote worker has another salt), and in Python 3.11 the
+hash of ``None`` is its address. The fingerprint only chooses an owner; states are still compared
+exactly, so two states with one fingerprint are merely kept by the same worker.
+
+Workers are reached through a `Pool`: `ProcessPool` runs them as local processes (``peerkit check
+--workers N``); the CLI adds a pool on a distributed engine (``--cluster``). Import rules: the
+standard library and the checker's own modules only.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import gc
+import heapq
+import multiprocessing
+import os
+import pickle
+import traceback
+import zlib
+from array import array
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from multiprocessing.connection import Connection
+from typing import Any, Generic, Protocol, TypeVar
+
+from .api import LivenessLike, Model
+from .engine import Bounds, ProgressCallback, Result, _Search, _Stop
+
+S = TypeVar("S", bound=Hashable)
+A = TypeVar("A")
+
+#: A key is (parent number << _POS_BITS) | position of the step among the parent's successors.
+_POS_BITS = 20
+_POS_MASK = (1 << _POS_BITS) - 1
+_MASK64 = (1 << 64) - 1
+_FNV_OFFSET = 0xCBF29CE484222325
+_FNV_PRIME = 0x100000001B3
+#: How many tuples a `Fingerprinter` remembers before it starts again (bounds its memory).
+_REMEMBER = 1 << 18
+
+
+def _mix(h: int) -> int:
+    """splitmix64's finaliser: every bit of `h` reaches the low bits the owner is taken from."""
+    h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return h ^ (h >> 31)
+
+
+class Fingerprinter:
+    """A 64-bit fingerprint of a state that is the same in every process and on every machine.
+
+    Defined on the values states are made of: tuples (named or not), ints, bools, strings, bytes,
+    None, floats and frozensets (order-free); anything else by its ``repr``. Successors share most
+    of their parts with their parent, so a tuple's fingerprint is remembered by identity (keeping
+    the tuple alive, so the identity cannot be reused), up to `_REMEMBER` tuples: a successor
+    costs about the parts its step changed.
+    """
+
+    def __init__(self) -> None:
+        self._tuples: dict[int, tuple[object, int]] = {}
+        self._strings: dict[str, int] = {}
+
+    def __call__(self, value: object) -> int:
+        kind = type(value)
+        if kind is int or kind is bool:
+            return value & _MASK64  # type: ignore[operator]
+        if isinstance(value, tuple):
+            known = self._tuples.get(id(value))
+            if known is not None and known[0] is value:
+                return known[1]
+            h = _FNV_OFFSET ^ len(value)
+            strings = self._strings
+            for item in value:
+                kind = type(item)
+                if kind is int or kind is bool:
+                    part = item & _MASK64
+                elif kind is str:
+                    part = strings.get(item) or self(item)
+                else:
+                    part = self(item)
+                h = ((h ^ part) * _FNV_PRIME) & _MASK64
+            if len(self._tuples) >= _REMEMBER:
+                self._tuples.clear()
+            self._tuples[id(value)] = (value, h)
+            return h
+        if isinstance(value, str):
+            cached = self._strings.get(value)
+            if cached is None:
+                cached = self._strings[value] = zlib.crc32(value.encode()) | 1 << 40
+            return cached
+        if value is None:
+            return 0x9E3779B97F4A7C15
+        if isinstance(value, int):  # IntEnum and the like
+            return int(value) & _MASK64
+        if isinstance(value, bytes):
+            return zlib.crc32(value) | 1 << 41
+        if isinstance(value, frozenset):
+            return (sum(_mix(self(item)) for item in value) ^ 0x5BD1E995) & _MASK64
+        if isinstance(value, float):
+            return hash(value) & _MASK64  # not salted
+        return zlib.crc32(repr(value).encode()) | 1 << 42
+
+
+def fingerprint(state: object) -> int:
+    """The fingerprint `Fingerprinter` gives `state` (without remembering anything)."""
+    return Fingerprinter()(state)
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker
+
+
+class Partition(Generic[S, A]):
+    """One worker's share of the search: the states it owns and its part of each round."""
+
+    def __init__(self, model_factory: Callable[[], Model[S, A]], me: int, count: int,
+                 portable: bool = True) -> None:
+        model = model_factory()
+        #: False only where every worker has this process's string-hash salt and object
+        #: addresses (forked from one parent): then Python's own hash, in C, is the fingerprint
+        self.portable = portable
+        self.me = me
+        self.count = count
+        self.successors = model.successors
+        reductions = tuple(model.reductions)
+
+        def canonical(state: S) -> S:
+            for reduction in reductions:
+                state = reduction.canonical(state)
+            return state
+
+        self.canonical: Callable[[S], S] | None = canonical if reductions else None
+        self.invariants = [(inv.id, inv.holds) for inv in model.invariants]
+        self.tinvs = [(t.id, t.holds) for t in model.transition_invariants]
+        self.liveness: Sequence[LivenessLike[S, A]] = tuple(model.liveness)
+        self.fp = Fingerprinter()
+        self.index: dict[S, int] = {}
+        self.frontier: list[tuple[int, S]] = []
+        # the last expanded level, for `transitions_before`
+        self.expanded = array("q")
+        self.fanout = array("q")
+        # this level's outgoing batches and the candidates received
+        self.local: tuple[list[S], list[int]] = ([], [])
+        self.received: list[list[S]] = []
+        self.new: list[tuple[S, int]] = []
+        self.local_reply = array("q")
+        # liveness edges waiting for the numbers of their end points: key, owner, index, label,
+        # mask (bit i: liveness property i counts the step)
+        self.pending: list[tuple[int, int, int, int, int]] = []
+        self.edge_key = array("q")
+        self.edge_dst = array("q")
+        self.edge_label = array("i")
+        self.edge_mask = array("i")
+        self.action_ids: dict[A, int] = {}
+        self.targets = [array("q") for _ in self.liveness]
+
+    def owner(self, state: S) -> int:
+        if self.count == 1:
+            return 0
+        if not self.portable:
+            return _mix(hash(state) & _MASK64) % self.count
+        return _mix(self.fp(state)) % self.count
+
+    def seed(self, initial: list[tuple[int, S]]) -> int:
+        for sid, state in initial:
+            if self.owner(state) == self.me:
+                self.index[state] = sid
+                self.frontier.append((sid, state))
+                self._targets(sid, state)
+        return len(self.frontier)
+
+    def _targets(self, sid: int, state: S) -> None:
+        for prop, targets in zip(self.liveness, self.targets, strict=True):
+            if prop.target(state):
+                targets.append(sid)
+
+    def expand(self, replies: list[bytes | None]) -> tuple[list[bytes | None], dict[str, int], int]:
+        """Round 1: the successors of the frontier, in one batch per owner."""
+        self._resolve(replies)
+        count = self.count
+        batches: list[dict[S, int]] = [{} for _ in range(count)]
+        keys: list[list[int]] = [[] for _ in range(count)]
+        events: dict[str, int] = {}
+        successors = self.successors
+        canonical = self.canonical
+        tinvs = self.tinvs
+        owner = self.owner
+        live = [prop.counts for prop in self.liveness]
+        pending = self.pending
+        action_ids = self.action_ids
+        transitions = 0
+        self.expanded = array("q")
+        self.fanout = array("q")
+        for sid, state in self.frontier:
+            base = sid << _POS_BITS
+            position = -1
+            for position, (action, concrete) in enumerate(successors(state)):
+                key = base | position
+                nxt = canonical(concrete) if canonical is not None else concrete
+                for pid, holds in tinvs:
+                    if pid not in events and not holds(state, action, concrete):
+                        events[pid] = key
+                o = owner(nxt)
+                batch = batches[o]
+                idx = batch.get(nxt)
+                if idx is None:
+                    idx = batch[nxt] = len(batch)
+                    keys[o].append(key)
+                if live:
+                    mask = 0
+                    for bit, counts in enumerate(live):
+                        if counts(action):
+                            mask |= 1 << bit
+                    if mask:
+                        aid = action_ids.get(action)
+                        if aid is None:
+                            aid = action_ids[action] = len(action_ids)
+                        pending.append((key, o, idx, aid, mask))
+            if position >= _POS_MASK:
+                raise ValueError(f"a state has more than {_POS_MASK} successors")
+            self.expanded.append(sid)
+            self.fanout.append(position + 1)
+            transitions += position + 1
+        out: list[bytes | None] = []
+        for o in range(count):
+            batch_states = list(batches[o])
+            if o == self.me:
+                self.local = (batch_states, keys[o])
+                out.append(None)
+            else:
+                out.append(pickle.dumps((batch_states, keys[o]), pickle.HIGHEST_PROTOCOL))
+        return out, events, transitions
+
+    def receive(self, batches: list[bytes | None]) -> array[int]:
+        """Round 2: merge what was sent here; the sorted keys of the states new to this owner."""
+        index = self.index
+        best: dict[S, int] = {}
+        self.received = []
+        for sender, blob in enumerate(batches):
+            states, keys = self.local if sender == self.me or blob is None else pickle.loads(blob)
+            self.received.append(states)
+            for state, key in zip(states, keys, strict=True):
+                if state in index:
+                    continue
+                known = best.get(state)
+                if known is None or key < known:
+                    best[state] = key
+        self.local = ([], [])
+        self.new = sorted(best.items(), key=lambda item: item[1])
+        return array("q", (key for _, key in self.new))
+
+    def number(self, numbers: array[int]) -> tuple[dict[str, int], list[bytes | None], int]:
+        """Round 3: number the new states, check them, and tell each sender the numbers."""
+        index = self.index
+        frontier: list[tuple[int, S]] = []
+        events: dict[str, int] = {}
+        invariants = self.invariants
+        for (state, _), sid in zip(self.new, numbers, strict=True):
+            index[state] = sid
+            frontier.append((sid, state))
+            for pid, holds in invariants:
+                if pid not in events and not holds(state):
+                    events[pid] = sid
+            if self.liveness:
+                self._targets(sid, state)
+        self.new = []
+        self.frontier = frontier
+        replies: list[bytes | None] = []
+        for sender, states in enumerate(self.received):
+            numbered = array("q", (index[state] for state in states))
+            if sender == self.me:
+                self.local_reply = numbered
+                replies.append(None)
+            else:
+                replies.append(numbered.tobytes())
+        self.received = []
+        return events, replies, len(frontier)
+
+    def _resolve(self, replies: list[bytes | None]) -> None:
+        """Give the liveness edges of the last expansion their end points' numbers."""
+        if not self.pending:
+            return
+        numbers: list[array[int]] = []
+        for owner, blob in enumerate(replies):
+            if owner == self.me or blob is None:
+                numbers.append(self.local_reply)
+            else:
+                got = array("q")
+                got.frombytes(blob)
+                numbers.append(got)
+        for key, owner, idx, aid, mask in self.pending:
+            self.edge_key.append(key)
+            self.edge_dst.append(numbers[owner][idx])
+            self.edge_label.append(aid)
+            self.edge_mask.append(mask)
+        self.pending = []
+
+    def transitions_before(self, sid: int) -> int:
+        """Steps of the last expanded level taken from states numbered below `sid`."""
+        return sum(n for s, n in zip(self.expanded, self.fanout, strict=True) if s < sid)
+
+    def finish(self, replies: list[bytes | None]) -> tuple[bytes, bytes, bytes, bytes,
+                                                           list[A], list[bytes]]:
+        """The liveness graph this worker holds: its edges (in key order) and target states."""
+        self._resolve(replies)
+        actions = sorted(self.action_ids, key=self.action_ids.__getitem__)
+        return (self.edge_key.tobytes(), self.edge_dst.tobytes(), self.edge_label.tobytes(),
+                self.edge_mask.tobytes(), actions, [t.tobytes() for t in self.targets])
+
+
+# ---------------------------------------------------------------------------------------------
+# Pools of workers
+
+
+class Pool(Protocol):
+    """Runs one `Partition` per worker and calls a method on all of them at once."""
+
+    @property
+    def workers(self) -> int: ...
+
+    def call_all(self, method: str, args: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Call ``Partition.method(*args[i])`` on worker i, for every i; wait for all."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def serve(conn: Connection, model_factory: Callable[[], Model[Any, Any]], me: int,
+          count: int, portable: bool) -> None:
+    """A worker process's loop: calls in, results (or the error's traceback) out."""
+    gc.disable()  # as in the engine: states hold no cycles, and collections would walk them all
+    part: Partition[Any, Any] | None = None
+    failure = ""
+    try:
+        part = Partition(model_factory, me, count, portable)
+    except Exception:
+        failure = traceback.format_exc()
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        if message is None:
+            return
+        method, args = message
+        if part is None:
+            conn.send(("error", failure))
+            continue
+        try:
+            conn.send(("ok", getattr(part, method)(*args)))
+        except Exception:
+            conn.send(("error", traceback.format_exc()))
+
+
+class WorkerError(RuntimeError):
+    """A worker failed; the message carries its traceback."""
+
+
+class ProcessPool:
+    """Workers as processes of this machine, one pipe each (``peerkit check --workers N``).
+
+    Batches go through the coordinator (worker to coordinator to worker): on one machine a pipe
+    carries them at memory speed, and it keeps the pool this small.
+    """
+
+    def __init__(self, model_factory: Callable[[], Model[Any, Any]], workers: int) -> None:
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        methods = multiprocessing.get_all_start_methods()
+        # fork: no need to pickle the model factory (a lambda will do) and a fast start
+        fork = "fork" in methods
+        context: Any = multiprocessing.get_context("fork" if fork else "spawn")
+        # forked workers share this process's string-hash salt and object addresses, so
+        # Python's own hash chooses the same owner in each; spawned ones need the portable one
+        self._conns: list[Connection] = []
+        self._procs: list[Any] = []
+        for me in range(workers):
+            mine, theirs = context.Pipe()
+            proc = context.Process(target=serve, args=(theirs, model_factory, me, workers,
+                                                       not fork),
+                                   daemon=True, name=f"peerkit-worker-{me}")
+            proc.start()
+            theirs.close()
+            self._conns.append(mine)
+            self._procs.append(proc)
+
+    @property
+    def workers(self) -> int:
+        return len(self._conns)
+
+    def call_all(self, method: str, args: Sequence[tuple[Any, ...]]) -> list[Any]:
+        for conn, arg in zip(self._conns, args, strict=True):
+            conn.send((method, arg))
+        results = []
+        errors = []
+        for me, conn in enumerate(self._conns):
+            try:
+                status, value = conn.recv()
+            except EOFError:
+                status, value = "error", "the worker process ended"
+            if status == "ok":
+                results.append(value)
+            else:
+                errors.append(f"worker {me}: {value}")
+        if errors:
+            raise WorkerError("\n".join(errors))
+        return results
+
+    def close(self) -> None:
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.send(None)
+        for proc in self._procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+        for conn in self._conns:
+            conn.close()
+
+
+def default_workers() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The coordinator
+
+
+class _Replayed(Sequence[S], Generic[S, A]):
+    """The states by number, recomputed on demand from each one's parent and position."""
+
+    def __init__(self, model: Model[S, A], canonical: Callable[[S], S], parent: array[int],
+                 position: array[int]) -> None:
+        self.model = model
+        self.canonical = canonical
+        self.parent = parent
+        self.position = position
+        self.initial: list[S] = []
+        self.n = 0
+        self._known: dict[int, S] = {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, sid: int) -> S:  # type: ignore[override]
+        if sid < 0:
+            sid += self.n
+        if not 0 <= sid < self.n:
+            raise IndexError(sid)
+        chain = []
+        while sid >= len(self.initial) and sid not in self._known:
+            chain.append(sid)
+            sid = self.parent[sid]
+        state = self.initial[sid] if sid < len(self.initial) else self._known[sid]
+        for nid in reversed(chain):
+            wanted = self.position[nid]
+            for position, (_action, nxt) in enumerate(self.model.successors(state)):
+                if position == wanted:
+                    state = self.canonical(nxt)
+                    break
+            else:
+                raise AssertionError("successors are not deterministic: a step vanished")
+            self._known[nid] = state
+        return state
+
+    def __iter__(self) -> Iterator[S]:
+        for sid in range(self.n):
+            yield self[sid]
+
+
+class _ParallelSearch(_Search[S, A]):
+    """engine._Search with the seeding and the search done by a pool of workers."""
+
+    def __init__(self, model: Model[S, A], bounds: Bounds, progress: ProgressCallback | None,
+                 progress_interval: float, pool: Pool) -> None:
+        super().__init__(model, bounds, progress, progress_interval)
+        self.pool = pool
+        self.position = array("q")
+        self.replayed: _Replayed[S, A] = _Replayed(model, self._canonical, self.parent,
+                                                   self.position)
+        self.states = self.replayed  # type: ignore[assignment]
+        self.flags: list[bytearray] = []
+        self.frontier = 0  # states in the level about to be expanded, over all workers
+        self.level_start = 0  # steps taken before the level being expanded
+
+    def _target_ids(self, prop: LivenessLike[S, A]) -> list[int]:
+        flags = next(f for p, f in zip(self.liveness, self.flags, strict=True) if p is prop)
+        return [i for i, flag in enumerate(flags) if flag]
+
+    def _seed(self) -> None:
+        first: dict[S, int] = {}
+        replayed = self.replayed
+        for concrete in self.model.initial_states():
+            state = self._canonical(concrete)
+            if state in first:
+                continue
+            if self.bounds.max_states is not None and replayed.n >= self.bounds.max_states:
+                raise _Stop(f"state bound {self.bounds.max_states} reached")
+            sid = first[state] = replayed.n
+            replayed.initial.append(state)
+            replayed.n += 1
+            self.parent.append(-1)
+            self.position.append(-1)
+            self.concrete_initial[sid] = concrete
+            self._state_failed(sid)
+        initial = [(sid, state) for state, sid in first.items()]
+        self.frontier = sum(self.pool.call_all("seed", [(initial,)] * self.pool.workers))
+
+    def _bfs(self) -> None:
+        pool = self.pool
+        count = pool.workers
+        bounds = self.bounds
+        replayed = self.replayed
+        replies: list[list[bytes | None]] = [[None] * count for _ in range(count)]
+        depth = 0
+        while self.frontier:
+            if bounds.max_depth is not None and depth >= bounds.max_depth:
+                raise _Stop(f"depth bound {bounds.max_depth} reached")
+            self._tick(len(replayed) - self.frontier, depth)
+            expanded = pool.call_all("expand", [(replies[i],) for i in range(count)])
+            keys = pool.call_all("receive", [([expanded[i][0][j] for i in range(count)],)
+                                             for j in range(count)])
+            level = sorted(k for mine in keys for k in mine)
+            first = len(replayed)
+            rank = {key: first + i for i, key in enumerate(level)}
+            numbered = pool.call_all("number", [(array("q", (rank[k] for k in mine)),)
+                                                for mine in keys])
+            for key in level:
+                self.parent.append(key >> _POS_BITS)
+                self.position.append(key & _POS_MASK)
+            replayed.n = first + len(level)
+            self.level_start = self.transitions
+            self._level_events(level, first, expanded, numbered)
+            self.transitions = self.level_start + sum(e[2] for e in expanded)
+            replies = [[numbered[j][1][i] for j in range(count)] for i in range(count)]
+            self.frontier = sum(n[2] for n in numbered)
+            depth += 1
+        if self.liveness:
+            self._collect_graph(pool.call_all("finish", [(replies[i],) for i in range(count)]))
+
+    def _level_events(self, level: list[int], first: int, expanded: list[Any],
+                      numbered: list[Any]) -> None:
+        """Decide the level's violations in the order the sequential search meets them, and
+        stop where it would stop (a violation, or the state bound)."""
+        max_states = self.bounds.max_states
+        stop_key: int | None = None
+        if max_states is not None and first + len(level) > max_states:
+            stop_key = level[max_states - first]
+        events: list[tuple[int, int, int, str]] = []  # key, kind (0 state, 1 step), order, id
+        order = {t.id: i for i, t in enumerate(self.transition_invariants)}
+        for worker in numbered:
+            for pid, sid in worker[0].items():
+                key = level[sid - first]
+                events.append((key, 0, 0, pid))
+        for worker in expanded:
+            for pid, key in worker[1].items():
+                events.append((key, 1, order[pid], pid))
+        events.sort()
+        full_states = len(self.replayed)
+        for key, kind, _, pid in events:
+            if stop_key is not None and key >= stop_key:
+                break
+            if pid in self.violated:
+                continue
+            if self.bounds.stop_at_first:
+                # this violation stops the search: count as the sequential search would there
+                self._truncate(level, first, key, inclusive=True)
+            if kind == 0:
+                self._state_failed(first + bisect.bisect_left(level, key))
+            else:
+                sid, position = key >> _POS_BITS, key & _POS_MASK
+                state = self.replayed[sid]
+                for at, (action, concrete) in enumerate(self.model.successors(state)):
+                    if at == position:
+                        self._transition_violation(pid, sid, action, concrete)
+                        break
+            self.replayed.n = full_states
+        if stop_key is not None:
+            self._truncate(level, first, stop_key, inclusive=False)
+            raise _Stop(f"state bound {max_states} reached")
+
+    def _truncate(self, level: list[int], first: int, key: int, inclusive: bool) -> None:
+        """Count the states and steps as the sequential search has them at `key`: the new
+        states discovered before it (and by it, if `inclusive`), the steps up to it."""
+        kept = (bisect.bisect_right if inclusive else bisect.bisect_left)(level, key)
+        self.replayed.n = first + kept
+        sid, position = key >> _POS_BITS, key & _POS_MASK
+        before = sum(self.pool.call_all("transitions_before", [(sid,)] * self.pool.workers))
+        self.transitions = self.level_start + before + position + 1
+
+    def _record(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super()._record(*args, **kwargs)
+        except _Stop:
+            # the search stops here: forget the states numbered after the violation
+            del self.parent[len(self.replayed):]
+            del self.position[len(self.replayed):]
+            raise
+
+    def _collect_graph(self, parts: list[Any]) -> None:
+        labels: dict[Any, int] = {}
+        streams = []
+        n = len(self.replayed)
+        self.flags = [bytearray(n) for _ in self.liveness]
+        for key_b, dst_b, lab_b, mask_b, actions, targets in parts:
+            arrays = []
+            for blob, code in ((key_b, "q"), (dst_b, "q"), (lab_b, "i"), (mask_b, "i")):
+                a = array(code)
+                a.frombytes(blob)
+                arrays.append(a)
+            glob = [labels.setdefault(action, len(labels)) for action in actions]
+            streams.append(zip(arrays[0], arrays[1], [glob[x] for x in arrays[2]], arrays[3],
+                               strict=True))
+            for flags, blob in zip(self.flags, targets, strict=True):
+                ids = array("q")
+                ids.frombytes(blob)
+                for sid in ids:
+                    flags[sid] = 1
+        for key, dst, label, mask in heapq.merge(*streams):
+            src = key >> _POS_BITS
+            for bit, ((srcs, dsts), lab) in enumerate(zip(self.edges, self.labels, strict=True)):
+                if mask >> bit & 1:
+                    srcs.append(src)
+                    dsts.append(dst)
+                    if lab is not None:
+                        lab.append(label)
+
+
+
+def check(
+    model_factory: Callable[[], Model[S, A]],
+    workers: int | None = None,
+    bounds: Bounds | None = None,
+    progress: ProgressCallback | None = None,
+    progress_interval: float = 1.0,
+    pool: Pool | None = None,
+) -> Result[S, A]:
+    """engine.check over `workers` processes (default: the cores there are), or over `pool`.
+
+    `model_factory` makes the model; each worker calls it once (a process pool forks where the
+    system can, so the factory need not be picklable there; a pool on other machines needs a
+    factory it can send, such as ``functools.partial`` of a module-level function).
+    """
+    if bounds is None:
+        bounds = Bounds()
+    if not isinstance(bounds, Bounds):
+        raise TypeError(f"bounds must be a Bounds, not {type(bounds).__name__}")
+    model = model_factory()
+    own = pool is None
+    if pool is None:
+        pool = ProcessPool(model_factory, default_workers() if workers is None else workers)
+    try:
+        return _ParallelSearch(model, bounds, progress, progress_interval, pool).run()
+    finally:
+        if own:
+            pool.close()

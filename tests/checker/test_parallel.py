@@ -1,0 +1,154 @@
+"""The parallel search (checker/parallel.py) against the sequential engine: the same numbers.
+
+The oracle is `engine.check` itself: for every model here, the parallel search with several
+workers must report the same state and transition counts, depth, verdicts and counterexamples
+(every step, the stuck loop and the explanation), with and without a bound, stopping at the first
+violation or not. The Dask pool (``peerkit check --cluster``) is checked the same way on a local
+cluster of two workers when Dask is installed (``peerkit[distributed]``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from peerkit.checker import engine, parallel, toys
+from peerkit.model import PeeringModel, get_config
+
+UNBOUNDED = engine.Bounds()
+
+
+def outcome(result: engine.Result[Any, Any]) -> tuple[Any, ...]:
+    return (
+        result.distinct_states, result.transitions, result.depth, result.complete,
+        result.stopped_because,
+        [(p.id, p.verdict, p.note) for p in result.properties],
+        [(c.property_id, c.kind, c.initial, c.steps, c.loop, c.explanation)
+         for c in result.counterexamples],
+    )
+
+
+def same_as_engine(factory: Callable[[], Any], bounds: engine.Bounds = UNBOUNDED,
+                   workers: tuple[int, ...] = (2,)) -> engine.Result[Any, Any]:
+    expected = engine.check(factory(), bounds)
+    for count in workers:
+        got = parallel.check(factory, count, bounds)
+        assert outcome(got) == outcome(expected), f"{count} workers"
+    return expected
+
+
+def peering(config: str, *bugs: str) -> Callable[[], PeeringModel]:
+    return functools.partial(PeeringModel, get_config(config), list(bugs))
+
+
+TOYS: dict[str, Callable[[], Any]] = {
+    "ring_lock": functools.partial(toys.ring_lock, 3),
+    "ring_lock-buggy": functools.partial(toys.ring_lock, 3, True),
+    "dead_end": toys.dead_end,
+    "counters": functools.partial(toys.counters, 4, 3),
+    "counters-symmetric": functools.partial(toys.counters, 4, 3, True),
+}
+
+BOUNDS = {
+    "unbounded": engine.Bounds(),
+    "all": engine.Bounds(stop_at_first=False),
+    "states": engine.Bounds(max_states=50),
+    "depth": engine.Bounds(max_depth=3),
+}
+
+
+@pytest.mark.parametrize("bounds", BOUNDS.values(), ids=BOUNDS.keys())
+@pytest.mark.parametrize("toy", TOYS.values(), ids=TOYS.keys())
+def test_toys_as_the_engine(toy: Callable[[], Any], bounds: engine.Bounds) -> None:
+    # 1 worker (no partition), 2 and 3 (more workers than cores; uneven shares)
+    same_as_engine(toy, bounds, workers=(1, 2, 3))
+
+
+def test_the_toys_exercise_what_they_should() -> None:
+    # the comparisons above would pass vacuously if nothing were ever violated or cut short
+    assert same_as_engine(TOYS["ring_lock-buggy"]).counterexample is not None
+    assert same_as_engine(TOYS["dead_end"]).counterexample is not None
+    assert same_as_engine(TOYS["counters"], BOUNDS["states"]).distinct_states == 50
+
+
+@pytest.mark.parametrize("bounds", [BOUNDS["unbounded"], BOUNDS["states"]],
+                         ids=["unbounded", "states"])
+def test_race_as_the_engine(bounds: engine.Bounds) -> None:
+    result = same_as_engine(peering("race"), bounds)
+    assert result.complete == (bounds.max_states is None)
+
+
+def test_ci_as_the_engine() -> None:
+    result = same_as_engine(peering("ci"))
+    assert result.ok and result.complete
+
+
+@pytest.mark.parametrize("bug", ["stored-map", "termination-race", "no-reconnect",
+                                 "dial-deleted"])
+def test_bugs_on_ci_as_the_engine(bug: str) -> None:
+    result = same_as_engine(peering("ci", bug))
+    assert not result.ok
+
+
+def test_every_shortest_counterexample_of_a_bug_as_the_engine() -> None:
+    # --all: one counterexample per violated property, liveness decided on the whole graph
+    result = same_as_engine(peering("ci", "no-reconnect"), BOUNDS["all"])
+    assert result.complete and not result.ok
+
+
+def test_fingerprints_agree_across_processes_with_other_hash_salts() -> None:
+    model = PeeringModel(get_config("race"))
+    state = model.initial_states()[0]
+    states = [state, *(nxt for _, nxt in model.successors(state))]
+    here = [parallel.fingerprint(s) for s in states]
+    program = (
+        "from peerkit.checker import parallel\n"
+        "from peerkit.model import PeeringModel, get_config\n"
+        "m = PeeringModel(get_config('race'))\n"
+        "s = m.initial_states()[0]\n"
+        "print([parallel.fingerprint(x) for x in [s, *(n for _, n in m.successors(s))]])\n"
+        "print(hash('peerkit'))\n"
+    )
+    outputs = []
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        run = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True,
+                             text=True, check=True)
+        outputs.append(run.stdout.splitlines())
+    assert outputs[0][1] != outputs[1][1]  # the salts did differ
+    assert outputs[0][0] == outputs[1][0] == str(here)
+    assert len(set(here)) == len(here)
+
+
+def test_a_worker_that_fails_is_reported() -> None:
+    def broken() -> Any:
+        model = toys.ring_lock(2)
+        if parallel.multiprocessing.current_process().name.startswith("peerkit-worker"):
+            raise RuntimeError("cannot build the model here")
+        return model
+
+    with pytest.raises(parallel.WorkerError, match="cannot build the model here"):
+        parallel.check(broken, 2)
+
+
+def test_cluster_of_two_dask_workers_as_one_process() -> None:
+    distributed = pytest.importorskip("distributed")
+    from peerkit.cluster import DaskPool
+
+    factory = peering("race")
+    expected = engine.check(factory())
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        pool = DaskPool(factory, cluster.scheduler_address)
+        try:
+            assert pool.workers == 2
+            got = parallel.check(factory, pool=pool)
+        finally:
+            pool.close()
+    assert outcome(got) == outcome(expected)
