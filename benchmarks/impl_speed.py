@@ -424,31 +424,39 @@ def _register_exports(store: Any, count: int, local: str = "dc1", peer: str = "d
         store.export_service(name, peer)
 
 
+def _has_imported(store: Any, peer: str, k: int) -> bool:
+    """Whether ``store`` holds the last of the K services ``peer`` exports to it (a point read
+    of one row). An exporter sends its services in name order on one stream and the importer
+    commits them in that order, so the last one in means all are in (checked in full after
+    the clock stops)."""
+    from peerkit.impl.store import Service
+
+    name = f"svc-{k - 1:04d}"
+    with store._read() as tx:  # private: a point read the store API has no call for
+        return tx.get(Service, (peer, PARTITION, f"{peer}-node-{k - 1:04d}", name)) is not None
+
+
 async def _wait_imported(cluster: Any, peer: str, k: int, clock: Callable[[], float]) -> float:
-    """Wait until ``cluster`` holds ``k`` services imported from ``peer``; return the time of
-    the catalog commit that completed them. The count is read at most every 0.2 s (one store
-    scan), only after a catalog commit, so the check costs the same whatever the commits hold
-    (one import each, or a batch); the time returned is the commit's own, not the poll's."""
+    """Wait until ``cluster`` holds the K services imported from ``peer``; return the time of
+    the catalog commit that completed them (taken in the store's subscriber, so it costs the
+    same whatever the commits hold: one import each, or a batch)."""
     import trio
 
     from peerkit.impl.store import CATALOG
 
-    last: list[float] = []
-    changed = trio.Event()
+    done = trio.Event()
+    at: list[float] = []
 
     def on_change(change: Any) -> None:
-        if CATALOG in change.tables:
-            last.append(clock())
-            changed.set()
+        if CATALOG in change.tables and not done.is_set() and _has_imported(cluster.store,
+                                                                            peer, k):
+            at.append(clock())
+            done.set()
 
     unsubscribe = cluster.store.subscribe(on_change)
     try:
-        while True:
-            await changed.wait()
-            changed = trio.Event()
-            if len(cluster.imported(peer)) >= k:
-                return last[-1]
-            await trio.sleep(0.2)
+        await done.wait()
+        return at[0]
     finally:
         unsubscribe()
 
