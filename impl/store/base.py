@@ -783,13 +783,10 @@ class StateStore:
         results: list[Exception | None] = []
         # the peer's services the batch can touch: all of them if it holds the service list,
         # else only those it names (read without decoding the others: issue 10)
-        names: set[str] | None = set()
-        for op in ops:
-            if isinstance(op, ImportServiceList):
-                names = None
-                break
-            if isinstance(op, ImportService) and isinstance(op.name, str):
-                names.add(op.name)
+        named = {op.name for op in ops if isinstance(op, ImportService)
+                 and isinstance(op.name, str)}
+        listed = any(isinstance(op, ImportServiceList) for op in ops)
+        names = None if listed else named
         with self._write() as tx:
             cache = _PeerServices(tx, peer_name, partition, names)
             for op in ops:
