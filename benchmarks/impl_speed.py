@@ -1188,6 +1188,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="small sizes (2,000 nodes, 200 services, 20x50 instances), for a "
                              "smoke run; writes results/impl_speed_quick.json")
     parser.add_argument("--json", type=Path, default=None, help=f"default {RESULTS}")
+    parser.add_argument("--mutual", type=int, default=None,
+                        help="services each way in the mutual-exports cases (default 3,000; "
+                             "300 with --quick)")
     parser.add_argument("--only", default="",
                         help="comma-separated case groups to run (deletion_a, deletion_b, "
                              "rate_limited, stream, publish, memory); default all")
@@ -1210,6 +1213,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sizes = Sizes(nodes=10_000, services=1_000, peerings=100, instances=100,
                       small_nodes=500, small_batches=50, mutual_services=3_000)
+    if args.mutual is not None:
+        sizes.mutual_services = args.mutual
     out_path = args.json or (QUICK_RESULTS if args.quick else RESULTS)
     message = exported_message_sizes()
     batch_rule = batch_rule_check()
