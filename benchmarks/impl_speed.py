@@ -1269,7 +1269,8 @@ def main(argv: list[str] | None = None) -> int:
         "json": str(out_path.relative_to(REPO)) if out_path.is_relative_to(REPO) else str(out_path),
     }
     report["summary"] = summarise(cases, sizes)
-    versions = sorted({r["impl"] for c in cases for r in c.runs})
+    # the cases run by --compare-python are another checkout on purpose: not a change mid-run
+    versions = sorted({r["impl"] for c in cases if c.python == sys.executable for r in c.runs})
     report["impl_versions_measured"] = versions
     report["impl_changed_during_run"] = len(versions) > 1
     out_path.parent.mkdir(parents=True, exist_ok=True)

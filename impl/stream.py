@@ -14,9 +14,11 @@ Structure: one task receives, one task sends, and neither ever waits on the othe
 * the *sender*: the only caller of ``stream.send()`` and ``close_send()``. It works through the
   *outbox*, a FIFO of what the handler queued: messages (ACK/NACK, heartbeat, subscription
   requests, ``Terminated``), replication *passes*, and the final step (the dialer's CloseSend,
-  or the end of sending). A pass builds one Response at a time, only when the previous send
-  has completed, so replication is paced by the transport's flow-control window and never
-  held in memory as messages: the stream's first pass sends the exported services of a
+  or the end of sending). A pass builds its Responses as the sender asks for them, at most
+  ``BATCH_LIMIT`` at a time (one ``send_many``, one thread crossing over gRPC), the next batch
+  only when the previous one has gone out, so replication is paced by the transport's
+  flow-control window and never held in memory beyond one batch: the stream's first pass
+  sends the exported services of a
   snapshot taken at the start (what the model's ``accept`` puts on the channel); a later pass
   ("exports may have changed") snapshots the store when it reaches the head of the outbox and
   sends each service whose state differs from what this stream last sent it. The sender
@@ -54,6 +56,14 @@ leaves phase OPEN it imports nothing (the drain discards) and no later pass send
 (a pass also rechecks that the local row is active before each Response). After a nil return
 the drain discards events until the inbound side has ended *and* the sender has finished, so an
 acceptor's RPC never ends before its ``Terminated`` has gone out.
+
+Batches (issue 10). The receiver hands the handler what the transport had already received
+along with the message it waited for (``receive_ready``, at most ``BATCH_LIMIT``); the handler
+imports each run of Responses in one store transaction (``StateStore.import_batch``) and then
+queues their ACK/NACKs in order, so no ACK leaves before its import is committed. Messages are
+still handled in order, and the first ending discards the rest, as the drain would. The export
+watcher wakes on local catalog, export and peering changes only (``LOCAL_CATALOG``): imported
+rows never change what this end exports.
 
 Bug switches: ``termination-race`` (dialer: cancel right after sending Terminated, no CloseSend
 or drain; acceptor: a cancelled stream is a silent end), ``no-reconnect`` (dialer: any end of
