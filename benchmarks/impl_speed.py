@@ -408,31 +408,70 @@ def exported_message_sizes() -> dict[str, int]:
     return {"message_bytes": message.ByteSize(), "ack_bytes": ack.ByteSize()}
 
 
-def _register_exports(store: Any, count: int) -> None:
+def _register_exports(store: Any, count: int, local: str = "dc1", peer: str = "dc2") -> None:
     """``count`` local services svc-0000..., one instance each on its own node with a service
-    check, all exported to dc2 (store API: the set-up is not timed)."""
+    check, all exported to ``peer`` (store API: the set-up is not timed)."""
     from peerkit.impl.store import Check, Node, Service
 
     for i in range(count):
-        node, name = f"dc1-node-{i:04d}", f"svc-{i:04d}"
+        node, name = f"{local}-node-{i:04d}", f"svc-{i:04d}"
         store.register_service(
             Node(name=node, address=f"10.1.{i // 256}.{i % 256}"),
             Service(id=name, name=name, port=8080, tags=("v1",), node=node),
             [Check(check_id=f"service:{name}", name=f"Service '{name}' check",
                    service_id=name, node=node)],
         )
-        store.export_service(name, "dc2")
+        store.export_service(name, peer)
+
+
+def _has_imported(store: Any, peer: str, k: int) -> bool:
+    """Whether ``store`` holds the last of the K services ``peer`` exports to it (a point read
+    of one row). An exporter sends its services in name order on one stream and the importer
+    commits them in that order, so the last one in means all are in (checked in full after
+    the clock stops)."""
+    from peerkit.impl.store import Service
+
+    name = f"svc-{k - 1:04d}"
+    with store._read() as tx:  # private: a point read the store API has no call for
+        return tx.get(Service, (peer, PARTITION, f"{peer}-node-{k - 1:04d}", name)) is not None
+
+
+async def _wait_imported(cluster: Any, peer: str, k: int, clock: Callable[[], float]) -> float:
+    """Wait until ``cluster`` holds the K services imported from ``peer``; return the time of
+    the catalog commit that completed them (taken in the store's subscriber, so it costs the
+    same whatever the commits hold: one import each, or a batch)."""
+    import trio
+
+    from peerkit.impl.store import CATALOG
+
+    done = trio.Event()
+    at: list[float] = []
+
+    def on_change(change: Any) -> None:
+        if CATALOG in change.tables and not done.is_set() and _has_imported(cluster.store,
+                                                                            peer, k):
+            at.append(clock())
+            done.set()
+
+    unsubscribe = cluster.store.subscribe(on_change)
+    try:
+        await done.wait()
+        return at[0]
+    finally:
+        unsubscribe()
 
 
 def w_stream_impl(p: Params) -> Result:
-    """peerkit over GrpcTransport: Establish on dc2 until dc2 has imported all K services.
-    Both clusters on ``p["store"]`` (MemoryStore, or SqliteStore as ``peerkit serve`` uses)."""
+    """peerkit over GrpcTransport: Establish on dc2 until dc2 has imported all K services (and,
+    with ``p["mutual"]``, dc1 all K services dc2 exports to it). Both clusters on
+    ``p["store"]`` (MemoryStore, or SqliteStore as ``peerkit serve`` uses)."""
     import trio
 
     from peerkit.impl.testing import running_cluster
     from peerkit.impl.transport.grpc_bridge import GrpcTransport
 
     k = p["count"]
+    mutual = bool(p.get("mutual"))
     out: Result = {}
 
     async def main() -> None:
@@ -445,30 +484,35 @@ def w_stream_impl(p: Params) -> Result:
                 dc2 = await stack.enter_async_context(
                     running_cluster(transport, "dc2", "127.0.0.1:0", store=store2))
                 _register_exports(dc1.store, k)
+                if mutual:
+                    _register_exports(dc2.store, k, local="dc2", peer="dc1")
                 token = await dc1.client.generate_token("dc2")
-                done = trio.Event()
-                imports, unsubscribe = _catalog_commit_counter(dc2.store, time.perf_counter)
+                ends: dict[str, float] = {}
 
-                def check_done(_change: Any) -> None:
-                    if len(imports) >= k:
-                        done.set()
+                async def wait(cluster: Any, peer: str) -> None:
+                    ends[cluster.name] = await _wait_imported(cluster, peer, k,
+                                                              time.perf_counter)
 
-                unsubscribe_done = dc2.store.subscribe(check_done)
                 w0 = time.perf_counter()
                 c0 = time.process_time()
-                await dc2.client.establish("dc1", token)
-                w_est = time.perf_counter()
-                await done.wait()
-                w1 = time.perf_counter()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(wait, dc2, "dc1")
+                    if mutual:
+                        nursery.start_soon(wait, dc1, "dc2")
+                    await trio.sleep(0)  # both subscribed before the first import
+                    await dc2.client.establish("dc1", token)
+                    w_est = time.perf_counter()
+                w1 = max(ends.values())
                 c1 = time.process_time()
-                unsubscribe()
-                unsubscribe_done()
                 imported = dc2.imported("dc1")
                 out.update(
                     seconds=w1 - w0, cpu_seconds=c1 - c0, establish_rpc_seconds=w_est - w0,
-                    first_seconds=imports[0] - w0, last_seconds=imports[-1] - w0,
-                    catalog_commits=len(imports), imported_services=len(imported),
+                    dc2_seconds=ends["dc2"] - w0, imported_services=len(imported),
                 )
+                if mutual:
+                    out["dc1_seconds"] = ends["dc1"] - w0
+                    if len(dc1.imported("dc2")) != k:
+                        raise RuntimeError(f"dc1 imported {len(dc1.imported('dc2'))}, not {k}")
                 if len(imported) != k:
                     raise RuntimeError(f"dc2 imported {len(imported)} services, expected {k}")
         # leaving the blocks stopped both servers, the channels and the loop thread
@@ -744,6 +788,7 @@ class Case:
     group: str  # deletion_a, deletion_b, rate_limited, stream, memory
     kind: str  # worker
     params: Params
+    python: str = sys.executable  # the interpreter (and so the peerkit) the worker runs
     runs: list[Result] = field(default_factory=list)
 
 
@@ -755,6 +800,7 @@ class Sizes:
     instances: int
     small_nodes: int
     small_batches: int
+    mutual_services: int
 
 
 def build_cases(sizes: Sizes, message: dict[str, int]) -> list[Case]:
@@ -784,6 +830,11 @@ def build_cases(sizes: Sizes, message: dict[str, int]) -> list[Case]:
     cases.append(Case("stream/peerkit", "stream", "stream_impl", {**stream, "store": "memory"}))
     cases.append(Case("stream/peerkit-sqlite", "stream", "stream_impl",
                       {**stream, "store": "sqlite"}))
+    # mutual exports (issue 10): K services each way against K one way, SQLite stores
+    for label, mutual in (("one-way", False), ("both-ways", True)):
+        cases.append(Case(f"mutual/{label}-sqlite", "stream", "stream_impl",
+                          {**message, "count": sizes.mutual_services, "store": "sqlite",
+                           "mutual": mutual}))
     for store in ("memory", "sqlite"):
         cases.append(Case(f"publish/{store}", "publish", "publish_scan",
                           {"store": store, "count": sizes.services}))
@@ -800,7 +851,7 @@ def build_cases(sizes: Sizes, message: dict[str, int]) -> list[Case]:
     return cases
 
 
-def impl_fingerprint() -> str:
+def impl_fingerprint(repo: Path = REPO) -> str:
     """The commit plus a hash of uncommitted changes under impl/, model/ and proto/: every
     worker imports peerkit from the working tree, so a commit landing mid-run changes what
     later cases measure (it happened while this benchmark was being written)."""
@@ -808,7 +859,7 @@ def impl_fingerprint() -> str:
 
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO,
+            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=repo,
                                   timeout=30).stdout
         except (OSError, subprocess.SubprocessError):
             return ""
@@ -820,10 +871,12 @@ def impl_fingerprint() -> str:
 
 def run_case(case: Case) -> Result:
     fingerprint = impl_fingerprint()
+    if case.python != sys.executable:
+        fingerprint = f"{case.python} (see --compare-python)"
     started = time.perf_counter()
     load = os.getloadavg()[0]
     done = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--worker", case.kind,
+        [case.python, str(Path(__file__).resolve()), "--worker", case.kind,
          "--params", json.dumps(case.params)],
         capture_output=True, text=True, cwd=str(REPO), timeout=3600,
     )
@@ -930,18 +983,22 @@ def summarise(cases: list[Case], sizes: Sizes) -> dict[str, Any]:
         elif c.group == "stream":
             k = c.params["count"]
             total = [k / r["seconds"] for r in c.runs]
-            steady = [(k - 1) / (r["last_seconds"] - r["first_seconds"]) for r in c.runs]
+            steady = [(k - 1) / (r["last_seconds"] - r["first_seconds"]) for r in c.runs
+                      if "last_seconds" in r]  # the echoes only (peerkit: see _wait_imported)
             summary["stream"][c.key] = {
                 "messages": k, "message_bytes": c.params["message_bytes"],
                 "ack_bytes": c.params["ack_bytes"],
                 "messages_per_second": {k2: round(v) for k2, v in _stats(total).items()},
-                "steady_messages_per_second": {k2: round(v) for k2, v in _stats(steady).items()},
                 "seconds": {k2: _r(v) for k2, v in
                             _stats([r["seconds"] for r in c.runs]).items()},
-                "first_message_seconds_median": _r(statistics.median(
-                    r["first_seconds"] for r in c.runs), 4),
                 "cpu_seconds_median": _r(statistics.median(r["cpu_seconds"] for r in c.runs)),
             }
+            if steady:
+                summary["stream"][c.key]["steady_messages_per_second"] = {
+                    k2: round(v) for k2, v in _stats(steady).items()}
+            if c.params.get("mutual"):  # both directions: services imported per second
+                summary["stream"][c.key]["services_per_second_both_ways"] = {
+                    k2: round(2 * v) for k2, v in _stats(total).items()}
         elif c.group == "publish":
             summary["publish"][c.key] = {
                 "store": c.params["store"], "services": c.params["count"],
@@ -963,23 +1020,28 @@ def summarise(cases: list[Case], sizes: Sizes) -> dict[str, Any]:
                     statistics.median(r["db_file_bytes"] for r in c.runs) / 2**20, 2)
             if "top_files" in c.runs[-1]:
                 summary["memory"][c.key]["top_files_last_run"] = c.runs[-1]["top_files"]
-    # stream ratios (per round, paired)
+    # stream ratios (per round, paired): every stream row against the plain grpc.aio echo of the
+    # same round, and peerkit against the bridge echo
     ratios: dict[str, Any] = {}
-    for impl_key, base in (("stream/peerkit", "stream/grpc.aio-echo"),
-                           ("stream/peerkit", "stream/bridge-echo"),
-                           ("stream/peerkit-sqlite", "stream/grpc.aio-echo")):
+    pairs = []
+    for c in cases:
+        suffix = "@before" if c.key.endswith("@before") else ""
+        if c.key.startswith("stream/") and c.kind != "stream_aio":
+            pairs.append((c.key, "stream/grpc.aio-echo" + suffix))
+        if c.key == "stream/peerkit" + suffix:
+            pairs.append((c.key, "stream/bridge-echo" + suffix))
+    for impl_key, base in pairs:
         impl, other = by.get(impl_key), by.get(base)
-        if impl is None or other is None:
+        if impl is None or other is None or not impl.runs:
             continue
-        for label, fn in (("total", lambda r: r["seconds"]),
-                          ("steady", lambda r: r["last_seconds"] - r["first_seconds"])):
-            paired = [fn(b) / fn(a) for a, b in zip(impl.runs, other.runs, strict=False)]
-            med_a = statistics.median(fn(r) for r in impl.runs)
-            med_b = statistics.median(fn(r) for r in other.runs)
-            ratios[f"{impl_key.split('/')[1]}/{base.split('/')[1]} ({label})"] = {
-                "of_medians": _r(med_b / med_a),
-                "per_round": {k: _r(v) for k, v in _stats(paired).items()},
-            }
+        paired = [b["seconds"] / a["seconds"]
+                  for a, b in zip(impl.runs, other.runs, strict=False)]
+        med_a = statistics.median(r["seconds"] for r in impl.runs)
+        med_b = statistics.median(r["seconds"] for r in other.runs)
+        ratios[f"{impl_key.split('/', 1)[1]}/{base.split('/')[1]}"] = {
+            "of_medians": _r(med_b / med_a),
+            "per_round": {k: _r(v) for k, v in _stats(paired).items()},
+        }
     summary["stream_ratios"] = ratios
     # memory: per instance, over the empty server
     mem = summary["memory"]
@@ -1085,14 +1147,13 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"\n2. stream over real gRPC on 127.0.0.1: {sz['services']:,} messages "
           f"(exported-service Response, {report['message_sizes']['message_bytes']} B; "
           f"ACK {report['message_sizes']['ack_bytes']} B back for each)")
-    hdr = (f"{'row':<22}{'msg/s from start':>24}{'msg/s first->last':>24}{'s':>24}"
-           f"{'1st msg s':>10}{'CPU s':>7}")
+    hdr = (f"{'row':<32}{'msgs':>6}{'msg/s from start':>24}{'s':>24}{'CPU s':>7}")
     print(hdr)
     print("-" * len(hdr))
     for key, v in s["stream"].items():
-        print(f"{key.split('/')[1]:<22}{_mm(v['messages_per_second'], ','):>24}"
-              f"{_mm(v['steady_messages_per_second'], ','):>24}{_mm(v['seconds'], '.3f'):>24}"
-              f"{v['first_message_seconds_median']:>10.3f}{v['cpu_seconds_median']:>7.2f}")
+        both = " (x2: both ways)" if "services_per_second_both_ways" in v else ""
+        print(f"{key:<32}{v['messages']:>6}{_mm(v['messages_per_second'], ','):>24}"
+              f"{_mm(v['seconds'], '.3f'):>24}{v['cpu_seconds_median']:>7.2f}{both}")
     for name, r in s["stream_ratios"].items():
         pr = r["per_round"]
         print(f"    {name:<36} {r['of_medians']:.3f} (per round {pr['min']:.3f}-{pr['max']:.3f})")
@@ -1127,6 +1188,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="small sizes (2,000 nodes, 200 services, 20x50 instances), for a "
                              "smoke run; writes results/impl_speed_quick.json")
     parser.add_argument("--json", type=Path, default=None, help=f"default {RESULTS}")
+    parser.add_argument("--mutual", type=int, default=None,
+                        help="services each way in the mutual-exports cases (default 3,000; "
+                             "300 with --quick)")
+    parser.add_argument("--only", default="",
+                        help="comma-separated case groups to run (deletion_a, deletion_b, "
+                             "rate_limited, stream, publish, memory); default all")
+    parser.add_argument("--compare-python", default="",
+                        help="also run every selected case with this interpreter (a venv with "
+                             "another checkout of peerkit installed), as KEY@before, "
+                             "interleaved in the same rounds")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--params", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1138,14 +1209,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds must be at least 1")
     if args.quick:
         sizes = Sizes(nodes=2_000, services=200, peerings=20, instances=50, small_nodes=200,
-                      small_batches=20)
+                      small_batches=20, mutual_services=300)
     else:
         sizes = Sizes(nodes=10_000, services=1_000, peerings=100, instances=100,
-                      small_nodes=500, small_batches=50)
+                      small_nodes=500, small_batches=50, mutual_services=3_000)
+    if args.mutual is not None:
+        sizes.mutual_services = args.mutual
     out_path = args.json or (QUICK_RESULTS if args.quick else RESULTS)
     message = exported_message_sizes()
     batch_rule = batch_rule_check()
     cases = build_cases(sizes, message)
+    if args.only:
+        groups = set(args.only.split(","))
+        cases = [c for c in cases if c.group in groups]
+    if args.compare_python:
+        cases += [Case(c.key + "@before", c.group, c.kind, c.params, python=args.compare_python)
+                  for c in cases]
     machine = machine_info()  # at the start: its commit is the one the first case runs
     load_before = os.getloadavg()
     load_max = load_before[0]
@@ -1190,7 +1269,8 @@ def main(argv: list[str] | None = None) -> int:
         "json": str(out_path.relative_to(REPO)) if out_path.is_relative_to(REPO) else str(out_path),
     }
     report["summary"] = summarise(cases, sizes)
-    versions = sorted({r["impl"] for c in cases for r in c.runs})
+    # the cases run by --compare-python are another checkout on purpose: not a change mid-run
+    versions = sorted({r["impl"] for c in cases if c.python == sys.executable for r in c.runs})
     report["impl_versions_measured"] = versions
     report["impl_changed_during_run"] = len(versions) > 1
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -37,9 +37,9 @@ IMPL_MUTANTS: Final[Mapping[str, str]] = {
         "server.py _check_open: a dial of a row marked for deletion is refused (Aborted) "
         "without sending Terminated first",
     "drop-import:acceptor-open-response":
-        "stream.py _on_message: the acceptor drops a Response (no store write, no ACK)",
+        "stream.py _on_responses: the acceptor drops a Response (no store write, no ACK)",
     "drop-import:dialer-open-response":
-        "stream.py _on_message: the dialer drops a Response (no store write, no ACK)",
+        "stream.py _on_responses: the dialer drops a Response (no store write, no ACK)",
     "drop-terminate:acceptor-open-terminated":
         "stream.py _on_terminated: the acceptor, told Terminated, neither terminates its row "
         "nor marks the stream disconnected",
@@ -129,7 +129,7 @@ IMPL_MUTANTS: Final[Mapping[str, str]] = {
     "no-service-list":
         "stream.py _handle_unguarded: a new stream does not send the exported-service list",
     "service-list-ignored":
-        "stream.py _upsert: the importer ignores the exported-service list",
+        "stream.py _import_op: the importer ignores the exported-service list",
     "no-trust-bundle":
         "stream.py _handle_unguarded: a new stream does not send the trust bundle",
     "failover-keeps-tracker":

@@ -866,12 +866,11 @@ class PeeringServer:
             _name(req.ServiceName, "ServiceName")
         self._require_leader()
         removed = 0
+        # the local rows only (not a dump of the whole store, imports and all: issue 10)
         if req.ServiceID:
-            local = [s for s in self.store.dump().services
-                     if s.peer_name == "" and s.id == req.ServiceID]
+            local = [s for s in self.store.local_services() if s.id == req.ServiceID]
         else:
-            local = [s for s in self.store.dump().services
-                     if s.peer_name == "" and s.name == req.ServiceName]
+            local = [s for s in self.store.local_services() if s.name == req.ServiceName]
         for service in local:
             if self.store.deregister_service(service.id, node=service.node,
                                              partition=service.partition):
@@ -903,7 +902,9 @@ class PeeringServer:
     async def read_catalog(
         self, req: admin_pb2.ReadCatalogRequest
     ) -> admin_pb2.ReadCatalogResponse:
-        dump = self.store.dump()
+        # everything, by definition: read page by page from a snapshot (SQLite), so streams
+        # and other RPCs keep running while a large store is read (issue 10)
+        dump = await self.store.dump_paged()
         out = admin_pb2.ReadCatalogResponse(
             LocalServices=[csn_to_pb(c) for c in _instances(dump, "")],
             Exports=[

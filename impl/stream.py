@@ -14,9 +14,11 @@ Structure: one task receives, one task sends, and neither ever waits on the othe
 * the *sender*: the only caller of ``stream.send()`` and ``close_send()``. It works through the
   *outbox*, a FIFO of what the handler queued: messages (ACK/NACK, heartbeat, subscription
   requests, ``Terminated``), replication *passes*, and the final step (the dialer's CloseSend,
-  or the end of sending). A pass builds one Response at a time, only when the previous send
-  has completed, so replication is paced by the transport's flow-control window and never
-  held in memory as messages: the stream's first pass sends the exported services of a
+  or the end of sending). A pass builds its Responses as the sender asks for them, at most
+  ``BATCH_LIMIT`` at a time (one ``send_many``, one thread crossing over gRPC), the next batch
+  only when the previous one has gone out, so replication is paced by the transport's
+  flow-control window and never held in memory beyond one batch: the stream's first pass
+  sends the exported services of a
   snapshot taken at the start (what the model's ``accept`` puts on the channel); a later pass
   ("exports may have changed") snapshots the store when it reaches the head of the outbox and
   sends each service whose state differs from what this stream last sent it. The sender
@@ -54,6 +56,14 @@ leaves phase OPEN it imports nothing (the drain discards) and no later pass send
 (a pass also rechecks that the local row is active before each Response). After a nil return
 the drain discards events until the inbound side has ended *and* the sender has finished, so an
 acceptor's RPC never ends before its ``Terminated`` has gone out.
+
+Batches (issue 10). The receiver hands the handler what the transport had already received
+along with the message it waited for (``receive_ready``, at most ``BATCH_LIMIT``); the handler
+imports each run of Responses in one store transaction (``StateStore.import_batch``) and then
+queues their ACK/NACKs in order, so no ACK leaves before its import is committed. Messages are
+still handled in order, and the first ending discards the rest, as the drain would. The export
+watcher wakes on local catalog, export and peering changes only (``LOCAL_CATALOG``): imported
+rows never change what this end exports.
 
 Bug switches: ``termination-race`` (dialer: cancel right after sending Terminated, no CloseSend
 or drain; acceptor: a cancelled stream is a silent end), ``no-reconnect`` (dialer: any end of
@@ -100,10 +110,14 @@ from peerkit.proto.resources import (
 from .codec import csn_from_wire, instances_to_pb
 from .logs import EventLog
 from .store import (
-    CATALOG,
     EXPORTS,
+    LOCAL_CATALOG,
     PEERINGS,
     CheckServiceNode,
+    ImportBundle,
+    ImportOp,
+    ImportService,
+    ImportServiceList,
     StateStore,
     StoreError,
     StoreFailure,
@@ -164,6 +178,10 @@ HEARTBEAT_TIMEOUT: Final = 120.0  # seconds without any message before giving up
 #: Responses; this cap only stops a peer that sends without ever reading from costing memory
 #: without end (each queued ACK is about 100 bytes on the wire; the stream ends at the cap)
 OUTBOUND_BACKLOG_LIMIT: Final = 50_000
+#: The most messages the receiver hands the handler at once (what the transport had already
+#: received): their Responses are imported in one store transaction (issue 10), and the
+#: sender puts at most this many messages on the wire per transport call
+BATCH_LIMIT: Final = 64
 
 # The stream speaks Consul's released (1.14 and later) layout, specs/wire.md: every Response is
 # an UPSERT; a service with no instances left is an UPSERT with an empty ExportedService.
@@ -238,7 +256,9 @@ class _SendStalled(Exception):
 # Events on the handler loop's channel
 @dataclass(frozen=True)
 class _Inbound:
-    msg: ReplicationMessage
+    """Messages in the order received: one, plus what the transport already held."""
+
+    msgs: tuple[ReplicationMessage, ...]
 
 
 @dataclass(frozen=True)
@@ -463,7 +483,9 @@ class StreamSession:
                 except TransportError as exc:
                     await out.send(_InboundEnd(exc))
                     return
-                await out.send(_Inbound(msg))
+                # what arrived meanwhile goes with it: its Responses are imported together
+                more = self.stream.receive_ready(BATCH_LIMIT - 1)
+                await out.send(_Inbound((msg, *more)))
 
     # =========================================================================================
     # HandleStream
@@ -551,7 +573,7 @@ class StreamSession:
     async def _on_event_unguarded(self, event: _Event) -> Ending | None:
         if isinstance(event, _Inbound):
             self._last_received = trio.current_time()
-            return await self._on_message(event.msg)
+            return self._on_messages(event.msgs)
         if isinstance(event, _InboundEnd):
             return self._on_inbound_end(event.error)
         if isinstance(event, _Teardown):
@@ -669,32 +691,95 @@ class StreamSession:
 
     # ---- inbound messages ----------------------------------------------------------------
 
-    async def _on_message(self, msg: ReplicationMessage) -> Ending | None:
-        kind = msg.WhichOneof("Payload")
-        tracker = self.env.tracker
-        pid = self.params.local_id
-        if kind == "response":
+    def _on_messages(self, msgs: tuple[ReplicationMessage, ...]) -> Ending | None:
+        """Handle messages in order; each run of Responses is imported in one transaction.
+        The first ending stops it: what follows is discarded, as the drain would."""
+        i = 0
+        while i < len(msgs):
+            j = i
+            while j < len(msgs) and msgs[j].WhichOneof("Payload") == "response":
+                j += 1
+            if j > i:
+                ending = self._on_responses(msgs[i:j])
+                i = j
+            else:
+                ending = self._on_message(msgs[i])
+                i += 1
+            if ending is not None:
+                return ending
+        return None
+
+    def _on_responses(self, msgs: tuple[ReplicationMessage, ...]) -> Ending | None:
+        """Import a run of Responses in one store transaction, then ACK/NACK each in order."""
+        taken: list[ReplicationMessage.Response] = []
+        for msg in msgs:
             if self._mutant("drop-import:acceptor-open-response",
                             "drop-import:dialer-open-response"):
-                return None  # mutant: the Response is dropped (no write, no ACK)
-            if self._replies_queued >= self.env.outbound_backlog_limit:
-                return self._backlog_full()  # before importing what could not be answered
-            reply, result = self._process_response(msg.response)
-            if result.store_error is None:
+                continue  # mutant: the Response is dropped (no write, no ACK)
+            if self._replies_queued + len(taken) >= self.env.outbound_backlog_limit:
+                # before importing what could not be answered (what came before is answered)
+                return self._import_and_reply(taken) or self._backlog_full()
+            taken.append(msg.response)
+        return self._import_and_reply(taken)
+
+    def _import_and_reply(self, responses: list[ReplicationMessage.Response]) -> Ending | None:
+        if not responses:
+            return None
+        tracker = self.env.tracker
+        pid = self.params.local_id
+        replies: list[_Reply | None] = []  # None: its op is in the batch
+        ops: list[ImportOp] = []
+        for resp in responses:
+            reply = self._check_response(resp)
+            if reply is None:
+                try:
+                    op = self._import_op(resp.ResourceURL, resp.ResourceID, resp.Resource)
+                except (ValueError, TypeError) as exc:
+                    reply = self._upsert_error(resp, str(exc))
+                else:
+                    if op is None:
+                        reply = _Reply()  # nothing to write (mutant service-list-ignored)
+                    else:
+                        ops.append(op)
+            replies.append(reply)
+        try:
+            results = self.env.store.import_batch(
+                self.params.peer_name, self.params.partition, ops) if ops else []
+        except StoreFailure as exc:
+            # the whole batch was rolled back: answer as if its first write had failed
+            results = [exc]
+        applied = iter(results)
+        for resp, known in zip(responses, replies, strict=True):
+            if known is None:
+                error = next(applied, None)
+                if isinstance(error, StoreFailure):
+                    known = self._upsert_error(resp, str(error), error)
+                elif isinstance(error, StoreError):
+                    known = self._upsert_error(resp, error.message)
+                elif error is not None:
+                    known = self._upsert_error(resp, str(error))
+                else:
+                    known = _Reply()
+            if known.store_error is None:
                 tracker.track_receive_success(pid)
             else:
-                tracker.track_receive_error(pid, result.store_error)
-                self.log.warning("failed to persist resource", error=result.store_error,
-                                 resource_url=msg.response.ResourceURL,
-                                 resource_id=msg.response.ResourceID)
+                tracker.track_receive_error(pid, known.store_error)
+                self.log.warning("failed to persist resource", error=known.store_error,
+                                 resource_url=resp.ResourceURL, resource_id=resp.ResourceID)
             self._replies_queued += 1
-            self._queue(_Acknowledgement(reply))
-            if result.failure is not None:
+            self._queue(_Acknowledgement(self._reply_message(resp, known)))
+            if known.failure is not None:
                 # the disk failed (full, read-only, I/O): the NACK alone would leave this
                 # resource unapplied for good (nothing is resent after a NACK), so end the
                 # stream too; the next stream resends the whole state once the disk is back
-                return self._store_failed(result.failure)
-            return None
+                return self._store_failed(known.failure)
+        return None
+
+    def _on_message(self, msg: ReplicationMessage) -> Ending | None:
+        """Any message but a Response."""
+        kind = msg.WhichOneof("Payload")
+        tracker = self.env.tracker
+        pid = self.params.local_id
         if kind == "request":
             req = msg.request
             if req.ResponseNonce == "":
@@ -714,10 +799,8 @@ class StreamSession:
         self.log.warning("ignored unexpected message", kind=kind or "empty")
         return None
 
-    def _process_response(
-        self, resp: ReplicationMessage.Response
-    ) -> tuple[ReplicationMessage, _Reply]:
-        result = self._apply_response(resp)
+    @staticmethod
+    def _reply_message(resp: ReplicationMessage.Response, result: _Reply) -> ReplicationMessage:
         request = ReplicationMessage.Request(
             ResourceURL=resp.ResourceURL, ResponseNonce=resp.Nonce
         )
@@ -725,9 +808,11 @@ class StreamSession:
             request.Error.CopyFrom(
                 status_pb2.Status(code=result.error_code, message=result.error_message)
             )
-        return ReplicationMessage(request=request), result
+        return ReplicationMessage(request=request)
 
-    def _apply_response(self, resp: ReplicationMessage.Response) -> _Reply:
+    @staticmethod
+    def _check_response(resp: ReplicationMessage.Response) -> _Reply | None:
+        """The checks before any decoding (upstream's processResponse): a NACK, or None."""
         url, rid = resp.ResourceURL, resp.ResourceID
         if url not in (TYPE_URL_EXPORTED_SERVICE, TYPE_URL_PEERING_TRUST_BUNDLE,
                        TYPE_URL_EXPORTED_SERVICE_LIST):
@@ -746,18 +831,18 @@ class StreamSession:
         if not resp.HasField("Resource"):
             msg = "received upsert response with no content"
             return _Reply(StatusCode.INVALID_ARGUMENT.value, msg, msg)
-        try:
-            self._upsert(url, rid, resp.Resource)
-        except (StoreError, StoreFailure, ValueError, TypeError) as exc:
-            text = exc.message if isinstance(exc, StoreError) else str(exc)
-            msg = (f"upsert error, ResourceURL: {_go_quote(url)}, "
-                   f"ResourceID: {_go_quote(rid)}: {text}")
-            failure = exc if isinstance(exc, StoreFailure) else None
-            return _Reply(StatusCode.INTERNAL.value, msg, msg, failure)
-        return _Reply()
+        return None
 
-    def _upsert(self, url: str, rid: str, resource: any_pb2.Any) -> None:
-        store = self.env.store
+    @staticmethod
+    def _upsert_error(resp: ReplicationMessage.Response, text: str,
+                      failure: StoreFailure | None = None) -> _Reply:
+        msg = (f"upsert error, ResourceURL: {_go_quote(resp.ResourceURL)}, "
+               f"ResourceID: {_go_quote(resp.ResourceID)}: {text}")
+        return _Reply(StatusCode.INTERNAL.value, msg, msg, failure)
+
+    def _import_op(self, url: str, rid: str, resource: any_pb2.Any) -> ImportOp | None:
+        """Decode one upsert into the store op that applies it (None: nothing to apply);
+        ValueError/TypeError when it does not decode (the caller NACKs)."""
         peer, partition = self.params.peer_name, self.params.partition
         if resource.type_url != url:
             # upstream's handleUpsert checks this before decoding anything
@@ -768,32 +853,23 @@ class StreamSession:
                 raise ValueError("a service resource needs a ResourceID (the service name)")
             exported = peerstream_pb2.ExportedService()
             _unpack(resource, exported)
-            instances = [csn_from_wire(n, peer, partition) for n in exported.Nodes]
-            if instances:
-                store.import_service_nodes(peer, partition, rid, instances)
-            else:
-                store.import_delete_service(peer, partition, rid)
-            return
+            # no instances: the service's removal (import_batch deletes it)
+            return ImportService(rid, [csn_from_wire(n, peer, partition)
+                                       for n in exported.Nodes])
         if url == TYPE_URL_EXPORTED_SERVICE_LIST:
             listed = peerstream_pb2.ExportedServiceList()
             _unpack(resource, listed)
             if "service-list-ignored" in self._mutants:
-                return  # mutant: the list is accepted and ignored
-            keep = set(listed.Services)
-            for service in store.imported_service_names(peer, partition):
-                if service not in keep:
-                    store.import_delete_service(peer, partition, service)
-            return
+                return None  # mutant: the list is accepted and ignored
+            return ImportServiceList(tuple(listed.Services))
         bundle = peering_pb2.PeeringTrustBundle()
         _unpack(resource, bundle)
-        store.trust_bundle_write(
-            TrustBundle(
-                peer_name=peer,
-                partition=partition,
-                trust_domain=bundle.TrustDomain,
-                root_pems=tuple(bundle.RootPEMs),
-            )
-        )
+        return ImportBundle(TrustBundle(
+            peer_name=peer,
+            partition=partition,
+            trust_domain=bundle.TrustDomain,
+            root_pems=tuple(bundle.RootPEMs),
+        ))
 
     # ---- outbound: the subscription manager ------------------------------------------------
 
@@ -890,7 +966,8 @@ class StreamSession:
 
     async def _watch_exports(self, out: trio.MemorySendChannel[_Event]) -> None:
         store = self.env.store
-        tables = (CATALOG, EXPORTS, PEERINGS)
+        # the local catalog only: imported rows never change what this end exports (issue 10)
+        tables = (LOCAL_CATALOG, EXPORTS, PEERINGS)
         async with out:
             index = max(store.table_index(t) for t in tables)
             while True:
@@ -910,10 +987,13 @@ class StreamSession:
         self._outbox.append(item)
         self._wakeup.unpark_all()
 
-    def _next_outbound(self) -> ReplicationMessage | _Final | None:
-        """The next thing to put on the wire, or None when the outbox is empty."""
+    def _next_outbound(self, messages_only: bool = False) -> ReplicationMessage | _Final | None:
+        """The next thing to put on the wire, or None when the outbox is empty (or, with
+        ``messages_only``, when the next thing is the final step: it stays queued)."""
         while self._outbox:
             item = self._outbox[0]
+            if messages_only and isinstance(item, _Final):
+                return None
             if isinstance(item, _Pass):
                 if item.messages is None:
                     item.messages = self._pass_messages(item)
@@ -947,7 +1027,14 @@ class StreamSession:
                         ended = _SenderEnded()
                         break
                     else:
-                        await self._send(item)
+                        # what is queued behind it goes in the same transport call
+                        batch = [item]
+                        while len(batch) < BATCH_LIMIT:
+                            more = self._next_outbound(messages_only=True)
+                            if not isinstance(more, ReplicationMessage):
+                                break
+                            batch.append(more)
+                        await self._send(batch)
             except _SendStalled:
                 ended = _SenderEnded(stalled=True)
             except StoreFailure as exc:  # while building a pass's Response
@@ -960,18 +1047,26 @@ class StreamSession:
         except TransportError as exc:  # the stream has ended: the drain will see how
             self.log.debug("close-send failed", error=_describe_end(exc))
 
-    async def _send(self, msg: ReplicationMessage) -> None:
-        """``stream.send``. A failure is recorded (LastSendError) and otherwise ignored: the
-        receiver reports how the stream ended, and that ends the handler. A send is given up
-        (``_SendStalled``) once it has waited the heartbeat timeout: a send waits while the
-        peer does not read (gRPC's flow control, the memory network's send window) and must
-        not wait for ever; a long burst that the peer does read goes on, one send at a time."""
-        with trio.move_on_after(self.env.heartbeat_timeout) as scope:
+    async def _send(self, msgs: list[ReplicationMessage]) -> None:
+        """``stream.send_many`` (at most BATCH_LIMIT messages, in outbox order). A failure is
+        recorded (LastSendError) and otherwise ignored: the receiver reports how the stream
+        ended, and that ends the handler. A send is given up (``_SendStalled``) once it has
+        waited the heartbeat timeout: a send waits while the peer does not read (gRPC's flow
+        control, the memory network's send window) and must not wait for ever; a long burst
+        that the peer does read goes on: the timeout restarts whenever some of the batch has
+        gone out (after each message on the memory network, after the batch over gRPC, where
+        a batch is at most BATCH_LIMIT small messages, well inside one flow-control window)."""
+        timeout = self.env.heartbeat_timeout
+        with trio.move_on_after(timeout) as scope:
+
+            def progress() -> None:
+                scope.deadline = trio.current_time() + timeout
+
             try:
-                await self.stream.send(msg)
+                await self.stream.send_many(msgs, progress)
             except (EndOfStream, StreamFailed, ClosedForSending) as exc:
                 text = _describe_end(exc)
                 self.env.tracker.track_send_error(self.params.local_id, text)
-                self.log.debug("send failed", what=msg.WhichOneof("Payload"), error=text)
+                self.log.debug("send failed", what=msgs[0].WhichOneof("Payload"), error=text)
         if scope.cancelled_caught:
             raise _SendStalled()

@@ -17,6 +17,18 @@ changes nothing at all, index included.
 After a commit the store wakes every ``wait_for_change`` caller (a ``trio.Event`` replaced per
 change) and then calls the synchronous subscribers in subscription order.
 
+``LOCAL_CATALOG`` is a watch name for ``wait_for_change`` and ``table_index`` only: the index of
+the last write that touched a *local* catalog row (``peer_name == ""``). An exporter's stream
+end watches it instead of ``catalog`` because imported rows never change what it exports; with
+mutual exports, watching the whole catalog woke every stream's exporter on every import (issue
+10). It is kept in memory (not in ``meta``, not in dumps) and starts at the catalog's index on
+open, so a restart can only wake a watcher once too often, never miss a change.
+
+Batched import: ``import_batch`` applies the Responses a stream end received together in ONE
+write transaction (one commit, one index), each with the same rules and results as the single
+calls; a backend failure rolls the whole batch back, so a crash mid-batch leaves none of it
+(and none of it was acknowledged: the stream ACKs after the commit).
+
 Concurrency
 -----------
 All operations except ``wait_for_change`` are synchronous and short; they are meant to be called
@@ -28,7 +40,7 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -100,6 +112,9 @@ CATALOG = "catalog"
 EXPORTS = "exports"
 #: The tables a watch can name.
 WATCH_TABLES = frozenset({PEERINGS, TRUST_BUNDLES, CATALOG, EXPORTS})
+#: The local rows of the catalog only (see the module docstring); not persisted.
+LOCAL_CATALOG = "local_catalog"
+_WAITABLE = WATCH_TABLES | {LOCAL_CATALOG}
 
 #: Physical table name -> the record type it holds. Backends create exactly these tables.
 TABLES: Mapping[str, type[Row]] = {
@@ -121,6 +136,8 @@ _WATCH_OF: dict[str, str] = {
     "exports": EXPORTS,
 }
 _STORE_INDEX = "store"
+#: Rows per page of ``StateStore.dump_paged`` (a page of small rows decodes in about a ms).
+DUMP_PAGE_ROWS = 500
 
 
 def key_of(row: Row) -> Key:
@@ -164,6 +181,17 @@ class BackendTxn(ABC):
     def scan(self, table: str, prefix: Key = ()) -> list[Row]:
         """Every row whose key starts with ``prefix``, in no particular order."""
 
+    def scan_matching(self, table: str, prefix: Key, field: str,
+                      values: Collection[str]) -> list[Row]:
+        """The rows of ``scan(table, prefix)`` whose ``field`` is one of ``values``. A backend
+        may filter before decoding (SQLite does, in SQL); this default filters after."""
+        return [row for row in self.scan(table, prefix) if getattr(row, field) in values]
+
+    def scan_pages(self, table: str, rows: int) -> Iterator[list[Row]]:
+        """Every row of ``table``, in lists of at most ``rows`` (read and decoded page by
+        page where the backend can; this default gives one page)."""
+        yield self.scan(table)
+
 
 class Backend(ABC):
     """Storage for ``StateStore``: atomic transactions over keyed rows, and nothing else."""
@@ -174,6 +202,13 @@ class Backend(ABC):
 
         A rolled-back transaction must leave no trace. ``write=False`` promises no put/delete.
         """
+
+    def snapshot_reader(self) -> Callable[[], AbstractContextManager[BackendTxn]] | None:
+        """A factory of read transactions each on a connection of its own, which may stay
+        open while the store goes on writing (a consistent snapshot, read page by page
+        between other tasks' steps); None (the default) when the backend has none (the
+        memory backend: it has no I/O or decoding to spread out)."""
+        return None
 
     @abstractmethod
     def close(self) -> None:
@@ -191,6 +226,7 @@ class Change:
 
     index: int
     tables: frozenset[str]
+    local_catalog: bool = False  # it wrote a local catalog row (LOCAL_CATALOG)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -218,6 +254,7 @@ class _Tx:
         self.raw = raw
         self.index = index
         self.touched: set[str] = set()
+        self.local_catalog = False  # a local (peer_name "") node, service or check was written
 
     def get(self, cls: type[R], key: Key) -> R | None:
         row = self.raw.get(_TABLE_OF[cls], key)
@@ -228,7 +265,14 @@ class _Tx:
         return row
 
     def scan(self, cls: type[R], prefix: Key = ()) -> list[R]:
-        rows = self.raw.scan(_TABLE_OF[cls], prefix)
+        return self._typed(cls, self.raw.scan(_TABLE_OF[cls], prefix))
+
+    def scan_matching(self, cls: type[R], prefix: Key, field: str,
+                      values: Collection[str]) -> list[R]:
+        return self._typed(cls, self.raw.scan_matching(_TABLE_OF[cls], prefix, field, values))
+
+    @staticmethod
+    def _typed(cls: type[R], rows: list[Row]) -> list[R]:
         out: list[R] = []
         for row in rows:
             if not isinstance(row, cls):
@@ -239,12 +283,18 @@ class _Tx:
     def put(self, row: Row) -> None:
         table = _TABLE_OF[type(row)]
         self.raw.put(table, key_of(row), row)
-        self.touched.add(_WATCH_OF[table])
+        self._touch(table, row)
 
     def delete(self, row: Row) -> None:
         table = _TABLE_OF[type(row)]
         if self.raw.delete(table, key_of(row)):
-            self.touched.add(_WATCH_OF[table])
+            self._touch(table, row)
+
+    def _touch(self, table: str, row: Row) -> None:
+        watch = _WATCH_OF[table]
+        self.touched.add(watch)
+        if isinstance(row, Node | Service | Check) and not row.peer_name:
+            self.local_catalog = True
 
 
 def _by_peering_name(p: Peering) -> tuple[str, str, str]:
@@ -286,6 +336,7 @@ class StateStore:
                     self._index = row.index
                 elif row.name in WATCH_TABLES:
                     self._table_indexes[row.name] = row.index
+        self._local_catalog_index = self._table_indexes[CATALOG]
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -341,12 +392,14 @@ class StateStore:
         finally:
             self._busy = False
         if touched:
-            self._committed(Change(tx.index, touched))
+            self._committed(Change(tx.index, touched, tx.local_catalog))
 
     def _committed(self, change: Change) -> None:
         self._index = change.index
         for table in change.tables:
             self._table_indexes[table] = change.index
+        if change.local_catalog:
+            self._local_catalog_index = change.index
         event, self._changed = self._changed, trio.Event()
         event.set()
         for callback in list(self._subscribers):
@@ -360,8 +413,14 @@ class StateStore:
         return self._index
 
     def table_index(self, table: str) -> int:
-        """The index of the last write that touched ``table`` (one of ``WATCH_TABLES``)."""
-        return self._table_indexes[_check_watch_table(table)]
+        """The index of the last write that touched ``table`` (one of ``WATCH_TABLES``, or
+        ``LOCAL_CATALOG``)."""
+        return self._watch_index(_check_watch_table(table))
+
+    def _watch_index(self, table: str) -> int:
+        if table == LOCAL_CATALOG:
+            return self._local_catalog_index
+        return self._table_indexes[table]
 
     async def wait_for_change(self, tables: Iterable[str], after_index: int) -> int:
         """Wait until one of ``tables`` changed after ``after_index``; return its table index.
@@ -379,10 +438,10 @@ class StateStore:
         while True:
             if self._closed:
                 raise trio.ClosedResourceError("the state store is closed")
-            current = max(self._table_indexes[t] for t in watched)
+            current = max(self._watch_index(t) for t in watched)
             if current > after_index:
                 await trio.lowlevel.checkpoint()
-                return max(self._table_indexes[t] for t in watched)
+                return max(self._watch_index(t) for t in watched)
             await self._changed.wait()
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
@@ -705,6 +764,68 @@ class StateStore:
             removed = self._replace_service(tx, peer_name, partition, service_name, {})
         return removed
 
+    def import_batch(
+        self, peer_name: str, partition: str, ops: Sequence[ImportOp]
+    ) -> list[Exception | None]:
+        """Apply a stream end's received resources from ``peer_name`` in ONE transaction.
+
+        Each op is one of ``ImportService(name, nodes)`` (as ``import_service_nodes``, or as
+        ``import_delete_service`` when ``nodes`` is empty), ``ImportServiceList(keep)`` (delete
+        every imported service not in ``keep``) or ``ImportBundle(bundle)`` (as
+        ``trust_bundle_write``). The result has one entry per op, in order: None when it was
+        applied, or the StoreError/ValueError/TypeError the single call would have raised, in
+        which case that op wrote nothing (its checks come before its writes) and the others
+        are applied all the same. A StoreFailure (the backend failed) rolls the whole batch
+        back and propagates. One commit, one index, one wake-up for the whole batch.
+        """
+        check_name(peer_name, "peer_name")
+        _check_partition(partition)
+        results: list[Exception | None] = []
+        # the peer's services the batch can touch: all of them if it holds the service list,
+        # else only those it names (read without decoding the others: issue 10)
+        named = {op.name for op in ops if isinstance(op, ImportService)
+                 and isinstance(op.name, str)}
+        listed = any(isinstance(op, ImportServiceList) for op in ops)
+        names = None if listed else named
+        with self._write() as tx:
+            cache = _PeerServices(tx, peer_name, partition, names)
+            for op in ops:
+                try:
+                    self._apply_import(tx, peer_name, partition, op, cache)
+                except (StoreError, ValueError, TypeError) as exc:
+                    results.append(exc)
+                else:
+                    results.append(None)
+        return results
+
+    def _apply_import(self, tx: _Tx, peer_name: str, partition: str, op: ImportOp,
+                      cache: _PeerServices) -> None:
+        """One op of ``import_batch``: every check first, then the writes."""
+        if isinstance(op, ImportService):
+            check_name(op.name, "service_name")
+            if not op.nodes:
+                self._replace_service(tx, peer_name, partition, op.name, {}, cache)
+                return
+            merged = _merge_import(peer_name, partition, op.name, op.nodes)
+            self._require_active(tx, peer_name, partition)
+            self._replace_service(tx, peer_name, partition, op.name, merged, cache)
+        elif isinstance(op, ImportServiceList):
+            keep = frozenset(check_str_tuple(op.keep, "keep"))
+            for name in sorted(cache.names() - keep):
+                self._replace_service(tx, peer_name, partition, name, {}, cache)
+        elif isinstance(op, ImportBundle):
+            b = op.bundle
+            if not isinstance(b, TrustBundle):
+                raise TypeError(f"ImportBundle takes a TrustBundle, not {type(b).__name__}")
+            if (b.peer_name, b.partition) != (peer_name, partition):
+                raise ValueError("the bundle is not from this batch's peer and partition")
+            self._require_active(tx, peer_name, partition)
+            existing = tx.get(TrustBundle, key_of(b))
+            create_index = existing.create_index if existing is not None else tx.index
+            tx.put(replace(b, create_index=create_index, modify_index=tx.index))
+        else:
+            raise TypeError(f"unknown import op {type(op).__name__}")
+
     def delete_imported_nodes(
         self, peer_name: str, partition: str, node_names: Iterable[str]
     ) -> int:
@@ -851,6 +972,56 @@ class StateStore:
                 exports=tuple(sorted(tx.scan(ExportEntry), key=key_of)),
             )
 
+    async def dump_paged(self, page_rows: int = DUMP_PAGE_ROWS) -> StoreDump:
+        """``dump()`` for large admin reads (ReadCatalog): with a backend that has a
+        ``snapshot_reader`` (SQLite), one read transaction on a connection of its own, read
+        and decoded ``page_rows`` rows at a time with a trio checkpoint between pages, so the
+        event loop (streams, RPCs, writes) keeps running while a large store is read; else
+        ``dump()`` at once. The indexes come from the snapshot itself (its ``meta`` rows). Not
+        a worker thread: the pages stay on the trio thread, so virtual time (MockClock) and
+        the store's single-thread rule are unaffected."""
+        self._enter()
+        reader = self._backend.snapshot_reader()
+        if reader is None:
+            await trio.lowlevel.checkpoint()
+            return self.dump()
+        tables: dict[type[Row], list[Row]] = {}
+        with reader() as raw:
+            for cls in (IndexEntry, Peering, TrustBundle, Node, Service, Check, ExportEntry):
+                rows: list[Row] = []
+                for page in raw.scan_pages(_TABLE_OF[cls], page_rows):
+                    for row in page:
+                        if not isinstance(row, cls):
+                            raise TypeError(f"backend returned {type(row).__name__} from "
+                                            f"{_TABLE_OF[cls]}")
+                    rows.extend(page)
+                    await trio.lowlevel.checkpoint()
+                tables[cls] = sorted(rows, key=key_of)
+        indexes = dict.fromkeys(sorted(WATCH_TABLES), 0)
+        index = 0
+        for entry in tables[IndexEntry]:
+            assert isinstance(entry, IndexEntry)
+            if entry.name == _STORE_INDEX:
+                index = entry.index
+            elif entry.name in WATCH_TABLES:
+                indexes[entry.name] = entry.index
+        return StoreDump(
+            index=index, table_indexes=tuple(sorted(indexes.items())),
+            peerings=tuple(tables[Peering]),  # type: ignore[arg-type]
+            trust_bundles=tuple(tables[TrustBundle]),  # type: ignore[arg-type]
+            nodes=tuple(tables[Node]),  # type: ignore[arg-type]
+            services=tuple(tables[Service]),  # type: ignore[arg-type]
+            checks=tuple(tables[Check]),  # type: ignore[arg-type]
+            exports=tuple(tables[ExportEntry]),  # type: ignore[arg-type]
+        )
+
+    def local_services(self) -> list[Service]:
+        """Every local service instance (peer_name ""), in all partitions, sorted by key: a
+        scan of the local rows only, whatever was imported."""
+        with self._read() as tx:
+            return sorted(tx.scan(Service, ("",)), key=key_of)
+
+
     # ---- helpers ---------------------------------------------------------------------------
 
     @staticmethod
@@ -908,15 +1079,20 @@ class StateStore:
         partition: str,
         service_name: str,
         merged: Mapping[str, _ImportedNode],
+        cache: _PeerServices | None = None,
     ) -> bool:
-        """Make the imported instances of one service exactly ``merged``; report removals."""
+        """Make the imported instances of one service exactly ``merged``; report removals.
+        ``cache`` (a batch's one scan of the peer's services) replaces the scan per call."""
         prefix: Key = (peer_name, partition)
+        if cache is None:
+            cache = _PeerServices(tx, peer_name, partition)
         wanted = {(n, s.id) for n, entry in merged.items() for s in entry.services}
         removed = False
         emptied: set[str] = set()
-        for service in tx.scan(Service, prefix):
-            if service.name == service_name and (service.node, service.id) not in wanted:
+        for service in cache.of(service_name):
+            if (service.node, service.id) not in wanted:
                 self._delete_instance(tx, service)
+                cache.remove(service)
                 emptied.add(service.node)
                 removed = True
         for name, entry in merged.items():
@@ -927,6 +1103,7 @@ class StateStore:
                     tx.delete(check)
             for service in entry.services:
                 tx.put(service)
+                cache.put(service)
             for check in entry.checks.values():
                 tx.put(check)
         for name in sorted(emptied - merged.keys()):
@@ -941,6 +1118,68 @@ class StateStore:
 
 
 @dataclass(frozen=True)
+class ImportService:
+    """``import_batch`` op: the full current instance list of one exported service (empty: the
+    service is gone)."""
+
+    name: str
+    nodes: Sequence[ImportedInstance]
+
+
+@dataclass(frozen=True)
+class ImportServiceList:
+    """``import_batch`` op: the exporter's list of services; every other import is deleted."""
+
+    keep: Sequence[str]
+
+
+@dataclass(frozen=True)
+class ImportBundle:
+    """``import_batch`` op: the peer's trust bundle."""
+
+    bundle: TrustBundle
+
+
+ImportOp = ImportService | ImportServiceList | ImportBundle
+
+
+class _PeerServices:
+    """The imported service rows of one peer, read with one scan and kept up to date by the
+    transaction's own writes, so that a batch of imports scans the peer's services once, not
+    once per service."""
+
+    def __init__(self, tx: _Tx, peer_name: str, partition: str,
+                 names: Collection[str] | None = None) -> None:
+        """All the peer's services, or (``names``) only those of these names: the others
+        are then never asked for (``of``) and never listed (``names``)."""
+        prefix: Key = (peer_name, partition)
+        rows = (tx.scan(Service, prefix) if names is None
+                else tx.scan_matching(Service, prefix, "name", names))
+        self._by_key: dict[tuple[str, str], Service] = {(s.node, s.id): s for s in rows}
+        self._by_name: dict[str, set[tuple[str, str]]] = {}
+        for key, service in self._by_key.items():
+            self._by_name.setdefault(service.name, set()).add(key)
+
+    def of(self, name: str) -> list[Service]:
+        return [self._by_key[k] for k in sorted(self._by_name.get(name, ()))]
+
+    def names(self) -> set[str]:
+        return {name for name, keys in self._by_name.items() if keys}
+
+    def put(self, service: Service) -> None:
+        self.remove(service)
+        key = (service.node, service.id)
+        self._by_key[key] = service
+        self._by_name.setdefault(service.name, set()).add(key)
+
+    def remove(self, service: Service) -> None:
+        key = (service.node, service.id)
+        old = self._by_key.pop(key, None)
+        if old is not None:
+            self._by_name[old.name].discard(key)
+
+
+@dataclass(frozen=True)
 class _ImportedNode:
     node: Node
     services: tuple[Service, ...]
@@ -950,9 +1189,9 @@ class _ImportedNode:
 def _check_watch_table(table: object) -> str:
     if not isinstance(table, str):
         raise TypeError(f"table must be a str, not {type(table).__name__}")
-    if table not in WATCH_TABLES:
+    if table not in _WAITABLE:
         raise ValueError(
-            f"unknown table {table!r}; watch tables: {', '.join(sorted(WATCH_TABLES))}"
+            f"unknown table {table!r}; watch tables: {', '.join(sorted(_WAITABLE))}"
         )
     return table
 

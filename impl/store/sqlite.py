@@ -20,8 +20,8 @@ import fcntl
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Collection, Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,8 @@ DB_FILENAME = "peerkit-state.sqlite"
 #: The lock file inside the data dir (held with flock while a store is open).
 LOCK_FILENAME = "peerkit.lock"
 SCHEMA_VERSION = 1
+#: The fields of each table's records (what ``scan_matching`` may filter on).
+_FIELDS = {table: frozenset(f.name for f in fields(cls)) for table, cls in TABLES.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,6 +139,28 @@ class _SqliteTxn(BackendTxn):
             cur = self._conn.execute(f"SELECT v FROM {table}")
         return [_decode_stored(table, text) for (text,) in cur.fetchall()]
 
+    def scan_matching(self, table: str, prefix: Key, field: str,
+                      values: Collection[str]) -> list[Row]:
+        _check_table(table)
+        if field not in _FIELDS.get(table, ()):
+            raise ValueError(f"unknown field {field!r} of table {table!r}")
+        wanted = sorted(values)
+        if not wanted:
+            return []
+        low, high = _prefix_range(prefix) if prefix else ("", "\U0010ffff")
+        marks = ",".join("?" * len(wanted))
+        cur = self._conn.execute(
+            f"SELECT v FROM {table} WHERE ((k >= ? AND k < ?) OR k = ?) "
+            f"AND json_extract(v, '$.{field}') IN ({marks})",
+            (low, high, encode_key(prefix), *wanted),
+        )
+        return [_decode_stored(table, text) for (text,) in cur.fetchall()]
+
+    def scan_pages(self, table: str, rows: int) -> Iterator[list[Row]]:
+        cur = self._conn.execute(f"SELECT v FROM {_check_table(table)}")
+        while page := cur.fetchmany(max(1, rows)):
+            yield [_decode_stored(table, text) for (text,) in page]
+
     def _check_write(self) -> None:
         if not self._write:
             raise RuntimeError("write inside a read-only transaction")
@@ -234,6 +258,30 @@ class SqliteBackend(Backend):
         except sqlite3.Error as exc:
             # I/O error, disk full, locked, corrupt file: the operation changed nothing
             raise StoreFailure(f"the SQLite database failed: {exc}") from exc
+
+    def snapshot_reader(self) -> Callable[[], AbstractContextManager[BackendTxn]] | None:
+        if self._conn is None:
+            return None
+        path = self.path
+
+        @contextmanager
+        def read() -> Iterator[BackendTxn]:
+            # a connection of its own: WAL lets it read a consistent snapshot while the
+            # store's connection goes on writing
+            try:
+                conn = sqlite3.connect(path, isolation_level=None)
+            except sqlite3.Error as exc:
+                raise StoreFailure(f"the SQLite database failed: {exc}") from exc
+            try:
+                conn.execute("BEGIN")
+                yield _SqliteTxn(conn, write=False)
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreFailure(f"the SQLite database failed: {exc}") from exc
+            finally:
+                conn.close()
+
+        return read
 
     def close(self) -> None:
         if self._conn is not None:

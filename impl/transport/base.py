@@ -106,7 +106,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -286,6 +286,28 @@ class BidiStream(ABC, Generic[SendT, RecvT]):
     @abstractmethod
     async def receive(self) -> RecvT:
         """Next message. Raises EndOfStream, StreamCancelled, StreamFailed."""
+
+    async def send_many(self, messages: Sequence[SendT],
+                        on_progress: Callable[[], None] | None = None) -> None:
+        """``send`` each message in order; the first that fails raises as ``send`` would, and
+        the rest are not sent. A transport may hand them all over at once (the gRPC bridge
+        crosses threads once per call, not once per message); this default sends one at a
+        time. Nothing else differs: the same flow control paces it. ``on_progress()`` is
+        called on the trio thread each time some of them have gone out (this default: after
+        each one; the gRPC bridge: once, after all), so that a caller can tell a slow peer
+        from a stalled one."""
+        if not messages:
+            await trio.lowlevel.checkpoint()
+        for message in messages:
+            await self.send(message)
+            if on_progress is not None:
+                on_progress()
+
+    def receive_ready(self, limit: int) -> list[RecvT]:
+        """Up to ``limit`` messages this end has already received and holds, in order, without
+        waiting and without raising: an ending, or a message that does not decode, is left
+        for ``receive`` to report. This default holds none (``receive`` is always needed)."""
+        return []
 
     @abstractmethod
     async def close_send(self) -> None:

@@ -15,6 +15,14 @@ Design
   handler in the server's nursery, then awaits an asyncio future that the trio side resolves
   (``loop.call_soon_threadsafe``) with the handler's outcome.
 * Only bytes cross the thread boundary: (de)serializers run on the trio side, grpc is given none.
+* Crossing threads costs more than a small message (python-stack.md §2), so the bridge crosses
+  once per *batch* where it can (issue 10): a stream's first ``receive`` starts a reader task on
+  the loop (:class:`_ReadAhead`) that keeps reading into a deque, at most ``READ_AHEAD``
+  messages ahead (so flow control still holds the peer back), and wakes trio only when trio is
+  waiting; ``receive`` and ``receive_ready`` take from the deque without crossing. ``send_many``
+  hands a list of messages over in one coroutine. A reader that read ahead never loses a
+  message: the contract's rules hold as before (a cancelled ``receive`` leaves the messages
+  queued, a local ``cancel()`` drops them).
 * A trio-side cancel never cancels an in-flight grpc.aio read or write, because grpc.aio then
   cancels the whole RPC (measured, and visible in ``grpc/aio/_call.py``). Instead a cancelled
   ``receive`` leaves its read pending and the next ``receive`` collects it (no message is lost);
@@ -50,6 +58,7 @@ import errno
 import socket
 import threading
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from types import TracebackType
@@ -93,6 +102,8 @@ ReqT = TypeVar("ReqT")
 RespT = TypeVar("RespT")
 
 LOOP_THREAD_NAME: Final = "peerkit-grpc-asyncio"
+#: The most messages a stream's reader task holds that trio has not taken yet.
+READ_AHEAD: Final = 64
 
 _SHUTDOWN_MSG = "server shutting down"
 _LOCAL_CANCEL_MSG = "cancelled locally"
@@ -233,6 +244,148 @@ class _LoopThread:
         self._thread.join(timeout=5)
 
 
+class _ReadAhead:
+    """A stream's reader task on the loop thread and the deque it fills, taken from by trio.
+
+    The loop thread appends what ``read()`` returns: bytes, then one final non-bytes item (how
+    the inbound side ended). Trio pops. The two sides share only the deque (its appends and
+    pops are atomic) and two flags, each set by one side and checked by the other after its
+    own change, so no wake-up is lost: trio sets ``_waiter`` before it looks at the deque, the
+    reader looks at ``_waiter`` after it appended; the reader sets ``_parked`` before it looks
+    at the deque's length, trio looks at ``_parked`` after it popped."""
+
+    def __init__(self, lt: _LoopThread, read: Callable[[], Coroutine[Any, Any, object]]) -> None:
+        self._lt = lt
+        self._read = read
+        self.items: deque[object] = deque()
+        self.exhausted = False  # trio took the final item
+        self._final_queued = False
+        self._waiter: trio.Event | None = None
+        self._parked = False
+        self._space: asyncio.Event | None = None  # loop thread
+        self._in_space_wait = False  # loop thread: parked, not inside a read
+        self._released = False  # loop thread: read nothing more from the RPC
+        fut = lt.submit(self._aio_run())
+        token = lt.token
+
+        def finished(_: object) -> None:  # loop thread (or the caller, if already done)
+            with suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._reader_finished)
+
+        fut.add_done_callback(finished)
+
+    # -- loop thread --------------------------------------------------------------------
+
+    async def _aio_run(self) -> None:
+        self._space = asyncio.Event()
+        while True:
+            while len(self.items) >= READ_AHEAD and not self._released:
+                self._space.clear()
+                self._parked = True
+                if len(self.items) < READ_AHEAD:
+                    break
+                self._in_space_wait = True
+                try:
+                    await self._space.wait()
+                finally:
+                    self._in_space_wait = False
+            result = await self._read()
+            if not isinstance(result, bytes):
+                self._final_queued = True
+            self.items.append(result)
+            waiter = self._waiter
+            if waiter is not None:
+                self._lt.to_trio(waiter.set)
+            if not isinstance(result, bytes):
+                return
+
+    def _aio_space(self) -> None:
+        if self._space is not None:
+            self._space.set()
+
+    def _aio_release(self) -> None:
+        """The ending is known here: a reader parked for space reads no more from the RPC
+        (its final item is then a placeholder: the known ending is what trio reports)."""
+        if self._in_space_wait and self._space is not None:
+            self._released = True
+            self._read = _closed_read
+            self._space.set()
+
+    # -- trio thread ----------------------------------------------------------------------
+
+    def _reader_finished(self) -> None:
+        """The reader task is over; if it never queued a final item (the loop was stopped
+        first), the transport was closed."""
+        if not self._final_queued:
+            self._final_queued = True
+            self.items.append(_TRANSPORT_CLOSED)
+        if self._waiter is not None:
+            self._waiter.set()
+
+    def _took(self) -> None:
+        if self._parked and len(self.items) < READ_AHEAD:
+            self._parked = False
+            self._lt.call_soon(self._aio_space)
+
+    async def next(self) -> object:
+        """The next item, waiting for one (cancellable: nothing is lost)."""
+        waited = False
+        while not self.items:
+            event = trio.Event()
+            self._waiter = event
+            try:
+                if not self.items:
+                    await event.wait()
+                    waited = True
+            finally:
+                self._waiter = None
+        if not waited:
+            await trio.lowlevel.checkpoint()
+        item = self.items.popleft()
+        if not isinstance(item, bytes):
+            self.exhausted = True
+        self._took()
+        return item
+
+    def ready(self, limit: int) -> list[bytes]:
+        """Up to ``limit`` messages already read (never the final item)."""
+        out: list[bytes] = []
+        while len(out) < limit and self.items and isinstance(self.items[0], bytes):
+            out.append(self.items.popleft())  # type: ignore[arg-type]
+        if out:
+            self._took()
+        return out
+
+    def unread(self, data: bytes) -> None:
+        """Put back a message taken by ``ready`` (it did not decode: ``receive`` reports it)."""
+        self.items.appendleft(data)
+
+    def release(self) -> None:
+        self._lt.call_soon(self._aio_release)
+
+
+async def _closed_read() -> Outcome:
+    return _TRANSPORT_CLOSED
+
+
+def _ready_messages(inbox: _ReadAhead | None, limit: int,
+                    deserializer: Callable[[bytes], RecvT]) -> list[RecvT]:
+    """``receive_ready`` of either end: decoded messages already read; stops before one
+    that does not decode (left for ``receive``, which ends the RPC as the contract says)."""
+    if inbox is None or limit <= 0:
+        return []
+    out: list[RecvT] = []
+    taken = inbox.ready(limit)
+    for i, data in enumerate(taken):
+        try:
+            out.append(deserializer(data))
+        except Exception:
+            for rest in reversed(taken[i:]):
+                inbox.unread(rest)
+            break
+    return out
+
+
 def _outcome_or_closed(fut: concurrent.futures.Future[T]) -> T | Outcome:
     """The result of an operation future; a future cancelled by loop shutdown means "closed"."""
     try:
@@ -268,11 +421,16 @@ class GrpcServerStream(BidiStream[SendT, RecvT]):
         self._send_closed = False
         self._receiving = False
         self._sending = False
-        self._pending_read: concurrent.futures.Future[bytes | _Eof | Outcome] | None = None
+        self._inbox: _ReadAhead | None = None
         self._write_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"<GrpcServerStream {self.method} outcome={self._ending}>"
+
+    def _set_ending(self, outcome: Outcome) -> None:
+        super()._set_ending(outcome)
+        if self._inbox is not None:
+            self._inbox.release()
 
     # trio thread, posted by the loop thread
     def _rpc_cancelled(self) -> None:
@@ -296,10 +454,11 @@ class GrpcServerStream(BidiStream[SendT, RecvT]):
             return message
         return _EOF  # grpc.aio.EOF: the client half-closed (or cancelled: see the module doc)
 
-    async def _aio_write(self, data: bytes) -> Outcome | None:
+    async def _aio_write(self, datas: list[bytes]) -> Outcome | None:
         async with self._write_lock:
             try:
-                await self._context.write(data)
+                for data in datas:
+                    await self._context.write(data)
             except asyncio.CancelledError:
                 if _own_task_cancelled():
                     raise
@@ -320,17 +479,18 @@ class GrpcServerStream(BidiStream[SendT, RecvT]):
             raise trio.BusyResourceError("another task is already receiving on this stream")
         self._receiving = True
         try:
-            if self._pending_read is None:
-                error = self._receive_error()
-                if error is not None:
+            inbox = self._inbox
+            if inbox is None or inbox.exhausted or (
+                    self._ending is not None and not self._ending.ok):
+                error = self._receive_error() or EndOfStream()
+                if inbox is None and self._receive_error() is None:
+                    self._inbox = inbox = _ReadAhead(self._lt, self._aio_read)
+                else:
                     await trio.lowlevel.checkpoint()
                     raise error
-                self._pending_read = self._lt.submit(self._aio_read())
-            fut = await self._lt.wait(self._pending_read)
-            self._pending_read = None
+            result = await inbox.next()
         finally:
             self._receiving = False
-        result = _outcome_or_closed(fut)
         if self._ending is not None and not self._ending.ok:
             raise self._ending.exception()
         if isinstance(result, bytes):
@@ -343,10 +503,20 @@ class GrpcServerStream(BidiStream[SendT, RecvT]):
         if isinstance(result, _Eof):
             self._inbound_eof = True
             raise EndOfStream()
+        assert isinstance(result, Outcome)
         self._set_ending(result)
         raise self._ending_exception()
 
+    def receive_ready(self, limit: int) -> list[RecvT]:
+        if self._receiving or (self._ending is not None and not self._ending.ok):
+            return []
+        return _ready_messages(self._inbox, limit, self._deserializer)
+
     async def send(self, message: SendT) -> None:
+        await self.send_many((message,))
+
+    async def send_many(self, messages: Sequence[SendT],
+                        on_progress: Callable[[], None] | None = None) -> None:
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this stream")
         if self._send_closed:
@@ -355,14 +525,19 @@ class GrpcServerStream(BidiStream[SendT, RecvT]):
         if self._ending is not None:
             await trio.lowlevel.checkpoint()
             raise self._ending.exception()
-        data = _check_bytes(self._serializer(message))
+        datas = [_check_bytes(self._serializer(m)) for m in messages]
+        if not datas:
+            await trio.lowlevel.checkpoint()
+            return
         self._sending = True
         try:
-            fut = await self._lt.wait(self._lt.submit(self._aio_write(data)))
+            fut = await self._lt.wait(self._lt.submit(self._aio_write(datas)))
         finally:
             self._sending = False
         result = _outcome_or_closed(fut)
         if result is None:
+            if on_progress is not None:
+                on_progress()
             return
         self._set_ending(result)
         raise self._ending_exception()
@@ -611,7 +786,7 @@ class GrpcClientStream(BidiStream[SendT, RecvT]):
         self._send_closed = False
         self._receiving = False
         self._sending = False
-        self._pending_read: concurrent.futures.Future[bytes | Outcome] | None = None
+        self._inbox: _ReadAhead | None = None
         # loop-thread state
         self._call: grpc.aio.StreamStreamCall[bytes, bytes] | None = None
         self._status_task: asyncio.Future[None] | None = None
@@ -619,6 +794,11 @@ class GrpcClientStream(BidiStream[SendT, RecvT]):
 
     def __repr__(self) -> str:
         return f"<GrpcClientStream {self.method} outcome={self._ending}>"
+
+    def _set_ending(self, outcome: Outcome) -> None:
+        super()._set_ending(outcome)
+        if self._inbox is not None:
+            self._inbox.release()
 
     # ---- loop thread --------------------------------------------------------------------
 
@@ -665,21 +845,22 @@ class GrpcClientStream(BidiStream[SendT, RecvT]):
         # grpc.aio.EOF: the server finished with OK (a failure raises AioRpcError instead)
         return await self._aio_status()
 
-    async def _aio_write(self, data: bytes) -> Outcome | _NotAccepting | None:
+    async def _aio_write(self, datas: list[bytes]) -> Outcome | _NotAccepting | None:
         call = self._call
         if call is None:
             return _NO_CALL
         async with self._write_lock:
             try:
                 await call.wait_for_connection()
-                if call.done():
-                    return await self._aio_status()
-                raw_call = getattr(call, "_cython_call", None)
-                direct_send = getattr(raw_call, "send_serialized_message", None)
-                if direct_send is not None:
-                    await direct_send(data)
-                else:  # pragma: no cover - only if grpc.aio's internals change
-                    await call.write(data)
+                for data in datas:
+                    if call.done():
+                        return await self._aio_status()
+                    raw_call = getattr(call, "_cython_call", None)
+                    direct_send = getattr(raw_call, "send_serialized_message", None)
+                    if direct_send is not None:
+                        await direct_send(data)
+                    else:  # pragma: no cover - only if grpc.aio's internals change
+                        await call.write(data)
             except asyncio.CancelledError:
                 if _own_task_cancelled():
                     raise
@@ -712,16 +893,19 @@ class GrpcClientStream(BidiStream[SendT, RecvT]):
             raise trio.BusyResourceError("another task is already receiving on this stream")
         self._receiving = True
         try:
-            if self._pending_read is None:
+            inbox = self._inbox
+            if inbox is None or inbox.exhausted or self._cancelled_locally:
                 if self._ending is not None:
                     await trio.lowlevel.checkpoint()
                     raise self._ending.exception()
-                self._pending_read = self._lt.submit(self._aio_read())
-            fut = await self._lt.wait(self._pending_read)
-            self._pending_read = None
+                if inbox is None:
+                    self._inbox = inbox = _ReadAhead(self._lt, self._aio_read)
+                else:  # pragma: no cover - an exhausted reader has set the ending
+                    await trio.lowlevel.checkpoint()
+                    raise EndOfStream()
+            result = await inbox.next()
         finally:
             self._receiving = False
-        result = _outcome_or_closed(fut)
         if self._cancelled_locally:
             raise self._ending_exception()
         if isinstance(result, bytes):
@@ -730,10 +914,20 @@ class GrpcClientStream(BidiStream[SendT, RecvT]):
                 return decoded
             self._abandon(decoded)
             raise decoded.exception()
+        assert isinstance(result, Outcome)
         self._set_ending(result)
         raise self._ending_exception()
 
+    def receive_ready(self, limit: int) -> list[RecvT]:
+        if self._receiving or self._cancelled_locally:
+            return []
+        return _ready_messages(self._inbox, limit, self._deserializer)
+
     async def send(self, message: SendT) -> None:
+        await self.send_many((message,))
+
+    async def send_many(self, messages: Sequence[SendT],
+                        on_progress: Callable[[], None] | None = None) -> None:
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this stream")
         if self._send_closed:
@@ -742,14 +936,19 @@ class GrpcClientStream(BidiStream[SendT, RecvT]):
         if self._ending is not None:
             await trio.lowlevel.checkpoint()
             raise self._ending.exception()
-        data = _check_bytes(self._serializer(message))
+        datas = [_check_bytes(self._serializer(m)) for m in messages]
+        if not datas:
+            await trio.lowlevel.checkpoint()
+            return
         self._sending = True
         try:
-            fut = await self._lt.wait(self._lt.submit(self._aio_write(data)))
+            fut = await self._lt.wait(self._lt.submit(self._aio_write(datas)))
         finally:
             self._sending = False
         result = _outcome_or_closed(fut)
         if result is None:
+            if on_progress is not None:
+                on_progress()
             return
         if self._cancelled_locally:
             raise self._ending_exception()

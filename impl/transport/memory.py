@@ -541,6 +541,24 @@ class MemoryStream(BidiStream[SendT, RecvT]):
             if self.side == "server":
                 self.call._schedule_late_cancel()
 
+    def receive_ready(self, limit: int) -> list[RecvT]:
+        """The messages already delivered to this end's pipe (not held back), in order, up to
+        ``limit``; stops before an ending or a message that does not decode."""
+        out: list[RecvT] = []
+        if self._receiving:
+            return out
+        pipe = self.call._pipes[self._inbound()]
+        while len(out) < limit and self._ending_error() is None:
+            if pipe.held or not pipe.items or not isinstance(pipe.items[0], _Msg):
+                break
+            try:
+                decoded = self._deserializer(pipe.items[0].data)
+            except Exception:
+                break  # left for receive(), which ends the RPC as the contract says
+            self.call._take(self._inbound())
+            out.append(decoded)
+        return out
+
     async def send(self, message: SendT) -> None:
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this stream")

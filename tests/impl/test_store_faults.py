@@ -17,9 +17,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -35,6 +36,7 @@ from peerkit.impl.store import (
     NodeInfo,
     Peering,
     SqliteStore,
+    StoreFailure,
     StoreOpenError,
 )
 from peerkit.impl.testing import (
@@ -276,9 +278,26 @@ class FailingConnection:
 
 
 def break_disk(store: SqliteStore) -> FailingConnection:
+    """Every statement fails while ``failing``: on the store's connection, and on the
+    connections its large reads open in a worker thread (``snapshot_reader``)."""
     backend = store._backend
     wrapper = FailingConnection(backend._conn)  # type: ignore[attr-defined]
     backend._conn = wrapper  # type: ignore[attr-defined]
+    reader = backend.snapshot_reader
+
+    def failing_reader() -> Any:
+        make = reader()
+
+        @contextmanager
+        def read() -> Iterator[Any]:
+            if wrapper.failing:
+                raise StoreFailure("the SQLite database failed: disk I/O error")
+            with make() as raw:  # type: ignore[misc]
+                yield raw
+
+        return read
+
+    backend.snapshot_reader = failing_reader  # type: ignore[method-assign]
     return wrapper
 
 
@@ -338,7 +357,7 @@ async def test_a_stream_ends_when_the_exporters_disk_fails_and_resumes_after(
         disk = break_disk(store1)
         disk.failing = True
         # a local change wakes the export watcher: the stream ends with an error, no crash
-        store1._committed(Change(store1.index + 1, frozenset({CATALOG})))
+        store1._committed(Change(store1.index + 1, frozenset({CATALOG}), local_catalog=True))
         await eventually(lambda: not dc2.connected("dc1"), dc1, dc2)
         assert dc1.server.is_leader  # still serving (Status itself reads the failing store)
         disk.failing = False

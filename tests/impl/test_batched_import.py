@@ -1,0 +1,325 @@
+"""Issue 10's implementation changes, checked on both store backends and over real gRPC.
+
+* ``StateStore.import_batch`` (a stream end's received Responses in one transaction) gives the
+  same rows and the same per-op results as the single calls one after another, in one commit;
+  a backend failure mid-batch leaves nothing of the batch;
+* ``LOCAL_CATALOG``: imported rows do not move it, local rows do; an exporter's stream end
+  therefore does not recompute its exports on every import (counted through the store);
+* ``dump_paged`` (ReadCatalog) reads the same snapshot as ``dump`` (SQLite: page by page, on
+  a connection of its own, letting other tasks run and write meanwhile);
+* the gRPC bridge's ``send_many`` and ``receive_ready`` keep order and the contract's rules
+  (a message that does not decode is left for ``receive``, which reports it).
+
+May import: pytest, trio, the standard library, peerkit.impl, peerkit.proto.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from peerkit.impl.store import (
+    CATALOG,
+    LOCAL_CATALOG,
+    Check,
+    ImportBundle,
+    ImportService,
+    ImportServiceList,
+    MemoryStore,
+    Node,
+    Peering,
+    Service,
+    SqliteStore,
+    StateStore,
+    StoreError,
+    StoreFailure,
+    TrustBundle,
+)
+from peerkit.impl.store.sqlite import SqliteBackend
+from peerkit.impl.testing import eventually, running_cluster
+from peerkit.impl.transport import MemoryNetwork, StatusCode, StreamFailed, StreamMethod
+from peerkit.impl.transport.grpc_bridge import GrpcTransport
+from peerkit.model.vocabulary import ERR_IMPORT_INACTIVE
+
+PEER = "dc2"
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[StateStore]]:
+    """Two fresh stores of one backend kind, each with an active peering ``dc2``."""
+    made: list[StateStore] = []
+    for i in range(2):
+        store: StateStore = (MemoryStore() if request.param == "memory"
+                             else SqliteStore(tmp_path / f"data{i}"))
+        store.peering_write(Peering(name=PEER))
+        made.append(store)
+    yield made
+    for store in made:
+        store.close()
+
+
+def instance(node: str, service: str) -> tuple[Node, Service, list[Check]]:
+    sid = f"{service}-{node}"
+    return (Node(name=node, address="10.0.0.1"),
+            Service(id=sid, name=service, port=80, node=node),
+            [Check(check_id=f"{sid}:health", service_id=sid, node=node),
+             Check(check_id="serfHealth", node=node)])
+
+
+def imported_rows(store: StateStore) -> tuple[Any, ...]:
+    """What was imported, without the indexes (a batch commits at one index)."""
+    d = store.dump()
+    bundles = tuple(replace(b, create_index=0, modify_index=0) for b in d.trust_bundles)
+    return d.nodes, d.services, d.checks, bundles
+
+
+def apply_singly(store: StateStore, ops: list[Any]) -> list[Exception | None]:
+    """The same ops through the single-operation calls, one transaction each."""
+    out: list[Exception | None] = []
+    for op in ops:
+        try:
+            if isinstance(op, ImportService) and op.nodes:
+                store.import_service_nodes(PEER, "default", op.name, op.nodes)
+            elif isinstance(op, ImportService):
+                store.import_delete_service(PEER, "default", op.name)
+            elif isinstance(op, ImportServiceList):
+                for name in store.imported_service_names(PEER, "default"):
+                    if name not in op.keep:
+                        store.import_delete_service(PEER, "default", name)
+            else:
+                store.trust_bundle_write(op.bundle)
+        except (StoreError, ValueError, TypeError) as exc:
+            out.append(exc)
+        else:
+            out.append(None)
+    return out
+
+
+def test_a_batch_equals_the_single_calls_in_one_commit(stores: list[StateStore]) -> None:
+    batched, single = stores
+    for store in stores:  # something to replace and something to delete
+        store.import_service_nodes(PEER, "default", "old", [instance("n1", "old")])
+        store.import_service_nodes(PEER, "default", "web", [instance("n1", "web"),
+                                                             instance("n2", "web")])
+    ops: list[Any] = [
+        ImportBundle(TrustBundle(peer_name=PEER, trust_domain="dc2.example", root_pems=("r",))),
+        ImportServiceList(("web", "api", "db")),  # "old" goes
+        ImportService("web", [instance("n2", "web"), instance("n3", "web")]),  # n1 goes
+        ImportService("api", [instance("n3", "api")]),
+        ImportService("bad", [instance("n4", "other")]),  # ValueError: another service's row
+        ImportService("db", [instance("n5", "db")]),
+        ImportService("api", []),  # removed again, in the same batch
+    ]
+    before = batched.index
+    results = batched.import_batch(PEER, "default", ops)
+    assert batched.index == before + 1  # one commit
+    expected = apply_singly(single, ops)
+    assert [type(r) for r in results] == [type(r) for r in expected]
+    assert [str(r) for r in results] == [str(r) for r in expected]
+    assert isinstance(results[4], ValueError)
+    assert imported_rows(batched) == imported_rows(single)
+    assert batched.imported_service_names(PEER, "default") == ["db", "web"]
+    # without a service list the batch reads only the services it names (scan_matching)
+    ops = [ImportService("web", [instance("n3", "web")]), ImportService("db", []),
+           ImportService("new", [instance("n2", "new")])]
+    assert batched.import_batch(PEER, "default", ops) == apply_singly(single, ops)
+    assert imported_rows(batched) == imported_rows(single)
+    assert batched.imported_service_names(PEER, "default") == ["new", "web"]
+
+
+def test_a_batch_for_an_inactive_peering_refuses_each_upsert(stores: list[StateStore]) -> None:
+    store = stores[0]
+    store.peering_mark_deleted(PEER, "default", 1.0)
+    results = store.import_batch(PEER, "default", [
+        ImportService("web", [instance("n1", "web")]),
+        ImportService("web", []),  # a removal is always allowed
+        ImportBundle(TrustBundle(peer_name=PEER, trust_domain="x", root_pems=())),
+    ])
+    assert [r.message if isinstance(r, StoreError) else r for r in results] == [
+        ERR_IMPORT_INACTIVE, None, ERR_IMPORT_INACTIVE]
+    assert store.imported_service_names(PEER, "default") == []
+
+
+class _FailingBackend(SqliteBackend):
+    """Fails the ``fail_at``-th put (a disk error), after the earlier puts of the batch."""
+
+    fail_at = 0
+    puts = 0
+
+    def transaction(self, *, write: bool) -> Any:
+        inner = super().transaction(write=write)
+        backend = self
+
+        class Wrapped:
+            def __enter__(self) -> Any:
+                raw = inner.__enter__()
+                put = raw.put
+
+                def failing_put(table: str, key: Any, row: Any) -> None:
+                    backend.puts += 1
+                    if backend.puts == backend.fail_at:
+                        raise sqlite3_error()
+                    put(table, key, row)
+
+                raw.put = failing_put
+                return raw
+
+            def __exit__(self, *exc: Any) -> Any:
+                return inner.__exit__(*exc)
+
+        return Wrapped()
+
+
+def sqlite3_error() -> Exception:
+    import sqlite3
+    return sqlite3.OperationalError("database or disk is full")
+
+
+def test_a_failure_mid_batch_leaves_nothing_of_it(tmp_path: Path) -> None:
+    backend = _FailingBackend(tmp_path / "db.sqlite")
+    store = StateStore(backend)
+    try:
+        store.peering_write(Peering(name=PEER))
+        before = store.dump()
+        backend.puts, backend.fail_at = 0, 10  # inside the third service (4 rows each)
+        with pytest.raises(StoreFailure):
+            store.import_batch(PEER, "default", [
+                ImportService(f"s{i}", [instance(f"n{i}", f"s{i}")]) for i in range(4)])
+        assert store.dump() == before
+    finally:
+        store.close()
+
+
+def test_imports_do_not_move_the_local_catalog_index(stores: list[StateStore]) -> None:
+    store = stores[0]
+    local = store.table_index(LOCAL_CATALOG)
+    store.import_service_nodes(PEER, "default", "web", [instance("n1", "web")])
+    store.import_batch(PEER, "default", [ImportService("api", [instance("n2", "api")])])
+    assert store.table_index(CATALOG) > local
+    assert store.table_index(LOCAL_CATALOG) == local
+    node, service, checks = instance("n9", "mine")
+    store.register_service(node, service, checks)
+    assert store.table_index(LOCAL_CATALOG) == store.table_index(CATALOG) == store.index
+
+
+async def test_an_exporter_does_not_recompute_its_exports_on_imports(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """dc1 exports 30 services to dc2 and dc2 exports one to dc1. dc2's stream end computes
+    what it exports when the stream starts and after local changes only, not after each of
+    its 30 imports (before issue 10 every import woke it: 30 more computations)."""
+    network = MemoryNetwork()
+    async with running_cluster(network, "dc1", "dc1:8502") as dc1, \
+            running_cluster(network, "dc2", "dc2:8502") as dc2:
+        for i in range(30):
+            node, service, checks = instance(f"n{i}", f"s{i:02d}")
+            dc1.store.register_service(replace(node, address="10.0.0.2"), service, checks)
+            dc1.store.export_service(service.name, "dc2")
+        node, service, checks = instance("m", "mine")
+        dc2.store.register_service(node, service, checks)
+        dc2.store.export_service("mine", "dc1")
+        calls = 0
+        original = dc2.store.exported_services_for_peer
+
+        def counted(*args: Any, **kwargs: Any) -> list[str]:
+            nonlocal calls
+            calls += 1
+            return original(*args, **kwargs)
+
+        dc2.store.exported_services_for_peer = counted  # type: ignore[method-assign]
+        token = await dc1.client.generate_token("dc2")
+        await dc2.client.establish("dc1", token)
+        await eventually(lambda: len(dc2.imported("dc1")) == 30 and dc1.imported("dc2")
+                         == ["mine"], dc1, dc2)
+        await trio.sleep(1)  # anything the imports woke has run by now
+        assert calls <= 3, calls  # the stream's start (and the establish), not per import
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_dump_paged_reads_the_same_snapshot_and_lets_others_run(
+    tmp_path: Path, kind: str
+) -> None:
+    """The same dump as ``dump()``; on SQLite, taken page by page from one snapshot while
+    another task goes on running and writing (its writes are not in the snapshot)."""
+    store: StateStore = MemoryStore() if kind == "memory" else SqliteStore(tmp_path)
+    try:
+        store.peering_write(Peering(name=PEER))
+        for i in range(20):
+            store.import_service_nodes(PEER, "default", f"s{i}", [instance(f"n{i}", f"s{i}")])
+        before = store.dump()
+        assert await store.dump_paged() == before
+        if kind == "memory":
+            return
+        steps = 0
+        done = False
+
+        async def other_task() -> None:
+            nonlocal steps
+            while not done:
+                steps += 1
+                if steps == 2:  # a write while the snapshot is being read
+                    store.import_service_nodes(PEER, "default", "late", [instance("z", "late")])
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other_task)
+            await trio.lowlevel.checkpoint()
+            paged = await store.dump_paged(page_rows=5)
+            done = True
+        assert paged == before  # one snapshot: the late write is not in it
+        assert steps >= 10  # 20 nodes, 20 services, 40 checks in pages of 5: many steps
+        assert "late" in store.imported_service_names(PEER, "default")
+    finally:
+        store.close()
+
+
+# ---- the gRPC bridge ------------------------------------------------------------------------
+
+METHOD = "/peerkit.test.Batch/Bidi"
+
+
+def strict_decode(data: bytes) -> bytes:
+    if data == b"bad":
+        raise ValueError("does not decode")
+    return data
+
+
+@pytest.mark.grpc
+async def test_send_many_and_receive_ready_keep_order_and_stop_before_a_bad_message() -> None:
+    got: list[bytes] = []
+    batches: list[int] = []
+    ended: list[BaseException] = []
+    done = trio.Event()
+
+    async def handler(stream: Any) -> None:
+        try:
+            while True:
+                first = await stream.receive()
+                await trio.sleep(0.01)  # let more arrive: receive_ready then has some
+                more = stream.receive_ready(1000)
+                batches.append(1 + len(more))
+                got.extend([first, *more])
+        except StreamFailed as exc:
+            ended.append(exc)
+        finally:
+            done.set()
+
+    messages = [f"m{i:04d}".encode() for i in range(300)]
+    with trio.fail_after(30):
+        async with GrpcTransport() as transport, transport.serve(
+            "127.0.0.1:0", [StreamMethod(METHOD, handler, strict_decode, bytes)]
+        ) as server, transport.connect(server.address) as channel:
+            stream = channel.open_stream(METHOD, bytes, bytes)
+            await stream.send_many(messages[:150])
+            await stream.send_many([*messages[150:], b"bad", b"after"])
+            await done.wait()
+            with pytest.raises(StreamFailed):
+                await stream.receive()
+    assert got == messages  # in order, nothing lost, nothing after the bad one
+    assert max(batches) > 1  # receive_ready did hand over what was already read
+    assert len(ended) == 1 and ended[0].code is StatusCode.INVALID_ARGUMENT
