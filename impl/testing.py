@@ -46,7 +46,7 @@ ClientStream = BidiStream[ReplicationMessage, ReplicationMessage]
 #: the store writes a stream handler makes (an import, TerminateByID: ``impl/stream.py``) and the
 #: ones the deletion routine makes (``impl/leader.py``); no other code calls them
 HANDLER_WRITES = ("import_service_nodes", "import_delete_service", "trust_bundle_write",
-                  "peering_terminate_by_id")
+                  "import_batch", "peering_terminate_by_id")
 ROUTINE_WRITES = ("delete_imported_nodes", "trust_bundle_delete", "peering_delete")
 WRITE_FAULT_MESSAGE = "raft apply failed (injected write fault)"
 
@@ -66,6 +66,9 @@ class WriteFault:
             setattr(store, name, self._failing(name))
 
     def _failing(self, name: str) -> Callable[..., Any]:
+        if name == "import_batch":
+            return self._failing_first_op()
+
         def fail(*args: Any, **kwargs: Any) -> Any:
             self.disarm()
             self.fired = True
@@ -73,6 +76,23 @@ class WriteFault:
 
         fail.__name__ = name
         return fail
+
+    def _failing_first_op(self) -> Callable[..., Any]:
+        # A stream end imports the messages it received together in one batch (one commit);
+        # the model's fault is one message's write, so only the batch's first op fails (writes
+        # nothing, answered with the StoreError) and the rest are applied as they would be.
+        real = self.store.import_batch
+
+        def import_batch(peer_name: str, partition: str,
+                         ops: Sequence[Any]) -> list[Exception | None]:
+            if not ops:
+                return real(peer_name, partition, ops)  # nothing to fail yet: stay armed
+            self.disarm()
+            self.fired = True
+            first: list[Exception | None] = [StoreError(WRITE_FAULT_MESSAGE)]
+            return first + real(peer_name, partition, ops[1:])
+
+        return import_batch
 
     def disarm(self) -> None:
         for name in self.methods:
