@@ -70,10 +70,47 @@ async def dialer_deletes(s: Session) -> None:
     await s.settle()
 
 
+# -- scenarios that need the optional test hooks (ResetStream, Failover) ------------------------
+
+
+async def reset_then_redial(s: Session) -> None:
+    """The dialer's stream is reset: it must redial and the servers settle connected
+    (``no-reconnect`` never redials); then the dialer's leader fails over, and the new term
+    dials again."""
+    await s.register_and_export()
+    await s.peer()
+    await s.reset(1)
+    await s.settle("settle after the reset")
+    await s.failover(1)
+    await s.settle()
+
+
+async def reset_then_acceptor_deletes(s: Session) -> None:
+    """The acceptor's deletion is held; the stream is reset and the acceptor deletes before the
+    dialer redials (2 s later): the redial must be answered with Terminated, so the dialer is
+    told (``dial-deleted`` accepts it for the marked row). Then the acceptor fails over with
+    its deletion still held, and the new term's routine finishes it once released."""
+    await s.register_and_export()
+    await s.peer()
+    await s.hold_deletion(0, True)
+    await s.reset(1, observe=False)
+    await s.delete(0)
+    await s.until_row(1, "TERMINATED", "dc2 is told")
+    await s.failover(0)
+    await s.hold_deletion(0, False)
+    await s.settle()
+
+
 SCENARIOS = {
     "replicate_and_churn": replicate_and_churn,
     "acceptor_deletes_then_peer_again": acceptor_deletes_then_peer_again,
     "dialer_deletes": dialer_deletes,
+}
+
+#: the scenarios that need the optional test hooks (skipped, saying so, on a target without)
+HOOK_SCENARIOS = {
+    "reset_then_redial": reset_then_redial,
+    "reset_then_acceptor_deletes": reset_then_acceptor_deletes,
 }
 
 
@@ -87,3 +124,11 @@ def test_acceptor_deletes_then_peer_again(peerkit_target: Target) -> None:
 
 def test_dialer_deletes(peerkit_target: Target) -> None:
     run_scenario(peerkit_target, dialer_deletes)
+
+
+def test_reset_then_redial(peerkit_hooks: Target) -> None:
+    run_scenario(peerkit_hooks, reset_then_redial)
+
+
+def test_reset_then_acceptor_deletes(peerkit_hooks: Target) -> None:
+    run_scenario(peerkit_hooks, reset_then_acceptor_deletes)
