@@ -1,6 +1,7 @@
 """The conformance suite against two running servers: the scenarios, as pytest tests.
 
-One job: name the scenarios and run each through ``remote.run_scenario`` against the servers
+One job: name the scenarios (``SCENARIOS``; ``HOOK_SCENARIOS``, which need the optional test
+hooks) and run each through ``remote.run_scenario`` against the servers
 given by ``--peerkit-target=ADDR_A,ADDR_B`` (the ``peerkit_target`` fixture of
 ``peerkit.conformance.plugin``; the first address is the model's ``dc1``, which generates the
 tokens and exports the services, the second ``dc2``, which establishes and dials). Collected only
@@ -18,12 +19,18 @@ measured against ``peerkit serve`` (tests/conformance/test_target.py):
   Terminated);
 * ``terminated-undeletable``: ``test_acceptor_deletes_then_peer_again`` (the told side's
   TERMINATED row cannot be deleted);
+* ``no-reconnect``: ``test_reset_then_redial`` (after the reset the dialer never redials: the
+  servers rest where the model must still dial);
+* ``dial-deleted``: ``test_reset_then_acceptor_deletes`` (the redial is accepted for the row
+  held marked for deletion: its tracker entry reads connected);
 * ``termination-race``: ``test_dialer_deletes``, by chance only: the acceptor misses
   Terminated and stays FAILING when the dialer's cancel overtakes its Terminated, a race on real
   gRPC that ``peerkit serve`` lost in about one deletion in three when measured;
-* ``no-reconnect``, ``dial-deleted``, ``deletion-no-stop``: not reachable here; they need a
-  connection reset or a leader failover, which neither the wire protocol nor the control service
-  lets a client cause (specs/porting.md).
+* ``deletion-no-stop``: not caught: the deposed term's routine only repeats the new term's
+  deletes, which no RPC tells apart (specs/porting.md).
+
+The last two scenarios need the control service's optional test hooks (``peerkit_hooks``
+fixture: skipped, saying why, when a server lacks them).
 
 May import: the standard library and ``peerkit.conformance.remote`` (by its absolute name).
 """

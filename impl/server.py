@@ -111,6 +111,7 @@ from .store import (
     StoreFailure,
 )
 from .stream import (
+    BAD_REQUEST,
     HEARTBEAT,
     HEARTBEAT_INTERVAL,
     HEARTBEAT_TIMEOUT,
@@ -830,6 +831,8 @@ class PeeringServer:
             raise AbortStream(StatusCode.UNKNOWN, ending.message)
         if ending.reason == HEARTBEAT:
             raise AbortStream(StatusCode.UNKNOWN, ERR_HEARTBEAT_TIMEOUT)
+        if ending.reason == BAD_REQUEST:  # upstream returns a grpcstatus InvalidArgument
+            raise AbortStream(StatusCode.INVALID_ARGUMENT, ending.message)
         if isinstance(ending.inbound, EndOfStream):
             return  # the dialer half-closed without Terminated (model: the RPC ends OK)
         if isinstance(ending.inbound, StreamFailed):
