@@ -1,7 +1,9 @@
 """The pytest plugin: ``pytest --peerkit-target=ADDR_A,ADDR_B`` runs the conformance suite
 against two running servers.
 
-One job: declare the option and the ``peerkit_target`` fixture, and when the option is given,
+One job: declare the option and the ``peerkit_target`` fixture (and ``peerkit_hooks``, which
+skips a scenario that needs the optional test hooks when a server lacks them, and a line in the
+terminal summary that says so), and when the option is given,
 add the suite (``peerkit.conformance.target_suite``) to what pytest collects: it is then the
 whole run when no paths were named on the command line, and runs beside them when some were.
 Without the option the plugin adds nothing to collect and imports nothing beyond pytest and the
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
     from .remote import Target
 
 OPTION = "--peerkit-target"
+#: why the target's test hooks cannot be used (None: they can), for the terminal summary
+HOOKS_KEY = pytest.StashKey[str | None]()
 SUITE = "peerkit.conformance.target_suite"
 
 
@@ -81,7 +85,7 @@ def peerkit_target(pytestconfig: pytest.Config) -> Target:
     value = pytestconfig.getoption("peerkit_target")
     if value is None:
         pytest.skip(f"no {OPTION} given")
-    from .remote import Target, Timing, unreachable  # only now: gRPC and trio load
+    from .remote import Target, Timing, hooks_problem, unreachable  # only now: gRPC, trio
 
     timing = Timing()
     rest, settle = (pytestconfig.getoption(n) for n in ("peerkit_rest", "peerkit_settle"))
@@ -93,4 +97,29 @@ def peerkit_target(pytestconfig: pytest.Config) -> Target:
     problem = unreachable(target)
     if problem is not None:
         pytest.fail(f"{OPTION}: {problem}", pytrace=False)
+    target = replace(target, hooks=hooks_problem(target))
+    pytestconfig.stash[HOOKS_KEY] = target.hooks
     return target
+
+
+@pytest.fixture
+def peerkit_hooks(peerkit_target: Target) -> Target:
+    """The target, for a scenario that needs the optional test hooks (ResetStream,
+    Failover); skips the scenario, saying why, when a server lacks them."""
+    if peerkit_target.hooks is not None:
+        pytest.skip(f"needs the optional test hooks: {peerkit_target.hooks}")
+    return peerkit_target
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
+                            config: pytest.Config) -> None:
+    """Say once, at the end, when scenarios were skipped for want of test hooks."""
+    problem = config.stash.get(HOOKS_KEY, None)
+    if problem is None:
+        return
+    skipped = [r for r in terminalreporter.stats.get("skipped", [])
+               if "needs the optional test hooks" in str(getattr(r, "longrepr", ""))]
+    if skipped:
+        terminalreporter.write_line(
+            f"peerkit: {len(skipped)} scenario(s) skipped: {problem}; start the servers with "
+            "their test hooks on (peerkit serve --test-hooks) to run them", yellow=True)

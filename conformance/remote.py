@@ -3,7 +3,10 @@
 One job: observe and drive two running servers of any implementation over real gRPC, through
 the peering service (GenerateToken, Establish, PeeringList, PeeringDelete) and peerkit's control
 service (``AdminService``: RegisterService, DeregisterService, ExportService, UnexportService,
-ReadCatalog, Status), and hand every observation and operator step to a ``TraceValidator``.
+ReadCatalog, Status; and, when the servers enable it, the optional ``TestHookService``:
+ResetStream and Failover, the environment's faults, and HoldDeletion, a schedule), and hand
+every observation, operator step and fault to a ``TraceValidator`` (a fault as the model's
+``Reset`` or ``Failover``; a held deletion as a note: it only picks an interleaving).
 
 The view (``abstraction.View``) is built from RPC answers only, never from server objects:
 
@@ -12,8 +15,8 @@ The view (``abstraction.View``) is built from RPC answers only, never from serve
 * tracker: ``Status.Streams`` (peer name, or ``GONE`` when its row is gone; connected);
 * registered, exports: ``ReadCatalog.LocalServices`` and ``ReadCatalog.Exports``;
 * zombie: **left out** (always false). Whether a deletion routine of an ended leader term still
-  runs is internal to a server, and the control service has no way to end a term (no failover)
-  either, so the model never deposes a leader in these scenarios and has no zombie to compare.
+  runs is internal to a server: no RPC shows it, even when the test hook ``Failover`` ends a
+  term (so the bug ``deletion-no-stop`` shows here only through what such a routine writes).
 
 Servers keep their state between scenarios (and between runs), so each ``Session`` works in a
 namespace of its own: peer names and service names carry the session's tag (``p1a2b3c-dc1``,
@@ -35,11 +38,12 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Final
 
 import trio
 
 from peerkit.impl.client import PeerkitClient
-from peerkit.impl.transport import StreamFailed
+from peerkit.impl.transport import StatusCode, StreamFailed
 from peerkit.impl.transport.grpc_bridge import GrpcTransport
 from peerkit.model import actions as A
 from peerkit.model.config import Config
@@ -68,10 +72,17 @@ class Timing:
 
 @dataclass(frozen=True)
 class Target:
-    """Two running servers: the model's dc1 (acceptor, exporter) and dc2 (dialer)."""
+    """Two running servers: the model's dc1 (acceptor, exporter) and dc2 (dialer).
+    ``hooks``: why the optional test hooks cannot be used (one line), or None when both
+    servers have them enabled (``hooks_problem`` finds out)."""
 
     addresses: tuple[str, str]
     timing: Timing = Timing()
+    hooks: str | None = "not probed"
+
+
+class HookRefused(AssertionError):
+    """A server refused a test-hook call the scenario needed (after the probe said yes)."""
 
 
 #: every RPC's own deadline
@@ -169,6 +180,7 @@ class Session:
                                            f"(names tagged {names.tag!r})")
         self.tokens: dict[tuple[int, int], str] = {}  # the model's (acceptor, gen) -> token
         self.used_tokens: set[tuple[int, int]] = set()
+        self.held = [False] * len(self.clients)  # deletion held through the test hook
 
     # -- observing -----------------------------------------------------------------------------
     async def stable_view(self, deadline: float) -> tuple[View, bool]:
@@ -323,6 +335,47 @@ class Session:
         await self.clients[c].generate_token(self._outsider(c))
         await self.observe(what)
 
+    # -- faults, through the optional test hooks (TestHookService) ---------------------------
+    async def reset(self, c: int, *, observe: bool = True) -> None:
+        """Cluster ``c`` resets its peering's live stream (``ResetStream``): the model's
+        ``Reset`` of some stream. A call that reset nothing (no stream was live) is recorded
+        and pins nothing. ``observe=False``: the next step follows at once, before the servers
+        come to rest (e.g. a delete before the dialer's redial, which waits 2 s)."""
+        what = f"{cluster_name(c)}: test hook ResetStream of its peering with " \
+               f"{cluster_name(1 - c)}"
+        try:
+            count = await self.clients[c].reset_stream(self._peer(1 - c))
+        except StreamFailed as exc:
+            raise HookRefused(f"{what}: {exc}") from None
+        if count == 0:
+            self.trace.note(f"{what}: no live stream, nothing reset")
+        else:
+            self.trace.pin_fault(lambda a: isinstance(a, A.Reset), what)
+        if observe:
+            await self.observe(what)
+
+    async def failover(self, c: int) -> None:
+        """Cluster ``c``'s leader loses its term and a new one starts (``Failover``): the
+        model's ``Failover(c)``."""
+        what = f"{cluster_name(c)}: test hook Failover"
+        try:
+            await self.clients[c].failover()
+        except StreamFailed as exc:
+            raise HookRefused(f"{what}: {exc}") from None
+        self.trace.pin_fault(lambda a: a == A.Failover(c), what)
+        await self.observe(what)
+
+    async def hold_deletion(self, c: int, hold: bool) -> None:
+        """Cluster ``c``'s deletion routines wait before their next step (``hold``) or go on.
+        Not a model action: the model's deletion steps may come arbitrarily late."""
+        what = f"{cluster_name(c)}: test hook HoldDeletion ({'hold' if hold else 'release'})"
+        try:
+            await self.clients[c].hold_deletion(hold)
+            self.held[c] = hold
+        except StreamFailed as exc:
+            raise HookRefused(f"{what}: {exc}") from None
+        self.trace.note(what)
+
     def _outsider(self, c: int) -> str:
         return f"{self.names.tag}x{c}"
 
@@ -360,8 +413,12 @@ class Session:
         await self._operator(action, call)
 
     async def cleanup(self) -> None:
-        """Best effort, unchecked: delete the session's peerings so that their streams stop."""
+        """Best effort, unchecked: release any deletion hold, delete the session's peerings so
+        that their streams stop."""
         for c, client in enumerate(self.clients):
+            if self.held[c]:
+                with contextlib.suppress(StreamFailed):
+                    await client.hold_deletion(False)
             for name in (self._peer(1 - c), self._outsider(c)):
                 with contextlib.suppress(StreamFailed):
                     await client.peering_delete(name)
@@ -395,6 +452,29 @@ def run_scenario(target: Target, scenario: Scenario) -> None:
                     await session.cleanup()
 
     trio.run(main)
+
+
+#: the status codes that say "no usable test hooks": absent (UNIMPLEMENTED), or present but
+#: not enabled (peerkit answers FAILED_PRECONDITION; specs/porting.md)
+NO_HOOKS: Final = (StatusCode.UNIMPLEMENTED, StatusCode.FAILED_PRECONDITION)
+
+
+def hooks_problem(target: Target) -> str | None:
+    """Why the scenarios that need the test hooks cannot run (one line), or None. The probe is
+    ``ResetStream`` with an empty PeerName on each server: it resets nothing anywhere; a server
+    with hooks enabled refuses the name (any other answer than the two of ``NO_HOOKS``)."""
+
+    async def main() -> str | None:
+        async with connected(target.addresses) as clients:
+            for address, client in zip(target.addresses, clients, strict=True):
+                try:
+                    await client.reset_stream("")
+                except StreamFailed as exc:
+                    if exc.code in NO_HOOKS:
+                        return f"the server at {address} has no test hooks enabled ({exc})"
+        return None
+
+    return trio.run(main)
 
 
 def unreachable(target: Target) -> str | None:

@@ -1,6 +1,7 @@
 """The conformance suite against two running servers: the scenarios, as pytest tests.
 
-One job: name the scenarios and run each through ``remote.run_scenario`` against the servers
+One job: name the scenarios (``SCENARIOS``; ``HOOK_SCENARIOS``, which need the optional test
+hooks) and run each through ``remote.run_scenario`` against the servers
 given by ``--peerkit-target=ADDR_A,ADDR_B`` (the ``peerkit_target`` fixture of
 ``peerkit.conformance.plugin``; the first address is the model's ``dc1``, which generates the
 tokens and exports the services, the second ``dc2``, which establishes and dials). Collected only
@@ -18,12 +19,18 @@ measured against ``peerkit serve`` (tests/conformance/test_target.py):
   Terminated);
 * ``terminated-undeletable``: ``test_acceptor_deletes_then_peer_again`` (the told side's
   TERMINATED row cannot be deleted);
+* ``no-reconnect``: ``test_reset_then_redial`` (after the reset the dialer never redials: the
+  servers rest where the model must still dial);
+* ``dial-deleted``: ``test_reset_then_acceptor_deletes`` (the redial is accepted for the row
+  held marked for deletion: its tracker entry reads connected);
 * ``termination-race``: ``test_dialer_deletes``, by chance only: the acceptor misses
   Terminated and stays FAILING when the dialer's cancel overtakes its Terminated, a race on real
   gRPC that ``peerkit serve`` lost in about one deletion in three when measured;
-* ``no-reconnect``, ``dial-deleted``, ``deletion-no-stop``: not reachable here; they need a
-  connection reset or a leader failover, which neither the wire protocol nor the control service
-  lets a client cause (specs/porting.md).
+* ``deletion-no-stop``: not caught: the deposed term's routine only repeats the new term's
+  deletes, which no RPC tells apart (specs/porting.md).
+
+The last two scenarios need the control service's optional test hooks (``peerkit_hooks``
+fixture: skipped, saying why, when a server lacks them).
 
 May import: the standard library and ``peerkit.conformance.remote`` (by its absolute name).
 """
@@ -70,10 +77,47 @@ async def dialer_deletes(s: Session) -> None:
     await s.settle()
 
 
+# -- scenarios that need the optional test hooks (ResetStream, Failover) ------------------------
+
+
+async def reset_then_redial(s: Session) -> None:
+    """The dialer's stream is reset: it must redial and the servers settle connected
+    (``no-reconnect`` never redials); then the dialer's leader fails over, and the new term
+    dials again."""
+    await s.register_and_export()
+    await s.peer()
+    await s.reset(1)
+    await s.settle("settle after the reset")
+    await s.failover(1)
+    await s.settle()
+
+
+async def reset_then_acceptor_deletes(s: Session) -> None:
+    """The acceptor's deletion is held; the stream is reset and the acceptor deletes before the
+    dialer redials (2 s later): the redial must be answered with Terminated, so the dialer is
+    told (``dial-deleted`` accepts it for the marked row). Then the acceptor fails over with
+    its deletion still held, and the new term's routine finishes it once released."""
+    await s.register_and_export()
+    await s.peer()
+    await s.hold_deletion(0, True)
+    await s.reset(1, observe=False)
+    await s.delete(0)
+    await s.until_row(1, "TERMINATED", "dc2 is told")
+    await s.failover(0)
+    await s.hold_deletion(0, False)
+    await s.settle()
+
+
 SCENARIOS = {
     "replicate_and_churn": replicate_and_churn,
     "acceptor_deletes_then_peer_again": acceptor_deletes_then_peer_again,
     "dialer_deletes": dialer_deletes,
+}
+
+#: the scenarios that need the optional test hooks (skipped, saying so, on a target without)
+HOOK_SCENARIOS = {
+    "reset_then_redial": reset_then_redial,
+    "reset_then_acceptor_deletes": reset_then_acceptor_deletes,
 }
 
 
@@ -87,3 +131,11 @@ def test_acceptor_deletes_then_peer_again(peerkit_target: Target) -> None:
 
 def test_dialer_deletes(peerkit_target: Target) -> None:
     run_scenario(peerkit_target, dialer_deletes)
+
+
+def test_reset_then_redial(peerkit_hooks: Target) -> None:
+    run_scenario(peerkit_hooks, reset_then_redial)
+
+
+def test_reset_then_acceptor_deletes(peerkit_hooks: Target) -> None:
+    run_scenario(peerkit_hooks, reset_then_acceptor_deletes)

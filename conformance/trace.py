@@ -8,8 +8,10 @@ number of its internal (protocol) steps, and the trace is accepted when some beh
 model passes through every entry in order.
 
 ``Candidates`` does the search: it keeps the set of model states consistent with the trace so
-far. An operator action is applied after closing that set under protocol steps (the servers
-keep running between the last observation and the RPC); an observation closes the set and keeps
+far. An operator action, or a fault the driver caused through the
+optional test hooks (a connection reset, a failover: the model's ``Reset`` and ``Failover``), is
+applied after closing that set under protocol steps (the servers keep running between the last
+observation and the RPC); an observation closes the set and keeps
 the states whose view equals the observed one. Because the check is online, the first entry
 that empties the set ends the **shortest observed prefix the model cannot produce**;
 ``TraceDivergence`` prints that prefix, numbered, and ``Candidates``' explanation of the last
@@ -24,7 +26,7 @@ May import: the standard library, ``peerkit.model`` and this package's ``abstrac
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from peerkit.model.machine import PeeringModel
@@ -36,7 +38,7 @@ from .candidates import Candidates, ClosureTooLarge, Divergence
 
 
 class Entry(NamedTuple):
-    kind: str  # "action", "note", "view" or "settled"
+    kind: str  # "action", "fault", "note", "view" or "settled"
     what: str
     view: View | None
 
@@ -63,6 +65,19 @@ class TraceValidator:
         try:
             self.cands.close()
             self.cands.pin(actions, what)
+        except (Divergence, ClosureTooLarge) as exc:
+            raise self._diverged(exc) from None
+
+    def pin_fault(self, match: Callable[[object], bool], what: str) -> None:
+        """The driver caused a fault through the optional test hooks (a connection reset, a
+        failover): any enabled action ``match`` accepts, after the protocol steps taken
+        unobserved. (A reset is matched by type: the model numbers streams its own way.)"""
+        self.entries.append(Entry("fault", what, None))
+        self._last_view = None
+        try:
+            self.cands.close()
+            chosen = sorted((a for a in self.cands.enabled_env() if match(a)), key=repr)
+            self.cands.pin(chosen, what)
         except (Divergence, ClosureTooLarge) as exc:
             raise self._diverged(exc) from None
 
@@ -106,6 +121,8 @@ class TraceValidator:
                 lines.append(f"{mark} {i:3}. observed after {e.what}:\n         {body}")
             elif e.kind == "action":
                 lines.append(f"{mark} {i:3}. operator: {e.what}")
+            elif e.kind == "fault":
+                lines.append(f"{mark} {i:3}. environment, through a test hook: {e.what}")
             elif e.kind == "note":
                 lines.append(f"{mark} {i:3}. not a model action: {e.what}")
             else:

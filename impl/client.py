@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 
 from peerkit.proto import admin_pb2, peering_pb2, peerstream_pb2
 
-from .codec import ADMIN_METHODS, METHOD_EXCHANGE_SECRET, PEERING_METHODS
+from .codec import ADMIN_METHODS, METHOD_EXCHANGE_SECRET, PEERING_METHODS, TEST_HOOK_METHODS
 from .transport import Channel, ClientTLS, Transport
 
 __all__ = ["PeerkitClient"]
@@ -202,6 +202,28 @@ class PeerkitClient:
     async def status(self) -> admin_pb2.StatusResponse:
         return await self.call(
             ADMIN_METHODS["Status"], admin_pb2.StatusRequest(), admin_pb2.StatusResponse
+        )
+
+    async def reset_stream(self, peer_name: str) -> int:
+        """TestHookService.ResetStream: how many live streams of the peering were reset."""
+        resp = await self.call(
+            TEST_HOOK_METHODS["ResetStream"], admin_pb2.ResetStreamRequest(PeerName=peer_name),
+            admin_pb2.ResetStreamResponse,
+        )
+        return resp.Reset
+
+    async def failover(self) -> int:
+        """TestHookService.Failover: the number of the leadership term that started."""
+        resp = await self.call(
+            TEST_HOOK_METHODS["Failover"], admin_pb2.FailoverRequest(), admin_pb2.FailoverResponse
+        )
+        return resp.Term
+
+    async def hold_deletion(self, hold: bool) -> None:
+        """TestHookService.HoldDeletion: hold (True) or release (False) the deletion routines."""
+        await self.call(
+            TEST_HOOK_METHODS["HoldDeletion"], admin_pb2.HoldDeletionRequest(Hold=hold),
+            admin_pb2.HoldDeletionResponse,
         )
 
     async def imported_services(self, peer_name: str) -> list[str]:

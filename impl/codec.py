@@ -49,6 +49,7 @@ __all__ = [
     "METHOD_EXCHANGE_SECRET",
     "METHOD_STREAM_RESOURCES",
     "PEERING_METHODS",
+    "TEST_HOOK_METHODS",
     "PeeringToken",
     "TokenError",
     "address_problem",
@@ -105,6 +106,11 @@ ADMIN_METHODS: dict[str, str] = {
         "ReadCatalog",
         "Status",
     )
+}
+#: the control service's optional part (admin.proto's TestHookService; off unless enabled)
+TEST_HOOK_METHODS: dict[str, str] = {
+    m: method_name(admin_pb2.DESCRIPTOR, "TestHookService", m)
+    for m in ("ResetStream", "Failover", "HoldDeletion")
 }
 
 

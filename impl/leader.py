@@ -65,6 +65,7 @@ from .stream import (
     HEARTBEAT_INTERVAL,
     HEARTBEAT_TIMEOUT,
     ReplicationMessage,
+    ReplicationStream,
     StreamEnv,
     StreamParams,
     StreamSession,
@@ -116,6 +117,30 @@ class NotLeaderAnymore(Exception):
         super().__init__(ERR_NOT_LEADER_ANYMORE)
 
 
+class DeletionHold:
+    """The test hook HoldDeletion: while held, every deletion routine of the server (of any
+    term) waits before its next step. A scheduling choice, not a fault: the model's deletion
+    steps may come arbitrarily late, so a held routine is one of the model's interleavings."""
+
+    def __init__(self) -> None:
+        self._released = trio.Event()
+        self._released.set()
+
+    @property
+    def held(self) -> bool:
+        return not self._released.is_set()
+
+    def hold(self) -> None:
+        if not self.held:
+            self._released = trio.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def wait(self) -> None:
+        await self._released.wait()
+
+
 @dataclass
 class LeaderConfig:
     """What every term of a server's leadership shares."""
@@ -141,6 +166,8 @@ class LeaderConfig:
     #: the sync routine's pacing burst (upstream: 5); a test may lower it so that a pass
     #: triggered by a peering-table change waits for the 0.2/s limiter
     sync_burst: int = RETRY_BUCKET_SIZE
+    #: the test hook HoldDeletion's gate, shared by every term
+    deletion_hold: DeletionHold = field(default_factory=DeletionHold)
 
 
 # =============================================================================================
@@ -173,6 +200,9 @@ class Leadership:
         self._handler_scopes: set[trio.CancelScope] = set()
         self._nursery: trio.Nursery | None = None
         self.dialers: dict[str, DialLoop] = {}
+        # the transport streams of this term's running handlers, by local peering ID (for the
+        # optional test hook ResetStream)
+        self.live_streams: dict[str, list[ReplicationStream]] = {}
         self.sync = SyncRoutine(self)
         no_stop = "deletion-no-stop" in cfg.bugs
         self.deletion = DeletionRoutine(
@@ -183,6 +213,7 @@ class Leadership:
             spin_limit=cfg.spin_limit,
             limiter=TokenBucket(cfg.deletion_rate, cfg.deletion_burst),
             mutants=cfg.mutants,
+            hold=cfg.deletion_hold,
         )
 
     async def run(self, outer: trio.Nursery) -> None:
@@ -224,6 +255,29 @@ class Leadership:
                 self._handler_scopes.discard(scope)
         if scope.cancelled_caught:
             raise NotLeaderAnymore()
+
+    @contextmanager
+    def live_stream(self, peering_id: str, stream: ReplicationStream) -> Iterator[None]:
+        """Record ``stream`` as one of the peering's live streams while its handler runs."""
+        streams = self.live_streams.setdefault(peering_id, [])
+        streams.append(stream)
+        try:
+            yield
+        finally:
+            streams.remove(stream)
+            if not streams:
+                del self.live_streams[peering_id]
+
+    def reset_streams(self, peering_id: str) -> int:
+        """The test hook ResetStream: cancel the transport of every live stream of the peering,
+        as a connection reset would (each handler sees its stream cancelled, the peer sees the
+        RPC cancelled); returns how many there were."""
+        streams = [s for s in self.live_streams.get(peering_id, ()) if s.outcome is None]
+        for stream in streams:
+            self.log.info("test hook: resetting a peer stream", peering_id=peering_id,
+                          side=stream.side)
+            stream.cancel()
+        return len(streams)
 
     # ---- dialing -------------------------------------------------------------------------
 
@@ -370,8 +424,10 @@ class DeletionRoutine:
         spin_limit: int = SPIN_LIMIT,
         limiter: TokenBucket | None = None,
         mutants: frozenset[str] = frozenset(),
+        hold: DeletionHold | None = None,
     ) -> None:
         self.store = store
+        self.hold = hold
         self.mutants = mutants  # peerkit.impl.mutants; none by default
         self.log = log
         self.ctx = ctx
@@ -456,6 +512,8 @@ class DeletionRoutine:
         )
 
     async def _wait(self) -> None:
+        if self.hold is not None:
+            await self.hold.wait()  # the test hook HoldDeletion (off unless enabled)
         await self.limiter.wait(self.ctx)
 
     async def remove_peering_and_data(self, p: Peering) -> bool:
@@ -636,7 +694,8 @@ class DialLoop:
                     ),
                     stream,
                 )
-                ending = await session.run()
+                with self.leadership.live_stream(peering.id, stream):
+                    ending = await session.run()
             finally:
                 self.in_attempt = False
         if ending.nil:

@@ -3,11 +3,11 @@
 One job: the command-line entry of a single server. ``add_arguments(parser)`` declares
 ``--name``, ``--data-dir``, ``--grpc-addr``, ``--advertise-addr``, the transport security
 (``--tls-cert FILE --tls-key FILE --tls-ca FILE [--tls-server-name NAME]``, or ``--plaintext``),
-``--bug NAME`` (repeatable) and ``--log-level``; ``run(args)`` serves until Ctrl-C or SIGTERM
-and returns the exit code (0 after a clean shutdown, 1 when it cannot listen (one line saying
-why, e.g. ``address already in use``), the data dir cannot be opened or a TLS file cannot be
-read, 2 for bad arguments). A host name in ``--grpc-addr`` means every address it resolves to:
-all are bound, or none and the command fails.
+``--bug NAME`` (repeatable), ``--test-hooks`` and ``--log-level``; ``run(args)`` serves until
+Ctrl-C or SIGTERM and returns the exit code (0 after a clean shutdown, 1 when it cannot listen
+(one line saying why, e.g. ``address already in use``), the data dir cannot be opened or a TLS
+file cannot be read, 2 for bad arguments). A host name in ``--grpc-addr`` means every address
+it resolves to: all are bound, or none and the command fails.
 
 Transport security is chosen explicitly, never by default: the three ``--tls-*`` files (the
 server listens with TLS only and its tokens carry the CA and ``--tls-server-name``), or
@@ -18,7 +18,10 @@ The server is the leader from the start, keeps its state in ``<data-dir>/peerkit
 (so a restart on the same data dir resumes, e.g. a half-finished deletion continues), and logs
 one JSON object per line on stderr. It prints one line on stdout once it listens:
 ``peerkit serve: <name> listening on <address> (advertised as <address>)``. Bugs are never on
-unless ``--bug`` names them, and then a loud warning is printed first.
+unless ``--bug`` names them, and then a loud warning is printed first. The test hooks
+(TestHookService: ResetStream, Failover) answer FailedPrecondition unless ``--test-hooks`` is
+given, and then a warning is printed first: they let any client cut streams and depose the
+leader (specs/security.md).
 
 May import: the standard library, trio, ``peerkit.model.vocabulary`` and the sibling modules of
 ``peerkit.impl`` (the gRPC transport included).
@@ -81,6 +84,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bug", action="append", default=[], metavar="NAME",
                         choices=sorted(BUGS),
                         help="switch on a historical bug (repeatable): " + ", ".join(sorted(BUGS)))
+    parser.add_argument("--test-hooks", action="store_true",
+                        help="enable the control service's TestHookService (ResetStream, "
+                             "Failover) for the conformance suite: anyone who can reach the "
+                             "port can then cut peer streams and depose the leader; never in "
+                             "production")
     parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
 
 
@@ -172,6 +180,13 @@ def _warn_bugs(bugs: frozenset[str]) -> None:
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
+def _warn_test_hooks(on: bool) -> None:
+    if on:
+        print("peerkit serve: WARNING: test hooks are ON (--test-hooks): any client that reaches "
+              "this port can reset peer streams and force a leader failover", file=sys.stderr,
+              flush=True)
+
+
 def _is_interrupt(exc: BaseException) -> bool:
     if isinstance(exc, KeyboardInterrupt):
         return True
@@ -191,7 +206,7 @@ async def _serve(args: argparse.Namespace, bugs: frozenset[str], tls: PeeringTLS
         with trio.open_signal_receiver(signal.SIGTERM) as signals:
             async with GrpcTransport() as transport:
                 server = PeeringServer(args.name, store, transport, args.advertise_addr,
-                                       bugs=bugs, tls=tls)
+                                       bugs=bugs, tls=tls, test_hooks=args.test_hooks)
                 try:
                     async with server.serve(args.grpc_addr, leader=True, grace=SHUTDOWN_GRACE):
                         security = ("plaintext" if tls is None
@@ -248,6 +263,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"peerkit serve: {exc}", file=sys.stderr)
         return 2
     _warn_bugs(bugs)
+    _warn_test_hooks(args.test_hooks)
     host = args.grpc_addr.rpartition(":")[0]
     if args.advertise_addr is None and host in ("0.0.0.0", "::", "[::]"):
         print(f"peerkit serve: note: tokens will advertise {args.grpc_addr!r}, which peers "

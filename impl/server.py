@@ -8,7 +8,9 @@ One job: compose the store, the leader routines (``.leader``) and the stream han
 * ``PeerStreamService``: StreamResources (the acceptor's side: first-message validation, then
   the stream handler, then the drain) and ExchangeSecret;
 * peerkit's ``AdminService``: register / deregister service instances, export / unexport,
-  ReadCatalog, Status.
+  ReadCatalog, Status; and its optional ``TestHookService`` (ResetStream, Failover,
+  HoldDeletion), which
+  answers FailedPrecondition ``ERR_TEST_HOOKS_OFF`` unless ``test_hooks=True``.
 
 Leadership is explicit: ``become_leader()`` starts a new term (fresh tracker, routines);
 ``lose_leadership()`` ends it (routines, dialers and accepted streams stop; the store survives).
@@ -72,6 +74,7 @@ from .codec import (
     METHOD_EXCHANGE_SECRET,
     METHOD_STREAM_RESOURCES,
     PEERING_METHODS,
+    TEST_HOOK_METHODS,
     PeeringToken,
     TokenError,
     address_problem,
@@ -108,6 +111,7 @@ from .store import (
     StoreFailure,
 )
 from .stream import (
+    BAD_REQUEST,
     HEARTBEAT,
     HEARTBEAT_INTERVAL,
     HEARTBEAT_TIMEOUT,
@@ -134,7 +138,7 @@ from .transport import (
     UnaryMethod,
 )
 
-__all__ = ["ERR_NOT_LEADER", "PeeringServer", "PeeringTLS", "read_state"]
+__all__ = ["ERR_NOT_LEADER", "ERR_TEST_HOOKS_OFF", "PeeringServer", "PeeringTLS", "read_state"]
 
 # peerkit's own error texts (the reference records no upstream wording for these)
 ERR_NOT_LEADER: Final = "this server is not the leader"
@@ -147,6 +151,8 @@ ERR_ALREADY_DIALING: Final = ('cannot create peering with name: "{name}"; there 
 # upstream's retryExchange (agent/rpc/peering/service.go), verbatim
 ERR_NEW_TOKEN_NEEDED: Final = "a new peering token must be generated: {message}"
 ERR_STORE_FAILED: Final = "the state store failed"
+ERR_TEST_HOOKS_OFF: Final = ("test hooks are disabled on this server (peerkit serve --test-hooks "
+                             "enables them)")
 
 # Names of nodes, services, service IDs, partitions and of this server: 1-63 letters, digits,
 # '.', '_' or '-', starting with a letter or digit. Matched with fullmatch: a pattern ending in
@@ -291,6 +297,7 @@ class PeeringServer:
         secret_factory: Callable[[], str] | None = None,
         log: EventLog | None = None,
         tls: PeeringTLS | None = None,
+        test_hooks: bool = False,
     ) -> None:
         problem = self.name_problem(name)
         if problem is not None:
@@ -303,6 +310,7 @@ class PeeringServer:
         self.store = store
         self.transport = transport
         self.tls = tls
+        self.test_hooks = test_hooks  # TestHookService answers only when True (off by default)
         self._advertise = advertise_addr
         self.bugs = validate_bugs(bugs)
         self.mutants = validate_mutants(mutants)
@@ -492,6 +500,11 @@ class PeeringServer:
                    self.unexport_service),
             _unary(a["ReadCatalog"], admin_pb2.ReadCatalogRequest, self.read_catalog),
             _unary(a["Status"], admin_pb2.StatusRequest, self.status),
+            _unary(TEST_HOOK_METHODS["ResetStream"], admin_pb2.ResetStreamRequest,
+                   self.reset_stream),
+            _unary(TEST_HOOK_METHODS["Failover"], admin_pb2.FailoverRequest, self.failover),
+            _unary(TEST_HOOK_METHODS["HoldDeletion"], admin_pb2.HoldDeletionRequest,
+                   self.hold_deletion),
         ]
 
     # =========================================================================================
@@ -763,7 +776,7 @@ class PeeringServer:
             stream,
         )
         try:
-            with term.handler_scope():
+            with term.handler_scope(), term.live_stream(row.id, stream):
                 ending = await session.run()
         except NotLeaderAnymore:
             log.info("leadership lost during a stream")
@@ -818,6 +831,8 @@ class PeeringServer:
             raise AbortStream(StatusCode.UNKNOWN, ending.message)
         if ending.reason == HEARTBEAT:
             raise AbortStream(StatusCode.UNKNOWN, ERR_HEARTBEAT_TIMEOUT)
+        if ending.reason == BAD_REQUEST:  # upstream returns a grpcstatus InvalidArgument
+            raise AbortStream(StatusCode.INVALID_ARGUMENT, ending.message)
         if isinstance(ending.inbound, EndOfStream):
             return  # the dialer half-closed without Terminated (model: the RPC ends OK)
         if isinstance(ending.inbound, StreamFailed):
@@ -953,6 +968,49 @@ class PeeringServer:
                     getattr(entry, field_name).CopyFrom(to_timestamp(value + self._wall_offset))
             out.Streams.append(entry)
         return out
+
+
+    # =========================================================================================
+    # TestHookService (optional, off by default: anyone who can call it can cut streams and
+    # depose the leader, specs/security.md)
+    # =========================================================================================
+
+    def _require_test_hooks(self) -> Leadership:
+        if not self.test_hooks:
+            raise AbortStream(StatusCode.FAILED_PRECONDITION, ERR_TEST_HOOKS_OFF)
+        return self._require_leader()
+
+    async def reset_stream(
+        self, req: admin_pb2.ResetStreamRequest
+    ) -> admin_pb2.ResetStreamResponse:
+        """Reset the transport of the named peering's live streams (either end)."""
+        term = self._require_test_hooks()
+        name = _peer_name(req.PeerName, "PeerName")
+        row = self.store.peering_read(name)
+        if row is None:
+            raise AbortStream(StatusCode.NOT_FOUND, f"no peering named {name!r}")
+        return admin_pb2.ResetStreamResponse(Reset=term.reset_streams(row.id))
+
+    async def failover(self, req: admin_pb2.FailoverRequest) -> admin_pb2.FailoverResponse:
+        """End the leadership term and start a new one at once (the store survives)."""
+        self._require_test_hooks()
+        self.log.info("test hook: failover")
+        self.lose_leadership()
+        return admin_pb2.FailoverResponse(Term=self.become_leader().term)
+
+    async def hold_deletion(
+        self, req: admin_pb2.HoldDeletionRequest
+    ) -> admin_pb2.HoldDeletionResponse:
+        """Hold or release every deletion routine of this server (any term)."""
+        if not self.test_hooks:
+            raise AbortStream(StatusCode.FAILED_PRECONDITION, ERR_TEST_HOOKS_OFF)
+        hold = self._cfg.deletion_hold
+        if req.Hold:
+            hold.hold()
+        else:
+            hold.release()
+        self.log.info("test hook: deletion routines " + ("held" if req.Hold else "released"))
+        return admin_pb2.HoldDeletionResponse()
 
 
 # =============================================================================================

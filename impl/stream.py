@@ -94,12 +94,17 @@ from peerkit.model.vocabulary import (
     ERR_RECEIVE_FAILED,
     ERR_REGISTER_STREAM,
     ERR_STREAM_ENDED,
+    ERR_SUBSCRIPTION_ERROR,
+    ERR_SUBSCRIPTION_NONCE,
+    ERR_SUBSCRIPTION_PEER_ID,
+    ERR_SUBSCRIPTION_UNKNOWN_URL,
     WARN_DRAIN_FAILED,
     PeeringState,
 )
 from peerkit.proto import peering_pb2, peerstream_pb2, status_pb2
 from peerkit.proto.resources import (
     EXPORTED_SERVICE_LIST_RESOURCE_ID,
+    KNOWN_TYPE_URLS,
     RESOURCE_TYPE_URLS,
     TRUST_BUNDLE_RESOURCE_ID,
     TYPE_URL_EXPORTED_SERVICE,
@@ -196,6 +201,7 @@ HEARTBEAT: Final = "heartbeat-timeout"  # error (also: a send stalled that long)
 BACKLOG: Final = "outbound-backlog"  # error: the peer does not read its ACKs (the cap)
 REGISTER_FAILED: Final = "register-failed"  # error: a stream for this peering is connected
 STORE_FAILED: Final = "store-failed"  # error: the state store failed (StoreFailure)
+BAD_REQUEST: Final = "bad-request"  # error: a Request refused (InvalidArgument, as upstream)
 
 
 @dataclass(frozen=True)
@@ -362,6 +368,7 @@ class StreamSession:
     _heartbeat_queued: bool = field(default=False, init=False)
     _pass_waiting: bool = field(default=False, init=False)  # a later pass queued, not started
     _open: bool = field(default=True, init=False)  # phase OPEN: later passes may send
+    _subscribed: set[str] = field(default_factory=set, init=False)  # the peer's, by URL
 
     def __post_init__(self) -> None:
         self.log = self.env.log.bind(
@@ -781,16 +788,7 @@ class StreamSession:
         tracker = self.env.tracker
         pid = self.params.local_id
         if kind == "request":
-            req = msg.request
-            if req.ResponseNonce == "":
-                return None  # the peer's subscription
-            if req.HasField("Error") and (req.Error.code != 0 or req.Error.message):
-                tracker.track_nack(
-                    pid, f"client peer was unable to apply resource: {req.Error.message}"
-                )
-            else:
-                tracker.track_ack(pid)
-            return None
+            return self._on_request(msg.request)
         if kind == "terminated":
             return self._on_terminated()
         if kind == "heartbeat":
@@ -798,6 +796,39 @@ class StreamSession:
             return None
         self.log.warning("ignored unexpected message", kind=kind or "empty")
         return None
+
+    def _on_request(self, req: ReplicationMessage.Request) -> Ending | None:
+        """A subscription, ACK or NACK, validated as upstream's ``realHandleStream`` does
+        (specs/stream.md, "Subscriptions"): a bad one ends the stream with InvalidArgument."""
+        tracker, pid, url = self.env.tracker, self.params.local_id, req.ResourceURL
+        has_error = req.HasField("Error")  # upstream: req.Error != nil, whatever it holds
+        if url not in KNOWN_TYPE_URLS:
+            shown = url if len(url) <= 80 else url[:80] + "..."  # hostile bytes, clipped
+            return self._bad_request(ERR_SUBSCRIPTION_UNKNOWN_URL.format(url=shown))
+        if url not in self._subscribed:  # the peer's first Request for this type
+            if self.params.role == DIALER and req.PeerID not in ("", self.params.remote_id):
+                return self._bad_request(ERR_SUBSCRIPTION_PEER_ID.format(
+                    got=_go_quote(req.PeerID[:80]), expected=_go_quote(self.params.remote_id)))
+            if req.ResponseNonce:
+                return self._bad_request(ERR_SUBSCRIPTION_NONCE)
+            if has_error:
+                return self._bad_request(ERR_SUBSCRIPTION_ERROR)
+            self._subscribed.add(url)
+            tracker.track_ack(pid)  # upstream counts a subscription as an ACK
+        elif not req.ResponseNonce:
+            if has_error:
+                return self._bad_request(ERR_SUBSCRIPTION_ERROR)
+            # a repeated subscription: ignored
+        elif has_error:
+            tracker.track_nack(
+                pid, f"client peer was unable to apply resource: {req.Error.message}")
+        else:
+            tracker.track_ack(pid)
+        return None
+
+    def _bad_request(self, message: str) -> Ending:
+        self.log.warning("invalid request from the peer", error=message)
+        return self._ended_with_error(BAD_REQUEST, message)
 
     @staticmethod
     def _reply_message(resp: ReplicationMessage.Response, result: _Reply) -> ReplicationMessage:

@@ -196,6 +196,17 @@ ERR_STREAM_ENDED = "stream ended unexpectedly"
 ERR_RECEIVE_FAILED = "unexpected error receiving from the stream: {error}"
 ERR_NO_NONCE = "received response without a nonce for: {url}:{id}"
 ERR_MISMATCHED_URL = "mismatched resourceURL {url} and Any typeUrl {type_url}"
+# A received Request (realHandleStream's request branch), each InvalidArgument, ending the
+# stream: an unknown ResourceURL; then, for a type not yet subscribed to, a PeerID other than
+# the remote's (on the dialing side; Go's %q quoting), a nonce, an error; and an Error without
+# a nonce on a subscribed type
+ERR_SUBSCRIPTION_UNKNOWN_URL = "subscription request to unknown resource URL: {url}"
+ERR_SUBSCRIPTION_PEER_ID = ("initial subscription requests for a resource type must have "
+                            "consistent PeerID values: got={got} expected={expected}")
+ERR_SUBSCRIPTION_NONCE = (
+    "initial subscription requests for a resource type must not contain a nonce")
+ERR_SUBSCRIPTION_ERROR = (
+    "initial subscription request for a resource type must not contain an error")
 # ExchangeSecret (stream_resources.go, ExchangeSecret): an unknown PeerID, a row whose secrets
 # are gone (marked for deletion, TERMINATED) and a wrong secret all get this, PermissionDenied
 ERR_BAD_ESTABLISHMENT_SECRET = "invalid peering establishment secret"

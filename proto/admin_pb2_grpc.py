@@ -319,3 +319,186 @@ class AdminService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class TestHookServiceStub:
+    """TestHookService: faults a client cannot otherwise cause, so that the conformance suite can
+    drive the model's Reset and Failover actions against a running server (specs/porting.md,
+    "The optional test hooks"). Optional for a port: a target without it (UNIMPLEMENTED) gets
+    the scenarios that need it skipped. A server that has it but has not enabled it answers every
+    call with FAILED_PRECONDITION and changes nothing.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ResetStream = channel.unary_unary(
+                '/peerkit.admin.TestHookService/ResetStream',
+                request_serializer=admin__pb2.ResetStreamRequest.SerializeToString,
+                response_deserializer=admin__pb2.ResetStreamResponse.FromString,
+                _registered_method=True)
+        self.Failover = channel.unary_unary(
+                '/peerkit.admin.TestHookService/Failover',
+                request_serializer=admin__pb2.FailoverRequest.SerializeToString,
+                response_deserializer=admin__pb2.FailoverResponse.FromString,
+                _registered_method=True)
+        self.HoldDeletion = channel.unary_unary(
+                '/peerkit.admin.TestHookService/HoldDeletion',
+                request_serializer=admin__pb2.HoldDeletionRequest.SerializeToString,
+                response_deserializer=admin__pb2.HoldDeletionResponse.FromString,
+                _registered_method=True)
+
+
+class TestHookServiceServicer:
+    """TestHookService: faults a client cannot otherwise cause, so that the conformance suite can
+    drive the model's Reset and Failover actions against a running server (specs/porting.md,
+    "The optional test hooks"). Optional for a port: a target without it (UNIMPLEMENTED) gets
+    the scenarios that need it skipped. A server that has it but has not enabled it answers every
+    call with FAILED_PRECONDITION and changes nothing.
+    """
+
+    def ResetStream(self, request, context):
+        """ResetStream aborts the transport of every peer stream this server's current leader term
+        holds for the named peering, either end, as a connection reset would: the local handler
+        sees its stream cancelled, the peer sees the RPC cancelled. Nothing is sent first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Failover(self, request, context):
+        """Failover ends the current leadership term (routines, dialers and streams stop; the
+        in-memory state, such as the stream tracker, is lost; the store stays) and starts a new
+        term at once, as a leader election won by a server with the same store would.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HoldDeletion(self, request, context):
+        """HoldDeletion (Hold = true) makes every deletion routine of this server, of any term, wait
+        before its next step until HoldDeletion with Hold = false. Not a fault: the protocol lets
+        a deletion step come arbitrarily late; this picks that schedule (e.g. a row marked for
+        deletion that a redial can reach).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_TestHookServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ResetStream': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetStream,
+                    request_deserializer=admin__pb2.ResetStreamRequest.FromString,
+                    response_serializer=admin__pb2.ResetStreamResponse.SerializeToString,
+            ),
+            'Failover': grpc.unary_unary_rpc_method_handler(
+                    servicer.Failover,
+                    request_deserializer=admin__pb2.FailoverRequest.FromString,
+                    response_serializer=admin__pb2.FailoverResponse.SerializeToString,
+            ),
+            'HoldDeletion': grpc.unary_unary_rpc_method_handler(
+                    servicer.HoldDeletion,
+                    request_deserializer=admin__pb2.HoldDeletionRequest.FromString,
+                    response_serializer=admin__pb2.HoldDeletionResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'peerkit.admin.TestHookService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('peerkit.admin.TestHookService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class TestHookService:
+    """TestHookService: faults a client cannot otherwise cause, so that the conformance suite can
+    drive the model's Reset and Failover actions against a running server (specs/porting.md,
+    "The optional test hooks"). Optional for a port: a target without it (UNIMPLEMENTED) gets
+    the scenarios that need it skipped. A server that has it but has not enabled it answers every
+    call with FAILED_PRECONDITION and changes nothing.
+    """
+
+    @staticmethod
+    def ResetStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/peerkit.admin.TestHookService/ResetStream',
+            admin__pb2.ResetStreamRequest.SerializeToString,
+            admin__pb2.ResetStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Failover(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/peerkit.admin.TestHookService/Failover',
+            admin__pb2.FailoverRequest.SerializeToString,
+            admin__pb2.FailoverResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HoldDeletion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/peerkit.admin.TestHookService/HoldDeletion',
+            admin__pb2.HoldDeletionRequest.SerializeToString,
+            admin__pb2.HoldDeletionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -20,6 +20,10 @@ conformance kit.
 
 Like PeeringService, the writes are served by the leader; reads are answered by any server
 from its own state.
+
+TestHookService (at the end) is the control service's optional part: environment faults on
+demand, for the conformance suite. It is off by default (peerkit serve --test-hooks turns it
+on): anyone who can call it can cut streams and depose the leader (specs/security.md).
 """
 
 from collections import abc as _abc
@@ -144,3 +148,103 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """Status returns this server's identity, leadership and stream tracker."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class TestHookServiceStub:
+    """TestHookService: faults a client cannot otherwise cause, so that the conformance suite can
+    drive the model's Reset and Failover actions against a running server (specs/porting.md,
+    "The optional test hooks"). Optional for a port: a target without it (UNIMPLEMENTED) gets
+    the scenarios that need it skipped. A server that has it but has not enabled it answers every
+    call with FAILED_PRECONDITION and changes nothing.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> TestHookServiceAsyncStub: ...
+    ResetStream: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ResetStreamRequest, _admin_pb2.ResetStreamResponse]
+    """ResetStream aborts the transport of every peer stream this server's current leader term
+    holds for the named peering, either end, as a connection reset would: the local handler
+    sees its stream cancelled, the peer sees the RPC cancelled. Nothing is sent first.
+    """
+    Failover: _grpc.UnaryUnaryMultiCallable[_admin_pb2.FailoverRequest, _admin_pb2.FailoverResponse]
+    """Failover ends the current leadership term (routines, dialers and streams stop; the
+    in-memory state, such as the stream tracker, is lost; the store stays) and starts a new
+    term at once, as a leader election won by a server with the same store would.
+    """
+    HoldDeletion: _grpc.UnaryUnaryMultiCallable[_admin_pb2.HoldDeletionRequest, _admin_pb2.HoldDeletionResponse]
+    """HoldDeletion (Hold = true) makes every deletion routine of this server, of any term, wait
+    before its next step until HoldDeletion with Hold = false. Not a fault: the protocol lets
+    a deletion step come arbitrarily late; this picks that schedule (e.g. a row marked for
+    deletion that a redial can reach).
+    """
+
+@_typing.type_check_only
+class TestHookServiceAsyncStub(TestHookServiceStub):
+    """TestHookService: faults a client cannot otherwise cause, so that the conformance suite can
+    drive the model's Reset and Failover actions against a running server (specs/porting.md,
+    "The optional test hooks"). Optional for a port: a target without it (UNIMPLEMENTED) gets
+    the scenarios that need it skipped. A server that has it but has not enabled it answers every
+    call with FAILED_PRECONDITION and changes nothing.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ResetStream: _aio.UnaryUnaryMultiCallable[_admin_pb2.ResetStreamRequest, _admin_pb2.ResetStreamResponse]  # type: ignore[assignment]
+    """ResetStream aborts the transport of every peer stream this server's current leader term
+    holds for the named peering, either end, as a connection reset would: the local handler
+    sees its stream cancelled, the peer sees the RPC cancelled. Nothing is sent first.
+    """
+    Failover: _aio.UnaryUnaryMultiCallable[_admin_pb2.FailoverRequest, _admin_pb2.FailoverResponse]  # type: ignore[assignment]
+    """Failover ends the current leadership term (routines, dialers and streams stop; the
+    in-memory state, such as the stream tracker, is lost; the store stays) and starts a new
+    term at once, as a leader election won by a server with the same store would.
+    """
+    HoldDeletion: _aio.UnaryUnaryMultiCallable[_admin_pb2.HoldDeletionRequest, _admin_pb2.HoldDeletionResponse]  # type: ignore[assignment]
+    """HoldDeletion (Hold = true) makes every deletion routine of this server, of any term, wait
+    before its next step until HoldDeletion with Hold = false. Not a fault: the protocol lets
+    a deletion step come arbitrarily late; this picks that schedule (e.g. a row marked for
+    deletion that a redial can reach).
+    """
+
+class TestHookServiceServicer(metaclass=_abc_1.ABCMeta):
+    """TestHookService: faults a client cannot otherwise cause, so that the conformance suite can
+    drive the model's Reset and Failover actions against a running server (specs/porting.md,
+    "The optional test hooks"). Optional for a port: a target without it (UNIMPLEMENTED) gets
+    the scenarios that need it skipped. A server that has it but has not enabled it answers every
+    call with FAILED_PRECONDITION and changes nothing.
+    """
+
+    @_abc_1.abstractmethod
+    def ResetStream(
+        self,
+        request: _admin_pb2.ResetStreamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ResetStreamResponse, _abc.Awaitable[_admin_pb2.ResetStreamResponse]]:
+        """ResetStream aborts the transport of every peer stream this server's current leader term
+        holds for the named peering, either end, as a connection reset would: the local handler
+        sees its stream cancelled, the peer sees the RPC cancelled. Nothing is sent first.
+        """
+
+    @_abc_1.abstractmethod
+    def Failover(
+        self,
+        request: _admin_pb2.FailoverRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.FailoverResponse, _abc.Awaitable[_admin_pb2.FailoverResponse]]:
+        """Failover ends the current leadership term (routines, dialers and streams stop; the
+        in-memory state, such as the stream tracker, is lost; the store stays) and starts a new
+        term at once, as a leader election won by a server with the same store would.
+        """
+
+    @_abc_1.abstractmethod
+    def HoldDeletion(
+        self,
+        request: _admin_pb2.HoldDeletionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.HoldDeletionResponse, _abc.Awaitable[_admin_pb2.HoldDeletionResponse]]:
+        """HoldDeletion (Hold = true) makes every deletion routine of this server, of any term, wait
+        before its next step until HoldDeletion with Hold = false. Not a fault: the protocol lets
+        a deletion step come arbitrarily late; this picks that schedule (e.g. a row marked for
+        deletion that a redial can reach).
+        """
+
+def add_TestHookServiceServicer_to_server(servicer: TestHookServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -44,5 +44,20 @@ TYPE_URL_PEERING_TRUST_BUNDLE = (
 #: seed's ID for its CA-roots resource (peering-protocol.md §5.4).
 TRUST_BUNDLE_RESOURCE_ID = "roots"
 
-#: Every resource type a peerkit stream can subscribe to, in subscription order.
-RESOURCE_TYPE_URLS = (TYPE_URL_EXPORTED_SERVICE, TYPE_URL_PEERING_TRUST_BUNDLE)
+#: The servers a peer can be dialed at (Consul 1.15 and later; peerkit neither sends nor reads
+#: it). Only a dialer subscribes to it, so an acceptor may receive its subscription request.
+TYPE_URL_PEERING_SERVER_ADDRESSES = (
+    "type.googleapis.com/hashicorp.consul.internal.peering.PeeringServerAddresses"
+)
+
+#: Every resource type a peerkit stream subscribes to, in subscription order: upstream's three
+#: (``realHandleStream``, agent/grpc-external/services/peerstream/stream_resources.go), the
+#: list included, because the peer's ACK of the list names its URL and an ACK for a type the
+#: sender never subscribed to is refused. peerkit's dialer leaves out the server addresses,
+#: which it does not read.
+RESOURCE_TYPE_URLS = (TYPE_URL_EXPORTED_SERVICE, TYPE_URL_EXPORTED_SERVICE_LIST,
+                      TYPE_URL_PEERING_TRUST_BUNDLE)
+
+#: The resource types a received Request may name (upstream's ``KnownTypeURL``,
+#: proto/pbpeerstream/types.go); any other ends the stream.
+KNOWN_TYPE_URLS = frozenset((*RESOURCE_TYPE_URLS, TYPE_URL_PEERING_SERVER_ADDRESSES))

@@ -931,8 +931,9 @@ async def test_subscriptions_and_acks_decode_under_upstreams_layout(
         requests.append(decode_upstream(
             upstream, "hashicorp.consul.internal.peerstream.ReplicationMessage",
             msg.SerializeToString())["request"])
+    # upstream's three subscriptions (realHandleStream), the exported-service list included
     assert {r["ResourceURL"] for r in requests if "ResponseNonce" not in r} == {
-        TYPE_URL_EXPORTED_SERVICE, TYPE_URL_PEERING_TRUST_BUNDLE}
+        TYPE_URL_EXPORTED_SERVICE, TYPE_URL_EXPORTED_SERVICE_LIST, TYPE_URL_PEERING_TRUST_BUNDLE}
     assert requests[-1] == {"ResponseNonce": "00000009", "ResourceURL": TYPE_URL_EXPORTED_SERVICE}
     assert not list(_stray_fields(requests))
     await until(dc1.store, lambda: dc1.imported("dc2") == ["web"])

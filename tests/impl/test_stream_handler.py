@@ -49,6 +49,7 @@ from peerkit.model.vocabulary import (
 )
 from peerkit.proto import peering_pb2, peerstream_pb2, service_pb2, status_pb2
 from peerkit.proto.resources import (
+    RESOURCE_TYPE_URLS,
     TRUST_BUNDLE_RESOURCE_ID,
     TYPE_URL_EXPORTED_SERVICE,
     TYPE_URL_EXPORTED_SERVICE_LIST,
@@ -207,6 +208,13 @@ async def test_stream_tracker_steps(autojump_clock: trio.testing.MockClock, dc1:
 
     # 1. connected
     assert status().connected and status().last_ack is None
+    # 1b. the peer subscribes (upstream counts each subscription as an ACK)
+    await let_time_pass(1)
+    for url in RESOURCE_TYPE_URLS:
+        await stream.send(RM(request=RM.Request(ResourceURL=url)))
+    await trio.testing.wait_all_tasks_blocked()
+    assert status().connected and status().last_ack == trio.current_time()
+    await let_time_pass(1)
     # 2. an ACK
     await stream.send(RM(request=RM.Request(ResponseNonce="1",
                                             ResourceURL=TYPE_URL_EXPORTED_SERVICE)))

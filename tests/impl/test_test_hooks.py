@@ -1,0 +1,110 @@
+"""The control service's optional test hooks (admin.proto's TestHookService): off by default,
+and when on, a reset, a failover and a held deletion that do what the conformance suite maps them
+to (the model's Reset, Failover, and a deletion step that comes late).
+
+Two clusters on the in-memory network under virtual time (the gRPC path is exercised by
+tests/conformance/test_target.py against ``peerkit serve --test-hooks``).
+
+May import: pytest, trio, peerkit.impl, peerkit.model.vocabulary.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from peerkit.impl.server import ERR_TEST_HOOKS_OFF
+from peerkit.impl.testing import eventually, let_time_pass, peer, two_clusters
+from peerkit.impl.transport import MemoryNetwork, StatusCode, StreamFailed
+from peerkit.model.vocabulary import PeeringState
+
+DEADLINE = 120.0  # virtual seconds
+
+
+async def test_the_hooks_are_off_by_default_and_change_nothing(
+        autojump_clock: trio.testing.MockClock) -> None:
+    net = MemoryNetwork()
+    async with two_clusters(net) as (dc1, dc2):
+        await peer(dc1, dc2)
+        term = dc2.server.leadership
+        calls = len(net.streams)
+        for call in (dc2.client.reset_stream("dc1"), dc2.client.failover(),
+                     dc1.client.hold_deletion(True)):
+            with pytest.raises(StreamFailed) as caught:
+                await call
+            assert caught.value.code is StatusCode.FAILED_PRECONDITION
+            assert caught.value.message == ERR_TEST_HOOKS_OFF
+        await let_time_pass(30)
+        assert dc2.server.leadership is term  # no failover
+        assert len(net.streams) == calls  # no stream reset, so no redial
+        assert dc1.connected("dc2") and dc2.connected("dc1")
+        await dc1.client.peering_delete("dc2")  # no deletion held
+        with trio.fail_after(DEADLINE):
+            await eventually(lambda: dc1.row("dc2") is None, dc1, dc2)
+
+
+@pytest.mark.parametrize("side", ["dc1", "dc2"])  # the acceptor resets, the dialer resets
+async def test_reset_stream_ends_the_stream_and_the_dialer_redials(
+        autojump_clock: trio.testing.MockClock, side: str) -> None:
+    net = MemoryNetwork()
+    async with two_clusters(net, test_hooks=True) as (dc1, dc2):
+        await peer(dc1, dc2)
+        first = net.streams[-1]
+        resetter, other = (dc1, "dc2") if side == "dc1" else (dc2, "dc1")
+        assert await resetter.client.reset_stream(other) == 1
+        with trio.fail_after(DEADLINE):
+            await eventually(lambda: first.finished, dc1, dc2)
+            # the dialer's retry loop (2 s later) opens a new stream, which connects
+            await eventually(lambda: len(net.streams) > 1 and dc1.connected("dc2")
+                             and dc2.connected("dc1"), dc1, dc2)
+        assert first.client_outcome is not None and not first.client_outcome.ok
+        assert dc1.state("dc2") is PeeringState.ACTIVE
+        # a peering with no live stream: nothing to reset
+        await dc1.client.generate_token("dc3")
+        assert await dc1.client.reset_stream("dc3") == 0
+
+
+async def test_reset_stream_refuses_a_bad_or_unknown_name(
+        autojump_clock: trio.testing.MockClock) -> None:
+    net = MemoryNetwork()
+    async with two_clusters(net, test_hooks=True) as (dc1, _dc2):
+        for name, code in (("", StatusCode.INVALID_ARGUMENT),
+                           ("Not A Label", StatusCode.INVALID_ARGUMENT),
+                           ("dc9", StatusCode.NOT_FOUND)):
+            with pytest.raises(StreamFailed) as caught:
+                await dc1.client.reset_stream(name)
+            assert caught.value.code is code, (name, caught.value)
+
+
+async def test_failover_starts_a_new_term_and_the_peering_reconnects(
+        autojump_clock: trio.testing.MockClock) -> None:
+    net = MemoryNetwork()
+    async with two_clusters(net, test_hooks=True) as (dc1, dc2):
+        await peer(dc1, dc2)
+        old = dc1.server.leadership
+        assert old is not None
+        assert await dc1.client.failover() == old.term + 1
+        assert old.stopped and dc1.server.leadership is not old
+        with trio.fail_after(DEADLINE):
+            await eventually(lambda: dc1.connected("dc2") and dc2.connected("dc1"), dc1, dc2)
+
+
+async def test_hold_deletion_holds_every_term_until_released(
+        autojump_clock: trio.testing.MockClock) -> None:
+    net = MemoryNetwork()
+    async with two_clusters(net, test_hooks=True) as (dc1, dc2):
+        await peer(dc1, dc2)
+        await dc1.client.hold_deletion(True)
+        await dc1.client.peering_delete("dc2")
+        with trio.fail_after(DEADLINE):
+            await eventually(lambda: dc2.state("dc1") is PeeringState.TERMINATED, dc1, dc2)
+        await dc1.client.failover()  # the new term's routine is held too
+        await let_time_pass(60)
+        row = dc1.row("dc2")
+        assert row is not None and row.state is PeeringState.DELETING
+        assert dc1.imported("dc2") == ["db"]
+        await dc1.client.hold_deletion(False)
+        with trio.fail_after(DEADLINE):
+            await eventually(lambda: dc1.row("dc2") is None and dc1.imported("dc2") == [],
+                             dc1, dc2)
