@@ -136,6 +136,7 @@ class PeeringModel:
         self.dial_inactive = "dial-inactive" in self.switches
         self.export_when_inactive = "export-when-inactive" in self.switches
         self.deletion_no_stop_bug = "deletion-no-stop" in self.switches
+        self._deletion_guard_inverted = "deletion-guard-inverted" in self.switches
         #: the deletion routine's order of writes for one peering (upstream: nodes, bundle, row)
         self._deletion_order = ("nodes", "bundle", "row")
         for switch, order in (("deletion-row-first", ("row", "nodes", "bundle")),
@@ -368,7 +369,7 @@ class PeeringModel:
                        ) -> type[A.DeleteNodes | A.DeleteBundle | A.DeleteRow] | None:
         """The deletion routine's next write for `row`, in upstream's order: nodes, then the
         trust bundle, then the row (unless the lifecycle keeps it); None if it has none."""
-        if row.active != ("deletion-guard-inverted" in self.switches):
+        if row.active != self._deletion_guard_inverted:
             return None
         imp = cl.imports_from(row.peer)
         order = self._deletion_order

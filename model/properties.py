@@ -157,23 +157,25 @@ def _has_live_dialer_end(w: World, c: int, gen: int) -> bool:
 def unsettled_reason(model: PeeringModel, w: World) -> str | None:
     """Why `w` is not settled, or None if it is. Mirrors `model.enabled` (a test checks this)."""
     for c, cl in enumerate(w.clusters):
-        name = cluster_name(c)
+        # (the cluster's name is worked out only for a reason: this runs on every state)
         if cl.sync_due or cl.snapshot is not None:
-            return f"{name}: a sync pass is pending"
+            return f"{cluster_name(c)}: a sync pass is pending"
         if cl.deleters and cl.deleters[0] != cl.term:
-            return f"{name}: a deletion routine is still running on a deposed leader"
+            return f"{cluster_name(c)}: a deletion routine is still running on a deposed leader"
         for row in cl.rows:
             if not row.active:
                 if cl.imports_from(row.peer) is not None:
-                    return f"{name}: imported data of {cluster_name(row.peer)} awaits deletion"
+                    return (f"{cluster_name(c)}: imported data of {cluster_name(row.peer)} "
+                            "awaits deletion")
                 if row.state == DELETING:
-                    return f"{name}: the row for {cluster_name(row.peer)} awaits deletion"
+                    return (f"{cluster_name(c)}: the row for {cluster_name(row.peer)} "
+                            "awaits deletion")
         for gen in cl.dialing:
             dialer = cl.row_by_gen(gen)
             if dialer is None or not dialer.active or _has_live_dialer_end(w, c, gen):
                 continue
             if not dial_is_futile(w, c, dialer):
-                return f"{name}: the dialer of {cluster_name(dialer.peer)} will dial"
+                return f"{cluster_name(c)}: the dialer of {cluster_name(dialer.peer)} will dial"
     for st in w.streams:
         if st.d_phase != OPEN or st.a_phase != OPEN:
             return f"stream {st.sid} is opening or closing"
@@ -301,10 +303,10 @@ def _broken_store_rule(c: int, cl: Cluster, n: int) -> str | None:
 
 def leader_reason(w: World) -> str | None:
     for c, cl in enumerate(w.clusters):
-        old = [t for t in cl.deleters if t != cl.term]
-        if old:
-            return (f"{cluster_name(c)}: the deletion routine of term {old[0]} still runs, but "
-                    f"the leader's term is {cl.term}: it lost leadership")
+        for old in cl.deleters:
+            if old != cl.term:
+                return (f"{cluster_name(c)}: the deletion routine of term {old} still runs, but "
+                        f"the leader's term is {cl.term}: it lost leadership")
     for st in w.streams:
         if st.d_phase != DONE and st.d_term != w.clusters[st.dialer].term:
             return f"stream {st.sid}: the dialer end belongs to a deposed leader"
@@ -325,6 +327,8 @@ def tracker_reason(w: World) -> str | None:
             if st.acceptor == c and st.a_phase == OPEN and st.a_term == cl.term:
                 serving.add(st.peer_gen)
         connected = {t.gen for t in cl.tracker if t.connected}
+        if connected == serving:
+            continue
         for gen in sorted(connected - serving):
             return (f"{cluster_name(c)}'s tracker shows peering {gen} connected, but no "
                     "handler of its leader serves a stream for it")
