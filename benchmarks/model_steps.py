@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine_info import machine_info
+from machine_info import machine_info, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "model_steps.json"
 
@@ -113,9 +113,7 @@ def main() -> int:
               f"{b['cpu_seconds_median']:>8} / {b['states_per_cpu_second']:>8,} "
               f"{a['cpu_seconds_median']:>8} / {a['states_per_cpu_second']:>8,} "
               f"{row['speedup_cpu']:>8}x {row['load_min']:>4}-{row['load_max']}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwritten to {RESULTS}")
+    write_results(RESULTS, report)
     return 0
 
 

@@ -403,7 +403,7 @@ def changed_streams(s: World, s2: World) -> tuple[tuple[Stream | None, Stream], 
     number in `s` or None, the stream in `s2`)."""
     if s.streams is s2.streams:
         return ()
-    out = []
+    out: list[tuple[Stream | None, Stream]] = []
     for st in s2.streams:
         for old in s.streams:
             if old.sid == st.sid:
