@@ -6,6 +6,7 @@ Shared by the scripts in benchmarks/ so every results file records its machine t
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -54,3 +55,10 @@ def machine_info() -> dict[str, Any]:
         "packages": versions,
         "commit": commit,
     }
+
+
+def write_results(path: Path, report: dict[str, Any]) -> None:
+    """Write a benchmark's report as JSON and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwritten to {path}")

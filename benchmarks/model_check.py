@@ -14,7 +14,6 @@ figures go into README.md by hand, with the machine they came from.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -24,7 +23,7 @@ from peerkit.checker.engine import check
 from peerkit.model import BUGS, PeeringModel, get_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine_info import machine_info
+from machine_info import machine_info, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "model_check.json"
 
@@ -83,9 +82,7 @@ def main() -> int:
     for b in bugs:
         print(f"{b['bug']:<24} {b['property']:<30} {b['length']:>5} {b['states_explored']:>8,} "
               f"{b['seconds']:>8}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwritten to {RESULTS}")
+    write_results(RESULTS, report)
     return 0
 
 

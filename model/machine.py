@@ -24,7 +24,7 @@ Import rules: standard library and ``peerkit.model`` only.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 from . import actions as A
@@ -136,6 +136,7 @@ class PeeringModel:
         self.dial_inactive = "dial-inactive" in self.switches
         self.export_when_inactive = "export-when-inactive" in self.switches
         self.deletion_no_stop_bug = "deletion-no-stop" in self.switches
+        self._deletion_guard_inverted = "deletion-guard-inverted" in self.switches
         #: the deletion routine's order of writes for one peering (upstream: nodes, bundle, row)
         self._deletion_order = ("nodes", "bundle", "row")
         for switch, order in (("deletion-row-first", ("row", "nodes", "bundle")),
@@ -153,6 +154,10 @@ class PeeringModel:
         self.transition_invariants = props.transition_invariants
         self.liveness = props.liveness
         self.reductions: tuple[()] = ()  # no reduction: see specs/model.md, "Reductions"
+        #: each action type's `_do_<Type>` method, looked up once here rather than per step
+        self._handlers: dict[type, Callable[[World, Any], World]] = {
+            cls: getattr(self, "_do_" + name) for name, cls in A.ACTION_TYPES.items()
+        }
 
     def format_action(self, action: object) -> str:
         from .render import describe_action
@@ -226,9 +231,9 @@ class PeeringModel:
         return out
 
     def successors(self, w: World) -> Iterator[tuple[A.Action, World]]:
-        apply = self._apply
+        handlers = self._handlers
         for action in self.enabled(w):
-            yield action, apply(w, action)
+            yield action, handlers[type(action)](w, action)
 
     def _enabled_operator(self, w: World, out: list[A.Action]) -> None:
         b = w.budget
@@ -330,7 +335,7 @@ class PeeringModel:
                     done = st.d_done if side == "d" else st.a_done
                     if done:
                         out.append(A.SendTerminated(st.sid, side))
-                    if any(True for _ in self._pending_publishes(w, st, side)):
+                    if self._pending_publishes(w, st, side):
                         out.append(A.Publish(st.sid, side))
 
     def _writes_again(self, row: Row | None, role: str, event: str) -> bool:
@@ -364,7 +369,7 @@ class PeeringModel:
                        ) -> type[A.DeleteNodes | A.DeleteBundle | A.DeleteRow] | None:
         """The deletion routine's next write for `row`, in upstream's order: nodes, then the
         trust bundle, then the row (unless the lifecycle keeps it); None if it has none."""
-        if row.active != ("deletion-guard-inverted" in self.switches):
+        if row.active != self._deletion_guard_inverted:
             return None
         imp = cl.imports_from(row.peer)
         order = self._deletion_order
@@ -390,21 +395,21 @@ class PeeringModel:
             return True
         return resource in cl.registered and (resource, peer) in cl.exports
 
-    def _pending_publishes(self, w: World, st: Stream, side: str) -> Iterator[str]:
+    def _pending_publishes(self, w: World, st: Stream, side: str) -> tuple[str, ...]:
+        """The services whose export to the peer differs from what this end last published."""
         c, gen, peer = self._side(st, side)
         cl = w.clusters[c]
         row = cl.row_by_gen(gen)
         # peerkit: an inactive peering exports nothing (PeeringsForService skips it, §7.2); the
         # trust bundle goes out once, when the handler starts.
         if row is None or (not row.active and not self.export_when_inactive):
-            return
+            return ()
         outbound = st.up if side == "d" else st.down
         if outbound.end != LIVE:
-            return
+            return ()
         sent = dict(st.d_sent if side == "d" else st.a_sent)
-        for res in self.config.services:
-            if self.export_view(cl, peer, res) != sent.get(res, False):
-                yield res
+        return tuple(res for res in self.config.services
+                     if self.export_view(cl, peer, res) != sent.get(res, False))
 
     @staticmethod
     def _side(st: Stream, side: str) -> tuple[int, int, int]:
@@ -427,9 +432,7 @@ class PeeringModel:
         return self._apply(w, action)
 
     def _apply(self, w: World, action: A.Action) -> World:
-        handler = getattr(self, "_do_" + type(action).__name__)
-        result: World = handler(w, action)
-        return result
+        return self._handlers[type(action)](w, action)
 
     def why_not(self, w: World, action: object) -> str:
         """Explain why `action` is not enabled in `w` (for errors and tests)."""
@@ -495,6 +498,8 @@ class PeeringModel:
     @staticmethod
     def _set_cluster(w: World, c: int, cl: Cluster) -> World:
         clusters = w.clusters
+        if clusters[c] is cl:
+            return w  # unchanged: keep the same tuple, so properties can skip the comparison
         return w._replace(clusters=(*clusters[:c], cl, *clusters[c + 1:]))
 
     @staticmethod
@@ -502,7 +507,18 @@ class PeeringModel:
         """Replace stream `sid` by `st`, or remove it (st None, or both ends done)."""
         if st is not None and st.d_phase == DONE and st.a_phase == DONE:
             st = None
-        streams = tuple(s for s in w.streams if s.sid != sid)
+        streams = w.streams
+        for i, old in enumerate(streams):
+            if old.sid == sid:
+                # the common case: a stream changes in place (the list stays sorted by sid)
+                if st is old:
+                    return w
+                if st is None:
+                    return w._replace(streams=(*streams[:i], *streams[i + 1:]))
+                if st.sid == sid:
+                    return w._replace(streams=(*streams[:i], st, *streams[i + 1:]))
+                streams = (*streams[:i], *streams[i + 1:])
+                break
         if st is not None:
             streams = tuple(sorted((*streams, st)))
         return w._replace(streams=streams)
@@ -723,16 +739,21 @@ class PeeringModel:
 
     # -- leader routines ----------------------------------------------------------------------
     def _do_SyncSnapshot(self, w: World, a: A.SyncSnapshot) -> World:
-        cl = w.clusters[a.cluster]
+        return self._sync_snapshot(w, a.cluster)
+
+    def _sync_snapshot(self, w: World, c: int) -> World:
+        cl = w.clusters[c]
         if "sync-list-before-snapshot" in self.switches:
             # the mistake: the first half lists the peerings; the streams are copied later
-            return self._set_cluster(w, a.cluster, cl._replace(
+            return self._set_cluster(w, c, cl._replace(
                 sync_due=False, snapshot=tuple(sorted(self._stored(cl)))))
         snapshot = tuple(t.gen for t in cl.tracker if t.connected)
-        return self._set_cluster(w, a.cluster, cl._replace(sync_due=False, snapshot=snapshot))
+        return self._set_cluster(w, c, cl._replace(sync_due=False, snapshot=snapshot))
 
     def _do_SyncApply(self, w: World, a: A.SyncApply) -> World:
-        c = a.cluster
+        return self._sync_apply(w, a.cluster)
+
+    def _sync_apply(self, w: World, c: int) -> World:
         cl = w.clusters[c]
         assert cl.snapshot is not None
         snapshot = cl.snapshot
@@ -777,8 +798,7 @@ class PeeringModel:
         return stored
 
     def _do_Sync(self, w: World, a: A.Sync) -> World:
-        w = self._do_SyncSnapshot(w, A.SyncSnapshot(a.cluster))
-        return self._do_SyncApply(w, A.SyncApply(a.cluster))
+        return self._sync_apply(self._sync_snapshot(w, a.cluster), a.cluster)
 
     def _do_Dial(self, w: World, a: A.Dial) -> World:
         c = a.cluster
@@ -879,7 +899,7 @@ class PeeringModel:
     # -- streams ------------------------------------------------------------------------------
     def _do_Publish(self, w: World, a: A.Publish) -> World:
         st = self._stream(w, a.sid)
-        changed = tuple(self._pending_publishes(w, st, a.side))
+        changed = self._pending_publishes(w, st, a.side)
         return self._set_stream(w, self._publish(w, st, a.side, changed), a.sid)
 
     def _publish(self, w: World, st: Stream, side: str, resources: Sequence[str]) -> Stream:
@@ -1023,12 +1043,12 @@ class PeeringModel:
                 pass
             else:  # pragma: no cover - the tables name only these
                 raise ProtocolError(f"unknown effect {effect!r}")
-        if side == "d":
+        if outcome.next == DONE:
+            w, st = self._finish(w, st, side, error=error)  # (sets the phase to DONE)
+        elif side == "d":
             st = st._replace(d_phase=outcome.next)
         else:
             st = st._replace(a_phase=outcome.next)
-        if outcome.next == DONE:
-            w, st = self._finish(w, st, side, error=error)
         return self._set_stream(w, st, st.sid)
 
     @staticmethod
@@ -1040,9 +1060,16 @@ class PeeringModel:
     @staticmethod
     def _end_outbound(st: Stream, side: str, end: int, force: bool = False) -> Stream:
         out = st.up if side == "d" else st.down
+        ended = PeeringModel._ended(out, end, force)
+        return st._replace(up=ended) if side == "d" else st._replace(down=ended)
+
+    @staticmethod
+    def _ended(out: Channel, end: int, force: bool = False) -> Channel:
+        """Channel `out` ended with `end`: if it is still live, or whatever its end (but a
+        reset) if `force`."""
         if out.end == LIVE or (force and out.end != RESET):
-            out = out._replace(end=end)
-        return st._replace(up=out) if side == "d" else st._replace(down=out)
+            return out._replace(end=end)
+        return out
 
     def _finish(self, w: World, st: Stream, side: str, error: bool) -> tuple[World, Stream]:
         """The handler at `side` has returned: drop its inbound side, end its outbound side."""
@@ -1050,11 +1077,11 @@ class PeeringModel:
             # the attempt function returns and closes the connection: a call the acceptor has
             # not finished is reset, and the reset may overtake what is still queued (so a
             # dialer must drain to the end before returning, or Terminated can be lost)
-            st = self._end_outbound(st, "d", RESET, force=st.a_phase != DONE)
-            st = st._replace(d_phase=DONE, down=Channel((), st.down.end))
+            st = st._replace(d_phase=DONE, down=Channel((), st.down.end),
+                             up=self._ended(st.up, RESET, force=st.a_phase != DONE))
         else:
-            st = self._end_outbound(st, "a", ERROR if error else EOF)
-            st = st._replace(a_phase=DONE, up=Channel((), st.up.end))
+            st = st._replace(a_phase=DONE, up=Channel((), st.up.end),
+                             down=self._ended(st.down, ERROR if error else EOF))
         return w, st
 
     def _link(self, w: World, st: Stream) -> World:

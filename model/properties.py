@@ -51,7 +51,7 @@ Import rules: standard library and ``peerkit.model`` only.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from . import actions as A
 from .state import (
@@ -65,6 +65,7 @@ from .state import (
     PENDING,
     TERMINATED,
     Channel,
+    Cluster,
     Message,
     Row,
     Stream,
@@ -156,23 +157,25 @@ def _has_live_dialer_end(w: World, c: int, gen: int) -> bool:
 def unsettled_reason(model: PeeringModel, w: World) -> str | None:
     """Why `w` is not settled, or None if it is. Mirrors `model.enabled` (a test checks this)."""
     for c, cl in enumerate(w.clusters):
-        name = cluster_name(c)
+        # (the cluster's name is worked out only for a reason: this runs on every state)
         if cl.sync_due or cl.snapshot is not None:
-            return f"{name}: a sync pass is pending"
+            return f"{cluster_name(c)}: a sync pass is pending"
         if cl.deleters and cl.deleters[0] != cl.term:
-            return f"{name}: a deletion routine is still running on a deposed leader"
+            return f"{cluster_name(c)}: a deletion routine is still running on a deposed leader"
         for row in cl.rows:
             if not row.active:
                 if cl.imports_from(row.peer) is not None:
-                    return f"{name}: imported data of {cluster_name(row.peer)} awaits deletion"
+                    return (f"{cluster_name(c)}: imported data of {cluster_name(row.peer)} "
+                            "awaits deletion")
                 if row.state == DELETING:
-                    return f"{name}: the row for {cluster_name(row.peer)} awaits deletion"
+                    return (f"{cluster_name(c)}: the row for {cluster_name(row.peer)} "
+                            "awaits deletion")
         for gen in cl.dialing:
             dialer = cl.row_by_gen(gen)
             if dialer is None or not dialer.active or _has_live_dialer_end(w, c, gen):
                 continue
             if not dial_is_futile(w, c, dialer):
-                return f"{name}: the dialer of {cluster_name(dialer.peer)} will dial"
+                return f"{cluster_name(c)}: the dialer of {cluster_name(dialer.peer)} will dial"
     for st in w.streams:
         if st.d_phase != OPEN or st.a_phase != OPEN:
             return f"stream {st.sid} is opening or closing"
@@ -181,7 +184,7 @@ def unsettled_reason(model: PeeringModel, w: World) -> str | None:
         if st.up != _EMPTY or st.down != _EMPTY:
             return f"stream {st.sid} has something in flight"
         for side in ("d", "a"):
-            if any(True for _ in model._pending_publishes(w, st, side)):
+            if model._pending_publishes(w, st, side):
                 return f"stream {st.sid} has an update to publish"
     return None
 
@@ -267,35 +270,43 @@ def orphan_reason(w: World) -> str | None:
 
 
 def store_rules_reason(w: World) -> str | None:
+    n = len(w.clusters)
     for c, cl in enumerate(w.clusters):
-        name = cluster_name(c)
-        peers = [r.peer for r in cl.rows]
-        if len(set(peers)) != len(peers):
-            return f"{name} has two rows with one name"
-        gens = [r.gen for r in cl.rows]
-        if len(set(gens)) != len(gens):
-            return f"{name} has two rows with one ID"
-        for r in cl.rows:
-            if not 1 <= r.gen < cl.next_gen:
-                return f"{name} has a row ID {r.gen} the store never handed out"
-            if r.state not in _STORABLE:
-                return f"{name} stores a row in state {r.state}"
-            if (r.state == PENDING and r.dialer) or (r.state == ESTABLISHING and not r.dialer):
-                return f"{name} has a row in a state that does not fit its role"
-            if r.peer == c or not 0 <= r.peer < len(w.clusters):
-                return f"{name} has a row naming no other cluster"
-        for imp in cl.imported:
-            if not imp.services and not imp.bundle:
-                return f"{name} keeps an empty import entry"
+        broken = _broken_store_rule(c, cl, n)
+        if broken is not None:
+            return f"{cluster_name(c)} {broken}"
+    return None
+
+
+def _broken_store_rule(c: int, cl: Cluster, n: int) -> str | None:
+    """The first store rule cluster `c` (of `n`) breaks, or None."""
+    rows = cl.rows
+    if len(rows) > 1:  # (one row or none cannot repeat a name or an ID)
+        if len({r.peer for r in rows}) != len(rows):
+            return "has two rows with one name"
+        if len({r.gen for r in rows}) != len(rows):
+            return "has two rows with one ID"
+    for r in rows:
+        if not 1 <= r.gen < cl.next_gen:
+            return f"has a row ID {r.gen} the store never handed out"
+        if r.state not in _STORABLE:
+            return f"stores a row in state {r.state}"
+        if (r.state == PENDING and r.dialer) or (r.state == ESTABLISHING and not r.dialer):
+            return "has a row in a state that does not fit its role"
+        if r.peer == c or not 0 <= r.peer < n:
+            return "has a row naming no other cluster"
+    for imp in cl.imported:
+        if not imp.services and not imp.bundle:
+            return "keeps an empty import entry"
     return None
 
 
 def leader_reason(w: World) -> str | None:
     for c, cl in enumerate(w.clusters):
-        old = [t for t in cl.deleters if t != cl.term]
-        if old:
-            return (f"{cluster_name(c)}: the deletion routine of term {old[0]} still runs, but "
-                    f"the leader's term is {cl.term}: it lost leadership")
+        for old in cl.deleters:
+            if old != cl.term:
+                return (f"{cluster_name(c)}: the deletion routine of term {old} still runs, but "
+                        f"the leader's term is {cl.term}: it lost leadership")
     for st in w.streams:
         if st.d_phase != DONE and st.d_term != w.clusters[st.dialer].term:
             return f"stream {st.sid}: the dialer end belongs to a deposed leader"
@@ -316,6 +327,8 @@ def tracker_reason(w: World) -> str | None:
             if st.acceptor == c and st.a_phase == OPEN and st.a_term == cl.term:
                 serving.add(st.peer_gen)
         connected = {t.gen for t in cl.tracker if t.connected}
+        if connected == serving:
+            continue
         for gen in sorted(connected - serving):
             return (f"{cluster_name(c)}'s tracker shows peering {gen} connected, but no "
                     "handler of its leader serves a stream for it")
@@ -359,20 +372,62 @@ def _fresh(old: tuple[Message, ...], new: tuple[Message, ...]) -> tuple[Message,
     return new
 
 
-def sent_messages(s: World, a: A.Action, s2: World) -> list[tuple[int, int, Message]]:
+_Fn = TypeVar("_Fn", bound=Callable[[World, World], object])
+
+
+def _per_transition(fn: _Fn) -> _Fn:
+    """Remember `fn(s, s2)` for the last pair of worlds it was asked about.
+
+    The checker asks every transition property about one transition in a row, and several of
+    them need the same comparison of the two worlds; this works it out once per transition.
+    `fn` must depend on nothing but the two worlds (which are immutable). The entry holds the
+    two worlds, so their identities cannot be reused while it is kept.
+    """
+    last: list[tuple[World, World, object]] = []
+
+    def cached(s: World, s2: World) -> object:
+        if last:
+            entry = last[0]  # one read: another thread may replace the entry meanwhile
+            if entry[0] is s and entry[1] is s2:
+                return entry[2]
+        result = fn(s, s2)
+        last[:1] = [(s, s2, result)]
+        return result
+
+    return cached  # type: ignore[return-value]
+
+
+@_per_transition
+def changed_streams(s: World, s2: World) -> tuple[tuple[Stream | None, Stream], ...]:
+    """The streams of `s2` that are not the same object in `s`, each as (the stream of that
+    number in `s` or None, the stream in `s2`)."""
+    if s.streams is s2.streams:
+        return ()
+    out: list[tuple[Stream | None, Stream]] = []
+    for st in s2.streams:
+        for old in s.streams:
+            if old.sid == st.sid:
+                if old is not st:
+                    out.append((old, st))
+                break
+        else:
+            out.append((None, st))
+    return tuple(out)
+
+
+def sent_messages(s: World, a: A.Action, s2: World) -> tuple[tuple[int, int, Message], ...]:
     """The messages a transition sent, as (sending cluster, sender's local row ID, message).
 
     Worked out from the two worlds alone (channels only grow at the tail), so the properties
     that use it do not trust the model's own account of what an action does.
     """
-    if s.streams is s2.streams:
-        return []
-    before = {st.sid: st for st in s.streams}
+    return _sent_messages(s, s2)
+
+
+@_per_transition
+def _sent_messages(s: World, s2: World) -> tuple[tuple[int, int, Message], ...]:
     out: list[tuple[int, int, Message]] = []
-    for st in s2.streams:
-        old = before.get(st.sid)
-        if old is st:
-            continue
+    for old, st in changed_streams(s, s2):
         if old is not None and (old.dialer, old.dialer_gen, old.d_term) != (
             st.dialer, st.dialer_gen, st.d_term
         ):
@@ -383,11 +438,11 @@ def sent_messages(s: World, a: A.Action, s2: World) -> list[tuple[int, int, Mess
             out.append((st.dialer, st.dialer_gen, m))
         for m in _fresh(down_old, st.down.msgs):
             out.append((st.acceptor, st.peer_gen, m))
-    return out
+    return tuple(out)
 
 
 def _export_reason(s: World, a: A.Action, s2: World) -> str | None:
-    for c, gen, msg in sent_messages(s, a, s2):
+    for c, gen, msg in _sent_messages(s, s2):
         if msg[0] == MSG_RESPONSE:
             row = s.clusters[c].row_by_gen(gen)
             if row is None or not row.active:
@@ -398,7 +453,7 @@ def _export_reason(s: World, a: A.Action, s2: World) -> str | None:
 
 
 def _terminated_reason(s: World, a: A.Action, s2: World) -> str | None:
-    for c, gen, msg in sent_messages(s, a, s2):
+    for c, gen, msg in _sent_messages(s, s2):
         if msg[0] == MSG_TERMINATED:
             row = s.clusters[c].row_by_gen(gen)
             if row is not None and row.active:
@@ -409,12 +464,8 @@ def _terminated_reason(s: World, a: A.Action, s2: World) -> str | None:
 
 def _teardown_reason(s: World, a: A.Action, s2: World) -> str | None:
     """A doneCh closed by this transition (on either side) belonged to an active peering."""
-    if s.streams is s2.streams:
-        return None
-    before = {st.sid: st for st in s.streams}
-    for st in s2.streams:
-        old = before.get(st.sid)
-        if old is None or old is st:
+    for old, st in changed_streams(s, s2):
+        if old is None:
             continue
         for flipped, c, gen in ((st.d_done and not old.d_done, st.dialer, st.dialer_gen),
                                 (st.a_done and not old.a_done, st.acceptor, st.peer_gen)):
@@ -459,12 +510,8 @@ def _teardown_inactive_reason(s: World, a: A.Action, s2: World) -> str | None:
 def _accept_reason(s: World, a: A.Action, s2: World) -> str | None:
     """An acceptor's handler goes from reading the first message to serving only for a peering
     that is active."""
-    if s.streams is s2.streams:
-        return None
-    before = {st.sid: st for st in s.streams}
-    for st in s2.streams:
-        old = before.get(st.sid)
-        if old is None or old is st or old.a_phase != NEW or st.a_phase == NEW:
+    for old, st in changed_streams(s, s2):
+        if old is None or old.a_phase != NEW or st.a_phase == NEW:
             continue
         if st.a_phase == OPEN:
             row = s.clusters[st.acceptor].row_by_gen(st.peer_gen)
@@ -521,23 +568,28 @@ def _terminated_kept_reason(s: World, a: A.Action, s2: World) -> str | None:
     return None
 
 
-def _holds(reason: Callable[[World, A.Action, World], str | None]) -> Trans:
-    def check(s: World, a: A.Action, s2: World) -> bool:
-        return reason(s, a, s2) is None
-
-    return check
-
-
 def _no_sends_or(reason: Callable[[World, A.Action, World], str | None]) -> Trans:
-    """Like _holds, with the common case (no stream changed) answered without a call."""
+    """`reason(s, a, s2) is None`, with the common case (no stream changed) answered without a
+    call."""
     def check(s: World, a: A.Action, s2: World) -> bool:
         return s.streams is s2.streams or reason(s, a, s2) is None
 
     return check
 
 
+def _only_after(kinds: tuple[type, ...],
+                reason: Callable[[World, A.Action, World], str | None]) -> Trans:
+    """`reason(s, a, s2) is None` for a property about actions of `kinds` only (`reason` is None
+    for every other action): the other actions are answered without a call."""
+    def check(s: World, a: A.Action, s2: World) -> bool:
+        return not isinstance(a, kinds) or reason(s, a, s2) is None
+
+    return check
+
+
 def _no_store_change_or(reason: Callable[[World, A.Action, World], str | None]) -> Trans:
-    """Like _holds, with the common case (no cluster changed) answered without a call."""
+    """`reason(s, a, s2) is None`, with the common case (no cluster changed) answered without a
+    call."""
     def check(s: World, a: A.Action, s2: World) -> bool:
         return s.clusters is s2.clusters or reason(s, a, s2) is None
 
@@ -614,11 +666,11 @@ class Properties:
             TransitionProperty(TEARDOWN_OF_INACTIVE,
                                "a sync pass tears down every snapshotted stream of an inactive "
                                "peering",
-                               _holds(_teardown_inactive_reason),
+                               _only_after((A.SyncApply, A.Sync), _teardown_inactive_reason),
                                _explain(_teardown_inactive_reason)),
             TransitionProperty(DELETION_BY_CURRENT_LEADER,
                                "every deletion write comes from the current leader's routine",
-                               _holds(_deletion_leader_reason),
+                               _only_after(_DELETION_STEPS, _deletion_leader_reason),
                                _explain(_deletion_leader_reason)),
         )
         self.liveness: tuple[LivenessProperty, ...] = (

@@ -231,15 +231,38 @@ def cluster_name(index: int) -> str:
     return f"dc{index + 1}"
 
 
+#: Records up to this many fields get a generated `_replace`; wider ones (Stream) keep the loop,
+#: which is faster there (measured: benchmarks/README.md, "Faster steps").
+_GENERATED_UP_TO = 11
+_UNCHANGED = object()  # the default of each generated keyword: "keep this field"
+
+
 def _install_fast_replace(cls: type) -> None:
     """Give a NamedTuple a leaner `_replace` (the stock one goes through map, pop and _make).
 
-    The model replaces fields of these records millions of times per search; this version
-    builds the new tuple directly and is about twice as fast. Unknown field names still raise.
+    The model replaces fields of these records millions of times per search. For records of a
+    few fields the method is generated, as `collections.namedtuple` generates its methods:
+    keyword-only parameters, one per field, and a tuple built in one go, e.g. for Channel
+
+        def _replace(self, *, msgs=_UNCHANGED, end=_UNCHANGED):
+            return _new(_cls, (self[0] if msgs is _UNCHANGED else msgs,
+                               self[1] if end is _UNCHANGED else end))
+
+    (an unknown field name is a TypeError). Wider records copy the fields to a list and set
+    the changed ones (an unknown field name is a ValueError).
     """
     fields: tuple[str, ...] = cls._fields  # type: ignore[attr-defined]
-    index = {name: i for i, name in enumerate(fields)}
     new = tuple.__new__
+    if len(fields) <= _GENERATED_UP_TO:
+        params = ", ".join(f"{name}=_UNCHANGED" for name in fields)
+        values = ", ".join(f"self[{i}] if {name} is _UNCHANGED else {name}"
+                           for i, name in enumerate(fields))
+        namespace = {"_UNCHANGED": _UNCHANGED, "_new": new, "_cls": cls}
+        exec(f"def _replace(self, *, {params}):\n    return _new(_cls, ({values},))\n",
+             namespace)
+        cls._replace = namespace["_replace"]  # type: ignore[attr-defined]
+        return
+    index = {name: i for i, name in enumerate(fields)}
 
     def _replace(self: tuple[object, ...], **changes: object) -> tuple[object, ...]:
         values = list(self)
