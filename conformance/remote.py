@@ -4,9 +4,10 @@ One job: observe and drive two running servers of any implementation over real g
 the peering service (GenerateToken, Establish, PeeringList, PeeringDelete) and peerkit's control
 service (``AdminService``: RegisterService, DeregisterService, ExportService, UnexportService,
 ReadCatalog, Status; and, when the servers enable it, the optional ``TestHookService``:
-ResetStream and Failover, the environment's faults, and HoldDeletion, a schedule), and hand
-every observation, operator step and fault to a ``TraceValidator`` (a fault as the model's
-``Reset`` or ``Failover``; a held deletion as a note: it only picks an interleaving).
+ResetStream and Failover, the environment's faults, and HoldDeletion and HoldReceive,
+schedules), and hand every observation, operator step and fault to a ``TraceValidator`` (a
+fault as the model's ``Reset`` or ``Failover``; a held deletion or receive as a note: it only
+picks an interleaving).
 
 The view (``abstraction.View``) is built from RPC answers only, never from server objects:
 
@@ -181,6 +182,7 @@ class Session:
         self.tokens: dict[tuple[int, int], str] = {}  # the model's (acceptor, gen) -> token
         self.used_tokens: set[tuple[int, int]] = set()
         self.held = [False] * len(self.clients)  # deletion held through the test hook
+        self.receive_held = [False] * len(self.clients)  # stream receiving held (HoldReceive)
 
     # -- observing -----------------------------------------------------------------------------
     async def stable_view(self, deadline: float) -> tuple[View, bool]:
@@ -376,6 +378,20 @@ class Session:
             raise HookRefused(f"{what}: {exc}") from None
         self.trace.note(what)
 
+    async def hold_receive(self, c: int, hold: bool) -> None:
+        """Cluster ``c``'s stream handlers for its peering stop taking messages from their
+        streams (``hold``) or go on. Not a model action: the model's channels are FIFO and a
+        message may wait in flight arbitrarily long (a cancel that overtakes it is the
+        sender's doing, which the model has or has not)."""
+        what = f"{cluster_name(c)}: test hook HoldReceive of its peering with " \
+               f"{cluster_name(1 - c)} ({'hold' if hold else 'release'})"
+        try:
+            await self.clients[c].hold_receive(self._peer(1 - c), hold)
+            self.receive_held[c] = hold
+        except StreamFailed as exc:
+            raise HookRefused(f"{what}: {exc}") from None
+        self.trace.note(what)
+
     def _outsider(self, c: int) -> str:
         return f"{self.names.tag}x{c}"
 
@@ -419,6 +435,9 @@ class Session:
             if self.held[c]:
                 with contextlib.suppress(StreamFailed):
                     await client.hold_deletion(False)
+            if self.receive_held[c]:
+                with contextlib.suppress(StreamFailed):
+                    await client.hold_receive(self._peer(1 - c), False)
             for name in (self._peer(1 - c), self._outsider(c)):
                 with contextlib.suppress(StreamFailed):
                     await client.peering_delete(name)

@@ -23,13 +23,14 @@ measured against ``peerkit serve`` (tests/conformance/test_target.py):
   servers rest where the model must still dial);
 * ``dial-deleted``: ``test_reset_then_acceptor_deletes`` (the redial is accepted for the row
   held marked for deletion: its tracker entry reads connected);
-* ``termination-race``: ``test_dialer_deletes``, by chance only: the acceptor misses
-  Terminated and stays FAILING when the dialer's cancel overtakes its Terminated, a race on real
-  gRPC that ``peerkit serve`` lost in about one deletion in three when measured;
+* ``termination-race``: ``test_dialer_deletes_unread`` (the acceptor reads nothing until the
+  dialer has sent Terminated and cancelled: the cancel discards the unread Terminated, and the
+  acceptor stays FAILING where the model is told); ``test_dialer_deletes`` only by chance (when
+  the cancel overtakes Terminated on the wire);
 * ``deletion-no-stop``: not caught: the deposed term's routine only repeats the new term's
   deletes, which no RPC tells apart (specs/porting.md).
 
-The last two scenarios need the control service's optional test hooks (``peerkit_hooks``
+The last three scenarios need the control service's optional test hooks (``peerkit_hooks``
 fixture: skipped, saying why, when a server lacks them).
 
 May import: the standard library and ``peerkit.conformance.remote`` (by its absolute name).
@@ -77,7 +78,8 @@ async def dialer_deletes(s: Session) -> None:
     await s.settle()
 
 
-# -- scenarios that need the optional test hooks (ResetStream, Failover) ------------------------
+# -- scenarios that need the optional test hooks (ResetStream, Failover, HoldDeletion,
+# HoldReceive) -----------------------------------------------------------------------------------
 
 
 async def reset_then_redial(s: Session) -> None:
@@ -108,6 +110,24 @@ async def reset_then_acceptor_deletes(s: Session) -> None:
     await s.settle()
 
 
+async def dialer_deletes_unread(s: Session) -> None:
+    """The acceptor stops reading its stream (HoldReceive) and the dialer deletes: its
+    Terminated waits unread in flight until the dialer's row and stream are gone (the dialer has
+    sent everything it will send), then the acceptor reads
+    again and must be told (TERMINATED); its operator cleans up. A dialer that cancels right
+    after Terminated (``termination-race``) has its cancel reach the acceptor first, which
+    discards the unread Terminated: the acceptor is never told."""
+    await s.register_and_export()
+    await s.peer()
+    await s.hold_receive(0, True)
+    await s.delete(1)
+    # the row goes first; the stream's teardown (Terminated) waits for dc2's next sync pass
+    await s.until(lambda v: not v.clusters[1].rows and not v.clusters[1].tracker,
+                  "dc2's row and stream are gone")
+    await s.hold_receive(0, False)
+    await s.settle()
+
+
 SCENARIOS = {
     "replicate_and_churn": replicate_and_churn,
     "acceptor_deletes_then_peer_again": acceptor_deletes_then_peer_again,
@@ -118,6 +138,7 @@ SCENARIOS = {
 HOOK_SCENARIOS = {
     "reset_then_redial": reset_then_redial,
     "reset_then_acceptor_deletes": reset_then_acceptor_deletes,
+    "dialer_deletes_unread": dialer_deletes_unread,
 }
 
 
@@ -139,3 +160,7 @@ def test_reset_then_redial(peerkit_hooks: Target) -> None:
 
 def test_reset_then_acceptor_deletes(peerkit_hooks: Target) -> None:
     run_scenario(peerkit_hooks, reset_then_acceptor_deletes)
+
+
+def test_dialer_deletes_unread(peerkit_hooks: Target) -> None:
+    run_scenario(peerkit_hooks, dialer_deletes_unread)

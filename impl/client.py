@@ -226,6 +226,15 @@ class PeerkitClient:
             admin_pb2.HoldDeletionResponse,
         )
 
+    async def hold_receive(self, peer_name: str, hold: bool) -> None:
+        """TestHookService.HoldReceive: hold (True) or release (False) the receiving of the
+        named peering's stream handlers."""
+        await self.call(
+            TEST_HOOK_METHODS["HoldReceive"],
+            admin_pb2.HoldReceiveRequest(PeerName=peer_name, Hold=hold),
+            admin_pb2.HoldReceiveResponse,
+        )
+
     async def imported_services(self, peer_name: str) -> list[str]:
         """Names of the services imported from ``peer_name`` (from ReadCatalog), sorted."""
         catalog = await self.read_catalog()

@@ -64,6 +64,7 @@ from .store import PEERINGS, Peering, StateStore
 from .stream import (
     HEARTBEAT_INTERVAL,
     HEARTBEAT_TIMEOUT,
+    ReceiveHold,
     ReplicationMessage,
     ReplicationStream,
     StreamEnv,
@@ -168,6 +169,8 @@ class LeaderConfig:
     sync_burst: int = RETRY_BUCKET_SIZE
     #: the test hook HoldDeletion's gate, shared by every term
     deletion_hold: DeletionHold = field(default_factory=DeletionHold)
+    #: the test hook HoldReceive's holds, shared by every term
+    receive_hold: ReceiveHold = field(default_factory=ReceiveHold)
 
 
 # =============================================================================================
@@ -193,6 +196,7 @@ class Leadership:
             mutants=cfg.mutants,
             heartbeat_interval=cfg.heartbeat_interval,
             heartbeat_timeout=cfg.heartbeat_timeout,
+            receive_hold=cfg.receive_hold,
         )
         self.ctx = Context()  # only the buggy deletion routine looks at it
         self.stopped = False

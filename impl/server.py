@@ -9,7 +9,7 @@ One job: compose the store, the leader routines (``.leader``) and the stream han
   the stream handler, then the drain) and ExchangeSecret;
 * peerkit's ``AdminService``: register / deregister service instances, export / unexport,
   ReadCatalog, Status; and its optional ``TestHookService`` (ResetStream, Failover,
-  HoldDeletion), which
+  HoldDeletion, HoldReceive), which
   answers FailedPrecondition ``ERR_TEST_HOOKS_OFF`` unless ``test_hooks=True``.
 
 Leadership is explicit: ``become_leader()`` starts a new term (fresh tracker, routines);
@@ -505,6 +505,8 @@ class PeeringServer:
             _unary(TEST_HOOK_METHODS["Failover"], admin_pb2.FailoverRequest, self.failover),
             _unary(TEST_HOOK_METHODS["HoldDeletion"], admin_pb2.HoldDeletionRequest,
                    self.hold_deletion),
+            _unary(TEST_HOOK_METHODS["HoldReceive"], admin_pb2.HoldReceiveRequest,
+                   self.hold_receive),
         ]
 
     # =========================================================================================
@@ -1011,6 +1013,24 @@ class PeeringServer:
             hold.release()
         self.log.info("test hook: deletion routines " + ("held" if req.Hold else "released"))
         return admin_pb2.HoldDeletionResponse()
+
+    async def hold_receive(
+        self, req: admin_pb2.HoldReceiveRequest
+    ) -> admin_pb2.HoldReceiveResponse:
+        """Hold or release the receiving of the named peering's stream handlers (any term)."""
+        if not self.test_hooks:
+            raise AbortStream(StatusCode.FAILED_PRECONDITION, ERR_TEST_HOOKS_OFF)
+        name = _peer_name(req.PeerName, "PeerName")
+        hold = self._cfg.receive_hold
+        if req.Hold:
+            if self.store.peering_read(name) is None:
+                raise AbortStream(StatusCode.NOT_FOUND, f"no peering named {name!r}")
+            hold.hold(name)
+        else:
+            hold.release(name)
+        self.log.info("test hook: stream receiving " + ("held" if req.Hold else "released"),
+                      peer=name)
+        return admin_pb2.HoldReceiveResponse()
 
 
 # =============================================================================================

@@ -79,6 +79,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -143,6 +144,7 @@ __all__ = [
     "HEARTBEAT_INTERVAL",
     "HEARTBEAT_TIMEOUT",
     "Ending",
+    "ReceiveHold",
     "ReplicationMessage",
     "ReplicationStream",
     "StreamEnv",
@@ -219,6 +221,52 @@ class StreamParams:
             raise ValueError(f"role must be {ACCEPTOR!r} or {DIALER!r}, got {self.role!r}")
 
 
+class ReceiveHold:
+    """The test hook HoldReceive: the names of the peerings whose stream handlers (of any term)
+    take no message from their streams for now. ``StreamSession``'s receiver waits for the
+    release before each receive, and a hold that starts while a receive waits cancels that
+    receive (a cancelled receive loses nothing: the message stays in the transport, where a
+    cancel or reset that arrives meanwhile discards it). A scheduling choice, not a fault: the
+    model's channels are FIFO and a message may wait in flight arbitrarily long."""
+
+    def __init__(self) -> None:
+        self._released: dict[str, trio.Event] = {}  # held peer name -> set on release
+        self._receiving: dict[str, set[trio.CancelScope]] = {}  # receives now waiting
+
+    def held(self, peer_name: str) -> bool:
+        return peer_name in self._released
+
+    def hold(self, peer_name: str) -> None:
+        if peer_name not in self._released:
+            self._released[peer_name] = trio.Event()
+        for scope in self._receiving.get(peer_name, ()):
+            scope.cancel()
+
+    def release(self, peer_name: str) -> None:
+        event = self._released.pop(peer_name, None)
+        if event is not None:
+            event.set()
+
+    async def wait_released(self, peer_name: str) -> None:
+        event = self._released.get(peer_name)
+        if event is not None:
+            await event.wait()
+
+    @contextmanager
+    def receiving(self, peer_name: str) -> Iterator[trio.CancelScope]:
+        """A cancel scope for one receive of ``peer_name``'s stream, cancelled by a hold."""
+        scope = trio.CancelScope()
+        scopes = self._receiving.setdefault(peer_name, set())
+        scopes.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            scopes.discard(scope)
+            if not scopes:
+                self._receiving.pop(peer_name, None)
+
+
 @dataclass
 class StreamEnv:
     """What a stream end uses from its server (one leadership term)."""
@@ -233,6 +281,8 @@ class StreamEnv:
     heartbeat_interval: float = HEARTBEAT_INTERVAL
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT
     outbound_backlog_limit: int = OUTBOUND_BACKLOG_LIMIT
+    #: the test hook HoldReceive's holds (the server's, shared by every term)
+    receive_hold: ReceiveHold = field(default_factory=ReceiveHold)
 
 
 @dataclass(frozen=True)
@@ -483,13 +533,20 @@ class StreamSession:
         return inbound or ""
 
     async def _receiver(self, out: trio.MemorySendChannel[_Event]) -> None:
+        hold = self.env.receive_hold
+        name = self.params.peer_name
         async with out:
             while True:
+                msg: ReplicationMessage | None = None
                 try:
-                    msg = await self.stream.receive()
+                    await hold.wait_released(name)
+                    with hold.receiving(name):  # a hold cancels it; the message stays queued
+                        msg = await self.stream.receive()
                 except TransportError as exc:
                     await out.send(_InboundEnd(exc))
                     return
+                if msg is None:
+                    continue  # held: wait for the release, then receive again
                 # what arrived meanwhile goes with it: its Responses are imported together
                 more = self.stream.receive_ready(BATCH_LIMIT - 1)
                 await out.send(_Inbound((msg, *more)))

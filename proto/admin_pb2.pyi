@@ -554,3 +554,44 @@ class HoldDeletionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HoldDeletionResponse: _TypeAlias = HoldDeletionResponse  # noqa: Y015
+
+@_typing.final
+class HoldReceiveRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEERNAME_FIELD_NUMBER: _builtins.int
+    HOLD_FIELD_NUMBER: _builtins.int
+    PeerName: _builtins.str
+    """PeerName is the local name of the peering whose stream handlers are held or released
+    (holding needs the peering to exist; releasing does not).
+    """
+    Hold: _builtins.bool
+    """Hold: true holds the receiving, false releases it."""
+    def __init__(
+        self,
+        *,
+        PeerName: _builtins.str = ...,
+        Hold: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["Hold", b"Hold", "PeerName", b"PeerName"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HoldReceiveRequest: _TypeAlias = HoldReceiveRequest  # noqa: Y015
+
+@_typing.final
+class HoldReceiveResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HoldReceiveResponse: _TypeAlias = HoldReceiveResponse  # noqa: Y015

@@ -350,6 +350,11 @@ class TestHookServiceStub:
                 request_serializer=admin__pb2.HoldDeletionRequest.SerializeToString,
                 response_deserializer=admin__pb2.HoldDeletionResponse.FromString,
                 _registered_method=True)
+        self.HoldReceive = channel.unary_unary(
+                '/peerkit.admin.TestHookService/HoldReceive',
+                request_serializer=admin__pb2.HoldReceiveRequest.SerializeToString,
+                response_deserializer=admin__pb2.HoldReceiveResponse.FromString,
+                _registered_method=True)
 
 
 class TestHookServiceServicer:
@@ -388,6 +393,18 @@ class TestHookServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HoldReceive(self, request, context):
+        """HoldReceive (Hold = true) makes every stream handler of this server (of any term, live or
+        started later) for the named peering stop taking messages from its stream until
+        HoldReceive with Hold = false: what the peer sends waits in the transport, unread (a
+        cancel or reset that arrives meanwhile discards it, as it would any unread message). Not a
+        fault: the protocol lets a message wait in flight arbitrarily long; this picks that
+        schedule (e.g. a Terminated the peer's cancel can overtake).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TestHookServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -405,6 +422,11 @@ def add_TestHookServiceServicer_to_server(servicer, server):
                     servicer.HoldDeletion,
                     request_deserializer=admin__pb2.HoldDeletionRequest.FromString,
                     response_serializer=admin__pb2.HoldDeletionResponse.SerializeToString,
+            ),
+            'HoldReceive': grpc.unary_unary_rpc_method_handler(
+                    servicer.HoldReceive,
+                    request_deserializer=admin__pb2.HoldReceiveRequest.FromString,
+                    response_serializer=admin__pb2.HoldReceiveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -493,6 +515,33 @@ class TestHookService:
             '/peerkit.admin.TestHookService/HoldDeletion',
             admin__pb2.HoldDeletionRequest.SerializeToString,
             admin__pb2.HoldDeletionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HoldReceive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/peerkit.admin.TestHookService/HoldReceive',
+            admin__pb2.HoldReceiveRequest.SerializeToString,
+            admin__pb2.HoldReceiveResponse.FromString,
             options,
             channel_credentials,
             insecure,

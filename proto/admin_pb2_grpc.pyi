@@ -177,6 +177,14 @@ class TestHookServiceStub:
     a deletion step come arbitrarily late; this picks that schedule (e.g. a row marked for
     deletion that a redial can reach).
     """
+    HoldReceive: _grpc.UnaryUnaryMultiCallable[_admin_pb2.HoldReceiveRequest, _admin_pb2.HoldReceiveResponse]
+    """HoldReceive (Hold = true) makes every stream handler of this server (of any term, live or
+    started later) for the named peering stop taking messages from its stream until
+    HoldReceive with Hold = false: what the peer sends waits in the transport, unread (a
+    cancel or reset that arrives meanwhile discards it, as it would any unread message). Not a
+    fault: the protocol lets a message wait in flight arbitrarily long; this picks that
+    schedule (e.g. a Terminated the peer's cancel can overtake).
+    """
 
 @_typing.type_check_only
 class TestHookServiceAsyncStub(TestHookServiceStub):
@@ -203,6 +211,14 @@ class TestHookServiceAsyncStub(TestHookServiceStub):
     before its next step until HoldDeletion with Hold = false. Not a fault: the protocol lets
     a deletion step come arbitrarily late; this picks that schedule (e.g. a row marked for
     deletion that a redial can reach).
+    """
+    HoldReceive: _aio.UnaryUnaryMultiCallable[_admin_pb2.HoldReceiveRequest, _admin_pb2.HoldReceiveResponse]  # type: ignore[assignment]
+    """HoldReceive (Hold = true) makes every stream handler of this server (of any term, live or
+    started later) for the named peering stop taking messages from its stream until
+    HoldReceive with Hold = false: what the peer sends waits in the transport, unread (a
+    cancel or reset that arrives meanwhile discards it, as it would any unread message). Not a
+    fault: the protocol lets a message wait in flight arbitrarily long; this picks that
+    schedule (e.g. a Terminated the peer's cancel can overtake).
     """
 
 class TestHookServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -245,6 +261,20 @@ class TestHookServiceServicer(metaclass=_abc_1.ABCMeta):
         before its next step until HoldDeletion with Hold = false. Not a fault: the protocol lets
         a deletion step come arbitrarily late; this picks that schedule (e.g. a row marked for
         deletion that a redial can reach).
+        """
+
+    @_abc_1.abstractmethod
+    def HoldReceive(
+        self,
+        request: _admin_pb2.HoldReceiveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.HoldReceiveResponse, _abc.Awaitable[_admin_pb2.HoldReceiveResponse]]:
+        """HoldReceive (Hold = true) makes every stream handler of this server (of any term, live or
+        started later) for the named peering stop taking messages from its stream until
+        HoldReceive with Hold = false: what the peer sends waits in the transport, unread (a
+        cancel or reset that arrives meanwhile discards it, as it would any unread message). Not a
+        fault: the protocol lets a message wait in flight arbitrarily long; this picks that
+        schedule (e.g. a Terminated the peer's cancel can overtake).
         """
 
 def add_TestHookServiceServicer_to_server(servicer: TestHookServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

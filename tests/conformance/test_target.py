@@ -5,11 +5,11 @@ The servers are real processes (127.0.0.1, a port the OS picks, temporary data d
 in the test.
 
 Which bugs must fail here: ``stored-map`` and ``terminated-undeletable`` (every run, no test
-hooks needed); ``no-reconnect`` and ``dial-deleted`` (every run, through the optional test hooks:
-a connection reset, a deletion held). ``termination-race`` shows only when the dialer's cancel
-overtakes its Terminated on the wire, a race (about one deletion in three measured), so CI does
-not require it. ``deletion-no-stop`` is not caught: the deposed term's routine only repeats the
-new term's deletes, which no RPC shows (specs/porting.md, "What the suite cannot see").
+hooks needed); ``no-reconnect``, ``dial-deleted`` and ``termination-race`` (every run, through
+the optional test hooks: a connection reset, a deletion held, the acceptor's receiving held so
+that the dialer's cancel reaches it before it reads Terminated). ``deletion-no-stop`` is not
+caught: the deposed term's routine only repeats the new term's deletes, which no RPC shows
+(specs/porting.md, "What the suite cannot see").
 
 The bug-free run goes through the plugin in a pytest subprocess, as a porter runs it; the bugged
 runs call the suite's scenarios in this process (the same code, a pytest start-up less each).
@@ -114,6 +114,10 @@ def test_the_suite_passes_against_bug_free_servers(tmp_path: Path) -> None:
     ("no-reconnect", "reset_then_redial", "the implementation failed to do something", 4.0),
     # the redial is accepted for the acceptor's row, held marked for deletion
     ("dial-deleted", "reset_then_acceptor_deletes", "dc1.tracker: model (('dc2', False),)", 6.0),
+    # the acceptor reads nothing until the dialer is done: the dialer's cancel discards the
+    # unread Terminated, so the acceptor is never told
+    ("termination-race", "dialer_deletes_unread",
+     "dc1.rows: model (('dc2', 'TERMINATED'),) / impl (('dc2', 'FAILING'),)", 12.0),
 ])
 def test_the_suite_fails_against_a_bugged_server(tmp_path: Path, bug: str, scenario: str,
                                                   expect: str, settle: float) -> None:

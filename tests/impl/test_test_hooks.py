@@ -1,6 +1,7 @@
 """The control service's optional test hooks (admin.proto's TestHookService): off by default,
-and when on, a reset, a failover and a held deletion that do what the conformance suite maps them
-to (the model's Reset, Failover, and a deletion step that comes late).
+and when on, a reset, a failover, a held deletion and a held receive that do what the
+conformance suite maps them to (the model's Reset, Failover, a deletion step that comes late,
+and a message that waits in flight).
 
 Two clusters on the in-memory network under virtual time (the gRPC path is exercised by
 tests/conformance/test_target.py against ``peerkit serve --test-hooks``).
@@ -30,7 +31,7 @@ async def test_the_hooks_are_off_by_default_and_change_nothing(
         term = dc2.server.leadership
         calls = len(net.streams)
         for call in (dc2.client.reset_stream("dc1"), dc2.client.failover(),
-                     dc1.client.hold_deletion(True)):
+                     dc1.client.hold_deletion(True), dc1.client.hold_receive("dc2", True)):
             with pytest.raises(StreamFailed) as caught:
                 await call
             assert caught.value.code is StatusCode.FAILED_PRECONDITION
@@ -39,6 +40,9 @@ async def test_the_hooks_are_off_by_default_and_change_nothing(
         assert dc2.server.leadership is term  # no failover
         assert len(net.streams) == calls  # no stream reset, so no redial
         assert dc1.connected("dc2") and dc2.connected("dc1")
+        await dc2.client.peering_delete("dc1")  # no receive held: dc1 is told at once
+        with trio.fail_after(DEADLINE):
+            await eventually(lambda: dc1.state("dc2") is PeeringState.TERMINATED, dc1, dc2)
         await dc1.client.peering_delete("dc2")  # no deletion held
         with trio.fail_after(DEADLINE):
             await eventually(lambda: dc1.row("dc2") is None, dc1, dc2)
@@ -108,3 +112,43 @@ async def test_hold_deletion_holds_every_term_until_released(
         with trio.fail_after(DEADLINE):
             await eventually(lambda: dc1.row("dc2") is None and dc1.imported("dc2") == [],
                              dc1, dc2)
+
+
+@pytest.mark.parametrize("bug", [False, True])
+async def test_hold_receive_leaves_terminated_in_flight_until_released(
+        autojump_clock: trio.testing.MockClock, bug: bool) -> None:
+    """dc1 (the acceptor) stops reading; dc2 deletes: its Terminated waits unread until the
+    release, then dc1 is told. With ``termination-race`` dc2 cancels right after Terminated:
+    the cancel reaches dc1 while Terminated is unread, which discards it, and dc1 is never
+    told (the bug the hold makes certain, where without it the cancel rarely wins)."""
+    net = MemoryNetwork()
+    bugs = ("termination-race",) if bug else ()
+    async with two_clusters(net, test_hooks=True, bugs1=bugs, bugs2=bugs) as (dc1, dc2):
+        await peer(dc1, dc2)
+        await dc1.client.hold_receive("dc2", True)
+        row = dc2.row("dc1")
+        term = dc2.server.leadership
+        assert row is not None and term is not None
+        await dc2.client.peering_delete("dc1")
+        with trio.fail_after(DEADLINE):  # dc2 tore its stream down: Terminated is sent
+            await eventually(lambda: dc2.row("dc1") is None
+                             and term.tracker.stream_status(row.id) is None, dc1, dc2)
+        await let_time_pass(10)
+        assert dc1.state("dc2") is PeeringState.ACTIVE  # not told while held
+        await dc1.client.hold_receive("dc2", False)
+        await let_time_pass(10)
+        assert dc1.state("dc2") is (PeeringState.FAILING if bug else PeeringState.TERMINATED)
+        assert not dc1.connected("dc2")
+
+
+async def test_hold_receive_refuses_a_bad_or_unknown_name(
+        autojump_clock: trio.testing.MockClock) -> None:
+    net = MemoryNetwork()
+    async with two_clusters(net, test_hooks=True) as (dc1, _dc2):
+        for name, code in (("", StatusCode.INVALID_ARGUMENT),
+                           ("Not A Label", StatusCode.INVALID_ARGUMENT),
+                           ("dc9", StatusCode.NOT_FOUND)):
+            with pytest.raises(StreamFailed) as caught:
+                await dc1.client.hold_receive(name, True)
+            assert caught.value.code is code, (name, caught.value)
+        await dc1.client.hold_receive("dc9", False)  # releasing what is not held: no-op
