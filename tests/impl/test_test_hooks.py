@@ -69,16 +69,22 @@ async def test_reset_stream_ends_the_stream_and_the_dialer_redials(
         assert await dc1.client.reset_stream("dc3") == 0
 
 
-async def test_reset_stream_refuses_a_bad_or_unknown_name(
-        autojump_clock: trio.testing.MockClock) -> None:
+@pytest.mark.parametrize("hook", ["reset_stream", "hold_receive"])
+async def test_the_hooks_by_name_refuse_a_bad_or_unknown_name(
+        autojump_clock: trio.testing.MockClock, hook: str) -> None:
     net = MemoryNetwork()
     async with two_clusters(net, test_hooks=True) as (dc1, _dc2):
         for name, code in (("", StatusCode.INVALID_ARGUMENT),
                            ("Not A Label", StatusCode.INVALID_ARGUMENT),
                            ("dc9", StatusCode.NOT_FOUND)):
             with pytest.raises(StreamFailed) as caught:
-                await dc1.client.reset_stream(name)
+                if hook == "reset_stream":
+                    await dc1.client.reset_stream(name)
+                else:
+                    await dc1.client.hold_receive(name, True)
             assert caught.value.code is code, (name, caught.value)
+        if hook == "hold_receive":
+            await dc1.client.hold_receive("dc9", False)  # releasing what is not held: no-op
 
 
 async def test_failover_starts_a_new_term_and_the_peering_reconnects(
@@ -140,15 +146,3 @@ async def test_hold_receive_leaves_terminated_in_flight_until_released(
         assert dc1.state("dc2") is (PeeringState.FAILING if bug else PeeringState.TERMINATED)
         assert not dc1.connected("dc2")
 
-
-async def test_hold_receive_refuses_a_bad_or_unknown_name(
-        autojump_clock: trio.testing.MockClock) -> None:
-    net = MemoryNetwork()
-    async with two_clusters(net, test_hooks=True) as (dc1, _dc2):
-        for name, code in (("", StatusCode.INVALID_ARGUMENT),
-                           ("Not A Label", StatusCode.INVALID_ARGUMENT),
-                           ("dc9", StatusCode.NOT_FOUND)):
-            with pytest.raises(StreamFailed) as caught:
-                await dc1.client.hold_receive(name, True)
-            assert caught.value.code is code, (name, caught.value)
-        await dc1.client.hold_receive("dc9", False)  # releasing what is not held: no-op
