@@ -113,10 +113,10 @@ async def reset_then_acceptor_deletes(s: Session) -> None:
 async def dialer_deletes_unread(s: Session) -> None:
     """The acceptor stops reading its stream (HoldReceive) and the dialer deletes: its
     Terminated waits unread in flight until the dialer's row and stream are gone (the dialer has
-    sent everything it will send), then the acceptor reads
-    again and must be told (TERMINATED); its operator cleans up. A dialer that cancels right
-    after Terminated (``termination-race``) has its cancel reach the acceptor first, which
-    discards the unread Terminated: the acceptor is never told."""
+    sent everything it will send), then the acceptor reads again and must be told (settled:
+    TERMINATED). A dialer that cancels right after Terminated (``termination-race``) has its
+    cancel reach the acceptor first, which discards the unread Terminated: the acceptor is
+    never told (FAILING)."""
     await s.register_and_export()
     await s.peer()
     await s.hold_receive(0, True)
