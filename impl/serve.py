@@ -19,9 +19,9 @@ The server is the leader from the start, keeps its state in ``<data-dir>/peerkit
 one JSON object per line on stderr. It prints one line on stdout once it listens:
 ``peerkit serve: <name> listening on <address> (advertised as <address>)``. Bugs are never on
 unless ``--bug`` names them, and then a loud warning is printed first. The test hooks
-(TestHookService: ResetStream, Failover) answer FailedPrecondition unless ``--test-hooks`` is
-given, and then a warning is printed first: they let any client cut streams and depose the
-leader (specs/security.md).
+(TestHookService: ResetStream, Failover, HoldDeletion, HoldReceive) answer FailedPrecondition
+unless ``--test-hooks`` is given, and then a warning is printed first: they let any client cut
+streams, depose the leader and stall deletions and stream reads (specs/security.md).
 
 May import: the standard library, trio, ``peerkit.model.vocabulary`` and the sibling modules of
 ``peerkit.impl`` (the gRPC transport included).
@@ -86,9 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="switch on a historical bug (repeatable): " + ", ".join(sorted(BUGS)))
     parser.add_argument("--test-hooks", action="store_true",
                         help="enable the control service's TestHookService (ResetStream, "
-                             "Failover) for the conformance suite: anyone who can reach the "
-                             "port can then cut peer streams and depose the leader; never in "
-                             "production")
+                             "Failover, HoldDeletion, HoldReceive) for the conformance suite: "
+                             "anyone who can reach the port can then cut peer streams, depose "
+                             "the leader and stall deletions and streams; never in production")
     parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
 
 
@@ -183,8 +183,8 @@ def _warn_bugs(bugs: frozenset[str]) -> None:
 def _warn_test_hooks(on: bool) -> None:
     if on:
         print("peerkit serve: WARNING: test hooks are ON (--test-hooks): any client that reaches "
-              "this port can reset peer streams and force a leader failover", file=sys.stderr,
-              flush=True)
+              "this port can reset peer streams, force a leader failover, and hold deletions "
+              "and stream reads", file=sys.stderr, flush=True)
 
 
 def _is_interrupt(exc: BaseException) -> bool:
