@@ -104,8 +104,8 @@ def peerkit_target(pytestconfig: pytest.Config) -> Target:
 
 @pytest.fixture
 def peerkit_hooks(peerkit_target: Target) -> Target:
-    """The target, for a scenario that needs the optional test hooks (ResetStream,
-    Failover); skips the scenario, saying why, when a server lacks them."""
+    """The target, for a scenario that needs the optional test hooks (``TestHookService``;
+    probed with ResetStream); skips the scenario, saying why, when a server lacks them."""
     if peerkit_target.hooks is not None:
         pytest.skip(f"needs the optional test hooks: {peerkit_target.hooks}")
     return peerkit_target

@@ -4,10 +4,10 @@ One job: observe and drive two running servers of any implementation over real g
 the peering service (GenerateToken, Establish, PeeringList, PeeringDelete) and peerkit's control
 service (``AdminService``: RegisterService, DeregisterService, ExportService, UnexportService,
 ReadCatalog, Status; and, when the servers enable it, the optional ``TestHookService``:
-ResetStream and Failover, the environment's faults, and HoldDeletion and HoldReceive,
-schedules), and hand every observation, operator step and fault to a ``TraceValidator`` (a
-fault as the model's ``Reset`` or ``Failover``; a held deletion or receive as a note: it only
-picks an interleaving).
+ResetStream and Failover, the environment's faults; HoldDeletion and HoldReceive,
+schedules; DeletionRoutines, a read), and hand every observation, operator step and fault to a
+``TraceValidator`` (a fault as the model's ``Reset`` or ``Failover``; a held deletion or
+receive as a note: it only picks an interleaving).
 
 The view (``abstraction.View``) is built from RPC answers only, never from server objects:
 
@@ -15,9 +15,11 @@ The view (``abstraction.View``) is built from RPC answers only, never from serve
 * imported: ``ReadCatalog.Imports`` (service names per peer; the trust bundle's presence);
 * tracker: ``Status.Streams`` (peer name, or ``GONE`` when its row is gone; connected);
 * registered, exports: ``ReadCatalog.LocalServices`` and ``ReadCatalog.Exports``;
-* zombie: **left out** (always false). Whether a deletion routine of an ended leader term still
-  runs is internal to a server: no RPC shows it, even when the test hook ``Failover`` ends a
-  term (so the bug ``deletion-no-stop`` shows here only through what such a routine writes).
+* zombie: from the optional test hook ``DeletionRoutines``: a deletion routine of an ended
+  leader term began a pass after its term ended, since the session started (the baseline read
+  by ``Session.start``; sticky, as the model's bit is). Internal to a server, so the suite
+  trusts the server's own account, as it does for ``Status``; always false against a server
+  without usable hooks (the trace notes it).
 
 Servers keep their state between scenarios (and between runs), so each ``Session`` works in a
 namespace of its own: peer names and service names carry the session's tag (``p1a2b3c-dc1``,
@@ -89,6 +91,10 @@ class HookRefused(AssertionError):
 #: every RPC's own deadline
 RPC_TIMEOUT = 10.0
 
+#: the status codes that say "no usable test hooks": absent (UNIMPLEMENTED), or present but
+#: not enabled (peerkit answers FAILED_PRECONDITION; specs/porting.md)
+NO_HOOKS: Final = (StatusCode.UNIMPLEMENTED, StatusCode.FAILED_PRECONDITION)
+
 
 @dataclass
 class Names:
@@ -110,8 +116,10 @@ def new_tag() -> str:
     return "p" + secrets.token_hex(3)
 
 
-async def rpc_cluster_view(client: PeerkitClient, index: int, names: Names) -> ClusterView:
-    """One server's abstracted state, from PeeringList, ReadCatalog and Status."""
+async def rpc_cluster_view(client: PeerkitClient, index: int, names: Names,
+                           zombie: bool = False) -> ClusterView:
+    """One server's abstracted state, from PeeringList, ReadCatalog and Status (``zombie``
+    from the test hook DeletionRoutines, read by the caller)."""
     peerings = await client.peering_list()
     catalog = await client.read_catalog()
     status = await client.status()
@@ -156,11 +164,25 @@ async def rpc_cluster_view(client: PeerkitClient, index: int, names: Names) -> C
                 exports.append((service, peer))
     return ClusterView(cluster_name(index), tuple(sorted(rows)), tuple(sorted(imported)),
                        tuple(sorted(tracker)), tuple(registered), tuple(sorted(exports)),
-                       False)
+                       zombie)
 
 
-async def rpc_view(clients: Sequence[PeerkitClient], names: Names) -> View:
-    return View(tuple([await rpc_cluster_view(c, i, names) for i, c in enumerate(clients)]))
+async def rpc_view(clients: Sequence[PeerkitClient], names: Names,
+                   zombies: Sequence[bool] = (False, False)) -> View:
+    return View(tuple([await rpc_cluster_view(c, i, names, zombies[i])
+                       for i, c in enumerate(clients)]))
+
+
+async def late_passes(client: PeerkitClient) -> dict[int, int] | None:
+    """Per leadership term, the passes its deletion routine began after the term ended
+    (``DeletionRoutines``), or None when the server has no usable test hooks."""
+    try:
+        routines = await client.deletion_routines()
+    except StreamFailed as exc:
+        if exc.code in NO_HOOKS:
+            return None
+        raise
+    return {r.Term: r.PassesAfterTermEnded for r in routines if r.TermEnded}
 
 
 class Session:
@@ -183,6 +205,28 @@ class Session:
         self.used_tokens: set[tuple[int, int]] = set()
         self.held = [False] * len(self.clients)  # deletion held through the test hook
         self.receive_held = [False] * len(self.clients)  # stream receiving held (HoldReceive)
+        # the zombie bit, from DeletionRoutines: per server, the late passes of each term when
+        # the session started (None: not read, the server has no usable hooks), and whether a
+        # routine began one more since (sticky, as the model's bit is: a server may forget an
+        # old term)
+        self.late_base: list[dict[int, int] | None] = [None] * len(self.clients)
+        self.zombie = [False] * len(self.clients)
+
+    async def start(self) -> None:
+        """Read the baseline of the zombie bit (before the scenario's first step)."""
+        self.late_base = [await late_passes(c) for c in self.clients]
+        if None in self.late_base:
+            self.trace.note("the zombie bit is not observed: a server has no usable test hook "
+                            "DeletionRoutines")
+
+    async def _view(self) -> View:
+        for c, (client, base) in enumerate(zip(self.clients, self.late_base, strict=True)):
+            if base is None or self.zombie[c]:
+                continue
+            now = await late_passes(client)
+            self.zombie[c] = now is not None and any(
+                n > base.get(term, 0) for term, n in now.items())
+        return await rpc_view(self.clients, self.names, self.zombie)
 
     # -- observing -----------------------------------------------------------------------------
     async def stable_view(self, deadline: float) -> tuple[View, bool]:
@@ -190,7 +234,7 @@ class Session:
         when ``deadline`` s passed first."""
         t = self.timing
         start = trio.current_time()
-        last = await rpc_view(self.clients, self.names)
+        last = await self._view()
         since = trio.current_time()
         while True:
             now = trio.current_time()
@@ -199,7 +243,7 @@ class Session:
             if now - start >= deadline:
                 return last, False
             await trio.sleep(t.poll)
-            view = await rpc_view(self.clients, self.names)
+            view = await self._view()
             if view != last:
                 last, since = view, trio.current_time()
 
@@ -253,7 +297,7 @@ class Session:
     async def _until_changed(self, view: View, until: float) -> None:
         while trio.current_time() < until:
             await trio.sleep(self.timing.poll)
-            if await rpc_view(self.clients, self.names) != view:
+            if await self._view() != view:
                 return
 
     # -- driving -------------------------------------------------------------------------------
@@ -465,17 +509,13 @@ def run_scenario(target: Target, scenario: Scenario) -> None:
             session = Session(clients, target.addresses, Names(new_tag()),
                               timing=target.timing)
             try:
+                await session.start()
                 await scenario(session)
             finally:
                 with trio.move_on_after(5):
                     await session.cleanup()
 
     trio.run(main)
-
-
-#: the status codes that say "no usable test hooks": absent (UNIMPLEMENTED), or present but
-#: not enabled (peerkit answers FAILED_PRECONDITION; specs/porting.md)
-NO_HOOKS: Final = (StatusCode.UNIMPLEMENTED, StatusCode.FAILED_PRECONDITION)
 
 
 def hooks_problem(target: Target) -> str | None:

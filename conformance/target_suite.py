@@ -27,8 +27,9 @@ measured against ``peerkit serve`` (tests/conformance/test_target.py):
   dialer has sent Terminated and cancelled: the cancel discards the unread Terminated, and the
   acceptor stays FAILING where the model is told); ``test_dialer_deletes`` only by chance (when
   the cancel overtakes Terminated on the wire);
-* ``deletion-no-stop``: not caught: the deposed term's routine only repeats the new term's
-  deletes, which no RPC tells apart (specs/porting.md).
+* ``deletion-no-stop``: ``test_reset_then_acceptor_deletes`` (the failover comes while the
+  deletion is held with work pending: once released, the deposed term's routine runs on, which
+  only the test hook ``DeletionRoutines`` shows: it only repeats the new term's deletes).
 
 The last three scenarios need the control service's optional test hooks (``peerkit_hooks``
 fixture: skipped, saying why, when a server lacks them).
@@ -79,7 +80,7 @@ async def dialer_deletes(s: Session) -> None:
 
 
 # -- scenarios that need the optional test hooks (ResetStream, Failover, HoldDeletion,
-# HoldReceive) -----------------------------------------------------------------------------------
+# HoldReceive; DeletionRoutines when the server has it) -------------------------------------------
 
 
 async def reset_then_redial(s: Session) -> None:
@@ -98,7 +99,9 @@ async def reset_then_acceptor_deletes(s: Session) -> None:
     """The acceptor's deletion is held; the stream is reset and the acceptor deletes before the
     dialer redials (2 s later): the redial must be answered with Terminated, so the dialer is
     told (``dial-deleted`` accepts it for the marked row). Then the acceptor fails over with
-    its deletion still held, and the new term's routine finishes it once released."""
+    its deletion still held, and the new term's routine finishes it once released; the old
+    term's must not run on (``deletion-no-stop`` does: the zombie bit, read through the test
+    hook ``DeletionRoutines``)."""
     await s.register_and_export()
     await s.peer()
     await s.hold_deletion(0, True)

@@ -235,6 +235,14 @@ class PeerkitClient:
             admin_pb2.HoldReceiveResponse,
         )
 
+    async def deletion_routines(self) -> list[admin_pb2.DeletionRoutine]:
+        """TestHookService.DeletionRoutines: the deletion routines started, by term."""
+        resp = await self.call(
+            TEST_HOOK_METHODS["DeletionRoutines"], admin_pb2.DeletionRoutinesRequest(),
+            admin_pb2.DeletionRoutinesResponse,
+        )
+        return list(resp.Routines)
+
     async def imported_services(self, peer_name: str) -> list[str]:
         """Names of the services imported from ``peer_name`` (from ReadCatalog), sorted."""
         catalog = await self.read_catalog()

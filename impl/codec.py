@@ -110,7 +110,7 @@ ADMIN_METHODS: dict[str, str] = {
 #: the control service's optional part (admin.proto's TestHookService; off unless enabled)
 TEST_HOOK_METHODS: dict[str, str] = {
     m: method_name(admin_pb2.DESCRIPTOR, "TestHookService", m)
-    for m in ("ResetStream", "Failover", "HoldDeletion", "HoldReceive")
+    for m in ("ResetStream", "Failover", "HoldDeletion", "HoldReceive", "DeletionRoutines")
 }
 
 

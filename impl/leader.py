@@ -439,9 +439,11 @@ class DeletionRoutine:
         self.spin_limit = spin_limit
         self.limiter = limiter or TokenBucket(DELETION_RATE, DELETION_BURST)
         self.stats = DeletionStats()
+        self.started = False  # run() was called (a mutant may never start the routine)
         self.finished = trio.Event()  # set when run() returns
 
     async def run(self) -> None:
+        self.started = True
         try:
             await self._loop()
         except trio.ClosedResourceError:

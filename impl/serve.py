@@ -19,9 +19,10 @@ The server is the leader from the start, keeps its state in ``<data-dir>/peerkit
 one JSON object per line on stderr. It prints one line on stdout once it listens:
 ``peerkit serve: <name> listening on <address> (advertised as <address>)``. Bugs are never on
 unless ``--bug`` names them, and then a loud warning is printed first. The test hooks
-(TestHookService: ResetStream, Failover, HoldDeletion, HoldReceive) answer FailedPrecondition
-unless ``--test-hooks`` is given, and then a warning is printed first: they let any client cut
-streams, depose the leader and stall deletions and stream reads (specs/security.md).
+(TestHookService: ResetStream, Failover, HoldDeletion, HoldReceive, DeletionRoutines) answer
+FailedPrecondition unless ``--test-hooks`` is given, and then a warning is printed first: they
+let any client cut streams, depose the leader and stall deletions and stream reads
+(specs/security.md).
 
 May import: the standard library, trio, ``peerkit.model.vocabulary`` and the sibling modules of
 ``peerkit.impl`` (the gRPC transport included).
@@ -86,9 +87,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="switch on a historical bug (repeatable): " + ", ".join(sorted(BUGS)))
     parser.add_argument("--test-hooks", action="store_true",
                         help="enable the control service's TestHookService (ResetStream, "
-                             "Failover, HoldDeletion, HoldReceive) for the conformance suite: "
-                             "anyone who can reach the port can then cut peer streams, depose "
-                             "the leader and stall deletions and streams; never in production")
+                             "Failover, HoldDeletion, HoldReceive, DeletionRoutines) for the "
+                             "conformance suite: anyone who can reach the port can then cut "
+                             "peer streams, depose the leader and stall deletions and streams; "
+                             "never in production")
     parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
 
 

@@ -9,7 +9,7 @@ One job: compose the store, the leader routines (``.leader``) and the stream han
   the stream handler, then the drain) and ExchangeSecret;
 * peerkit's ``AdminService``: register / deregister service instances, export / unexport,
   ReadCatalog, Status; and its optional ``TestHookService`` (ResetStream, Failover,
-  HoldDeletion, HoldReceive), which
+  HoldDeletion, HoldReceive, DeletionRoutines), which
   answers FailedPrecondition ``ERR_TEST_HOOKS_OFF`` unless ``test_hooks=True``.
 
 Leadership is explicit: ``become_leader()`` starts a new term (fresh tracker, routines);
@@ -507,6 +507,8 @@ class PeeringServer:
                    self.hold_deletion),
             _unary(TEST_HOOK_METHODS["HoldReceive"], admin_pb2.HoldReceiveRequest,
                    self.hold_receive),
+            _unary(TEST_HOOK_METHODS["DeletionRoutines"], admin_pb2.DeletionRoutinesRequest,
+                   self.deletion_routines),
         ]
 
     # =========================================================================================
@@ -1031,6 +1033,22 @@ class PeeringServer:
         self.log.info("test hook: stream receiving " + ("held" if req.Hold else "released"),
                       peer=name)
         return admin_pb2.HoldReceiveResponse()
+
+    async def deletion_routines(
+        self, req: admin_pb2.DeletionRoutinesRequest
+    ) -> admin_pb2.DeletionRoutinesResponse:
+        """The deletion routines of the terms this server remembers (``TERMS_KEPT``), with the
+        passes each began after its term ended (only bug ``deletion-no-stop`` has any)."""
+        if not self.test_hooks:
+            raise AbortStream(StatusCode.FAILED_PRECONDITION, ERR_TEST_HOOKS_OFF)
+        out = admin_pb2.DeletionRoutinesResponse()
+        for term in sorted(self.terms, key=lambda t: t.term):
+            routine = term.deletion
+            if routine.started:
+                out.Routines.add(Term=term.term, TermEnded=term.stopped,
+                                 Running=not routine.finished.is_set(),
+                                 PassesAfterTermEnded=routine.stats.spins)
+        return out
 
 
 # =============================================================================================

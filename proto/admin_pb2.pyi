@@ -595,3 +595,74 @@ class HoldReceiveResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HoldReceiveResponse: _TypeAlias = HoldReceiveResponse  # noqa: Y015
+
+@_typing.final
+class DeletionRoutinesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeletionRoutinesRequest: _TypeAlias = DeletionRoutinesRequest  # noqa: Y015
+
+@_typing.final
+class DeletionRoutinesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTINES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def Routines(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeletionRoutine]:
+        """Routines has one entry per deletion routine started, sorted by Term."""
+
+    def __init__(
+        self,
+        *,
+        Routines: _abc.Iterable[Global___DeletionRoutine] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["Routines", b"Routines"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeletionRoutinesResponse: _TypeAlias = DeletionRoutinesResponse  # noqa: Y015
+
+@_typing.final
+class DeletionRoutine(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TERM_FIELD_NUMBER: _builtins.int
+    TERMENDED_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
+    PASSESAFTERTERMENDED_FIELD_NUMBER: _builtins.int
+    Term: _builtins.int
+    """Term is the number of the leadership term that started the routine."""
+    TermEnded: _builtins.bool
+    """TermEnded: that term has ended (leadership was lost, or the server is stopping)."""
+    Running: _builtins.bool
+    """Running: the routine has not returned yet."""
+    PassesAfterTermEnded: _builtins.int
+    """PassesAfterTermEnded counts the passes over the deleted peerings the routine began after
+    its term ended (0 for a correct server).
+    """
+    def __init__(
+        self,
+        *,
+        Term: _builtins.int = ...,
+        TermEnded: _builtins.bool = ...,
+        Running: _builtins.bool = ...,
+        PassesAfterTermEnded: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["PassesAfterTermEnded", b"PassesAfterTermEnded", "Running", b"Running", "Term", b"Term", "TermEnded", b"TermEnded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeletionRoutine: _TypeAlias = DeletionRoutine  # noqa: Y015

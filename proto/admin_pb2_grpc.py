@@ -355,6 +355,11 @@ class TestHookServiceStub:
                 request_serializer=admin__pb2.HoldReceiveRequest.SerializeToString,
                 response_deserializer=admin__pb2.HoldReceiveResponse.FromString,
                 _registered_method=True)
+        self.DeletionRoutines = channel.unary_unary(
+                '/peerkit.admin.TestHookService/DeletionRoutines',
+                request_serializer=admin__pb2.DeletionRoutinesRequest.SerializeToString,
+                response_deserializer=admin__pb2.DeletionRoutinesResponse.FromString,
+                _registered_method=True)
 
 
 class TestHookServiceServicer:
@@ -405,6 +410,17 @@ class TestHookServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeletionRoutines(self, request, context):
+        """DeletionRoutines reads the deletion routines this server has started, one per leadership
+        term (the current one and the ended terms it still remembers), with how many passes each
+        began after its term ended. A correct server has none: losing leadership stops the term's
+        routine before its next pass (#17483). Changes nothing. Like Status, this is the server's
+        own account of itself: the suite trusts it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TestHookServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -427,6 +443,11 @@ def add_TestHookServiceServicer_to_server(servicer, server):
                     servicer.HoldReceive,
                     request_deserializer=admin__pb2.HoldReceiveRequest.FromString,
                     response_serializer=admin__pb2.HoldReceiveResponse.SerializeToString,
+            ),
+            'DeletionRoutines': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletionRoutines,
+                    request_deserializer=admin__pb2.DeletionRoutinesRequest.FromString,
+                    response_serializer=admin__pb2.DeletionRoutinesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -542,6 +563,33 @@ class TestHookService:
             '/peerkit.admin.TestHookService/HoldReceive',
             admin__pb2.HoldReceiveRequest.SerializeToString,
             admin__pb2.HoldReceiveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletionRoutines(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/peerkit.admin.TestHookService/DeletionRoutines',
+            admin__pb2.DeletionRoutinesRequest.SerializeToString,
+            admin__pb2.DeletionRoutinesResponse.FromString,
             options,
             channel_credentials,
             insecure,

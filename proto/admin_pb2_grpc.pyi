@@ -185,6 +185,13 @@ class TestHookServiceStub:
     fault: the protocol lets a message wait in flight arbitrarily long; this picks that
     schedule (e.g. a Terminated the peer's cancel can overtake).
     """
+    DeletionRoutines: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeletionRoutinesRequest, _admin_pb2.DeletionRoutinesResponse]
+    """DeletionRoutines reads the deletion routines this server has started, one per leadership
+    term (the current one and the ended terms it still remembers), with how many passes each
+    began after its term ended. A correct server has none: losing leadership stops the term's
+    routine before its next pass (#17483). Changes nothing. Like Status, this is the server's
+    own account of itself: the suite trusts it.
+    """
 
 @_typing.type_check_only
 class TestHookServiceAsyncStub(TestHookServiceStub):
@@ -219,6 +226,13 @@ class TestHookServiceAsyncStub(TestHookServiceStub):
     cancel or reset that arrives meanwhile discards it, as it would any unread message). Not a
     fault: the protocol lets a message wait in flight arbitrarily long; this picks that
     schedule (e.g. a Terminated the peer's cancel can overtake).
+    """
+    DeletionRoutines: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeletionRoutinesRequest, _admin_pb2.DeletionRoutinesResponse]  # type: ignore[assignment]
+    """DeletionRoutines reads the deletion routines this server has started, one per leadership
+    term (the current one and the ended terms it still remembers), with how many passes each
+    began after its term ended. A correct server has none: losing leadership stops the term's
+    routine before its next pass (#17483). Changes nothing. Like Status, this is the server's
+    own account of itself: the suite trusts it.
     """
 
 class TestHookServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -275,6 +289,19 @@ class TestHookServiceServicer(metaclass=_abc_1.ABCMeta):
         cancel or reset that arrives meanwhile discards it, as it would any unread message). Not a
         fault: the protocol lets a message wait in flight arbitrarily long; this picks that
         schedule (e.g. a Terminated the peer's cancel can overtake).
+        """
+
+    @_abc_1.abstractmethod
+    def DeletionRoutines(
+        self,
+        request: _admin_pb2.DeletionRoutinesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeletionRoutinesResponse, _abc.Awaitable[_admin_pb2.DeletionRoutinesResponse]]:
+        """DeletionRoutines reads the deletion routines this server has started, one per leadership
+        term (the current one and the ended terms it still remembers), with how many passes each
+        began after its term ended. A correct server has none: losing leadership stops the term's
+        routine before its next pass (#17483). Changes nothing. Like Status, this is the server's
+        own account of itself: the suite trusts it.
         """
 
 def add_TestHookServiceServicer_to_server(servicer: TestHookServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4,12 +4,12 @@ option, passes against two bug-free ``peerkit serve`` processes, fails against b
 The servers are real processes (127.0.0.1, a port the OS picks, temporary data dirs), stopped
 in the test.
 
-Which bugs must fail here: ``stored-map`` and ``terminated-undeletable`` (every run, no test
-hooks needed); ``no-reconnect``, ``dial-deleted`` and ``termination-race`` (every run, through
-the optional test hooks: a connection reset, a deletion held, the acceptor's receiving held so
-that the dialer's cancel reaches it before it reads Terminated). ``deletion-no-stop`` is not
-caught: the deposed term's routine only repeats the new term's deletes, which no RPC shows
-(specs/porting.md, "What the suite cannot see").
+Which bugs must fail here: all six. ``stored-map`` and ``terminated-undeletable`` (every run,
+no test hooks needed); ``no-reconnect``, ``dial-deleted``, ``termination-race`` and
+``deletion-no-stop`` (every run, through the optional test hooks: a connection reset, a deletion
+held, the acceptor's receiving held so that the dialer's cancel reaches it before it reads
+Terminated, a failover with deletion work pending and the read of the deletion routines, which
+shows the deposed term's routine running on).
 
 The bug-free run goes through the plugin in a pytest subprocess, as a porter runs it; the bugged
 runs call the suite's scenarios in this process (the same code, a pytest start-up less each).
@@ -118,6 +118,10 @@ def test_the_suite_passes_against_bug_free_servers(tmp_path: Path) -> None:
     # unread Terminated, so the acceptor is never told
     ("termination-race", "dialer_deletes_unread",
      "dc1.rows: model (('dc2', 'TERMINATED'),) / impl (('dc2', 'FAILING'),)", 12.0),
+    # the failover comes with the deletion work pending (held): the deposed term's routine runs
+    # on once released, which the read of the deletion routines (DeletionRoutines) shows
+    ("deletion-no-stop", "reset_then_acceptor_deletes", "dc1.zombie: model False / impl True",
+     6.0),
 ])
 def test_the_suite_fails_against_a_bugged_server(tmp_path: Path, bug: str, scenario: str,
                                                   expect: str, settle: float) -> None:

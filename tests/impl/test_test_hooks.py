@@ -1,7 +1,8 @@
 """The control service's optional test hooks (admin.proto's TestHookService): off by default,
 and when on, a reset, a failover, a held deletion and a held receive that do what the
 conformance suite maps them to (the model's Reset, Failover, a deletion step that comes late,
-and a message that waits in flight).
+and a message that waits in flight), and the read of the deletion routines that gives the
+suite the model's zombie bit (a routine that ran on after its term ended).
 
 Two clusters on the in-memory network under virtual time (the gRPC path is exercised by
 tests/conformance/test_target.py against ``peerkit serve --test-hooks``).
@@ -31,7 +32,8 @@ async def test_the_hooks_are_off_by_default_and_change_nothing(
         term = dc2.server.leadership
         calls = len(net.streams)
         for call in (dc2.client.reset_stream("dc1"), dc2.client.failover(),
-                     dc1.client.hold_deletion(True), dc1.client.hold_receive("dc2", True)):
+                     dc1.client.hold_deletion(True), dc1.client.hold_receive("dc2", True),
+                     dc1.client.deletion_routines()):
             with pytest.raises(StreamFailed) as caught:
                 await call
             assert caught.value.code is StatusCode.FAILED_PRECONDITION
@@ -146,3 +148,35 @@ async def test_hold_receive_leaves_terminated_in_flight_until_released(
         assert dc1.state("dc2") is (PeeringState.FAILING if bug else PeeringState.TERMINATED)
         assert not dc1.connected("dc2")
 
+
+
+@pytest.mark.parametrize("bug", [False, True])
+async def test_deletion_routines_reports_a_routine_that_outlives_its_term(
+        autojump_clock: trio.testing.MockClock, bug: bool) -> None:
+    """dc1 deletes with its deletion held, fails over with the work still pending, and
+    releases. A correct server's first routine stops with its term; with ``deletion-no-stop``
+    it runs on, and the read counts the passes it began after its term ended."""
+    net = MemoryNetwork()
+    bugs = ("deletion-no-stop",) if bug else ()
+    async with two_clusters(net, test_hooks=True, bugs1=bugs) as (dc1, dc2):
+        await peer(dc1, dc2)
+        [first] = await dc1.client.deletion_routines()
+        assert (first.Term, first.TermEnded, first.Running, first.PassesAfterTermEnded) == \
+            (1, False, True, 0)
+        await dc1.client.hold_deletion(True)
+        await dc1.client.peering_delete("dc2")
+        with trio.fail_after(DEADLINE):
+            await eventually(lambda: dc2.state("dc1") is PeeringState.TERMINATED, dc1, dc2)
+        await dc1.client.failover()
+        await dc1.client.hold_deletion(False)
+        with trio.fail_after(DEADLINE):
+            await eventually(lambda: dc1.row("dc2") is None, dc1, dc2)
+        await let_time_pass(10)
+        old, new = await dc1.client.deletion_routines()
+        assert (new.Term, new.TermEnded, new.Running, new.PassesAfterTermEnded) == \
+            (2, False, True, 0)
+        assert (old.Term, old.TermEnded) == (1, True)
+        if bug:
+            assert old.PassesAfterTermEnded > 0
+        else:
+            assert (old.Running, old.PassesAfterTermEnded) == (False, 0)
