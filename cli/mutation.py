@@ -36,6 +36,7 @@ class Kill(NamedTuple):
     steps: int  # the shortest counterexample's length
     states: int  # distinct states explored in all the configurations tried
     seconds: float  # wall time, all configurations tried (not deterministic: reports only)
+    prefix: int = 0  # the counterexample's steps before its loop (``steps`` counts the loop too)
 
     @property
     def killed(self) -> bool:
@@ -59,7 +60,7 @@ def run_one(mutant: str | None, bugs: Sequence[str] = (),
         ce = result.counterexample
         if ce is not None:
             return Kill(name, ce.property_id, len(ce.steps) + len(ce.loop), states,
-                        time.perf_counter() - started)
+                        time.perf_counter() - started, len(ce.steps))
         if not result.complete:
             raise RuntimeError(f"mutant {mutant}: the state budget ran out in {name} before a "
                                "verdict")

@@ -23,9 +23,16 @@ GENERATED = Path("specs") / "generated"
 
 
 def bug_findings(config: str = "default") -> dict[str, tuple[str, int, str]]:
-    """bug -> (violated property, shortest counterexample length, configuration)."""
+    """bug -> (violated property, shortest counterexample length, configuration). A bug that
+    the CI configurations first kill in ``config`` is not checked again: ``bug_kills`` (cached,
+    and needed for mutants.md anyway) already ran that very check."""
     out = {}
+    kills = bug_kills()
     for name in BUGS:
+        kill = kills[name]
+        if kill.config == config:
+            out[name] = (kill.property_id, kill.prefix, config)
+            continue
         result = check(PeeringModel(get_config(config), {name}))
         ce = result.counterexample
         if ce is None:
