@@ -14,7 +14,8 @@ shows the deposed term's routine running on).
 The bug-free run goes through the plugin in a pytest subprocess, as a porter runs it; the bugged
 runs call the suite's scenarios in this process (the same code, a pytest start-up less each).
 
-May import: the standard library, pytest and ``peerkit.conformance``.
+May import: the standard library, pytest, trio, ``peerkit.conformance``, ``peerkit.model``, and
+of the implementation only its transport's status types and the control service's messages.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
+import trio
 
 from peerkit.conformance.abstraction import model_view
 from peerkit.conformance.remote import (
@@ -38,6 +40,7 @@ from peerkit.conformance.remote import (
 )
 from peerkit.conformance.target_suite import HOOK_SCENARIOS, SCENARIOS
 from peerkit.conformance.trace import TraceDivergence, TraceValidator
+from peerkit.impl.transport import StatusCode, StreamFailed
 from peerkit.model import actions as A
 from peerkit.model.machine import PeeringModel
 from peerkit.model.state import World
@@ -263,3 +266,36 @@ def test_a_server_that_does_not_answer_is_named() -> None:
         address = f"127.0.0.1:{sock.getsockname()[1]}"
         problem = unreachable(Target((address, address)))
     assert problem is not None and problem.startswith(f"the server at {address} does not answer")
+
+
+class _Routines:
+    """A client whose DeletionRoutines answers ``answer`` (a list) or raises it."""
+
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+
+    async def deletion_routines(self) -> object:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+@pytest.mark.parametrize("code", [StatusCode.UNIMPLEMENTED, StatusCode.FAILED_PRECONDITION])
+def test_a_target_without_the_routines_read_gets_no_zombie_bit(code: StatusCode) -> None:
+    """A port may lack DeletionRoutines (or have the hooks off): the zombie bit is then not
+    read, never set, and the trace says so; any other refusal is an error, not a skip."""
+    from peerkit.conformance.remote import Names, Session, late_passes
+    from peerkit.proto.admin_pb2 import DeletionRoutine
+
+    assert trio.run(late_passes, _Routines(StreamFailed(code, "no"))) is None
+    with pytest.raises(StreamFailed):
+        trio.run(late_passes, _Routines(StreamFailed(StatusCode.UNAVAILABLE, "down")))
+    routines = [DeletionRoutine(Term=1, TermEnded=True, PassesAfterTermEnded=3),
+                DeletionRoutine(Term=2, TermEnded=False, Running=True)]
+    assert trio.run(late_passes, _Routines(routines)) == {1: 3}  # ended terms only
+
+    clients = [_Routines(routines), _Routines(StreamFailed(code, "no"))]
+    session = Session(clients, ["a", "b"], Names("ptest"))  # type: ignore[arg-type]
+    trio.run(session.start)
+    assert session.late_base == [{1: 3}, None]
+    assert session.trace.entries[-1].what.startswith("the zombie bit is not observed")
