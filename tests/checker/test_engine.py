@@ -725,3 +725,19 @@ def test_lean_loop_crosses_blocks_and_clock_ticks() -> None:
     assert check(model).ok
     assert len(called) == 6**5 and len(set(called)) == 6**5
     assert lean.counterexample is not None and len(lean.counterexample.steps) == 22
+
+
+def test_edges_by_source_keep_each_sources_order() -> None:
+    # the searches store edges source by source, so _by_source normally moves nothing; given
+    # them in any order it must still group them by source, each source's in the given order
+    from array import array
+
+    from peerkit.checker.engine import _by_source
+
+    src, dst, lab = array("q", [2, 0, 2, 1]), array("q", [5, 6, 7, 8]), array("i", [1, 2, 3, 4])
+    start, out_dst, out_lab = _by_source(3, src, dst, lab)
+    assert list(start) == [0, 1, 2, 4]
+    assert list(out_dst) == [6, 8, 5, 7] and out_lab is not None and list(out_lab) == [2, 4, 1, 3]
+    ordered = array("q", [0, 2, 2])
+    start, same_dst, no_lab = _by_source(3, ordered, array("q", [1, 2, 3]), None)
+    assert list(start) == [0, 1, 1, 3] and list(same_dst) == [1, 2, 3] and no_lab is None
