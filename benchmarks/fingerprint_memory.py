@@ -17,6 +17,10 @@ states, default 300,000; liveness then undecided) in both modes, and on request 
 `counters(7, 5)` (279,936 states, no liveness property, so no edge store). Both modes must
 report the same states and transitions; the script fails if they do not.
 
+``--compare-python PY`` measures another checkout side by side in the same run: after each
+configuration's two rows, the same two with PY, an interpreter whose ``peerkit`` is the other
+checkout (its rows say ``"code": "compared"``). It must find the same states and transitions.
+
 It also times the two fingerprint functions per call on the states of `ci` (process_fingerprint
 is hash(); fingerprint is BLAKE2b over the canonical text, the same in every process).
 
@@ -142,8 +146,9 @@ def fingerprint_cost(config: str = "ci", limit: int = 5000) -> dict[str, Any]:
     return out
 
 
-def _spawn(config: str, fingerprints: bool, max_states: int | None) -> dict[str, Any]:
-    argv = [sys.executable, __file__, "--worker", config]
+def _spawn(config: str, fingerprints: bool, max_states: int | None,
+           python: str = sys.executable) -> dict[str, Any]:
+    argv = [python, __file__, "--worker", config]
     if fingerprints:
         argv.append("--fingerprints")
     if max_states is not None:
@@ -167,6 +172,8 @@ def main() -> int:
     parser.add_argument("--runs", default="default,deep",
                         help="comma-separated: default (complete), deep (a prefix), counters "
                         "(the toy counters(7, 5): no liveness; default: default,deep)")
+    parser.add_argument("--compare-python", metavar="PY",
+                        help="also run every row with PY, whose peerkit is another checkout")
     parser.add_argument("--json", type=Path, default=RESULTS, help="where to write the results")
     args = parser.parse_args()
     if args.worker:
@@ -177,23 +184,30 @@ def main() -> int:
             for name in args.runs.split(",")]
     rows = []
     failed = False
+    codes = [("this", sys.executable)]
+    if args.compare_python:
+        codes.append(("compared", args.compare_python))
     for config, limit in runs:
         pair = []
-        for fingerprints in (False, True):
-            load = _uptime()
-            row = _spawn(config, fingerprints, limit)
-            row["load_before"] = load
-            print(json.dumps(row))
-            rows.append(row)
-            pair.append(row)
-        exact, fp = pair
-        if (exact["distinct_states"], exact["transitions"]) != (
-                fp["distinct_states"], fp["transitions"]):
-            print(f"MISMATCH on {config}: exact and fingerprint mode disagree", file=sys.stderr)
+        for code, python in codes:
+            for fingerprints in (False, True):
+                load = _uptime()
+                row = _spawn(config, fingerprints, limit, python)
+                row["load_before"] = load
+                row["code"] = code
+                print(json.dumps(row))
+                rows.append(row)
+                pair.append(row)
+        first = pair[0]
+        if any((first["distinct_states"], first["transitions"]) != (
+                row["distinct_states"], row["transitions"]) for row in pair):
+            print(f"MISMATCH on {config}: the rows disagree on states or transitions",
+                  file=sys.stderr)
             failed = True
     cost = fingerprint_cost()
     print(json.dumps(cost))
     report = {"machine": machine_info(), "target_bytes_per_state": TARGET_BYTES_PER_STATE,
+              "compare_python": args.compare_python,
               "runs": rows, "fingerprint_cost": cost}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")

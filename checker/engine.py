@@ -45,6 +45,7 @@ import zlib
 from array import array
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from struct import pack
 from typing import Any, Generic, Literal, TypeVar
 
 from .api import InvariantLike, LivenessLike, Model, ReductionLike, TransitionInvariantLike
@@ -146,7 +147,8 @@ class FingerprintReport:
     #: bytes allocated for the per-state store: fingerprint table, fingerprints by number,
     #: parent numbers and liveness target bits
     state_store_bytes: int
-    #: bytes allocated for the liveness graph: one shared edge store for every property
+    #: bytes allocated for the liveness graph: one shared edge store for every property (an
+    #: offset per state, a destination per edge, a mask and an action label where needed)
     edge_store_bytes: int
     #: edges in that store (transitions counted by at least one liveness property)
     edges: int
@@ -199,6 +201,15 @@ ProgressCallback = Callable[[Progress], None]
 
 #: How many new states between two looks at the clock (for progress and the time bound).
 _CLOCK_EVERY = 4096
+#: How many states the lean loop expands between two looks at the clock (see _bfs_lean).
+_BLOCK = 1024
+
+
+def _append_ints(arr: array[int], values: list[int]) -> None:
+    """``arr.extend(values)`` for an array of typecode "q", through struct, which converts
+    each int with a plain C call where the array's own append parses it as an argument."""
+    if values:
+        arr.frombytes(pack(f"{len(values)}q", *values))
 
 
 class _Stop(Exception):
@@ -282,25 +293,39 @@ class _Search(Generic[S, A]):
 
     # -- the search ------------------------------------------------------------------------
     def run(self) -> Result[S, A]:
+        # States are immutable values without reference cycles, so the cyclic garbage collector
+        # has nothing to find among them, yet a growing state set makes every full collection
+        # walk all of it. Pausing it for the search is a large, safe saving. It stays paused
+        # until the stored states are let go: the first collection after the pause walks every
+        # object allocated during it that is still alive (about 150 million instructions for
+        # the toy counters' 280k states, 2% of the search).
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run()
+        finally:
+            self._release()
+            if gc_was_enabled:
+                gc.enable()
+
+    def _release(self) -> None:
+        """Let go of the stored states once the result is built (the search is over)."""
+        self.states = []
+        self.seen = set()
+        self.index = {}
+
+    def _run(self) -> Result[S, A]:
         started = time.perf_counter()
         self.started = started
         self.last_report = started
         stopped = "explored every reachable state"
         complete = True
-        # States are immutable values without reference cycles, so the cyclic garbage collector
-        # has nothing to find among them, yet a growing state set makes every full collection
-        # walk all of it. Pausing it for the search is a large, safe saving.
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
         try:
             self._seed()
             self._bfs()
         except _Stop as stop:
             stopped = str(stop)
             complete = False
-        finally:
-            if gc_was_enabled:
-                gc.enable()
         seconds = time.perf_counter() - started
         count = self._count()
         depth = len(self._chain(count - 1)) - 1 if count else 0
@@ -336,14 +361,20 @@ class _Search(Generic[S, A]):
         """Whether `state` (canonical) is state number `nid`."""
         return state == self.states[nid]
 
-    def _target_ids(self, prop: LivenessLike[S, A]) -> list[int]:
+    def _target_ids(self, prop: LivenessLike[S, A]) -> array[int]:
         target = prop.target
-        return [i for i, st in enumerate(self.states) if target(st)]
+        return array(_index_code(len(self.states)),
+                     (i for i, st in enumerate(self.states) if target(st)))
 
     def _property_edges(
         self,
-    ) -> Iterable[tuple[LivenessLike[S, A], tuple[array[int], array[int]], array[int] | None]]:
-        return zip(self.liveness, self.edges, self.labels, strict=True)
+    ) -> Iterator[tuple[LivenessLike[S, A], tuple[array[int], array[int]], array[int] | None]]:
+        """Each liveness property with its graph in CSR form by source: ((start, dst), lab),
+        the edges of state s being dst[start[s]:start[s + 1]] (see _decide_liveness)."""
+        n = self._count()
+        for prop, (src, dst), lab in zip(self.liveness, self.edges, self.labels, strict=True):
+            start, dst, lab = _by_source(n, src, dst, lab)
+            yield prop, (start, dst), lab
 
     def _fingerprint_report(self) -> FingerprintReport | None:
         return None
@@ -391,11 +422,12 @@ class _Search(Generic[S, A]):
             raise _Stop(f"property {pid} is violated")
 
     def _bfs(self) -> None:
+        if self.lean:
+            self._bfs_lean()
+            return
         # The hot loop: everything it touches is a local name.
         states = self.states
         index = self.index
-        seen = self.seen
-        add_seen = seen.add
         parent = self.parent
         violated = self.violated
         successors = self.model.successors
@@ -417,9 +449,6 @@ class _Search(Generic[S, A]):
         transitions = 0
         cursor = 0
         depth = 0
-        # The common case (no transition invariants, no liveness edges, no reduction) gets a
-        # leaner loop: a membership test instead of a lookup, nothing else per old state.
-        lean = self.lean
         append_state = states.append
         append_parent = parent.append
         try:
@@ -427,35 +456,6 @@ class _Search(Generic[S, A]):
                 level_end = len(states)
                 if max_depth is not None and depth >= max_depth:
                     raise _Stop(f"depth bound {max_depth} reached")
-                if lean:
-                    for sid in range(cursor, level_end):
-                        for _action, nxt in successors(states[sid]):
-                            transitions += 1
-                            if nxt in seen:
-                                continue
-                            nid = len(states)
-                            if nid >= due:
-                                if nid == max_states:
-                                    raise _Stop(f"state bound {max_states} reached")
-                                clock_due = nid + _CLOCK_EVERY
-                                due = clock_due if max_states < 0 else min(clock_due, max_states)
-                                self.transitions = transitions
-                                self._tick(sid + 1, depth + 1)
-                            add_seen(nxt)
-                            append_state(nxt)
-                            append_parent(sid)
-                            if single_check is not None:
-                                if not single_check(nxt):
-                                    self.transitions = transitions
-                                    self._state_failed(nid)
-                            else:
-                                for holds in checks:
-                                    if not holds(nxt):
-                                        self.transitions = transitions
-                                        self._state_failed(nid)
-                    cursor = level_end
-                    depth += 1
-                    continue
                 for sid in range(cursor, level_end):
                     state = states[sid]
                     for action, concrete in successors(state):
@@ -504,6 +504,93 @@ class _Search(Generic[S, A]):
                 depth += 1
         finally:
             self.transitions = transitions
+
+    def _bfs_lean(self) -> None:
+        """The search of a model with no transition invariants, liveness or reductions.
+
+        The common case gets its own loop, measured against a textbook BFS on the toy counters
+        (benchmarks/engine_speed.py): a set membership test and nothing else per transition
+        but a small counter, and per new state the set, the list of states, the parent and
+        the invariants. What makes it cheaper than the general loop, each measured:
+
+        * transitions are counted per state: a counter from 0 to the state's out-degree stays
+          among CPython's cached small ints, where a running total past 256 allocates and frees
+          an int object for every transition;
+        * parents go to a list of the block's and are packed into the array once per block:
+          ``array.append`` parses its argument the slow way, several hundred instructions;
+        * the clock (progress, the time bound) is read once per block of expanded states, not
+          by a length test on every new state; only a state bound is tested per new state;
+        * all invariants are one callable (the invariant itself when there is one).
+        The order of discovery, and so every number, parent and counterexample, is the general
+        loop's: a violation or a bound stops at the same state and transition as before.
+        """
+        states = self.states
+        seen = self.seen
+        add_seen = seen.add
+        append_state = states.append
+        parent = self.parent
+        successors = self.model.successors
+        check = self._one_check()
+        max_depth = self.bounds.max_depth
+        max_states = self.bounds.max_states
+        bounded = max_states is not None
+        limit = max_states if max_states is not None else 0
+        due = len(states) + _CLOCK_EVERY
+        transitions = 0
+        cursor = 0
+        depth = 0
+        parents: list[int] = []
+        append_parent = parents.append
+        while cursor < len(states):
+            level_end = len(states)
+            if max_depth is not None and depth >= max_depth:
+                self.transitions = transitions
+                raise _Stop(f"depth bound {max_depth} reached")
+            for block in range(cursor, level_end, _BLOCK):
+                try:
+                    for sid in range(block, min(block + _BLOCK, level_end)):
+                        degree = 0
+                        for _action, nxt in successors(states[sid]):
+                            degree += 1
+                            if nxt in seen:
+                                continue
+                            if bounded and len(states) >= limit:
+                                self.transitions = transitions + degree
+                                raise _Stop(f"state bound {max_states} reached")
+                            add_seen(nxt)
+                            append_state(nxt)
+                            append_parent(sid)
+                            if check is not None and not check(nxt):
+                                # the path to it needs every parent in the array
+                                _append_ints(parent, parents)
+                                parents.clear()
+                                self.transitions = transitions + degree
+                                self._state_failed(len(states) - 1)
+                        transitions += degree
+                finally:
+                    _append_ints(parent, parents)
+                    parents.clear()
+                if len(states) >= due:
+                    due = len(states) + _CLOCK_EVERY
+                    self.transitions = transitions
+                    self._tick(min(block + _BLOCK, level_end), depth + 1)
+            cursor = level_end
+            depth += 1
+        self.transitions = transitions
+
+    def _one_check(self) -> Callable[[S], bool] | None:
+        """All invariants as one predicate (None: there are none); which one fails is
+        _state_failed's to find out."""
+        checks = self.checks
+        if not checks:
+            return None
+        if len(checks) == 1:
+            return checks[0]
+
+        def every(state: S) -> bool:
+            return all(holds(state) for holds in checks)
+
+        return every
 
     def _transition_violation(self, pid: str, sid: int, action: A, nxt: S) -> None:
         tinv = next(t for t in self.transition_invariants if t.id == pid)
@@ -584,42 +671,26 @@ class _Search(Generic[S, A]):
         return Step(candidate, nxt)
 
     # -- liveness --------------------------------------------------------------------------
+    # The decision works on each property's graph in CSR form by source: the edges of state s
+    # are dst[start[s]:start[s + 1]] (labels alike), in the order the search explored them.
+    # Every array holds 4-byte numbers while states and edges fit (_index_code), so the
+    # decision needs about 4 bytes an edge and 20 a state on top of the graph, not 8 and 60.
     def _decide_liveness(self) -> None:
         n = self._count()
-        for prop, (src, dst), lab in self._property_edges():
+        for prop, (start, dst), lab in self._property_edges():
             if prop.id in self.violated:
                 continue
-            # reverse adjacency in CSR form (arrays, not lists: 8 bytes a state, not ~40)
-            counts = array("q", bytes(8 * (n + 1)))
-            for d in dst:
-                counts[d + 1] += 1
-            for i in range(n):
-                counts[i + 1] += counts[i]
-            fill = counts[:-1]
-            rev = array(src.typecode, bytes(src.itemsize * len(dst)))
-            for s, d in zip(src, dst, strict=True):
-                rev[fill[d]] = s
-                fill[d] += 1
-            good = bytearray(n)
-            stack = self._target_ids(prop)
-            for i in stack:
-                good[i] = 1
-            while stack:
-                d = stack.pop()
-                for k in range(counts[d], counts[d + 1]):
-                    s = rev[k]
-                    if not good[s]:
-                        good[s] = 1
-                        stack.append(s)
-            del counts, fill, rev  # not needed below: free them before the fairness search
+            good = self._reaches_target(prop, n, start, dst)
             bad = good.find(0)
             if bad < 0:
+                del good
                 if lab is not None:
-                    self._decide_fairness(prop, src, dst, lab)
+                    self._decide_fairness(prop, start, dst, lab)
                     if prop.id in self.violated and self.bounds.stop_at_first:
                         return
                 continue
-            loop_ids, note = self._stuck_path(bad, src, dst, good)
+            loop_ids, note = self._stuck_path(bad, start, dst)
+            del good
             initial, steps = self._path_to(bad)
             stuck_state = steps[-1].state if steps else initial
             loop = self._walk(stuck_state, loop_ids, prop.counts)
@@ -629,53 +700,55 @@ class _Search(Generic[S, A]):
             if self.bounds.stop_at_first:
                 return
 
-    def _decide_fairness(self, prop: LivenessLike[S, A], src: array[int], dst: array[int],
+    def _reaches_target(self, prop: LivenessLike[S, A], n: int, start: array[int],
+                        dst: array[int]) -> bytearray:
+        """1 for every state from which a target state can be reached (backward search)."""
+        code = _index_code(max(n, len(dst)) + 1)
+        # reverse adjacency in CSR form: pos[d] ends d's block of sources, then (each source
+        # placed by counting down) starts it, so no second array of positions is needed
+        pos = array(code, bytes(array(code).itemsize * (n + 1)))
+        for d in dst:
+            pos[d] += 1
+        for i in range(1, n):
+            pos[i] += pos[i - 1]
+        pos[n] = len(dst)
+        rev = array(code, bytes(array(code).itemsize * len(dst)))
+        for s in range(n - 1, -1, -1):
+            for k in range(start[s + 1] - 1, start[s] - 1, -1):
+                d = dst[k]
+                pos[d] -= 1
+                rev[pos[d]] = s
+        good = bytearray(n)
+        stack = self._target_ids(prop)
+        for i in stack:
+            good[i] = 1
+        while stack:
+            d = stack.pop()
+            for k in range(pos[d], pos[d + 1]):
+                s = rev[k]
+                if not good[s]:
+                    good[s] = 1
+                    stack.append(s)
+        return good
+
+    def _decide_fairness(self, prop: LivenessLike[S, A], start: array[int], dst: array[int],
                          lab: array[int]) -> None:
         """Look for a fair cycle that avoids the targets (see the module docstring)."""
         n = self._count()
         off = bytearray(n)  # 1: a target state, outside the graph searched here
         for i in self._target_ids(prop):
             off[i] = 1
-        # forward adjacency over edges between non-target states, in CSR form
-        start = array("q", bytes(8 * (n + 1)))
-        for s_, d_ in zip(src, dst, strict=True):
-            if not off[s_] and not off[d_]:
-                start[s_ + 1] += 1
-        for i in range(n):
-            start[i + 1] += start[i]
-        fill = start[:-1]
-        succ = array(src.typecode, bytes(src.itemsize * start[n]))
-        succ_lab = array("i", bytes(4 * start[n]))
-        for s_, d_, a_ in zip(src, dst, lab, strict=True):
-            if not off[s_] and not off[d_]:
-                succ[fill[s_]] = d_
-                succ_lab[fill[s_]] = a_
-                fill[s_] += 1
-        del fill
-        comp = _strongly_connected(n, off, start, succ)
-        # The actions enabled in each state (all its counted edges, wherever they lead) and the
-        # members of each component, both in CSR form: arrays rather than a set per state and a
-        # list per component, so the decision needs tens of bytes a state, not hundreds.
-        out_start = array("q", bytes(8 * (n + 1)))
-        for s_ in src:
-            if not off[s_]:
-                out_start[s_ + 1] += 1
-        for i in range(n):
-            out_start[i + 1] += out_start[i]
-        out_lab = array("i", bytes(4 * out_start[n]))
-        fill = out_start[:-1]
-        for s_, a_ in zip(src, lab, strict=True):
-            if not off[s_]:
-                out_lab[fill[s_]] = a_
-                fill[s_] += 1
-        del fill
+        comp, ncomp = _strongly_connected(n, off, start, dst)
+        code = comp.typecode
 
+        # the actions enabled in a state: the labels of all its counted edges, wherever they
+        # lead (the graph is stored by source, so this is a slice)
         def enabled(v: int) -> set[int]:
-            return set(out_lab[out_start[v]:out_start[v + 1]])
+            return set(lab[start[v]:start[v + 1]])
 
-        ncomp = max(comp, default=-1) + 1
-        m_start = array("q", bytes(8 * (ncomp + 1)))
-        order = array("q")  # components in order of their smallest state
+        # the members of each component in CSR form (arrays, not a list per component)
+        m_start = array(code, bytes(comp.itemsize * (ncomp + 1)))
+        order = array(code)  # components in order of their smallest state
         for i in range(n):
             if not off[i]:
                 c = comp[i]
@@ -684,7 +757,7 @@ class _Search(Generic[S, A]):
                 m_start[c + 1] += 1
         for c in range(ncomp):
             m_start[c + 1] += m_start[c]
-        by_comp = array("q", bytes(8 * m_start[ncomp]))  # each component's states, ascending
+        by_comp = array(code, bytes(comp.itemsize * m_start[ncomp]))  # ascending per component
         fill = m_start[:-1]
         for i in range(n):
             if not off[i]:
@@ -697,15 +770,15 @@ class _Search(Generic[S, A]):
             inside: set[int] = set()
             for v in nodes:
                 for k in range(start[v], start[v + 1]):
-                    if comp[succ[k]] == cid:
-                        inside.add(succ_lab[k])
+                    if comp[dst[k]] == cid:
+                        inside.add(lab[k])
             if not inside:
                 continue  # a single state without a self-loop: no cycle here
             always = set.intersection(*(enabled(v) for v in nodes))
             if not always <= inside:
                 continue  # some step enabled throughout is never taken: every cycle is unfair
             entry = min(nodes)  # discovered first, so the shortest path leads to it
-            loop_ids = self._cycle_in(entry, cid, comp, start, succ)
+            loop_ids = self._cycle_in(entry, cid, comp, start, dst)
             initial, steps = self._path_to(entry)
             entry_state = steps[-1].state if steps else initial
             loop = self._walk(entry_state, loop_ids, prop.counts)
@@ -720,7 +793,7 @@ class _Search(Generic[S, A]):
 
     @staticmethod
     def _cycle_in(entry: int, cid: int, comp: array[int], start: array[int],
-                  succ: array[int]) -> list[int]:
+                  dst: array[int]) -> list[int]:
         """A shortest cycle from `entry` back to itself inside component `cid` (state ids
         after `entry`, ending with `entry`)."""
         prev: dict[int, int] = {}
@@ -729,7 +802,7 @@ class _Search(Generic[S, A]):
             nxt_frontier: list[int] = []
             for v in frontier:
                 for k in range(start[v], start[v + 1]):
-                    d_ = succ[k]
+                    d_ = dst[k]
                     if comp[d_] != cid or d_ in prev:
                         continue
                     prev[d_] = v
@@ -745,20 +818,15 @@ class _Search(Generic[S, A]):
             frontier = nxt_frontier
         raise AssertionError("a component with an inner edge has a cycle through each state")
 
-    def _stuck_path(
-        self, start: int, src: array[int], dst: array[int], good: bytearray
-    ) -> tuple[list[int], str]:
-        """From a stuck state, follow counted edges until a state repeats (or none is left)."""
-        out: dict[int, list[int]] = {}
-        for s, d in zip(src, dst, strict=True):
-            if not good[s]:
-                out.setdefault(s, []).append(d)
+    @staticmethod
+    def _stuck_path(node: int, start: array[int], dst: array[int]) -> tuple[list[int], str]:
+        """From a stuck state, follow counted edges until a state repeats (or none is left).
+        Every successor of a stuck state is stuck, so the walk never leaves them."""
         seen: set[int] = set()
         path: list[int] = []
-        node = start
         while node not in seen:
             seen.add(node)
-            nexts = out.get(node)
+            nexts = dst[start[node]:start[node + 1]]
             if not nexts:
                 return path, (
                     "no target state is reachable from here: the steps below lead to a state "
@@ -803,8 +871,11 @@ class TraceRebuildError(RuntimeError):
 
 #: the fingerprint table's first size (slots; it doubles whenever it is half full)
 _TABLE_START = 1 << 12
-#: next-level states held in full before they are spilled into one compressed chunk
-_SPILL_CHUNK = 2048
+#: next-level states held in full before they are spilled into one compressed chunk. A peering
+#: state held in full takes about 2.5 KB, so the chunk sets most of the search's memory beyond
+#: the store: 2,048 cost about 100 bytes a state on `default` (benchmarks/fingerprint_memory.py),
+#: 256 about 13, at no measurable cost in time (zlib still finds the repeats within a chunk)
+_SPILL_CHUNK = 256
 
 
 class _FingerprintSearch(_Search[S, A]):
@@ -818,9 +889,13 @@ class _FingerprintSearch(_Search[S, A]):
     known by its fingerprint alone, as in TLC and in Spin's hash-compact mode.
 
     Liveness needs the graph: every transition that some liveness property counts is stored
-    once (source and destination numbers, array 'I'), with a bit mask of the properties that
-    count it and, if any property asks for weak fairness, its action's number. The decision
-    itself is the exact mode's (_decide_liveness), fed one property's edges at a time.
+    once, in CSR form by source, since the search stores a state's edges together and in state
+    order: one offset per state (``e_start``) and the destination's number per edge (``e_dst``,
+    array 'I'), with, if there are several liveness properties, a bit mask of those that count
+    it (``e_mask``) and, if any asks for weak fairness, its action's number (``e_lab``, one
+    byte while there are at most 256 actions). That is 5 or 6 bytes an edge and 4 a state,
+    where a source number per edge, a mask and a 4-byte label took 13. The decision itself is
+    the exact mode's (_decide_liveness), fed one property's graph at a time.
 
     A counterexample is rebuilt by re-execution: from the concrete initial state, each step
     takes a successor whose fingerprint is the next one on the parent chain, in successor order
@@ -870,12 +945,16 @@ class _FingerprintSearch(_Search[S, A]):
         bits = next(c for c in "BHILQ" if array(c).itemsize * 8 >= max(n_live, 1))
         self.live_bit = {lv.id: 1 << j for j, lv in enumerate(self.liveness)}
         self.target_bits = array(bits)
-        self.e_src = array("I")
+        # the edge store, in CSR form by source (the search stores edges source by source):
+        # state s's edges are e_dst[e_start[s]:e_start[s + 1]]; with several liveness
+        # properties e_mask says which count each edge; with weak fairness e_lab holds its
+        # action's number, in one byte while there are at most 256 actions (see _wider)
+        self.e_start = array("I")
         self.e_dst = array("I")
-        self.e_mask = array(bits)
+        self.e_mask: array[int] | None = array(bits) if n_live > 1 else None
         weak = any(lab is not None for lab in self.labels)
         self.weak_bits = sum(1 << j for j, lab in enumerate(self.labels) if lab is not None)
-        self.e_lab: array[int] | None = array("I") if weak else None
+        self.e_lab: array[int] | None = array("B") if weak else None
         self.edges = []
         self.labels = []
         self.states = []
@@ -976,37 +1055,50 @@ class _FingerprintSearch(_Search[S, A]):
         chain.reverse()
         return chain
 
-    def _target_ids(self, prop: LivenessLike[S, A]) -> list[int]:
+    def _target_ids(self, prop: LivenessLike[S, A]) -> array[int]:
         bit = self.live_bit[prop.id]
-        return [i for i, bits in enumerate(self.target_bits) if bits & bit]
+        return array("I", (i for i, bits in enumerate(self.target_bits) if bits & bit))
 
     def _property_edges(
         self,
-    ) -> Iterable[tuple[LivenessLike[S, A], tuple[array[int], array[int]], array[int] | None]]:
-        # one property's edges at a time, so only one filtered copy exists at once; none at all
-        # for a property that counts every stored edge (e.g. the only one)
+    ) -> Iterator[tuple[LivenessLike[S, A], tuple[array[int], array[int]], array[int] | None]]:
+        # The store is already in CSR form by source (see __init__). One property's edges at a
+        # time, so only one filtered copy exists at once; none at all for a property that
+        # counts every stored edge (the only one, or one without a mask).
+        start, dst, mask = self.e_start, self.e_dst, self.e_mask
+        n = self.count
+        if len(start) == n:  # the end of the last state's edges
+            start.append(len(dst))
         for prop in self.liveness:
             bit = self.live_bit[prop.id]
-            src, dst = array("I"), array("I")
-            lab: array[int] | None = None
-            if prop.id not in self.violated and all(m & bit for m in self.e_mask):
-                src, dst = self.e_src, self.e_dst
-                lab = self.e_lab if bit & self.weak_bits else None
-            elif prop.id not in self.violated:
-                src.extend(s for s, m in zip(self.e_src, self.e_mask, strict=True) if m & bit)
-                dst.extend(d for d, m in zip(self.e_dst, self.e_mask, strict=True) if m & bit)
-                if bit & self.weak_bits and self.e_lab is not None:
-                    lab = array("I", (a for a, m in zip(self.e_lab, self.e_mask, strict=True)
-                                      if m & bit))
-            elif bit & self.weak_bits:
-                lab = array("I")
-            yield prop, (src, dst), lab
+            lab = self.e_lab if bit & self.weak_bits else None
+            if prop.id in self.violated or mask is None or all(m & bit for m in mask):
+                yield prop, (start, dst), lab
+                continue
+            f_start, f_dst = array("I", [0]), array("I")
+            f_lab = None if lab is None else array(lab.typecode)
+            for s in range(n):
+                for k in range(start[s], start[s + 1]):
+                    if mask[k] & bit:
+                        f_dst.append(dst[k])
+                        if f_lab is not None and lab is not None:
+                            f_lab.append(lab[k])
+                f_start.append(len(f_dst))
+            yield prop, (f_start, f_dst), f_lab
+            del f_start, f_dst, f_lab
 
     def _decide_liveness(self) -> None:
         # the table only serves lookups during the search: free it before the decision's arrays
         self.table_bytes = sys.getsizeof(self.table)
         self.table = array("I")
         super()._decide_liveness()
+
+    def _wider(self) -> array[int]:
+        """The label store in the next wider typecode (one action number did not fit)."""
+        assert self.e_lab is not None
+        code = "H" if self.e_lab.typecode == "B" else "I"
+        self.e_lab = array(code, self.e_lab)
+        return self.e_lab
 
     def _action_id(self, action: A) -> int:
         aid = self.action_ids.get(action)
@@ -1018,8 +1110,8 @@ class _FingerprintSearch(_Search[S, A]):
         store = (sys.getsizeof(self.fps) + sys.getsizeof(self.parent)
                  + max(sys.getsizeof(self.table), self.table_bytes)
                  + sys.getsizeof(self.target_bits))
-        edges = (sys.getsizeof(self.e_src) + sys.getsizeof(self.e_dst)
-                 + sys.getsizeof(self.e_mask)
+        edges = (sys.getsizeof(self.e_start) + sys.getsizeof(self.e_dst)
+                 + (sys.getsizeof(self.e_mask) if self.e_mask is not None else 0)
                  + (sys.getsizeof(self.e_lab) if self.e_lab is not None else 0))
         generated = self.generated + self.transitions
         return FingerprintReport(
@@ -1029,7 +1121,7 @@ class _FingerprintSearch(_Search[S, A]):
             collisions_detected=self.collisions,
             state_store_bytes=store,
             edge_store_bytes=edges,
-            edges=len(self.e_src),
+            edges=len(self.e_dst),
             peak_frontier=self.peak_frontier,
             peak_frontier_bytes=self.peak_frontier_bytes,
             distinct_states=self.count,
@@ -1100,7 +1192,7 @@ class _FingerprintSearch(_Search[S, A]):
         checks = self.checks
         tinvs = [(t.id, t.holds) for t in self.transition_invariants]
         live = [(lv.counts, self.live_bit[lv.id]) for lv in self.liveness]
-        e_src, e_dst, e_mask, e_lab = self.e_src, self.e_dst, self.e_mask, self.e_lab
+        e_start, e_dst, e_mask, e_lab = self.e_start, self.e_dst, self.e_mask, self.e_lab
         action_id = self._action_id
         canonical = self._canonical if self.reductions else None
         max_depth = self.bounds.max_depth
@@ -1133,6 +1225,8 @@ class _FingerprintSearch(_Search[S, A]):
                     cur_end = cur_start + len(cur)
                     for offset, state in enumerate(cur):
                         sid = cur_start + offset
+                        if live:
+                            e_start.append(len(e_dst))
                         for action, concrete in successors(state):
                             nxt = canonical(concrete) if canonical is not None else concrete
                             transitions += 1
@@ -1188,11 +1282,16 @@ class _FingerprintSearch(_Search[S, A]):
                                     if counts(action):
                                         bits |= bit
                                 if bits:
-                                    e_src.append(sid)
                                     e_dst.append(nid)
-                                    e_mask.append(bits)
+                                    if e_mask is not None:
+                                        e_mask.append(bits)
                                     if e_lab is not None:
-                                        e_lab.append(action_id(action))
+                                        aid = action_id(action)
+                                        try:
+                                            e_lab.append(aid)
+                                        except OverflowError:
+                                            e_lab = self._wider()
+                                            e_lab.append(aid)
                     if len(cur) + len(level) > self.peak_frontier:
                         self.peak_frontier = len(cur) + len(level)
                     cur_start = cur_end
@@ -1211,22 +1310,60 @@ class _FingerprintSearch(_Search[S, A]):
         super()._tick(cursor, depth)
 
 
-def _strongly_connected(n: int, off: bytearray, start: array[int], succ: array[int]
-                        ) -> array[int]:
-    """Tarjan's algorithm, iterative: a component number for every state not `off`."""
-    index = array("q", [-1]) * n
-    low = array("q", [0]) * n
-    comp = array("q", [-1]) * n
+def _index_code(limit: int) -> str:
+    """The typecode of an unsigned array that holds every number below `limit`."""
+    return "I" if limit <= 0xFFFFFFFF else "Q"
+
+
+def _by_source(n: int, src: array[int], dst: array[int], lab: array[int] | None
+               ) -> tuple[array[int], array[int], array[int] | None]:
+    """Edges given as (src, dst[, lab]) in CSR form by source: (start, dst, lab), the edges of
+    each source in their given order."""
+    code = _index_code(max(n, len(dst)) + 1)
+    start = array(code, bytes(array(code).itemsize * (n + 1)))
+    ordered = True
+    last = 0
+    for s in src:
+        start[s + 1] += 1
+        if s < last:
+            ordered = False
+        last = s
+    for i in range(n):
+        start[i + 1] += start[i]
+    if ordered:  # the searches store edges source by source: nothing to move
+        return start, dst, lab
+    fill = start[:-1]
+    out_dst = array(dst.typecode, bytes(dst.itemsize * len(dst)))
+    out_lab = None if lab is None else array(lab.typecode, bytes(lab.itemsize * len(lab)))
+    for k, s in enumerate(src):
+        out_dst[fill[s]] = dst[k]
+        if out_lab is not None and lab is not None:
+            out_lab[fill[s]] = lab[k]
+        fill[s] += 1
+    return start, out_dst, out_lab
+
+
+def _strongly_connected(n: int, off: bytearray, start: array[int], dst: array[int]
+                        ) -> tuple[array[int], int]:
+    """Tarjan's algorithm, iterative, over the edges between states not `off`: a component
+    number for every such state (the array's largest value for an `off` one), and the number
+    of components."""
+    code = _index_code(max(n, len(dst)) + 2)
+    size = array(code).itemsize
+    none = (1 << (8 * size)) - 1
+    index = array(code, bytes(size * n))  # 0: not visited yet; visit numbers start at 1
+    low = array(code, bytes(size * n))
+    comp = array(code, [none]) * n
     on_stack = bytearray(n)
-    stack = array("q")
+    stack = array(code)
     # the depth-first work stack as two arrays (state, next edge), not a list of tuples: it can
     # grow as deep as there are states
-    work_v = array("q")
-    work_k = array("q")
-    counter = 0
+    work_v = array(code)
+    work_k = array(code)
+    counter = 1
     ncomp = 0
     for root in range(n):
-        if off[root] or index[root] >= 0:
+        if off[root] or index[root]:
             continue
         work_v.append(root)
         work_k.append(start[root])
@@ -1239,8 +1376,10 @@ def _strongly_connected(n: int, off: bytearray, start: array[int], succ: array[i
             k = work_k[-1]
             if k < start[v + 1]:
                 work_k[-1] = k + 1
-                w = succ[k]
-                if index[w] < 0:
+                w = dst[k]
+                if off[w]:
+                    continue
+                if not index[w]:
                     index[w] = low[w] = counter
                     counter += 1
                     stack.append(w)
@@ -1264,7 +1403,7 @@ def _strongly_connected(n: int, off: bytearray, start: array[int], succ: array[i
                     if w == v:
                         break
                 ncomp += 1
-    return comp
+    return comp, ncomp
 
 
 def replay(model: Model[S, A], initial: S, actions: Sequence[A]) -> list[S]:

@@ -522,9 +522,9 @@ class _ParallelSearch(_Search[S, A]):
         self.frontier = 0  # states in the level about to be expanded, over all workers
         self.level_start = 0  # steps taken before the level being expanded
 
-    def _target_ids(self, prop: LivenessLike[S, A]) -> list[int]:
+    def _target_ids(self, prop: LivenessLike[S, A]) -> array[int]:
         flags = next(f for p, f in zip(self.liveness, self.flags, strict=True) if p is prop)
-        return [i for i, flag in enumerate(flags) if flag]
+        return array("q", (i for i, flag in enumerate(flags) if flag))
 
     def _seed(self) -> None:
         first: dict[S, int] = {}

@@ -649,3 +649,95 @@ def test_weak_fairness_self_loop_is_a_fair_cycle_only_if_nothing_else_is_always_
     assert not check(_named_model(stutter, "weak")).ok  # also a trap for reachability
     escapable = {0: [("wait", 0), ("go", 9)]}
     assert check(_named_model(escapable, "weak")).ok
+
+
+# --------------------------------------------------------------------------------------------
+# the lean loop (no transition invariants, liveness or reductions) against the general one
+
+
+def _general(model: Any) -> Any:
+    """The same model with a transition invariant that always holds: the engine then runs
+    its general loop (dict lookups, an edge per transition) instead of the lean one."""
+    model.transition_invariants = (
+        TransitionInvariant[Counters, int]("always", "always holds", lambda s, a, t: True),
+    )
+    return model
+
+
+def _summary(result: Result[Any, Any]) -> tuple[Any, ...]:
+    return (
+        result.distinct_states,
+        result.transitions,
+        result.depth,
+        result.complete,
+        result.stopped_because,
+        [(p.id, p.verdict) for p in result.properties if p.id != "always"],
+        [(c.property_id, c.initial, c.steps) for c in result.counterexamples],
+    )
+
+
+@pytest.mark.parametrize("stop_at_first", [True, False])
+@pytest.mark.parametrize("max_states", [None, 1, 2, 37, 200])
+@pytest.mark.parametrize("invariants", ["none", "one", "three"])
+def test_lean_loop_stops_where_the_general_loop_stops(
+    invariants: str, max_states: int | None, stop_at_first: bool
+) -> None:
+    # the lean loop counts transitions per state, keeps parents in a list per block and looks
+    # at the clock per block: none of that may move a count, a stop or a counterexample
+    def build() -> Any:
+        model = counters(4, 3)
+        if invariants == "none":
+            model.invariants = ()
+        elif invariants == "three":
+            model.invariants = (
+                Invariant[Counters]("first-low", "x", lambda s: s[0] < 2),
+                Invariant[Counters]("sum-low", "y", lambda s: sum(s) < 5),
+                Invariant[Counters]("last-low", "z", lambda s: s[-1] < 3),
+            )
+        return model
+
+    bounds = Bounds(max_states=max_states, stop_at_first=stop_at_first)
+    lean = check(build(), bounds)
+    general = check(_general(build()), bounds)
+    assert _summary(lean) == _summary(general)
+    if invariants == "three" and max_states in (None, 200):
+        assert lean.counterexamples  # the comparison covered counterexamples
+
+
+def test_lean_loop_crosses_blocks_and_clock_ticks() -> None:
+    # 6**5 = 7,776 states: more than one block of expanded states (1,024) in the widest levels
+    # and more than one clock interval (4,096 new states); the invariant first fails deep
+    def build() -> Any:
+        model = counters(5, 5)
+        model.invariants = (Invariant[Counters]("sum", "x", lambda s: sum(s) < 22),)
+        return model
+
+    ticks: list[Progress] = []
+    lean = check(build(), Bounds(stop_at_first=False), progress=ticks.append,
+                 progress_interval=0.0)
+    general = check(_general(build()), Bounds(stop_at_first=False))
+    assert _summary(lean) == _summary(general)
+    assert len(ticks) >= 2 and ticks[-1].states == 6**5
+    # the invariant is called once on every state, across blocks
+    called: list[Counters] = []
+    model = counters(5, 5)
+    model.invariants = (Invariant[Counters]("log", "x", lambda s: called.append(s) is None),)
+    assert check(model).ok
+    assert len(called) == 6**5 and len(set(called)) == 6**5
+    assert lean.counterexample is not None and len(lean.counterexample.steps) == 22
+
+
+def test_edges_by_source_keep_each_sources_order() -> None:
+    # the searches store edges source by source, so _by_source normally moves nothing; given
+    # them in any order it must still group them by source, each source's in the given order
+    from array import array
+
+    from peerkit.checker.engine import _by_source
+
+    src, dst, lab = array("q", [2, 0, 2, 1]), array("q", [5, 6, 7, 8]), array("i", [1, 2, 3, 4])
+    start, out_dst, out_lab = _by_source(3, src, dst, lab)
+    assert list(start) == [0, 1, 2, 4]
+    assert list(out_dst) == [6, 8, 5, 7] and out_lab is not None and list(out_lab) == [2, 4, 1, 3]
+    ordered = array("q", [0, 2, 2])
+    start, same_dst, no_lab = _by_source(3, ordered, array("q", [1, 2, 3]), None)
+    assert list(start) == [0, 1, 1, 3] and list(same_dst) == [1, 2, 3] and no_lab is None

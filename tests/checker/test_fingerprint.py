@@ -138,6 +138,29 @@ def test_the_weak_ring_finds_what_it_should() -> None:
     assert result.fingerprints is not None and result.fingerprints.edges > 0
 
 
+def _wide_ring(n: int) -> StepModel[int, Any]:
+    """A cycle of n states, each step its own action, that state 0 can leave for a target:
+    every state reaches the target, yet going round for ever is fair (leaving is enabled in
+    state 0 only), so weak fairness finds the whole cycle. With n above 256 the action numbers
+    no longer fit the one-byte label store."""
+    return StepModel(
+        name=f"wide ring {n}",
+        initial=lambda: [0],
+        enabled=lambda s: [] if s < 0 else [("step", s)] + ([("exit",)] if s == 0 else []),
+        step=lambda s, a: -1 if a == ("exit",) else (s + 1) % n,
+        liveness=(Liveness("exit", "the ring is left", lambda s: s < 0, fairness="weak"),),
+    )
+
+
+@pytest.mark.parametrize("n", [5, 300, 70_000])
+def test_many_actions_widen_the_label_store(n: int) -> None:
+    model = _wide_ring(n)
+    result = check(model, fingerprints=True)
+    _same(check(model), result)
+    assert result.counterexample is not None and len(result.counterexample.loop) == n
+    assert result.fingerprints is not None and result.fingerprints.edges == n + 1
+
+
 @pytest.mark.parametrize("bounds", [Bounds(max_states=50), Bounds(max_depth=3)])
 def test_bounds_stop_fingerprint_mode_where_they_stop_the_exact_mode(bounds: Bounds) -> None:
     model = counters(4, 3)
