@@ -103,9 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--max-seconds", type=positive_float, metavar="S",
                      help="stop after S seconds of search (exit 3 if nothing was violated)")
     chk.add_argument("--fingerprints", action="store_true",
-                     help="store each visited state as a 64-bit fingerprint (about 30 bytes, "
-                     "not about 1 KB), as TLC does; the report gives the probability that a "
-                     "fingerprint collision omitted a state")
+                     help="store each visited state as a 64-bit fingerprint, as TLC does "
+                     "(measured on the peering model: 61 to 79 bytes a state at peak, "
+                     "liveness graph included, against about 800 exact); the report gives "
+                     "the probability that a fingerprint collision omitted a state")
     chk.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
     where = chk.add_mutually_exclusive_group()
     where.add_argument("--workers", type=positive_int, metavar="N",
