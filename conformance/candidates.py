@@ -30,8 +30,10 @@ May import: the standard library, ``peerkit.model``, ``abstraction`` and ``memo`
 
 from __future__ import annotations
 
+import gc
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import NamedTuple
 
 from peerkit.model.machine import PeeringModel
@@ -62,6 +64,20 @@ def divergences(exc: BaseException) -> list[Divergence]:
     if isinstance(exc, BaseExceptionGroup):
         return [d for e in exc.exceptions for d in divergences(e)]
     return []
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No garbage-collector passes meanwhile: a closure makes tens of thousands of tuples (new
+    worlds, candidates, views) and no reference cycles, and the collector's passes over them
+    (and over the memo's tables) took half of a large closure's time."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 class ClosureTooLarge(Exception):
@@ -155,12 +171,15 @@ class Candidates:
         """Unobserved time passed: keep every state the protocol can reach from a candidate
         (trace validation of a live system: steps may happen between an observation and the
         next operator call)."""
-        order, _parents = self._closure()
+        with _collector_paused():
+            order, _parents = self._closure()
         self.states = frozenset(order)
 
     def _closure(self, start: Iterable[Candidate] | None = None,
                  parents: dict[Candidate, list[tuple[Candidate, object]]] | None = None,
                  ) -> tuple[list[Candidate], dict[Candidate, list[tuple[Candidate, object]]]]:
+        """Every candidate the protocol reaches from ``start`` (default: the candidates),
+        breadth first, and the edges into each. Call it with the collector paused."""
         order: list[Candidate] = list(self.states if start is None else start)
         seen: set[Candidate] = set(order)
         parents = {} if parents is None else parents
@@ -195,25 +214,8 @@ class Candidates:
         key = (self.states, observed, self.edge_key) if not faults else None
         known = self.memo.observations.get(key) if key is not None else None
         if known is None:
-            order, parents = self._closure()
-            for fault in faults:
-                faulted: list[Candidate] = []
-                for c in order:
-                    for a in self.memo.enabled(c.world)[1]:
-                        if fault(c.world, a):
-                            w = self.memo.step(c.world, a)
-                            n = Candidate(w, _seen(c.zombie_seen, self.memo.info(w).zombies))
-                            parents.setdefault(n, []).append((c, a))
-                            faulted.append(n)
-                # a fault spends its budget, so these states are none of the states before it
-                order, parents = self._closure(dict.fromkeys(faulted), parents)
-            matching = [c for c in order if self._view(c) == observed]
-            if not matching:
-                raise Divergence(self._explain(what, observed, order))
-            covered: set[EdgeKey] = set()
-            if self.edge_key is not None:
-                self._cover(matching, parents, covered)
-            known = (frozenset(matching), frozenset(covered), len(order))
+            with _collector_paused():
+                known = self._observe(observed, what, faults)
             if key is not None:
                 self.memo.observations.put(key, known)
         states, edges, size = known
@@ -222,6 +224,29 @@ class Candidates:
         if not self.history or not self.history[-1].endswith(what):
             self.history.append(what)
         self.states = states
+
+    def _observe(self, observed: View, what: str, faults: Sequence[FaultFn],
+                 ) -> tuple[frozenset[Candidate], frozenset[EdgeKey], int]:
+        """The outcome of an observation (see ``observe``); a Divergence if nothing matches."""
+        order, parents = self._closure()
+        for fault in faults:
+            faulted: list[Candidate] = []
+            for c in order:
+                for a in self.memo.enabled(c.world)[1]:
+                    if fault(c.world, a):
+                        w = self.memo.step(c.world, a)
+                        n = Candidate(w, _seen(c.zombie_seen, self.memo.info(w).zombies))
+                        parents.setdefault(n, []).append((c, a))
+                        faulted.append(n)
+            # a fault spends its budget, so these states are none of the states before it
+            order, parents = self._closure(dict.fromkeys(faulted), parents)
+        matching = [c for c in order if self._view(c) == observed]
+        if not matching:
+            raise Divergence(self._explain(what, observed, order))
+        covered: set[EdgeKey] = set()
+        if self.edge_key is not None:
+            self._cover(matching, parents, covered)
+        return frozenset(matching), frozenset(covered), len(order)
 
     def _cover(self, matching: list[Candidate],
                parents: dict[Candidate, list[tuple[Candidate, object]]],

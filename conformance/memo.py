@@ -25,7 +25,7 @@ Bounded: each table keeps at most ``size`` recent entries in each of two generat
 new generation is full it becomes the old one and the old one is dropped; a hit in the old one
 moves the entry back), so memory stays bounded and the entries in use stay.
 
-May import: the standard library, ``peerkit.model`` and ``abstraction``.
+May import: the standard library and ``peerkit.model``.
 """
 
 from __future__ import annotations
@@ -37,8 +37,6 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from peerkit.model import actions as A
 from peerkit.model.machine import PeeringModel
 from peerkit.model.state import World
-
-from .abstraction import model_zombies
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -76,8 +74,9 @@ class Memo(Generic[K, V]):
 
 
 def zombies(w: World) -> tuple[bool, ...]:
-    """Per cluster: a deletion routine runs for a term other than the current one."""
-    return tuple(bool(cl.deleters) and model_zombies(cl) > 0 for cl in w.clusters)
+    """Per cluster: a deletion routine runs for a term other than the current one (as
+    ``abstraction.model_zombies`` counts them; asked of every state a closure reaches)."""
+    return tuple(any(t != cl.term for t in cl.deleters) for cl in w.clusters)
 
 
 class WorldInfo(NamedTuple):
