@@ -4,16 +4,17 @@ the model checker's shortest counterexample and the replay of it.
 Run from the repository root with the project's venv:
 
     .venv/bin/python benchmarks/conformance_shrink.py [--seeds K] [--budget N] [--json PATH]
-        [--bug BUG ...] [--shrink-seconds S]
+        [--first-seed S0] [--bug BUG ...] [--shrink-seconds S]
 
 Method: for each bug switch (on in the implementation only) and each Hypothesis seed
-(``hypothesis.core.global_force_seed`` 0..K-1), the conformance state machine runs with shrinking
-on and the database off until it fails; the program Hypothesis prints for the shrunk failure (the
-``state.rule(...)`` lines it attaches to the exception) is counted, without ``setup`` and
-``teardown``. The checker's side comes from ``tests/conformance/counterexamples/BUG.json`` (the
-shortest counterexample, ``peerkit check --json``): all its steps, and its environment actions
-(operator calls and faults, the steps a driver rule pins; the protocol steps between them happen
-by themselves in the implementation). The replay is ``peerkit.conformance.replay.translate`` of
+(``hypothesis.core.global_force_seed`` S0..S0+K-1, S0 = 0 by default), the conformance state
+machine runs with shrinking on and the database off until it fails; the program Hypothesis
+prints for the shrunk failure (the ``state.rule(...)`` lines it attaches to the exception) is
+counted, without ``setup`` and ``teardown``. The checker's side comes from
+``tests/conformance/counterexamples/BUG.json`` (the shortest counterexample, ``peerkit check
+--json``): all its steps, and its environment actions (operator calls and faults, the steps a
+driver rule pins; the protocol steps between them happen by themselves in the implementation).
+The replay is ``peerkit.conformance.replay.translate`` of
 that file (environment actions plus the ``advance`` and ``hold`` rules it needs).
 
 ``--shrink-seconds`` bounds the shrinking of each failure: Hypothesis stops shrinking at its next
@@ -93,6 +94,8 @@ def checker_side(bug: str) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the seeds are FIRST_SEED .. FIRST_SEED + SEEDS - 1")
     parser.add_argument("--budget", type=int, default=2_500)
     parser.add_argument("--bug", action="append", default=[])
     parser.add_argument("--shrink-seconds", type=float,
@@ -103,11 +106,12 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger("peerkit").setLevel(logging.CRITICAL)
     results: dict[str, Any] = {"machine": machine_info(), "seeds": args.seeds,
+                               "first_seed": args.first_seed,
                                "budget": args.budget, "shrink_seconds": args.shrink_seconds,
                                "bugs": {}}
     for bug in args.bug or sorted(BUGS):
         runs = [shrunk(bug, seed, args.budget, args.shrink_seconds)
-                for seed in range(args.seeds)]
+                for seed in range(args.first_seed, args.first_seed + args.seeds)]
         caught = [r["rules"] for r in runs if r["caught"]]
         entry = checker_side(bug) | {
             "runs": runs,
