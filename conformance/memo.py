@@ -41,8 +41,10 @@ from peerkit.model.state import World
 K = TypeVar("K")
 V = TypeVar("V")
 
-#: entries per generation of the per-world tables (two generations are kept)
-WORLDS = 60_000
+#: entries per generation of the per-world tables (two generations are kept): a world's entry
+#: (its successors, its view) takes about 3.5 KB, so a full memo about 200 MB; most worlds a
+#: large closure visits are new anyway, and the recent ones are the ones asked again
+WORLDS = 30_000
 #: entries per generation of the per-observation and per-pin tables
 OUTCOMES = 20_000
 

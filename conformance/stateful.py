@@ -116,10 +116,11 @@ ADVANCES = (0.1, 1.0, 2.0, 5.0, 16.0, 60.0, 300.0)
 RULE_KINDS = ("operator", "churn", "reset", "failover", "hold", "settle")
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4)
 def shared_model(config: Config, bugs: frozenset[str]) -> PeeringModel:
     """One model object per (configuration, bugs), shared by every example, so that the
-    answers ``Candidates`` remembers of it (``memo``) serve the whole run."""
+    answers ``Candidates`` remembers of it (``memo``) serve the whole run. The four most recent
+    are kept (a memo goes with its model), which bounds the memory a long session holds."""
     return PeeringModel(config, bugs)
 
 
