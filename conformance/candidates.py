@@ -21,25 +21,28 @@ term ended" (history the world does not keep; see ``abstraction``). Coverage is 
 the edges that lie on a path to a surviving candidate.
 
 Action types this module does not know are simply followed if the model calls them protocol
-steps, and driven never: it relies only on ``PeeringModel.initial/enabled/step``,
-``actions.is_protocol`` and ``properties.unsettled_reason``.
+steps, and driven never: it relies only on ``PeeringModel.enabled/step/protocol_successors``,
+``actions.is_protocol`` and ``properties.unsettled_reason``, asked through ``memo`` (which
+remembers the answers, and the outcome of each observation and pin, for the next example).
 
-May import: the standard library and ``peerkit.model``.
+May import: the standard library, ``peerkit.model``, ``abstraction`` and ``memo``.
 """
 
 from __future__ import annotations
 
+import gc
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import NamedTuple
 
-from peerkit.model import actions as A
 from peerkit.model.machine import PeeringModel
 from peerkit.model.properties import unsettled_reason
 from peerkit.model.render import describe_action
 from peerkit.model.state import World
 
-from .abstraction import View, describe, diff, model_view, model_zombies
+from .abstraction import View, describe, diff, model_view
+from .memo import memo_for
 
 #: the most states one closure may visit
 DEFAULT_LIMIT = 60_000
@@ -63,6 +66,20 @@ def divergences(exc: BaseException) -> list[Divergence]:
     return []
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No garbage-collector passes meanwhile: a closure makes tens of thousands of tuples (new
+    worlds, candidates, views) and no reference cycles, and the collector's passes over them
+    (and over the memo's tables) took half of a large closure's time."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
 class ClosureTooLarge(Exception):
     """The protocol closure exceeded its bound; the comparison is inconclusive."""
 
@@ -73,24 +90,27 @@ KeyFn = Callable[[World, object, World], EdgeKey]
 FaultFn = Callable[[World, object], bool]
 
 
-def _seen(c: Candidate, w: World) -> tuple[bool, ...]:
-    return tuple(old or model_zombies(cl) > 0 for old, cl in zip(c.zombie_seen, w.clusters,
-                                                                 strict=True))
+def _seen(old: tuple[bool, ...], now: tuple[bool, ...]) -> tuple[bool, ...]:
+    """The sticky zombie bits of a candidate after a step into a world with zombies ``now``."""
+    if old == now or not any(old):
+        return now
+    return tuple(o or n for o, n in zip(old, now, strict=True))
 
 
 class Candidates:
     def __init__(self, model: PeeringModel, start: Iterable[World], *,
                  limit: int = DEFAULT_LIMIT, edge_key: KeyFn | None = None) -> None:
         self.model = model
+        #: the model's answers, remembered across the Candidates of the same model object
+        self.memo = memo_for(model)
         self.limit = limit
         self.edge_key = edge_key
-        self.states: set[Candidate] = set()
-        for w in start:
-            self.states.add(Candidate(w, tuple(model_zombies(cl) > 0 for cl in w.clusters)))
+        self.states: frozenset[Candidate] = frozenset(
+            Candidate(w, self.memo.info(w).zombies) for w in start)
         self.covered: set[EdgeKey] = set()
         self.history: list[str] = []  # what was pinned / observed, for messages
         self.largest_closure = 0
-        self._env_cache: tuple[set[Candidate], set[object]] | None = None
+        self._env_cache: tuple[frozenset[Candidate], set[object]] | None = None
 
     # -- queries -----------------------------------------------------------------------------
     def worlds(self) -> list[World]:
@@ -102,57 +122,73 @@ class Candidates:
             return self._env_cache[1]
         out: set[object] = set()
         for c in self.states:
-            out.update(a for a in self.model.enabled(c.world) if not A.is_protocol(a))
+            out.update(self.memo.enabled(c.world)[1])
         self._env_cache = (self.states, out)  # holds the set: no reuse of its identity
         return out
 
+    def _view(self, c: Candidate) -> View:
+        found = self.memo.views.get(c)
+        if found is None:
+            found = model_view(c.world, c.zombie_seen)
+            self.memo.views.put(c, found)
+        return found
+
     def views(self) -> set[View]:
-        return {model_view(c.world, c.zombie_seen) for c in self.states}
+        return {self._view(c) for c in self.states}
 
     # -- advancing ---------------------------------------------------------------------------
     def pin(self, actions: Iterable[object], what: str) -> None:
         """Apply one of ``actions`` (several when the driver's step maps to more than one model
         action, e.g. a reset of a stream the model may number differently)."""
-        chosen = list(actions)
-        nxt: set[Candidate] = set()
-        for c in self.states:
-            enabled = set(self.model.enabled(c.world))
-            for a in chosen:
-                if a in enabled:
-                    w = self.model.step(c.world, a)
-                    if self.edge_key is not None:
-                        self.covered.add(self.edge_key(c.world, a, w))
-                    nxt.add(Candidate(w, _seen(c, w)))
+        chosen = tuple(actions)
+        key = (self.states, chosen, self.edge_key)
+        known = self.memo.pins.get(key)
+        if known is None:
+            nxt: set[Candidate] = set()
+            covered: set[EdgeKey] = set()
+            for c in self.states:
+                enabled = self.memo.enabled(c.world)[0]
+                for a in chosen:
+                    if a in enabled:
+                        w = self.memo.step(c.world, a)
+                        if self.edge_key is not None:
+                            covered.add(self.edge_key(c.world, a, w))
+                        nxt.add(Candidate(w, _seen(c.zombie_seen, self.memo.info(w).zombies)))
+            known = (frozenset(nxt), frozenset(covered))
+            if nxt:
+                self.memo.pins.put(key, known)
+        states, edges = known
         self.history.append("pinned: " + what)
-        if not nxt:
+        if not states:
             names = ", ".join(describe_action(a) for a in chosen)
             raise Divergence(
                 f"after: {what}\nthe model cannot do it in any of the {len(self.states)} "
                 f"candidate states ({names})")
-        self.states = nxt
+        self.covered |= edges
+        self.states = states
 
     def close(self) -> None:
         """Unobserved time passed: keep every state the protocol can reach from a candidate
         (trace validation of a live system: steps may happen between an observation and the
         next operator call)."""
-        order, _parents = self._closure()
-        self.states = set(order)
+        with _collector_paused():
+            order, _parents = self._closure()
+        self.states = frozenset(order)
 
     def _closure(self, start: Iterable[Candidate] | None = None,
                  parents: dict[Candidate, list[tuple[Candidate, object]]] | None = None,
                  ) -> tuple[list[Candidate], dict[Candidate, list[tuple[Candidate, object]]]]:
+        """Every candidate the protocol reaches from ``start`` (default: the candidates),
+        breadth first, and the edges into each. Call it with the collector paused."""
         order: list[Candidate] = list(self.states if start is None else start)
         seen: set[Candidate] = set(order)
         parents = {} if parents is None else parents
         queue = deque(order)
-        model = self.model
+        info = self.memo.info
         while queue:
             c = queue.popleft()
-            for a in model.enabled(c.world):
-                if not A.is_protocol(a):
-                    continue
-                w = model.step(c.world, a)
-                n = Candidate(w, _seen(c, w))
+            for a, w, zombies in info(c.world).protocol:
+                n = Candidate(w, _seen(c.zombie_seen, zombies))
                 parents.setdefault(n, []).append((c, a))
                 if n not in seen:
                     seen.add(n)
@@ -169,37 +205,59 @@ class Candidates:
         """``faults``: the implementation made these faults happen on its own since the last
         observation (a store write failed where the driver armed it to, a handler timed out):
         the matching states are those reached by protocol steps, then for each ``fault`` in
-        turn one fault action ``a`` with ``fault(world, a)`` and protocol steps again."""
+        turn one fault action ``a`` with ``fault(world, a)`` and protocol steps again.
+
+        Without faults the outcome (the matching states, the edges covered, the closure's size)
+        depends only on the candidates and the view, so it is remembered (``memo``): the same
+        observation again (an example's prefix shared with an earlier one, or a rule that left
+        the view unchanged) costs a look-up."""
+        key = (self.states, observed, self.edge_key) if not faults else None
+        known = self.memo.observations.get(key) if key is not None else None
+        if known is None:
+            with _collector_paused():
+                known = self._observe(observed, what, faults)
+            if key is not None:
+                self.memo.observations.put(key, known)
+        states, edges, size = known
+        self.largest_closure = max(self.largest_closure, size)
+        self.covered |= edges
+        if not self.history or not self.history[-1].endswith(what):
+            self.history.append(what)
+        self.states = states
+
+    def _observe(self, observed: View, what: str, faults: Sequence[FaultFn],
+                 ) -> tuple[frozenset[Candidate], frozenset[EdgeKey], int]:
+        """The outcome of an observation (see ``observe``); a Divergence if nothing matches."""
         order, parents = self._closure()
         for fault in faults:
             faulted: list[Candidate] = []
             for c in order:
-                for a in self.model.enabled(c.world):
-                    if not A.is_protocol(a) and fault(c.world, a):
-                        w = self.model.step(c.world, a)
-                        n = Candidate(w, _seen(c, w))
+                for a in self.memo.enabled(c.world)[1]:
+                    if fault(c.world, a):
+                        w = self.memo.step(c.world, a)
+                        n = Candidate(w, _seen(c.zombie_seen, self.memo.info(w).zombies))
                         parents.setdefault(n, []).append((c, a))
                         faulted.append(n)
             # a fault spends its budget, so these states are none of the states before it
             order, parents = self._closure(dict.fromkeys(faulted), parents)
-        matching = [c for c in order if model_view(c.world, c.zombie_seen) == observed]
+        matching = [c for c in order if self._view(c) == observed]
         if not matching:
             raise Divergence(self._explain(what, observed, order))
+        covered: set[EdgeKey] = set()
         if self.edge_key is not None:
-            self._cover(matching, parents)
-        if not self.history or not self.history[-1].endswith(what):
-            self.history.append(what)
-        self.states = set(matching)
+            self._cover(matching, parents, covered)
+        return frozenset(matching), frozenset(covered), len(order)
 
     def _cover(self, matching: list[Candidate],
-               parents: dict[Candidate, list[tuple[Candidate, object]]]) -> None:
+               parents: dict[Candidate, list[tuple[Candidate, object]]],
+               covered: set[EdgeKey]) -> None:
         assert self.edge_key is not None
         todo = list(matching)
         done = set(todo)
         while todo:
             n = todo.pop()
             for p, a in parents.get(n, ()):
-                self.covered.add(self.edge_key(p.world, a, n.world))
+                covered.add(self.edge_key(p.world, a, n.world))
                 if p not in done:
                     done.add(p)
                     todo.append(p)
@@ -207,7 +265,7 @@ class Candidates:
     def require_settled(self, what: str) -> None:
         settled = [c for c in self.states if unsettled_reason(self.model, c.world) is None]
         if settled:
-            self.states = set(settled)
+            self.states = frozenset(settled)
             return
         reasons = sorted({str(unsettled_reason(self.model, c.world)) for c in self.states})
         sample = min(self.states, key=lambda c: len(repr(c.world)))
@@ -221,7 +279,7 @@ class Candidates:
 
     # -- messages ----------------------------------------------------------------------------
     def _explain(self, what: str, observed: View, order: list[Candidate]) -> str:
-        views = {model_view(c.world, c.zombie_seen) for c in order}
+        views = {self._view(c) for c in order}
         ranked = sorted(views, key=lambda v: (len(diff(v, observed)), repr(v)))
         lines = [
             f"after: {what}",

@@ -61,6 +61,7 @@ Requires Hypothesis (a test dependency). May import: the standard library, trio,
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import tempfile
@@ -115,6 +116,14 @@ ADVANCES = (0.1, 1.0, 2.0, 5.0, 16.0, 60.0, 300.0)
 RULE_KINDS = ("operator", "churn", "reset", "failover", "hold", "settle")
 
 
+@functools.lru_cache(maxsize=4)
+def shared_model(config: Config, bugs: frozenset[str]) -> PeeringModel:
+    """One model object per (configuration, bugs), shared by every example, so that the
+    answers ``Candidates`` remembers of it (``memo``) serve the whole run. The four most recent
+    are kept (a memo goes with its model), which bounds the memory a long session holds."""
+    return PeeringModel(config, bugs)
+
+
 def _swarm(draws: tuple[int, ...]) -> frozenset[str]:
     """Each kind of rule is on with probability about 0.4 (a draw below 4 of 0..9), so that a
     typical example uses two or three kinds, each often; shrinking turns kinds on (draws
@@ -140,7 +149,7 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.model = PeeringModel(self.CONFIG, self.MODEL_BUGS)
+        self.model = shared_model(self.CONFIG, self.MODEL_BUGS)
         self.run: GuestRun | None = None
         self.clusters: tuple[ImplCluster, ...] = ()
         self.net: MemoryNetwork | None = None
@@ -250,7 +259,7 @@ class ConformanceMachine(RuleBasedStateMachine):
         model runs with ``python_server_eof_first`` to match."""
         self.kinds = kinds
         if eof_first != self.CONFIG.python_server_eof_first:
-            self.model = PeeringModel(replace(self.CONFIG, python_server_eof_first=eof_first),
+            self.model = shared_model(replace(self.CONFIG, python_server_eof_first=eof_first),
                                       self.MODEL_BUGS)
         sync_burst, deletion_burst, deletion_rate = (5, 10, 10.0) if upstream_pacing else (
             1, 1, 0.05)

@@ -235,6 +235,16 @@ class PeeringModel:
         for action in self.enabled(w):
             yield action, handlers[type(action)](w, action)
 
+    def protocol_successors(self, w: World) -> Iterator[tuple[A.Action, World]]:
+        """``successors`` restricted to the protocol actions (the steps the clusters take on
+        their own), without listing the operator and fault actions: what the conformance kit's
+        candidate search closes over."""
+        out: list[A.Action] = []
+        self._enabled_protocol(w, out)
+        handlers = self._handlers
+        for action in out:
+            yield action, handlers[type(action)](w, action)
+
     def _enabled_operator(self, w: World, out: list[A.Action]) -> None:
         b = w.budget
         n = len(w.clusters)

@@ -327,6 +327,25 @@ def test_successors_agree_with_enabled_and_step() -> None:
         w = pairs[0][1]
 
 
+@pytest.mark.parametrize("config", [
+    ESTABLISHED, EMPTY.with_(python_server_eof_first=False),
+    ESTABLISHED.with_(heartbeat_faults=True, write_faults=True)])
+def test_protocol_successors_are_the_protocol_part_of_successors(config: object) -> None:
+    """``protocol_successors`` (the conformance closure's step) lists exactly the protocol
+    actions of ``enabled``, in its order, with the worlds ``step`` gives; over the first 600
+    states breadth first, which include deletions, resets and failovers."""
+    m = PeeringModel(config)  # type: ignore[arg-type]
+    todo, seen = [m.initial()], {m.initial()}
+    for w in todo:
+        expected = [(a, m.step(w, a)) for a in m.enabled(w) if A.is_protocol(a)]
+        assert list(m.protocol_successors(w)) == expected
+        for _a, nxt in m.successors(w):
+            if nxt not in seen and len(seen) < 600:
+                seen.add(nxt)
+                todo.append(nxt)
+    assert len(seen) == 600
+
+
 def test_actions_of_different_types_are_never_equal() -> None:
     assert A.Delete(0, 1) != A.DeleteRow(0, 1)
     assert hash(A.Delete(0, 1)) != hash(A.DeleteRow(0, 1)) or True  # hashes may collide
