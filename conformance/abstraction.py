@@ -2,8 +2,8 @@
 
 One job: map both sides onto a ``View`` (per cluster: the peering rows with the state PeeringRead
 reports, what is imported from each peer, the stream tracker, local registrations and exports,
-and whether a deletion routine kept running after its leader's term ended), and print the
-difference between two views.
+whether a deletion routine kept running after its leader's term ended, and how many stream calls
+it has open as acceptor), and print the difference between two views.
 
 What is compared, and why (see also the README's "Conformance" section and
 ``peerkit.conformance.stateful``):
@@ -17,22 +17,33 @@ What is compared, and why (see also the README's "Conformance" section and
 * local registrations and exports: set by the operator rules, compared so a lost write shows;
 * ``zombie``: a deletion routine has run on after its term ended (the model's deposed-leader
   routine; the implementation's spinning routine of bug ``deletion-no-stop``). The model has no
-  history of this, so ``Candidates`` carries it beside each world (a sticky flag).
+  history of this, so ``Candidates`` carries it beside each world (a sticky flag);
+* ``streams``: the stream calls open to this cluster (it accepted them): in the model, the
+  streams whose acceptor it is (a stream is dropped once both its ends are DONE); in the
+  implementation, the in-memory network's StreamResources calls to its address that are not
+  finished (a call is finished once both ends know its status). ``None`` where it is not
+  observed: a remote server (``peerkit.conformance.remote``) shows no calls, so its views and
+  the trace validator's model views leave it out (``model_view(..., streams=False)``).
 
-Streams and messages in flight are not compared: the model's channels and phases have no exact
-counterpart in the in-memory network's pipes at quiescence (a finished call may linger in
-``net.streams``), and the effects of every message show in the rows, imports and tracker.
+The ends' phases and the messages in flight are not compared: the model's channels and phases
+have no exact counterpart in the in-memory network's pipes at quiescence (an acceptor's handler
+is registered only after its Open is validated; a held direction keeps an end's status unread),
+and the effects of every message show in the rows, imports and tracker. The count of open calls
+does line up: measured on 7,091 observations of the 300-example bug-free run, every one matched
+some candidate's count before the field was compared.
 
 May import: the standard library, ``peerkit.model`` and ``peerkit.impl`` (state reads only).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from peerkit.impl.server import read_state as impl_read_state
 from peerkit.impl.store import DEFAULT_PARTITION
 from peerkit.impl.testing import Cluster as ImplCluster
+from peerkit.impl.transport.memory import MemoryCall
 from peerkit.model.state import Cluster, World, cluster_name, read_state
 
 GONE = "-"
@@ -46,6 +57,7 @@ class ClusterView(NamedTuple):
     registered: tuple[str, ...]
     exports: tuple[tuple[str, str], ...]  # (service, peer name), sorted
     zombie: bool
+    streams: int | None = None  # stream calls open to this cluster; None: not observed
 
 
 class View(NamedTuple):
@@ -64,7 +76,8 @@ def model_zombies(cl: Cluster) -> int:
     return int(getattr(cl, "zombies", 0))
 
 
-def model_view(w: World, zombie_seen: tuple[bool, ...]) -> View:
+def model_view(w: World, zombie_seen: tuple[bool, ...], streams: bool = False) -> View:
+    """``streams``: count the streams each cluster accepted (else ``None``: not observed)."""
     out = []
     for c, cl in enumerate(w.clusters):
         rows = tuple(sorted((cluster_name(r.peer), read_state(cl, r).name) for r in cl.rows))
@@ -77,8 +90,9 @@ def model_view(w: World, zombie_seen: tuple[bool, ...]) -> View:
             row = cl.row_by_gen(t.gen)
             tracker.append((GONE if row is None else cluster_name(row.peer), bool(t.connected)))
         exports = tuple(sorted((s, cluster_name(p)) for s, p in cl.exports))
+        accepted = sum(1 for st in w.streams if st.acceptor == c) if streams else None
         out.append(ClusterView(cluster_name(c), rows, imported, tuple(sorted(tracker)),
-                               tuple(sorted(cl.registered)), exports, zombie_seen[c]))
+                               tuple(sorted(cl.registered)), exports, zombie_seen[c], accepted))
     return View(tuple(out))
 
 
@@ -90,7 +104,10 @@ def impl_zombie(c: ImplCluster) -> bool:
     return any(term.stopped and term.deletion.stats.spins > 0 for term in c.server.terms)
 
 
-def impl_view(clusters: tuple[ImplCluster, ...]) -> View:
+def impl_view(clusters: tuple[ImplCluster, ...],
+              calls: Sequence[MemoryCall] | None = None) -> View:
+    """``calls``: the network's StreamResources calls not finished, counted per acceptor
+    (None: not observed)."""
     out = []
     for c in clusters:
         store = c.store
@@ -115,8 +132,11 @@ def impl_view(clusters: tuple[ImplCluster, ...]) -> View:
             tracker.append((GONE if found is None else found.name, bool(status.connected)))
         registered = tuple(sorted({s.name for s in dump.services if s.peer_name == ""}))
         exports = tuple(sorted((e.service, p) for e in dump.exports for p in e.peers))
+        accepted = None if calls is None else sum(1 for call in calls
+                                                  if call.address == c.address)
         out.append(ClusterView(c.name, tuple(sorted(rows)), tuple(imported),
-                               tuple(sorted(tracker)), registered, exports, impl_zombie(c)))
+                               tuple(sorted(tracker)), registered, exports, impl_zombie(c),
+                               accepted))
     return View(tuple(out))
 
 
@@ -141,6 +161,7 @@ def describe(view: View) -> str:
         imports = ", ".join(f"{p}:{'+'.join(s) or '-'}{' +bundle' if b else ''}"
                             for p, s, b in c.imported) or "none"
         tracker = ", ".join(f"{p}:{'up' if up else 'down'}" for p, up in c.tracker) or "none"
+        calls = "" if c.streams is None else f"; {c.streams} stream call(s) open to it"
         parts.append(f"{c.name}: rows {rows}; imports {imports}; tracker {tracker}"
-                     f"{'; zombie' if c.zombie else ''}")
+                     f"{'; zombie' if c.zombie else ''}{calls}")
     return "\n".join(parts)

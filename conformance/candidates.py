@@ -99,8 +99,11 @@ def _seen(old: tuple[bool, ...], now: tuple[bool, ...]) -> tuple[bool, ...]:
 
 class Candidates:
     def __init__(self, model: PeeringModel, start: Iterable[World], *,
-                 limit: int = DEFAULT_LIMIT, edge_key: KeyFn | None = None) -> None:
+                 limit: int = DEFAULT_LIMIT, edge_key: KeyFn | None = None,
+                 streams: bool = False) -> None:
         self.model = model
+        #: whether views count each cluster's open stream calls (``abstraction.model_view``)
+        self.streams = streams
         #: the model's answers, remembered across the Candidates of the same model object
         self.memo = memo_for(model)
         self.limit = limit
@@ -127,10 +130,11 @@ class Candidates:
         return out
 
     def _view(self, c: Candidate) -> View:
-        found = self.memo.views.get(c)
+        key = (c, self.streams)
+        found = self.memo.views.get(key)
         if found is None:
-            found = model_view(c.world, c.zombie_seen)
-            self.memo.views.put(c, found)
+            found = model_view(c.world, c.zombie_seen, self.streams)
+            self.memo.views.put(key, found)
         return found
 
     def views(self) -> set[View]:
@@ -275,7 +279,7 @@ class Candidates:
             f"is settled: the implementation failed to do something the model must do.\n"
             f"why the model is not settled: {'; '.join(reasons[:5])}\n"
             f"implementation (and candidate) view:\n"
-            f"{describe(model_view(sample.world, sample.zombie_seen))}")
+            f"{describe(self._view(sample))}")
 
     # -- messages ----------------------------------------------------------------------------
     def _explain(self, what: str, observed: View, order: list[Candidate]) -> str:

@@ -198,7 +198,7 @@ class ConformanceMachine(RuleBasedStateMachine):
         faults.extend(self.timeouts)
         self.timeouts.clear()
         try:
-            self.cands.observe(impl_view(self.clusters), what, faults)
+            self.cands.observe(impl_view(self.clusters, self._live_calls()), what, faults)
         except Divergence:
             self.diverged = True
             raise
@@ -319,7 +319,7 @@ class ConformanceMachine(RuleBasedStateMachine):
 
         self._step(register)
         self.cands = Candidates(self.model, self.model.initial_states(),
-                                edge_key=edge_key)
+                                edge_key=edge_key, streams=True)
         self._observe(f"setup (seed {seed}, {'upstream' if upstream_pacing else 'slow'} pacing"
                       f"{', cancel seen first as EOF' if eof_first else ''}): "
                       "register and export the services")

@@ -120,3 +120,25 @@ def test_a_stale_token_is_where_model_and_implementation_part() -> None:
         machine.diverged = True
     finally:
         machine.teardown()
+
+
+@pytest.mark.parametrize("mutant", ["drop-disconnect:dialer-open-reset",
+                                    "drop-disconnect:acceptor-open-reset"])
+def test_the_open_stream_count_catches_a_missed_reset_at_the_reset(mutant: str) -> None:
+    """A handler that does not mark its tracker entry disconnected when its stream is reset
+    leaves the view as it was (rows ACTIVE, tracker connected): the model agrees while the
+    reset is still in flight. Only the count of open stream calls tells: the implementation has
+    none left, and every model state with the tracker still connected has the stream. Without
+    the count the mistake showed only at the end, when the servers failed to settle."""
+    for mutants in ([mutant], []):
+        machine = machine_for(impl_mutants=mutants)()
+        try:
+            machine.setup(seed=0, upstream_pacing=False, establish_after=0.0)
+            if mutants:
+                with pytest.raises(Divergence, match=r"dc1\.streams: model 1 / impl 0"):
+                    machine.reset(i=0)
+                machine.diverged = True
+            else:
+                machine.reset(i=0)  # conforms without the mutant
+        finally:
+            machine.teardown()
