@@ -44,7 +44,7 @@ from peerkit.impl.server import read_state as impl_read_state
 from peerkit.impl.store import DEFAULT_PARTITION
 from peerkit.impl.testing import Cluster as ImplCluster
 from peerkit.impl.transport.memory import MemoryCall
-from peerkit.model.state import Cluster, World, cluster_name, read_state
+from peerkit.model.state import World, cluster_name, read_state
 
 GONE = "-"
 
@@ -65,15 +65,6 @@ class View(NamedTuple):
 
 
 # -- the model's side ---------------------------------------------------------------------------
-
-
-def model_zombies(cl: Cluster) -> int:
-    """Deletion routines running for a term other than the current one. Reads ``zombies`` (a
-    count) or ``deleters`` (the terms whose routine runs), whichever the model has."""
-    deleters = getattr(cl, "deleters", None)
-    if deleters is not None:
-        return sum(1 for t in deleters if t != cl.term)
-    return int(getattr(cl, "zombies", 0))
 
 
 def model_view(w: World, zombie_seen: tuple[bool, ...], streams: bool = False) -> View:

@@ -76,8 +76,8 @@ class Memo(Generic[K, V]):
 
 
 def zombies(w: World) -> tuple[bool, ...]:
-    """Per cluster: a deletion routine runs for a term other than the current one (as
-    ``abstraction.model_zombies`` counts them; asked of every state a closure reaches)."""
+    """Per cluster: a deletion routine runs for a term other than the current one (the
+    model's ``deleters`` holds a deposed term; asked of every state a closure reaches)."""
     return tuple(any(t != cl.term for t in cl.deleters) for cl in w.clusters)
 
 
