@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_info import machine_info
 
 from peerkit.conformance.candidates import divergences
-from peerkit.conformance.mutants import GAP, NOT_CAUGHT, SCENARIOS, scenario_diverges
+from peerkit.conformance.mutants import NOT_CAUGHT, SCENARIOS, scenario_diverges, setup_of
 from peerkit.conformance.profiles import STEPS, bug_hunt
 from peerkit.conformance.stateful import machine_for
 from peerkit.impl.mutants import IMPL_MUTANTS
@@ -80,7 +80,7 @@ def main() -> None:
         if name in NOT_CAUGHT and args.not_caught_budget is not None:
             budget = args.not_caught_budget
         start = time.perf_counter()
-        directed = (scenario_diverges([name], SCENARIOS[name], GAP.get(name, 0.0))
+        directed = (scenario_diverges([name], SCENARIOS[name], **setup_of(name))
                     if name in SCENARIOS else None)
         directed_seconds = round(time.perf_counter() - start, 2)
         result = {"directed": directed, "directed_seconds": directed_seconds,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from .candidates import Divergence
 from .stateful import machine_for
 
-__all__ = ["GAP", "NOT_CAUGHT", "SCENARIOS", "scenario_diverges"]
+__all__ = ["EOF_FIRST", "GAP", "NOT_CAUGHT", "SCENARIOS", "scenario_diverges", "setup_of"]
 
 Step = tuple[str, dict[str, object]]
 
@@ -82,6 +82,9 @@ SCENARIOS: dict[str, list[Step]] = {
                                    ("advance", {"seconds": 16.0})],
     "deletion-guard-inverted": [],
     "no-deletion-on-new-leader": [("failover", {"c": 1}), ("delete", {"c": 1})],
+    # with the EOF-first view of a cancel (``EOF_FIRST``): the failover cancels dc2's call, and
+    # dc1's handler, still OPEN, reads end-of-stream before the cancel
+    "drop-disconnect:acceptor-open-eof": [("failover", {"c": 1})],
 }
 
 
@@ -89,14 +92,27 @@ SCENARIOS: dict[str, list[Step]] = {
 #: sync pass for the establishment waits for its limiter and runs after the stream connected
 GAP: dict[str, float] = {"sync-teardown-stored": 6.0}
 
+#: mutants whose scenario runs with the EOF-first view of a cancel (setup's ``eof_first``: a
+#: Python gRPC server's handler reads end-of-stream before it learns of a client's cancel), the
+#: only way an acceptor's handler meets an EOF while OPEN (a fixed dialer half-closes only
+#: after Terminated)
+EOF_FIRST: frozenset[str] = frozenset({"drop-disconnect:acceptor-open-eof"})
 
-def scenario_diverges(mutants: list[str], steps: list[Step], gap: float = 0.0) -> bool:
-    """Replay ``steps`` after setup (seed 0, slow pacing, ``gap``) with ``mutants`` on in the
-    implementation, then settle; True when the driver reports a divergence (or a failed settle
-    requirement: the ``Divergence`` of ``Candidates.require_settled``)."""
+
+def setup_of(name: str) -> dict[str, float | bool]:
+    """The keyword arguments of ``scenario_diverges`` for ``name``'s scenario, beyond the steps."""
+    return {"gap": GAP.get(name, 0.0), "eof_first": name in EOF_FIRST}
+
+
+def scenario_diverges(mutants: list[str], steps: list[Step], gap: float = 0.0,
+                      eof_first: bool = False) -> bool:
+    """Replay ``steps`` after setup (seed 0, slow pacing, ``gap``, ``eof_first``) with
+    ``mutants`` on in the implementation, then settle; True when the driver reports a
+    divergence (or a failed settle requirement: the ``Divergence`` of
+    ``Candidates.require_settled``)."""
     machine = machine_for(impl_mutants=mutants)()
     try:
-        machine.setup(seed=0, upstream_pacing=False, establish_after=gap)
+        machine.setup(seed=0, upstream_pacing=False, establish_after=gap, eof_first=eof_first)
         for name, kwargs in steps:
             getattr(machine, name)(**kwargs)
         machine._settle()
@@ -110,10 +126,6 @@ def scenario_diverges(mutants: list[str], steps: list[Step], gap: float = 0.0) -
 
 #: ported mutants no rule sequence of the driver can expose, and why
 NOT_CAUGHT: dict[str, str] = {
-    "drop-disconnect:acceptor-open-eof":
-        "not reachable by the driver: a fixed dialer half-closes only after Terminated, and the "
-        "in-memory network delivers a cancel as a cancel (the EOF-first view of a Python gRPC "
-        "server is off, as python_server_eof_first is in the conformance configuration)",
     "accept-terminated-row":
         "not reachable by the driver: a dial reaches a TERMINATED acceptor row only from a "
         "dialer that re-established with a token of that row after deleting its own (the "

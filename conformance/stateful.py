@@ -98,14 +98,20 @@ C2S = "client→server"
 S2C = "server→client"
 #: heartbeats are not in the model; they are sent (so the handlers meet them) but rarely, and
 #: their timeout lies beyond any example's virtual time: a heartbeat timeout is a fault the
-#: configuration leaves out (``heartbeat_faults``), so holds may last as long as they like
-HEARTBEAT_INTERVAL = 100.0
+#: configuration leaves out (``heartbeat_faults``), so holds may last as long as they like.
+#: Rarely: every 350 s, so a ``settle`` (700 s) meets two each way per stream. Heartbeats were
+#: most of what a settle ran (six guest ticks per heartbeat, both ways), and a settle is one rule
+#: in seven; at 100 s the bug-free run took about a fifth longer, with the same examples, rules,
+#: views and candidate sets (``benchmarks/conformance_sequence.py``, all six bug hunts too)
+HEARTBEAT_INTERVAL = 350.0
 HEARTBEAT_TIMEOUT = 1.0e9
-#: the timeout with ``heartbeat_faults`` (``HeartbeatFaultMachine``): finite, so that a handler
-#: whose inbound direction is held long enough gives up; a handler's last message is at most
-#: one interval older than a hold, so a hold shorter than ``SAFE_HOLD`` never times one out
+#: with ``heartbeat_faults`` (``HeartbeatFaultMachine``) the timeout is finite, so that a handler
+#: whose inbound direction is held long enough gives up, and heartbeats go more often than it;
+#: a handler's last message is at most one interval older than a hold, so a hold shorter than
+#: ``SAFE_HOLD`` never times one out
+FAULT_HEARTBEAT_INTERVAL = 100.0
 FAULT_HEARTBEAT_TIMEOUT = 250.0
-SAFE_HOLD = FAULT_HEARTBEAT_TIMEOUT - HEARTBEAT_INTERVAL - 10.0
+SAFE_HOLD = FAULT_HEARTBEAT_TIMEOUT - FAULT_HEARTBEAT_INTERVAL - 10.0
 #: the call id of ``holds`` entries that stand for every stream call opened from now on
 NEW_CALLS = 0
 SETTLE_TIME = 700.0  # more than every backoff (256 s) and timeout; rate limits long refilled
@@ -289,7 +295,10 @@ class ConformanceMachine(RuleBasedStateMachine):
                         mutants=self.IMPL_MUTANTS,
                         deletion_burst=deletion_burst, deletion_rate=deletion_rate,
                         sync_burst=sync_burst,
-                        spin_limit=50, heartbeat_interval=HEARTBEAT_INTERVAL,
+                        spin_limit=50,
+                        heartbeat_interval=(FAULT_HEARTBEAT_INTERVAL
+                                            if self.CONFIG.heartbeat_faults
+                                            else HEARTBEAT_INTERVAL),
                         heartbeat_timeout=(FAULT_HEARTBEAT_TIMEOUT
                                            if self.CONFIG.heartbeat_faults
                                            else HEARTBEAT_TIMEOUT),

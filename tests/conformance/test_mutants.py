@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from peerkit.conformance.candidates import divergences
-from peerkit.conformance.mutants import GAP, NOT_CAUGHT, SCENARIOS, scenario_diverges
+from peerkit.conformance.mutants import NOT_CAUGHT, SCENARIOS, scenario_diverges, setup_of
 from peerkit.conformance.profiles import bug_hunt
 from peerkit.conformance.stateful import machine_for
 from peerkit.impl.mutants import IMPL_MUTANTS, NOT_PORTED, validate_mutants
@@ -27,8 +27,6 @@ from peerkit.model.mutants import EQUIVALENT, MUTANTS
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: scenario (its repr) -> whether it diverged with no mutant on; several mutants share one
-_UNMUTATED: dict[str, bool] = {}
 
 def test_the_catalog_is_partitioned() -> None:
     """Each catalog mutant is ported, not ported (with a reason) or shown equivalent: once."""
@@ -63,11 +61,12 @@ _UNMUTATED: dict[str, bool] = {}
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_each_ported_mutant_has_a_scenario_the_driver_catches(name: str) -> None:
     """Without search: the scenario diverges with the mutant on and conforms without it."""
-    steps, gap = SCENARIOS[name], GAP.get(name, 0.0)
-    assert scenario_diverges([name], steps, gap), f"{name}: the scenario did not diverge with it on"
-    key = repr((steps, gap))
+    steps, setup = SCENARIOS[name], setup_of(name)
+    assert scenario_diverges([name], steps, **setup), (
+        f"{name}: the scenario did not diverge with it on")
+    key = repr((steps, sorted(setup.items())))
     if key not in _UNMUTATED:
-        _UNMUTATED[key] = scenario_diverges([], steps, gap)
+        _UNMUTATED[key] = scenario_diverges([], steps, **setup)
     assert not _UNMUTATED[key], f"{name}: the scenario diverged with no mutant on"
 
 

@@ -1,6 +1,7 @@
 """The mutant switches conformance cannot catch still change the implementation (so they are real
 ports, not misspelt no-ops): each test here shows, by hand and with the switch on and off, the
-mistake that ``peerkit.conformance.mutants.NOT_CAUGHT`` says the driver cannot observe.
+mistake that ``peerkit.conformance.mutants.NOT_CAUGHT`` says the driver cannot observe (and the
+EOF one, which the driver reaches only with the EOF-first view of a cancel).
 
 Over the in-memory network under virtual time. May import: pytest, trio, peerkit.impl
 (testing, transport, tracker), peerkit.proto, peerkit.model.vocabulary.
