@@ -9,7 +9,12 @@ Run from the repository root with the project's venv:
 
 Method: every measurement runs the state machine of ``peerkit.conformance.stateful`` in this
 process with the database off. The bug-free run uses ``derandomize=True`` (a fixed sequence of
-examples) and times the whole ``runTest`` with ``time.perf_counter``. Each bug hunt forces a
+examples) and times the whole ``runTest`` with ``time.perf_counter`` (and the process's CPU time,
+which the other jobs on a shared machine disturb less), counts the guest ticks (trio scheduler
+batches), and splits the wall time into where it goes: the implementation running in the guest
+run, the abstraction of its state, the model's candidate search, and the rest (Hypothesis, the
+driver's own Python, set-up outside trio); ``--seeds 0 --no-coverage`` runs only this part. Each
+bug hunt forces a
 Hypothesis seed (``hypothesis.core.global_force_seed``, as ``pytest --hypothesis-seed`` does),
 turns shrinking off, and records the wall time and the number of examples until the first
 divergence (or that none was found within the budget). Coverage: the edge keys of
@@ -25,6 +30,8 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine_info import machine_info
 
+from peerkit.conformance import candidates, guest, stateful
 from peerkit.conformance.candidates import divergences
 from peerkit.conformance.coverage import reachable_keys
 from peerkit.conformance.profiles import _SUPPRESS, STEPS
@@ -49,19 +57,70 @@ def _settings(examples: int, derandomize: bool) -> settings:
                     stateful_step_count=STEPS, suppress_health_check=_SUPPRESS)
 
 
+#: where a rule step's time goes: (label, object, attribute) of the calls timed by ``_split``
+_PARTS = (
+    ("trio: the implementation runs (guest run)", guest.GuestRun, "call"),
+    ("model: candidate search (observe, pin, settled)", candidates.Candidates, "observe"),
+    ("model: candidate search (observe, pin, settled)", candidates.Candidates, "pin"),
+    ("model: candidate search (observe, pin, settled)", candidates.Candidates,
+     "require_settled"),
+    ("abstraction of the implementation (impl_view)", stateful, "impl_view"),
+)
+
+
+TICKS = "guest ticks"
+
+
+@contextmanager
+def _split(totals: dict[str, float]) -> Iterator[None]:
+    """Add the wall seconds spent in each of ``_PARTS`` to ``totals`` (wrapping them for the
+    duration). The parts do not nest: observe is handed a view already made."""
+    saved = [(obj, name, getattr(obj, name)) for _label, obj, name in _PARTS]
+
+    def timed(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            ticks = args[0].callbacks if fn is saved[0][2] else 0
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                totals[label] = totals.get(label, 0.0) + time.perf_counter() - start
+                if fn is saved[0][2]:  # GuestRun.call: count the guest ticks it pumped
+                    totals[TICKS] = totals.get(TICKS, 0) + args[0].callbacks - ticks
+        return wrapper
+
+    for (label, obj, name), (_obj, _name, fn) in zip(_PARTS, saved, strict=True):
+        setattr(obj, name, timed(label, fn))
+    try:
+        yield
+    finally:
+        for obj, name, fn in saved:
+            setattr(obj, name, fn)
+
+
 def clean_run(examples: int) -> dict[str, Any]:
     machine = machine_for()
     machine.TestCase.settings = _settings(examples, derandomize=True)
-    start = time.perf_counter()
-    machine.TestCase().runTest()
-    seconds = time.perf_counter() - start
+    totals: dict[str, float] = {}
+    with _split(totals):
+        start, cpu = time.perf_counter(), time.process_time()
+        machine.TestCase().runTest()
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     stats = machine.STATS
+    ticks = int(totals.pop(TICKS, 0))
+    split = {label: round(t, 2) for label, t in totals.items()}
+    split["Hypothesis, the driver's rules and set-up (the rest)"] = round(
+        seconds - sum(totals.values()), 2)
     return {
         "examples": stats["examples"],
         "rule_steps": stats["steps"],
         "seconds": round(seconds, 2),
+        "cpu_seconds": round(cpu, 2),
         "examples_per_second": round(stats["examples"] / seconds, 1),
         "steps_per_second": round(stats["steps"] / seconds, 1),
+        "steps_per_cpu_second": round(stats["steps"] / cpu, 1),
+        "guest_ticks": ticks,
+        "split_seconds": split,
         "largest_closure": stats.get("largest_closure", 0),
         "covered": sorted(machine.COVERED),
     }
@@ -107,11 +166,15 @@ def main() -> None:
     clean = clean_run(args.examples)
     print(f"bug-free: {clean['examples']} examples, {clean['rule_steps']} rule steps in "
           f"{clean['seconds']} s: {clean['examples_per_second']} examples/s, "
-          f"{clean['steps_per_second']} steps/s; largest closure {clean['largest_closure']}")
+          f"{clean['steps_per_second']} steps/s ({clean['steps_per_cpu_second']} per CPU "
+          f"second); {clean['guest_ticks']} guest ticks; largest closure "
+          f"{clean['largest_closure']}")
+    for label, part in clean["split_seconds"].items():
+        print(f"  {part:7.2f} s  {label}")
     out["clean"] = clean
 
     out["bugs"] = {}
-    for bug in args.bug or sorted(BUGS):
+    for bug in (args.bug or sorted(BUGS)) if args.seeds > 0 else ():
         runs = [hunt(bug, seed, args.budget) for seed in range(args.seeds)]
         out["bugs"][bug] = runs
         caught = [r for r in runs if r["caught"]]
