@@ -65,7 +65,7 @@ def _prefix_range(prefix: Key) -> tuple[str, str]:
     Every such key encodes as ``[c1,...,cn,`` followed by more; the bound replaces the final
     ``,`` by the next character, ``-``. (A key equal to the prefix is matched separately.)
     """
-    low = "[" + ",".join(encode_key((part,))[1:-1] for part in prefix) + ","
+    low = encode_key(prefix)[:-1] + ","  # "[c1,...,cn]" less its "]": one encode, not n
     return low, low[:-1] + "-"
 
 

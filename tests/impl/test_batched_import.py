@@ -15,6 +15,7 @@ May import: pytest, trio, the standard library, peerkit.impl, peerkit.proto.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from peerkit.impl.store import (
     CATALOG,
@@ -323,3 +325,64 @@ async def test_send_many_and_receive_ready_keep_order_and_stop_before_a_bad_mess
     assert got == messages  # in order, nothing lost, nothing after the bad one
     assert max(batches) > 1  # receive_ready did hand over what was already read
     assert len(ended) == 1 and ended[0].code is StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.grpc
+async def test_a_waiting_receive_is_woken_once_however_many_messages_arrive_meanwhile() -> None:
+    """The read-ahead wakes a waiting ``receive`` once, not once per message read while trio
+    had not run yet (issue 10: those repeated wakes were 95% of all thread crossings). The
+    trio thread is held busy (blocked on purpose) while the loop thread reads 20 messages."""
+    count = 20
+    read_all = threading.Event()
+    wakes: list[object] = []
+    go = trio.Event()
+    serving = trio.Event()
+
+    async def handler(stream: Any) -> None:
+        serving.set()
+        await go.wait()
+        await stream.send_many([b"m%02d" % i for i in range(count)])
+        async for _ in stream:  # until the client half-closes
+            pass
+
+    with trio.fail_after(30):
+        async with GrpcTransport() as transport, transport.serve(
+            "127.0.0.1:0", [StreamMethod(METHOD, handler, bytes, bytes)]
+        ) as server, transport.connect(server.address) as channel:
+            stream = channel.open_stream(METHOD, bytes, bytes)
+            lt = stream._lt
+            to_trio = lt.to_trio
+            reads = 0
+            read = stream._aio_read
+
+            async def counting_read() -> object:  # loop thread
+                nonlocal reads
+                reads += 1
+                if reads == count + 1:  # all 20 read and queued: the 21st read waits
+                    read_all.set()
+                return await read()
+
+            def counting_to_trio(fn: Any, *args: object) -> bool:  # loop thread
+                if isinstance(getattr(fn, "__self__", None), trio.Event):
+                    wakes.append(fn.__self__)
+                return to_trio(fn, *args)
+
+            stream._aio_read = counting_read  # type: ignore[method-assign]
+            lt.to_trio = counting_to_trio  # type: ignore[method-assign]
+            got: list[bytes] = []
+            async with trio.open_nursery() as nursery:
+
+                async def first() -> None:
+                    got.append(await stream.receive())
+
+                nursery.start_soon(first)
+                await serving.wait()
+                await trio.testing.wait_all_tasks_blocked()  # the receive is waiting
+                go.set()
+                await trio.testing.wait_all_tasks_blocked()  # the server's write is submitted
+                assert read_all.wait(20)  # the trio thread does not run meanwhile
+            lt.to_trio = to_trio  # type: ignore[method-assign]
+            got.extend(stream.receive_ready(100))
+            await stream.close_send()
+    assert got == [b"m%02d" % i for i in range(count)]
+    assert len(wakes) == 1, len(wakes)
