@@ -19,8 +19,16 @@ Design
   once per *batch* where it can (issue 10): a stream's first ``receive`` starts a reader task on
   the loop (:class:`_ReadAhead`) that keeps reading into a deque, at most ``READ_AHEAD``
   messages ahead (so flow control still holds the peer back), and wakes trio only when trio is
-  waiting; ``receive`` and ``receive_ready`` take from the deque without crossing. ``send_many``
-  hands a list of messages over in one coroutine. A reader that read ahead never loses a
+  waiting, and then once per wait: a waiting ``receive`` stays waiting until trio gets to run
+  the wake, and while trio was busy (importing, or holding the GIL) the reader used to post a
+  wake for every message it read meanwhile -- 95% of all crossings in a 1,000-service
+  replication, each a ``run_sync_soon`` and a socket write on the loop thread plus a wake-up
+  on the trio side (measured by counting them). ``receive`` and ``receive_ready`` take from
+  the deque without crossing. ``send_many`` hands a list of messages over in one coroutine.
+  Sends have no write-behind (``send`` returns once grpc.aio took the message): a server's
+  ``cancel()`` must end the RPC at once even when the peer does not read, and the contract
+  suite wants the messages sent before it delivered first, which a queue of unwritten
+  messages could not give both of; replication already crosses once per batch of sends. A reader that read ahead never loses a
   message: the contract's rules hold as before (a cancelled ``receive`` leaves the messages
   queued, a local ``cancel()`` drops them).
 * A trio-side cancel never cancels an in-flight grpc.aio read or write, because grpc.aio then
