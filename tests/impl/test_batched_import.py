@@ -134,6 +134,37 @@ def test_a_batch_equals_the_single_calls_in_one_commit(stores: list[StateStore])
     assert batched.imported_service_names(PEER, "default") == ["new", "web"]
 
 
+def test_a_batch_sees_its_own_check_writes_on_a_shared_node(stores: list[StateStore]) -> None:
+    """A batch sees its own writes: two services on one node, each import listing the node
+    checks it knows (what any caching of a batch's reads must keep)."""
+    batched, single = stores
+
+    def on_n1(service: str, *node_checks: str) -> tuple[Node, Service, list[Check]]:
+        node, svc, checks = instance("n1", service)
+        return node, svc, [checks[0], *(Check(check_id=c, node="n1") for c in node_checks)]
+
+    for store in stores:
+        store.import_service_nodes(PEER, "default", "web", [on_n1("web", "serfHealth")])
+        store.import_service_nodes(PEER, "default", "api", [on_n1("api", "serfHealth")])
+    ops: list[Any] = [
+        ImportService("web", [on_n1("web", "disk")]),  # serfHealth (read up front) goes
+        ImportService("api", [on_n1("api", "mem")]),  # disk (this batch's write) goes
+    ]
+    assert batched.import_batch(PEER, "default", ops) == apply_singly(single, ops)
+    assert imported_rows(batched) == imported_rows(single)
+    n1_checks = sorted(c.check_id for c in batched.dump().checks if c.node == "n1")
+    assert n1_checks == ["api-n1:health", "mem", "web-n1:health"]
+    ops = [
+        ImportService("web", [instance("n2", "web")]),  # web leaves n1
+        ImportService("api", [on_n1("api", "cpu")]),
+        ImportService("db", [on_n1("db", "cpu", "mem")]),
+    ]
+    assert batched.import_batch(PEER, "default", ops) == apply_singly(single, ops)
+    assert imported_rows(batched) == imported_rows(single)
+    n1_checks = sorted(c.check_id for c in batched.dump().checks if c.node == "n1")
+    assert n1_checks == ["api-n1:health", "cpu", "db-n1:health", "mem"]
+
+
 def test_a_batch_for_an_inactive_peering_refuses_each_upsert(stores: list[StateStore]) -> None:
     store = stores[0]
     store.peering_mark_deleted(PEER, "default", 1.0)
