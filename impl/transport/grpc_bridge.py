@@ -28,9 +28,9 @@ Design
   Sends have no write-behind (``send`` returns once grpc.aio took the message): a server's
   ``cancel()`` must end the RPC at once even when the peer does not read, and the contract
   suite wants the messages sent before it delivered first, which a queue of unwritten
-  messages could not give both of; replication already crosses once per batch of sends. A reader that read ahead never loses a
-  message: the contract's rules hold as before (a cancelled ``receive`` leaves the messages
-  queued, a local ``cancel()`` drops them).
+  messages could not give both of; replication already crosses once per batch of sends.
+  A reader that read ahead never loses a message: the contract's rules hold as before (a
+  cancelled ``receive`` leaves the messages queued, a local ``cancel()`` drops them).
 * A trio-side cancel never cancels an in-flight grpc.aio read or write, because grpc.aio then
   cancels the whole RPC (measured, and visible in ``grpc/aio/_call.py``). Instead a cancelled
   ``receive`` leaves its read pending and the next ``receive`` collects it (no message is lost);
