@@ -45,7 +45,7 @@ from peerkit.impl.store import (
 from peerkit.impl.store.sqlite import SqliteBackend
 from peerkit.impl.testing import eventually, running_cluster
 from peerkit.impl.transport import MemoryNetwork, StatusCode, StreamFailed, StreamMethod
-from peerkit.impl.transport.grpc_bridge import GrpcTransport
+from peerkit.impl.transport.grpc_bridge import READ_AHEAD, RESUME_AT, GrpcTransport
 from peerkit.model.vocabulary import ERR_IMPORT_INACTIVE
 
 PEER = "dc2"
@@ -417,3 +417,49 @@ async def test_a_waiting_receive_is_woken_once_however_many_messages_arrive_mean
             await stream.close_send()
     assert got == [b"m%02d" % i for i in range(count)]
     assert len(wakes) == 1, len(wakes)
+
+
+@pytest.mark.grpc
+async def test_a_full_read_ahead_resumes_once_per_half_window_taken() -> None:
+    """A read-ahead that filled up (trio taking messages more slowly than they arrive: here a
+    handler that answers each message before taking the next) reads again only when trio has
+    taken it down to RESUME_AT, so resuming it crosses to the loop at most once per
+    READ_AHEAD - RESUME_AT messages taken, not once per message (issue 10)."""
+    count = 300
+    resumes = 0
+    echoed = trio.Event()
+
+    async def handler(stream: Any) -> None:
+        nonlocal resumes
+        lt = stream._lt
+        call_soon = lt.call_soon
+
+        def counting_call_soon(fn: Any, *args: object) -> None:  # trio thread
+            nonlocal resumes
+            if getattr(fn, "__name__", "") == "_aio_space":
+                resumes += 1
+            call_soon(fn, *args)
+
+        lt.call_soon = counting_call_soon
+        try:
+            for _ in range(count):
+                await stream.send(await stream.receive())
+        finally:
+            lt.call_soon = call_soon
+        echoed.set()
+
+    with trio.fail_after(60):
+        async with GrpcTransport() as transport, transport.serve(
+            "127.0.0.1:0", [StreamMethod(METHOD, handler, bytes, bytes)]
+        ) as server, transport.connect(server.address) as channel:
+            stream = channel.open_stream(METHOD, bytes, bytes)
+            messages = [b"m%03d" % i for i in range(count)]
+            got: list[bytes] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stream.send_many, messages)
+                for _ in range(count):
+                    got.append(await stream.receive())
+            await echoed.wait()
+            await stream.close_send()
+    assert got == messages
+    assert resumes <= count // (READ_AHEAD - RESUME_AT) + 1, resumes
