@@ -43,7 +43,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import trio
 
@@ -244,6 +244,9 @@ class StoreDump:
 
 
 Subscriber = Callable[[Change], None]
+#: ``local_instances_by_service`` reads all local nodes and checks at once above this many
+#: instances (below, a read per node costs less than reading the whole local catalog).
+_BULK_READ_FROM: Final = 16
 ImportedInstance = tuple[Node, Service, Sequence[Check]]
 
 
@@ -715,12 +718,22 @@ class StateStore:
         with self._read() as tx:
             services = [s for s in tx.scan(Service, ("", partition)) if s.name in wanted]
             checks_by_node: dict[str, list[Check]] = {}
+            nodes: dict[str, Node] | None = None
+            if len(services) > _BULK_READ_FROM:
+                # many instances: one scan of the local nodes and one of the local checks
+                # instead of a read per node and a scan per node (issue 10: a stream's publish
+                # of K exported services made 2K reads)
+                nodes = {n.name: n for n in tx.scan(Node, ("", partition))}
+                for check in tx.scan(Check, ("", partition)):
+                    checks_by_node.setdefault(check.node, []).append(check)
             for service in sorted(services, key=key_of):
-                node = tx.get(Node, ("", partition, service.node))
+                node = (tx.get(Node, ("", partition, service.node)) if nodes is None
+                        else nodes.get(service.node))
                 if node is None:
                     continue
                 if service.node not in checks_by_node:
-                    checks_by_node[service.node] = tx.scan(Check, ("", partition, service.node))
+                    checks_by_node[service.node] = ([] if nodes is not None else
+                                                    tx.scan(Check, ("", partition, service.node)))
                 checks = [c for c in checks_by_node[service.node]
                           if c.service_id in ("", service.id)]
                 out.setdefault(service.name, []).append(
@@ -807,7 +820,7 @@ class StateStore:
                 self._replace_service(tx, peer_name, partition, op.name, {}, cache)
                 return
             merged = _merge_import(peer_name, partition, op.name, op.nodes)
-            self._require_active(tx, peer_name, partition)
+            self._require_active_once(tx, peer_name, partition, cache)
             self._replace_service(tx, peer_name, partition, op.name, merged, cache)
         elif isinstance(op, ImportServiceList):
             keep = frozenset(check_str_tuple(op.keep, "keep"))
@@ -819,7 +832,7 @@ class StateStore:
                 raise TypeError(f"ImportBundle takes a TrustBundle, not {type(b).__name__}")
             if (b.peer_name, b.partition) != (peer_name, partition):
                 raise ValueError("the bundle is not from this batch's peer and partition")
-            self._require_active(tx, peer_name, partition)
+            self._require_active_once(tx, peer_name, partition, cache)
             existing = tx.get(TrustBundle, key_of(b))
             create_index = existing.create_index if existing is not None else tx.index
             tx.put(replace(b, create_index=create_index, modify_index=tx.index))
@@ -1049,6 +1062,21 @@ class StateStore:
         if refused:
             raise StoreError(ERR_IMPORT_INACTIVE)
 
+    def _require_active_once(self, tx: _Tx, peer_name: str, partition: str,
+                             cache: _PeerServices) -> None:
+        """``_require_active`` for an op of ``import_batch``: the peering is looked up once per
+        batch (no op of a batch writes peerings, so every op would find the same answer; the
+        lookup scans every peering and was a tenth of an import's time, issue 10)."""
+        if cache.refused is None:
+            try:
+                self._require_active(tx, peer_name, partition)
+            except StoreError:
+                cache.refused = True
+                raise
+            cache.refused = False
+        elif cache.refused:
+            raise StoreError(ERR_IMPORT_INACTIVE)
+
     @staticmethod
     def _delete_instance(tx: _Tx, service: Service) -> None:
         """Delete a service instance and the checks bound to it."""
@@ -1157,6 +1185,8 @@ class _PeerServices:
                 else tx.scan_matching(Service, prefix, "name", names))
         self._by_key: dict[tuple[str, str], Service] = {(s.node, s.id): s for s in rows}
         self._by_name: dict[str, set[tuple[str, str]]] = {}
+        #: whether the peering refuses imports (None: not looked up yet in this batch)
+        self.refused: bool | None = None
         for key, service in self._by_key.items():
             self._by_name.setdefault(service.name, set()).add(key)
 

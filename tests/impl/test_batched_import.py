@@ -15,6 +15,7 @@ May import: pytest, trio, the standard library, peerkit.impl, peerkit.proto.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from peerkit.impl.store import (
     CATALOG,
@@ -43,7 +45,7 @@ from peerkit.impl.store import (
 from peerkit.impl.store.sqlite import SqliteBackend
 from peerkit.impl.testing import eventually, running_cluster
 from peerkit.impl.transport import MemoryNetwork, StatusCode, StreamFailed, StreamMethod
-from peerkit.impl.transport.grpc_bridge import GrpcTransport
+from peerkit.impl.transport.grpc_bridge import READ_AHEAD, RESUME_AT, GrpcTransport
 from peerkit.model.vocabulary import ERR_IMPORT_INACTIVE
 
 PEER = "dc2"
@@ -130,6 +132,37 @@ def test_a_batch_equals_the_single_calls_in_one_commit(stores: list[StateStore])
     assert batched.import_batch(PEER, "default", ops) == apply_singly(single, ops)
     assert imported_rows(batched) == imported_rows(single)
     assert batched.imported_service_names(PEER, "default") == ["new", "web"]
+
+
+def test_a_batch_sees_its_own_check_writes_on_a_shared_node(stores: list[StateStore]) -> None:
+    """A batch sees its own writes: two services on one node, each import listing the node
+    checks it knows (what any caching of a batch's reads must keep)."""
+    batched, single = stores
+
+    def on_n1(service: str, *node_checks: str) -> tuple[Node, Service, list[Check]]:
+        node, svc, checks = instance("n1", service)
+        return node, svc, [checks[0], *(Check(check_id=c, node="n1") for c in node_checks)]
+
+    for store in stores:
+        store.import_service_nodes(PEER, "default", "web", [on_n1("web", "serfHealth")])
+        store.import_service_nodes(PEER, "default", "api", [on_n1("api", "serfHealth")])
+    ops: list[Any] = [
+        ImportService("web", [on_n1("web", "disk")]),  # serfHealth (read up front) goes
+        ImportService("api", [on_n1("api", "mem")]),  # disk (this batch's write) goes
+    ]
+    assert batched.import_batch(PEER, "default", ops) == apply_singly(single, ops)
+    assert imported_rows(batched) == imported_rows(single)
+    n1_checks = sorted(c.check_id for c in batched.dump().checks if c.node == "n1")
+    assert n1_checks == ["api-n1:health", "mem", "web-n1:health"]
+    ops = [
+        ImportService("web", [instance("n2", "web")]),  # web leaves n1
+        ImportService("api", [on_n1("api", "cpu")]),
+        ImportService("db", [on_n1("db", "cpu", "mem")]),
+    ]
+    assert batched.import_batch(PEER, "default", ops) == apply_singly(single, ops)
+    assert imported_rows(batched) == imported_rows(single)
+    n1_checks = sorted(c.check_id for c in batched.dump().checks if c.node == "n1")
+    assert n1_checks == ["api-n1:health", "cpu", "db-n1:health", "mem"]
 
 
 def test_a_batch_for_an_inactive_peering_refuses_each_upsert(stores: list[StateStore]) -> None:
@@ -323,3 +356,110 @@ async def test_send_many_and_receive_ready_keep_order_and_stop_before_a_bad_mess
     assert got == messages  # in order, nothing lost, nothing after the bad one
     assert max(batches) > 1  # receive_ready did hand over what was already read
     assert len(ended) == 1 and ended[0].code is StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.grpc
+async def test_a_waiting_receive_is_woken_once_however_many_messages_arrive_meanwhile() -> None:
+    """The read-ahead wakes a waiting ``receive`` once, not once per message read while trio
+    had not run yet (issue 10: those repeated wakes were 95% of all thread crossings). The
+    trio thread is held busy (blocked on purpose) while the loop thread reads 20 messages."""
+    count = 20
+    read_all = threading.Event()
+    wakes: list[object] = []
+    go = trio.Event()
+    serving = trio.Event()
+
+    async def handler(stream: Any) -> None:
+        serving.set()
+        await go.wait()
+        await stream.send_many([b"m%02d" % i for i in range(count)])
+        async for _ in stream:  # until the client half-closes
+            pass
+
+    with trio.fail_after(30):
+        async with GrpcTransport() as transport, transport.serve(
+            "127.0.0.1:0", [StreamMethod(METHOD, handler, bytes, bytes)]
+        ) as server, transport.connect(server.address) as channel:
+            stream = channel.open_stream(METHOD, bytes, bytes)
+            lt = stream._lt
+            to_trio = lt.to_trio
+            reads = 0
+            read = stream._aio_read
+
+            async def counting_read() -> object:  # loop thread
+                nonlocal reads
+                reads += 1
+                if reads == count + 1:  # all 20 read and queued: the 21st read waits
+                    read_all.set()
+                return await read()
+
+            def counting_to_trio(fn: Any, *args: object) -> bool:  # loop thread
+                if isinstance(getattr(fn, "__self__", None), trio.Event):
+                    wakes.append(fn.__self__)
+                return to_trio(fn, *args)
+
+            stream._aio_read = counting_read  # type: ignore[method-assign]
+            lt.to_trio = counting_to_trio  # type: ignore[method-assign]
+            got: list[bytes] = []
+            async with trio.open_nursery() as nursery:
+
+                async def first() -> None:
+                    got.append(await stream.receive())
+
+                nursery.start_soon(first)
+                await serving.wait()
+                await trio.testing.wait_all_tasks_blocked()  # the receive is waiting
+                go.set()
+                await trio.testing.wait_all_tasks_blocked()  # the server's write is submitted
+                assert read_all.wait(20)  # the trio thread does not run meanwhile
+            lt.to_trio = to_trio  # type: ignore[method-assign]
+            got.extend(stream.receive_ready(100))
+            await stream.close_send()
+    assert got == [b"m%02d" % i for i in range(count)]
+    assert len(wakes) == 1, len(wakes)
+
+
+@pytest.mark.grpc
+async def test_a_full_read_ahead_resumes_once_per_half_window_taken() -> None:
+    """A read-ahead that filled up (trio taking messages more slowly than they arrive: here a
+    handler that answers each message before taking the next) reads again only when trio has
+    taken it down to RESUME_AT, so resuming it crosses to the loop at most once per
+    READ_AHEAD - RESUME_AT messages taken, not once per message (issue 10)."""
+    count = 300
+    resumes = 0
+    echoed = trio.Event()
+
+    async def handler(stream: Any) -> None:
+        nonlocal resumes
+        lt = stream._lt
+        call_soon = lt.call_soon
+
+        def counting_call_soon(fn: Any, *args: object) -> None:  # trio thread
+            nonlocal resumes
+            if getattr(fn, "__name__", "") == "_aio_space":
+                resumes += 1
+            call_soon(fn, *args)
+
+        lt.call_soon = counting_call_soon
+        try:
+            for _ in range(count):
+                await stream.send(await stream.receive())
+        finally:
+            lt.call_soon = call_soon
+        echoed.set()
+
+    with trio.fail_after(60):
+        async with GrpcTransport() as transport, transport.serve(
+            "127.0.0.1:0", [StreamMethod(METHOD, handler, bytes, bytes)]
+        ) as server, transport.connect(server.address) as channel:
+            stream = channel.open_stream(METHOD, bytes, bytes)
+            messages = [b"m%03d" % i for i in range(count)]
+            got: list[bytes] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stream.send_many, messages)
+                for _ in range(count):
+                    got.append(await stream.receive())
+            await echoed.wait()
+            await stream.close_send()
+    assert got == messages
+    assert resumes <= count // (READ_AHEAD - RESUME_AT) + 1, resumes

@@ -39,6 +39,8 @@ from peerkit.impl.store import (
     StoreError,
     TrustBundle,
 )
+from peerkit.impl.store import base as base_module
+from peerkit.impl.store import sqlite as sqlite_codec
 from peerkit.model.vocabulary import (
     ERR_CREATE_MARKED,
     ERR_DELETE_UNMARKED,
@@ -508,6 +510,32 @@ def test_local_instances_by_service_answers_many_services_in_one_call(store: Sta
         assert found[name] == store.local_service_instances(name)
     with pytest.raises(ValueError):
         store.local_instances_by_service(["web", ""])
+
+
+def test_local_instances_by_service_reads_in_bulk_with_the_same_answer(store: StateStore) -> None:
+    """Above ``_BULK_READ_FROM`` instances the call reads all local nodes and checks at once;
+    it must answer exactly as the per-node reads do (one service at a time stays below it)."""
+    services = [f"s{i:02d}" for i in range(12)]
+    for i, name in enumerate(services):
+        for j in range(2):  # two instances each, on nodes shared with the next service
+            node = Node(name=f"n{(i + j) % 12:02d}", address=f"10.0.{i}.{j}")
+            sid = f"{name}-{j}"
+            store.register_service(node, Service(id=sid, name=name, node=node.name),
+                                   [Check(check_id=f"{sid}:ok", service_id=sid, node=node.name)])
+    store.register_service(Node(name="n03", address="10.0.3.0"),
+                           Service(id="lonely", name="lonely", node="n03"),
+                           [Check(check_id="serfHealth", node="n03")])  # a node check
+    store.peering_write(dialer("peer"))  # an imported node of the same name is not local
+    store.import_service_nodes("peer", "default", "s00", [instance("n00", "s00")])
+    asked = services[:10]
+    found = store.local_instances_by_service(asked)
+    assert sum(len(v) for v in found.values()) > base_module._BULK_READ_FROM
+    assert sorted(found) == asked
+    for name in asked:
+        assert found[name] == store.local_service_instances(name)
+    [on_n03] = [i for i in found["s02"] if i.node.name == "n03"]
+    assert [c.check_id for c in on_n03.checks] == ["s02-1:ok", "serfHealth"]
+    assert all(i.node.peer_name == "" for v in found.values() for i in v)
 
 
 def test_local_catalog_validation(store: StateStore) -> None:
@@ -1054,6 +1082,20 @@ def test_sqlite_rejects_a_newer_schema(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(RuntimeError, match="schema version 99"):
         SqliteStore(tmp_path)
+
+
+def test_sqlite_row_and_key_text_is_compact_sorted_json() -> None:
+    """The stored text is what files written before the codec was sped up hold (issue 10):
+    compact JSON, keys sorted, non-ASCII kept, tuples as arrays, the state as its number."""
+    row = Peering(id="i1", name="dc2", meta={"zé": "1", "a": "2"}, state=PeeringState.ACTIVE,
+                  peer_server_addresses=("10.0.0.1:8502",), deleted_at=1.5)
+    assert sqlite_codec.encode_row(row) == (
+        '{"create_index":0,"deleted_at":1.5,"establishment_secret":null,"id":"i1",'
+        '"meta":{"a":"2","zé":"1"},"modify_index":0,"name":"dc2","partition":"default",'
+        f'"peer_ca_pems":[],"peer_id":"","peer_server_addresses":["10.0.0.1:8502"],'
+        f'"peer_server_name":"","state":{int(PeeringState.ACTIVE)},"stream_secret":null}}')
+    assert sqlite_codec.decode_row("peerings", sqlite_codec.encode_row(row)) == row
+    assert sqlite_codec.encode_key(("", "default", "né")) == '["","default","né"]'
 
 
 # --------------------------------------------------------------------------------------------
