@@ -59,6 +59,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from .api import LivenessLike, Model
 from .engine import Bounds, ProgressCallback, Result, _Search, _Stop
+from .wire import Decoder, Encoder
 
 S = TypeVar("S", bound=Hashable)
 A = TypeVar("A")
@@ -168,19 +169,35 @@ class Partition(Generic[S, A]):
         self.tinvs = [(t.id, t.holds) for t in model.transition_invariants]
         self.liveness: Sequence[LivenessLike[S, A]] = tuple(model.liveness)
         self.fp = Fingerprinter()
+        #: What this worker knows of a state, by the state. A number (>= 0): the state's, for
+        #: every state it owns, and for states of other workers it sent them and learned the
+        #: numbers of (while it holds no more of theirs than of its own). Below 0, during a
+        #: level: ``-1 - (owner + count * slot)``, a state met in this level and sent to
+        #: `owner` (or kept, if this worker owns it) as its `slot`-th candidate. One dict, so a
+        #: successor met again costs one lookup, as in the engine, and a successor that is known
+        #: is never sent to its owner again.
         self.index: dict[S, int] = {}
+        self.remote = 0  # how many of `index`'s numbers are of states other workers own
         self.frontier: list[tuple[int, S]] = []
         # the last expanded level, for `transitions_before`
         self.expanded = array("q")
         self.fanout = array("q")
-        # this level's outgoing batches and the candidates received
-        self.local: tuple[list[S], list[int]] = ([], [])
-        self.received: list[list[S]] = []
-        self.new: list[tuple[S, int]] = []
-        self.local_reply = array("q")
-        # liveness edges waiting for the numbers of their end points: key, owner, index, label,
-        # mask (bit i: liveness property i counts the step)
-        self.pending: list[tuple[int, int, int, int, int]] = []
+        # this level's candidates by owner, and their keys: the states sent to each other
+        # worker (kept to learn their numbers from the replies); the list kept here grows, in
+        # `receive`, by the new states others send, and `keys[me]` holds each one's least key
+        self.sent: list[list[S]] = [[] for _ in range(count)]
+        self.keys: list[int] = []
+        # per other sender, what each state it sent here is: its number (>= 0) or ~slot
+        self.refs: list[array[int] | None] = []
+        self.order: list[int] = []  # this level's slots in order of key
+        self.local_reply: Sequence[int] = []
+        # the links to and from every other worker (`wire`)
+        self.encoders = [Encoder() for _ in range(count)]
+        self.decoders = [Decoder() for _ in range(count)]
+        # liveness edges waiting for the numbers of their end points: key, what `index` said
+        # of the end point then (its number, or the code of a candidate), label, mask (bit i:
+        # liveness property i counts the step)
+        self.pending: list[tuple[int, int, int, int]] = []
         self.edge_key = array("q")
         self.edge_dst = array("q")
         self.edge_label = array("i")
@@ -209,16 +226,21 @@ class Partition(Generic[S, A]):
                 targets.append(sid)
 
     def expand(self, replies: list[bytes | None]) -> tuple[list[bytes | None], dict[str, int], int]:
-        """Round 1: the successors of the frontier, in one batch per owner."""
+        """Round 1: the successors of the frontier, in one batch per owner.
+
+        Only the successors this worker does not know go out, each once: the others' owners
+        have them already. A candidate keeps the key it was first met by, the smallest here
+        (the frontier is expanded in order of number)."""
         self._resolve(replies)
         count = self.count
-        batches: list[dict[S, int]] = [{} for _ in range(count)]
+        sent = self.sent
         keys: list[list[int]] = [[] for _ in range(count)]
         events: dict[str, int] = {}
         successors = self.successors
         canonical = self.canonical
         tinvs = self.tinvs
         owner = self.owner
+        index = self.index
         live = [prop.counts for prop in self.liveness]
         pending = self.pending
         action_ids = self.action_ids
@@ -234,11 +256,12 @@ class Partition(Generic[S, A]):
                 for pid, holds in tinvs:
                     if pid not in events and not holds(state, action, concrete):
                         events[pid] = key
-                o = owner(nxt)
-                batch = batches[o]
-                idx = batch.get(nxt)
-                if idx is None:
-                    idx = batch[nxt] = len(batch)
+                got = index.get(nxt)
+                if got is None:
+                    o = owner(nxt)
+                    batch = sent[o]
+                    got = index[nxt] = -1 - (o + count * len(batch))
+                    batch.append(nxt)
                     keys[o].append(key)
                 if live:
                     mask = 0
@@ -249,7 +272,7 @@ class Partition(Generic[S, A]):
                         aid = action_ids.get(action)
                         if aid is None:
                             aid = action_ids[action] = len(action_ids)
-                        pending.append((key, o, idx, aid, mask))
+                        pending.append((key, got, aid, mask))
             if position >= _POS_MASK:
                 raise ValueError(f"a state has more than {_POS_MASK} successors")
             self.expanded.append(sid)
@@ -257,74 +280,112 @@ class Partition(Generic[S, A]):
             transitions += position + 1
         out: list[bytes | None] = []
         for o in range(count):
-            batch_states = list(batches[o])
             if o == self.me:
-                self.local = (batch_states, keys[o])
+                self.keys = keys[o]
                 out.append(None)
             else:
-                out.append(pickle.dumps((batch_states, keys[o]), pickle.HIGHEST_PROTOCOL))
+                message = (self.encoders[o].encode(sent[o]), array("q", keys[o]).tobytes())
+                out.append(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
         return out, events, transitions
 
     def receive(self, batches: list[bytes | None]) -> array[int]:
         """Round 2: merge what was sent here; the sorted keys of the states new to this owner."""
         index = self.index
-        best: dict[S, int] = {}
-        self.received = []
+        me = self.me
+        count = self.count
+        slots = self.sent[me]  # this worker's own candidates, then the new ones received
+        slot_keys = self.keys
+        self.refs = []
         for sender, blob in enumerate(batches):
-            states, keys = self.local if sender == self.me or blob is None else pickle.loads(blob)
-            self.received.append(states)
+            if sender == me or blob is None:
+                self.refs.append(None)
+                continue
+            encoded, key_bytes = pickle.loads(blob)
+            states = self.decoders[sender].decode(encoded)
+            keys = array("q")
+            keys.frombytes(key_bytes)
+            refs = array("q")
             for state, key in zip(states, keys, strict=True):
-                if state in index:
-                    continue
-                known = best.get(state)
-                if known is None or key < known:
-                    best[state] = key
-        self.local = ([], [])
-        self.new = sorted(best.items(), key=lambda item: item[1])
-        return array("q", (key for _, key in self.new))
+                got = index.get(state)
+                if got is None:
+                    slot = len(slots)
+                    index[state] = -1 - (me + count * slot)
+                    slots.append(state)
+                    slot_keys.append(key)
+                    refs.append(~slot)
+                elif got >= 0:  # sent by a worker that did not know it yet
+                    refs.append(got)
+                else:
+                    slot = (-1 - got) // count
+                    if key < slot_keys[slot]:
+                        slot_keys[slot] = key
+                    refs.append(~slot)
+            self.refs.append(refs)
+        self.order = sorted(range(len(slots)), key=slot_keys.__getitem__)
+        return array("q", (slot_keys[slot] for slot in self.order))
 
     def number(self, numbers: array[int]) -> tuple[dict[str, int], list[bytes | None], int]:
         """Round 3: number the new states, check them, and tell each sender the numbers."""
         index = self.index
+        slots = self.sent[self.me]
         frontier: list[tuple[int, S]] = []
         events: dict[str, int] = {}
         invariants = self.invariants
-        for (state, _), sid in zip(self.new, numbers, strict=True):
+        sid_of = [0] * len(slots)
+        for slot, sid in zip(self.order, numbers, strict=True):
+            state = slots[slot]
             index[state] = sid
+            sid_of[slot] = sid
             frontier.append((sid, state))
             for pid, holds in invariants:
                 if pid not in events and not holds(state):
                     events[pid] = sid
             if self.liveness:
                 self._targets(sid, state)
-        self.new = []
+        self.order = []
+        self.keys = []
         self.frontier = frontier
+        self.local_reply = sid_of
         replies: list[bytes | None] = []
-        for sender, states in enumerate(self.received):
-            numbered = array("q", (index[state] for state in states))
-            if sender == self.me:
-                self.local_reply = numbered
+        for refs in self.refs:
+            if refs is None:
                 replies.append(None)
             else:
-                replies.append(numbered.tobytes())
-        self.received = []
+                replies.append(array("q", (ref if ref >= 0 else sid_of[~ref]
+                                           for ref in refs)).tobytes())
+        self.refs = []
         return events, replies, len(frontier)
 
     def _resolve(self, replies: list[bytes | None]) -> None:
-        """Give the liveness edges of the last expansion their end points' numbers."""
-        if not self.pending:
-            return
-        numbers: list[array[int]] = []
+        """Learn the numbers of the states the last expansion sent to other workers (while
+        this worker holds no more of theirs than of its own; the others are forgotten), and
+        give the liveness edges of that expansion their end points' numbers."""
+        numbers: list[Sequence[int]] = []
+        index = self.index
+        count = self.count
+        candidates = sum(len(batch) for o, batch in enumerate(self.sent) if o != self.me)
+        room = len(index) - candidates - 2 * self.remote  # own states less others' held
         for owner, blob in enumerate(replies):
             if owner == self.me or blob is None:
                 numbers.append(self.local_reply)
-            else:
-                got = array("q")
-                got.frombytes(blob)
-                numbers.append(got)
-        for key, owner, idx, aid, mask in self.pending:
+                continue
+            reply = array("q")
+            reply.frombytes(blob)
+            numbers.append(reply)
+            sent = self.sent[owner]
+            learned = max(0, min(room, len(sent)))
+            index.update(zip(sent[:learned], reply[:learned], strict=True))
+            for state in sent[learned:]:
+                del index[state]
+            room -= learned
+            self.remote += learned
+        self.sent = [[] for _ in range(count)]
+        for key, end, aid, mask in self.pending:
+            if end < 0:
+                code = -1 - end
+                end = numbers[code % count][code // count]
             self.edge_key.append(key)
-            self.edge_dst.append(numbers[owner][idx])
+            self.edge_dst.append(end)
             self.edge_label.append(aid)
             self.edge_mask.append(mask)
         self.pending = []
