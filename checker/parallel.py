@@ -46,7 +46,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import gc
-import heapq
 import multiprocessing
 import os
 import pickle
@@ -198,10 +197,8 @@ class Partition(Generic[S, A]):
         # of the end point then (its number, or the code of a candidate), label, mask (bit i:
         # liveness property i counts the step)
         self.pending: list[tuple[int, int, int, int]] = []
-        self.edge_key = array("q")
-        self.edge_dst = array("q")
-        self.edge_label = array("i")
-        self.edge_mask = array("i")
+        # each liveness property's edges, in the order they were taken: sources, ends, labels
+        self.edges = [(array("q"), array("q"), array("i")) for _ in self.liveness]
         self.action_ids: dict[A, int] = {}
         self.targets = [array("q") for _ in self.liveness]
 
@@ -380,27 +377,36 @@ class Partition(Generic[S, A]):
             room -= learned
             self.remote += learned
         self.sent = [[] for _ in range(count)]
+        edges = self.edges
         for key, end, aid, mask in self.pending:
             if end < 0:
                 code = -1 - end
                 end = numbers[code % count][code // count]
-            self.edge_key.append(key)
-            self.edge_dst.append(end)
-            self.edge_label.append(aid)
-            self.edge_mask.append(mask)
+            src = key >> _POS_BITS
+            bit = 0
+            while mask:
+                if mask & 1:
+                    srcs, dsts, labels = edges[bit]
+                    srcs.append(src)
+                    dsts.append(end)
+                    labels.append(aid)
+                mask >>= 1
+                bit += 1
         self.pending = []
 
     def transitions_before(self, sid: int) -> int:
         """Steps of the last expanded level taken from states numbered below `sid`."""
         return sum(n for s, n in zip(self.expanded, self.fanout, strict=True) if s < sid)
 
-    def finish(self, replies: list[bytes | None]) -> tuple[bytes, bytes, bytes, bytes,
-                                                           list[A], list[bytes]]:
-        """The liveness graph this worker holds: its edges (in key order) and target states."""
+    def finish(self, replies: list[bytes | None]
+               ) -> tuple[list[tuple[bytes, bytes, bytes]], list[A], list[bytes]]:
+        """The liveness graph this worker holds: each property's edges (sources, ends and
+        labels, in the order taken) and target states, and the actions the labels number."""
         self._resolve(replies)
         actions = sorted(self.action_ids, key=self.action_ids.__getitem__)
-        return (self.edge_key.tobytes(), self.edge_dst.tobytes(), self.edge_label.tobytes(),
-                self.edge_mask.tobytes(), actions, [t.tobytes() for t in self.targets])
+        return ([(srcs.tobytes(), dsts.tobytes(), labels.tobytes())
+                 for srcs, dsts, labels in self.edges],
+                actions, [t.tobytes() for t in self.targets])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -698,33 +704,36 @@ class _ParallelSearch(_Search[S, A]):
             raise
 
     def _collect_graph(self, parts: list[Any]) -> None:
+        """The workers' liveness graphs as the engine's: each property's edges by source.
+
+        A source's edges all come from the worker that expanded it, in the order taken, so a
+        stable sort of the workers' edges by source is the order the engine takes them in."""
         labels: dict[Any, int] = {}
-        streams = []
         n = len(self.replayed)
         self.flags = [bytearray(n) for _ in self.liveness]
-        for key_b, dst_b, lab_b, mask_b, actions, targets in parts:
-            arrays = []
-            for blob, code in ((key_b, "q"), (dst_b, "q"), (lab_b, "i"), (mask_b, "i")):
-                a = array(code)
-                a.frombytes(blob)
-                arrays.append(a)
-            glob = [labels.setdefault(action, len(labels)) for action in actions]
-            streams.append(zip(arrays[0], arrays[1], [glob[x] for x in arrays[2]], arrays[3],
-                               strict=True))
+        glob: list[list[int]] = []
+        for _, actions, targets in parts:
+            glob.append([labels.setdefault(action, len(labels)) for action in actions])
             for flags, blob in zip(self.flags, targets, strict=True):
                 ids = array("q")
                 ids.frombytes(blob)
                 for sid in ids:
                     flags[sid] = 1
-        for key, dst, label, mask in heapq.merge(*streams):
-            src = key >> _POS_BITS
-            for bit, ((srcs, dsts), lab) in enumerate(zip(self.edges, self.labels, strict=True)):
-                if mask >> bit & 1:
-                    srcs.append(src)
-                    dsts.append(dst)
-                    if lab is not None:
-                        lab.append(label)
-
+        for bit, ((srcs, dsts), lab) in enumerate(zip(self.edges, self.labels, strict=True)):
+            for (edges, _, _), number in zip(parts, glob, strict=True):
+                src_b, dst_b, lab_b = edges[bit]
+                srcs.frombytes(src_b)
+                dsts.frombytes(dst_b)
+                if lab is not None:
+                    got = array("i")
+                    got.frombytes(lab_b)
+                    lab.extend(array("i", map(number.__getitem__, got)))
+            if len(parts) > 1:
+                order = sorted(range(len(srcs)), key=srcs.__getitem__)
+                srcs[:] = array("q", map(srcs.__getitem__, order))
+                dsts[:] = array("q", map(dsts.__getitem__, order))
+                if lab is not None:
+                    lab[:] = array("i", map(lab.__getitem__, order))
 
 
 def check(
