@@ -147,6 +147,11 @@ def fingerprint(state: object) -> int:
 class Partition(Generic[S, A]):
     """One worker's share of the search: the states it owns and its part of each round."""
 
+    #: How many states of other workers a worker may remember the numbers of, per state of its
+    #: own: with 1, a worker holds at most twice its share, so all of them together at most
+    #: twice the states the engine holds.
+    remote_share = 1.0
+
     def __init__(self, model_factory: Callable[[], Model[S, A]], me: int, count: int,
                  portable: bool = True) -> None:
         model = model_factory()
@@ -361,7 +366,8 @@ class Partition(Generic[S, A]):
         index = self.index
         count = self.count
         candidates = sum(len(batch) for o, batch in enumerate(self.sent) if o != self.me)
-        room = len(index) - candidates - 2 * self.remote  # own states less others' held
+        own = len(index) - candidates - self.remote
+        room = int(own * self.remote_share) - self.remote
         for owner, blob in enumerate(replies):
             if owner == self.me or blob is None:
                 numbers.append(self.local_reply)
@@ -424,6 +430,25 @@ class Pool(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class InProcessPool:
+    """Every partition in this process, called one after another: the work of a split search
+    without any process or pipe (for tests, and to measure what splitting costs in work)."""
+
+    def __init__(self, model_factory: Callable[[], Model[Any, Any]], workers: int,
+                 portable: bool = False) -> None:
+        self.parts = [Partition(model_factory, me, workers, portable) for me in range(workers)]
+
+    @property
+    def workers(self) -> int:
+        return len(self.parts)
+
+    def call_all(self, method: str, args: Sequence[tuple[Any, ...]]) -> list[Any]:
+        return [getattr(part, method)(*arg) for part, arg in zip(self.parts, args, strict=True)]
+
+    def close(self) -> None:
+        pass
 
 
 def serve(conn: Connection, model_factory: Callable[[], Model[Any, Any]], me: int,

@@ -3,25 +3,31 @@
 The states one worker sends another over a search share most of their parts: a step changes one
 or two records of a state, and the states of a level differ from those of the last in a few
 places. So the two ends of a link (an `Encoder` at the sender, a `Decoder` at the owner) keep one
-table each, numbering every value the link has carried; a state goes out as its parts' numbers,
-and only the parts the link has never carried go out in full. Measured on the peering model's
-`default` configuration (a level's batches, one link, 2026-11-29 on the 2-core machine): 19
-bytes a state against 144 for pickling the states, about 11 us against 31 to encode and 2 us
-against 36 to decode. Decoded states also share their parts, as the states of one process do,
-so they take less memory and compare faster (equal parts are the same object).
+table each, numbering every value the link has carried in the same order; a state goes out as
+its parts' numbers, and only the parts the link has never carried go out in full (their own
+parts as numbers in turn). Measured on the peering model's `default` configuration (the 16
+level batches of one link of a 2-way split, 34,000 states, best of 3, 2026-11-29 on the 2-core
+machine at load about 1.5): 20 bytes a state against 144 for pickling the states, 7 us against
+20 to encode and 1.4 us against 29 to decode (``pickle.loads`` calls each NamedTuple's
+Python-level ``__new__``; here a part is built once per link). Decoded states share their parts,
+as the states of one process do, so they take less memory and compare faster.
 
 What is rebuilt: plain tuples and the tuple subclasses whose instances have no ``__dict__``
 (NamedTuples: a tuple subclass can hold nothing else), from their items with ``tuple.__new__``,
 which is all a NamedTuple's generated ``__new__`` does. Every other value (ints, strings,
-frozensets, enums, dataclasses, ...) is a leaf, sent with pickle the first time. A state is never
-itself entered in the table (it is sent at most once per level, and the sender's table of known
-states keeps it from being sent again), only its parts, to the depth where a part is known.
+frozensets, enums, dataclasses, ...) is a leaf, pickled the first time. A state is never itself
+entered in the table (a worker sends a state at most once per level, and not at all once it
+knows the state's number), only its parts, to the depth where a part is known.
 
-Parts are matched by equality, as the search matches whole states: where two equal values differ
-in type (``1`` and ``True``, ``0.0`` and ``-0.0``), the owner may receive the one the link carried
-first. The search already assumes that equal states behave alike (it keeps one of each), and the
-counterexamples are rebuilt by replaying the model, not from the workers' copies, so this changes
-no result of a model whose states behave as their values.
+Equal values: a part is found in the table by its class and its value, so ``Track(3, True)``
+and the plain tuple ``(3, 1)`` it equals are different parts; but inside a part, equal items of
+different types are not told apart, so the owner may receive ``("roots", 1)`` where the sender
+had ``("roots", True)`` (both occur in the peering model), having met the other first. This is
+the assumption the search makes of whole states already: of two equal states, the engine keeps
+the first it meets and the parallel search the first a worker receives, and both expand it as
+if it were the other; results (counts, verdicts, and the counterexamples, which the
+coordinator rebuilds by replaying the model from the initial states) are the engine's for every
+model whose steps depend on a state's value, not on the types of equal values within it.
 
 Memory: each table holds at most `TABLE_LIMIT` values (plus one message's worth); past that, the
 encoder starts a new table and the next message tells the decoder to do the same.
