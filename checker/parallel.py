@@ -8,13 +8,22 @@ them (exactly, in a dict, as the sequential engine does) and expands the ones of
 (its *frontier*). A level has three rounds, and the coordinator waits for every worker at each:
 
 1. ``expand``: each worker runs ``successors`` on its frontier, checks the transition invariants
-   on every step, and sorts the successors into one batch per owner (one pickled message each);
+   on every step, and sorts the successors it does not know into one batch per owner (one
+   message each, encoded by `wire`: each part of a state once per link);
 2. ``receive``: each owner merges the batches sent to it, drops the states it already has, and
    keeps for every new state the smallest *key* (parent number, position of the step in the
    parent's ``successors``) it was reached by; it answers with its new keys, sorted;
 3. ``number``: the coordinator ranks all new keys of the level, and each owner numbers its new
    states by rank, checks the invariants on them, and answers every sender with the numbers of the
    states it sent (so the sender can record its liveness edges with their end points).
+
+What a worker knows: one dict per worker holds the number of every state it owns, the numbers
+the owners answered for the states it sent them (at most as many as it owns: `remote_share`),
+and, during a level, a code for each state met in the level and not known. So a successor met
+again costs one lookup, as in the engine, and a successor whose owner has it already is never
+sent to it again once its number is known: on `default` the states sent to another worker fall
+from about 186,000 (every distinct successor of a level that another worker owns) to about
+101,000 (measured by replaying the search in one process, 2 partitions).
 
 Why the numbering is the sequential one: sequential BFS numbers the states of a level in the order
 they are first discovered, and discovery order is the order of (parent's number, position): the
