@@ -12,7 +12,7 @@ order, so a burst of load from another process hurts every mode alike), with the
   has its pool here, `RayPool`). A new pool (actors) per run; the clusters start once.
 
 * ``split``: CPU seconds of the engine against the same search split into 1 and 2 partitions
-  run one after another in this process (`InProcessPool`): what partitioning costs in work,
+  run one after another in this process (`parallel.InProcessPool`): what partitioning costs in work,
   apart from processes, pipes and parallelism.
 
 Every run checks that the state and transition counts and the verdicts equal the sequential
@@ -205,25 +205,6 @@ def distributed(engines: list[str], config: str, count: int) -> None:
     })
 
 
-class InProcessPool:
-    """Every partition in this process, called one after another: the work of a split search
-    without any process, pipe or scheduler (its CPU seconds are the search's own cost)."""
-
-    def __init__(self, model_factory: Callable[[], Any], workers: int) -> None:
-        self.parts = [parallel.Partition(model_factory, me, workers, False)
-                      for me in range(workers)]
-
-    @property
-    def workers(self) -> int:
-        return len(self.parts)
-
-    def call_all(self, method: str, args: Sequence[tuple[Any, ...]]) -> list[Any]:
-        return [getattr(part, method)(*arg) for part, arg in zip(self.parts, args, strict=True)]
-
-    def close(self) -> None:
-        pass
-
-
 def split(config: str, count: int) -> None:
     """CPU seconds of the engine against the same search split into 1 and 2 partitions that
     run in this process: the extra work partitioning costs, apart from any parallelism."""
@@ -231,8 +212,8 @@ def split(config: str, count: int) -> None:
     reference = engine.check(factory())
     modes = {
         "sequential": lambda: engine.check(factory()),
-        "partitions-1": lambda: parallel.check(factory, pool=InProcessPool(factory, 1)),
-        "partitions-2": lambda: parallel.check(factory, pool=InProcessPool(factory, 2)),
+        "partitions-1": lambda: parallel.check(factory, pool=parallel.InProcessPool(factory, 1)),
+        "partitions-2": lambda: parallel.check(factory, pool=parallel.InProcessPool(factory, 2)),
     }
     got = rounds(modes, count, outcome(reference))
     seq = got["sequential"]["cpu_median"]

@@ -9,6 +9,7 @@ cluster of two workers when Dask is installed (``peerkit[distributed]``).
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import subprocess
@@ -100,6 +101,53 @@ def test_every_shortest_counterexample_of_a_bug_as_the_engine() -> None:
     # --all: one counterexample per violated property, liveness decided on the whole graph
     result = same_as_engine(peering("ci", "no-reconnect"), BOUNDS["all"])
     assert result.complete and not result.ok
+
+
+def property_edges(search: engine._Search[Any, Any]) -> list[tuple[list[int], list[int]]]:
+    return [(srcs.tolist(), dsts.tolist()) for srcs, dsts in search.edges]
+
+
+@pytest.mark.parametrize(("config", "parts", "share"),
+                         [("ci", 2, 1e9), ("race", 2, 1.0), ("race", 3, 0.05), ("race", 2, 0.0)])
+def test_what_a_worker_learns_of_others_states_is_true_and_changes_nothing(
+        config: str, parts: int, share: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A worker does not send a successor whose number it learned from an earlier reply: the
+    # numbers it holds must be the owners', the liveness edges built with them the engine's,
+    # and with no bound in the way (remote_share 1e9) no state may go to its owner twice.
+    # remote_share 1 is the default bound; 0 never learns anything; 0.05 learns part of each
+    # reply and must forget the rest.
+    monkeypatch.setattr(parallel.Partition, "remote_share", share)
+    factory = peering(config)
+    sequential = engine._Search(factory(), UNBOUNDED, None, 1.0)
+    expected = sequential.run()
+    pool = parallel.InProcessPool(factory, parts)
+    sent: collections.Counter[tuple[int, int, Any]] = collections.Counter()
+    for part in pool.parts:
+        for owner, encoder in enumerate(part.encoders):
+            def encode(states: list[Any], me: int = part.me, owner: int = owner,
+                       real: Callable[[list[Any]], Any] = encoder.encode) -> Any:
+                sent.update((me, owner, state) for state in states)
+                return real(states)
+            encoder.encode = encode  # type: ignore[method-assign]
+    search = parallel._ParallelSearch(factory(), UNBOUNDED, None, 1.0, pool)
+    got = search.run()
+    assert outcome(got) == outcome(expected)
+    assert property_edges(search) == property_edges(sequential)
+    numbers = {state: sid for part in pool.parts for state, sid in part.index.items()
+               if part.owner(state) == part.me}
+    assert len(numbers) == expected.distinct_states
+    learned = 0
+    for part in pool.parts:
+        own = sum(1 for state in part.index if part.owner(state) == part.me)
+        for state, sid in part.index.items():
+            assert sid >= 0  # every candidate was numbered, learned or forgotten
+            if part.owner(state) != part.me:
+                assert numbers[state] == sid
+                learned += 1
+        assert part.remote == len(part.index) - own <= share * own
+    assert (learned > 0) == (share > 0)
+    if share == 1e9:
+        assert sent and max(sent.values()) == 1
 
 
 def test_fingerprints_agree_across_processes_with_other_hash_salts() -> None:
