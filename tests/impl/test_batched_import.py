@@ -179,7 +179,8 @@ def test_a_batch_for_an_inactive_peering_refuses_each_upsert(stores: list[StateS
 
 
 class _FailingBackend(SqliteBackend):
-    """Fails the ``fail_at``-th put (a disk error), after the earlier puts of the batch."""
+    """Fails the ``fail_at``-th row put (a disk error), after the earlier puts of the batch
+    (a ``put_many`` counts its rows; the rows before the failing one are written)."""
 
     fail_at = 0
     puts = 0
@@ -199,7 +200,19 @@ class _FailingBackend(SqliteBackend):
                         raise sqlite3_error()
                     put(table, key, row)
 
+                put_many = raw.put_many
+
+                def failing_put_many(table: str, rows: Any) -> None:
+                    # the rows before the failing one are written first, then the error
+                    for i in range(len(rows)):
+                        backend.puts += 1
+                        if backend.puts == backend.fail_at:
+                            put_many(table, rows[:i])
+                            raise sqlite3_error()
+                    put_many(table, rows)
+
                 raw.put = failing_put
+                raw.put_many = failing_put_many
                 return raw
 
             def __exit__(self, *exc: Any) -> Any:
@@ -219,7 +232,7 @@ def test_a_failure_mid_batch_leaves_nothing_of_it(tmp_path: Path) -> None:
     try:
         store.peering_write(Peering(name=PEER))
         before = store.dump()
-        backend.puts, backend.fail_at = 0, 10  # inside the third service (4 rows each)
+        backend.puts, backend.fail_at = 0, 10  # mid-write: rows 1-9 are written first
         with pytest.raises(StoreFailure):
             store.import_batch(PEER, "default", [
                 ImportService(f"s{i}", [instance(f"n{i}", f"s{i}")]) for i in range(4)])
