@@ -1409,6 +1409,18 @@ def _check_instance(node: Node, service: Service, checks: Sequence[Check]) -> No
         seen.add(check.check_id)
 
 
+S = TypeVar("S", Node, Service, Check)
+
+
+def _stamped(record: S, peer_name: str, partition: str) -> S:
+    """``record`` with this peer name and partition. One the stream built is stamped already:
+    it is kept as it is (``replace`` would rebuild and re-validate an equal record, which was
+    an eighth of an import batch's time, issue 10)."""
+    if record.peer_name == peer_name and record.partition == partition:
+        return record
+    return replace(record, peer_name=peer_name, partition=partition)
+
+
 def _merge_import(
     peer_name: str, partition: str, service_name: str, nodes: object
 ) -> dict[str, _ImportedNode]:
@@ -1427,9 +1439,9 @@ def _merge_import(
         checks = _check_records(raw_checks, Check, "import entry checks")
         if service.name != service_name:
             raise ValueError(f"import of {service_name!r} contains service {service.name!r}")
-        node = replace(node, peer_name=peer_name, partition=partition)
-        service = replace(service, peer_name=peer_name, partition=partition)
-        checks = tuple(replace(c, peer_name=peer_name, partition=partition) for c in checks)
+        node = _stamped(node, peer_name, partition)
+        service = _stamped(service, peer_name, partition)
+        checks = tuple(_stamped(c, peer_name, partition) for c in checks)
         _check_instance(node, service, checks)
         previous = merged.get(node.name)
         if previous is None:

@@ -53,13 +53,20 @@ _FIELDS = {table: frozenset(f.name for f in fields(cls)) for table, cls in TABLE
 # output is the same as ``json.dumps`` with these arguments (tuples encode as arrays).
 _KEY_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _ROW_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+#: A str as JSON, as the encoders above write it (ensure_ascii=False)
+_encode_str: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
 #: Each record class's field names (``dataclasses.fields`` is slow to call per row).
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls)) for cls in TABLES.values()}
 
 
 def encode_key(key: Key) -> str:
-    return _KEY_ENCODER.encode(list(key))
+    # keys are tuples of str: joining the C string encoder's output gives the encoder's
+    # exact text at a third of the cost (a batch encodes thousands of keys, issue 10)
+    try:
+        return "[" + ",".join(map(_encode_str, key)) + "]"
+    except TypeError:  # not all str: the general encoder
+        return _KEY_ENCODER.encode(list(key))
 
 
 def _prefix_range(prefix: Key) -> tuple[str, str]:
