@@ -192,6 +192,11 @@ class BackendTxn(ABC):
         page where the backend can; this default gives one page)."""
         yield self.scan(table)
 
+    def scan_prefixes(self, table: str, prefixes: Collection[Key]) -> list[Row]:
+        """Every row whose key starts with one of ``prefixes`` (none a prefix of another),
+        in no particular order. SQLite reads them in one statement by key ranges."""
+        return [row for prefix in prefixes for row in self.scan(table, prefix)]
+
     def put_many(self, table: str, rows: Sequence[tuple[Key, Row]]) -> None:
         """``put`` of each (key, row); the keys are distinct. A backend may write them in
         fewer statements (SQLite does: a statement per statement is what a batch pays for)."""
@@ -821,10 +826,9 @@ class StateStore:
             cache = _PeerServices(tx, peer_name, partition, names)
             nodes = _named_nodes(ops) | cache.nodes()
             if nodes:
-                prefix: Key = (peer_name, partition)
-                batch.preload("nodes", prefix, "name", nodes)
-                batch.preload("services", prefix, "node", nodes)
-                batch.preload("checks", prefix, "node", nodes)
+                prefixes = [(peer_name, partition, name) for name in sorted(nodes)]
+                for table in ("nodes", "services", "checks"):
+                    batch.preload(table, prefixes)
             for op in ops:
                 try:
                     self._apply_import(tx, peer_name, partition, op, cache)
@@ -1272,19 +1276,18 @@ class _BatchTxn(BackendTxn):
         #: per table, key -> the row to write (None: to delete), not yet in the backend
         self._pending: dict[str, dict[Key, Row | None]] = {}
 
-    def preload(self, table: str, prefix: Key, field: str, values: Collection[str]) -> None:
-        """Read every row under ``(*prefix, v)`` for each ``v`` of ``values``, in one query;
-        ``field`` must be the key's component right after ``prefix``."""
-        rows = self.scan_matching(table, prefix, field, values)
+    def preload(self, table: str, prefixes: Collection[Key]) -> None:
+        """Read every row under each of ``prefixes`` (none a prefix of another) in one query;
+        later scans of those prefixes and gets of keys under them need no backend read."""
+        fresh = [p for p in prefixes if p not in self._covered.get(table, {})]
+        if not fresh:
+            return
+        rows = self.scan_prefixes(table, fresh)
         covered = self._covered.setdefault(table, {})
-        for value in values:
-            covered.setdefault((*prefix, value), set())
-        at = len(prefix)
+        for prefix in fresh:
+            covered[prefix] = set()
         for row in rows:
-            key = key_of(row)
-            if key[:at] != prefix or key[at] != getattr(row, field):
-                raise ValueError(f"{field!r} is not the key component after the prefix")
-            self._note(table, key, row)
+            self._note(table, key_of(row), row)
 
     def get(self, table: str, key: Key) -> Row | None:
         known = self._known.setdefault(table, {})
@@ -1335,6 +1338,13 @@ class _BatchTxn(BackendTxn):
     def scan_pages(self, table: str, rows: int) -> Iterator[list[Row]]:
         self._flush_table(table)
         yield from self.raw.scan_pages(table, rows)
+
+    def scan_prefixes(self, table: str, prefixes: Collection[Key]) -> list[Row]:
+        self._flush_table(table)
+        rows = self.raw.scan_prefixes(table, prefixes)
+        for row in rows:
+            self._note(table, key_of(row), row)
+        return rows
 
     def flush(self) -> None:
         """Write every pending row to the backend."""

@@ -266,7 +266,7 @@ def test_the_write_behind_view_reads_like_the_transaction_it_wraps(
                             == sorted(map(repr, plain.scan_matching(
                                 "checks", (PEER, "default"), "node", values))))
                 else:
-                    view.preload("checks", (PEER, "default"), "node", rng.sample(nodes, 2))
+                    view.preload("checks", [(PEER, "default", n) for n in rng.sample(nodes, 2)])
             view.flush()
             assert (sorted(map(repr, raw_a.scan("checks")))
                     == sorted(map(repr, plain.scan("checks"))))
