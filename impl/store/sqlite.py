@@ -56,7 +56,7 @@ _FIELDS = {table: frozenset(f.name for f in fields(cls)) for table, cls in TABLE
 _KEY_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _ROW_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 #: A str as JSON, as the encoders above write it (ensure_ascii=False)
-_encode_str: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_encode_str: Callable[[str], str] = json.encoder.encode_basestring
 #: Each record class's field names (``dataclasses.fields`` is slow to call per row).
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls)) for cls in TABLES.values()}
