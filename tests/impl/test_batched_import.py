@@ -2,7 +2,9 @@
 
 * ``StateStore.import_batch`` (a stream end's received Responses in one transaction) gives the
   same rows and the same per-op results as the single calls one after another, in one commit;
-  a backend failure mid-batch leaves nothing of the batch;
+  a backend failure mid-batch leaves nothing of the batch; its write-behind view (rows read
+  ahead per table, multi-row writes at the end, equal rows not rewritten) answers every read
+  as the plain transaction would;
 * ``LOCAL_CATALOG``: imported rows do not move it, local rows do; an exporter's stream end
   therefore does not recompute its exports on every import (counted through the store);
 * ``dump_paged`` (ReadCatalog) reads the same snapshot as ``dump`` (SQLite: page by page, on
@@ -15,6 +17,7 @@ May import: pytest, trio, the standard library, peerkit.impl, peerkit.proto.
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -42,6 +45,8 @@ from peerkit.impl.store import (
     StoreFailure,
     TrustBundle,
 )
+from peerkit.impl.store.base import _BatchTxn
+from peerkit.impl.store.memory import MemoryBackend
 from peerkit.impl.store.sqlite import SqliteBackend
 from peerkit.impl.testing import eventually, running_cluster
 from peerkit.impl.transport import MemoryNetwork, StatusCode, StreamFailed, StreamMethod
@@ -165,6 +170,110 @@ def test_a_batch_sees_its_own_check_writes_on_a_shared_node(stores: list[StateSt
     assert n1_checks == ["api-n1:health", "cpu", "db-n1:health", "mem"]
 
 
+def test_a_batch_mixing_unchanged_updated_and_new_rows(stores: list[StateStore]) -> None:
+    """The batch's write-behind view (rows read ahead per table, writes at the end, equal
+    rows not rewritten) against the single calls: rows kept as they are, rows changed, rows
+    added, a node emptied that the batch does not name, and an op whose nodes are a one-shot
+    iterator (not read ahead: its rows are read one by one)."""
+    batched, single = stores
+    for store in stores:
+        store.import_service_nodes(PEER, "default", "same", [instance("n1", "same")])
+        store.import_service_nodes(PEER, "default", "web", [instance("n1", "web"),
+                                                             instance("n2", "web")])
+        store.import_service_nodes(PEER, "default", "moving", [instance("n6", "moving")])
+    node, web, (web_check, serf) = instance("n2", "web")
+    ops: list[Any] = [
+        ImportService("same", [instance("n1", "same")]),  # every row unchanged
+        # n1 leaves web; n2's service and a check change, its other check stays
+        ImportService("web", [(node, replace(web, port=8080),
+                               [replace(web_check, status="critical"), serf])]),
+        ImportService("api", [instance("n2", "api"), instance("n3", "api")]),  # new rows
+        ImportService("moving", iter([instance("n7", "moving")])),  # n6 emptied, not named
+        ImportService("web", [(node, replace(web, port=8080),
+                               [replace(web_check, status="critical"), serf])]),  # again
+    ]
+    before = batched.index
+    assert batched.import_batch(PEER, "default", ops) == apply_singly(single, [
+        *ops[:3], ImportService("moving", [instance("n7", "moving")]), ops[4]])
+    assert batched.index == before + 1
+    assert batched.table_index(CATALOG) == batched.index
+    assert imported_rows(batched) == imported_rows(single)
+    assert "n6" not in {n.name for n in batched.dump().nodes}
+    assert [s.port for s in batched.dump().services if s.name == "web"] == [8080]
+    # a batch of unchanged rows only is still a write: one commit, the catalog's index moves
+    before = batched.index
+    assert batched.import_batch(PEER, "default", ops[:1]) == [None]
+    assert batched.index == batched.table_index(CATALOG) == before + 1
+    assert imported_rows(batched) == imported_rows(single)
+
+
+def test_a_batch_writes_only_the_rows_that_change(tmp_path: Path) -> None:
+    backend = _FailingBackend(tmp_path / "db.sqlite")
+    store = StateStore(backend)
+    try:
+        store.peering_write(Peering(name=PEER))
+        store.import_service_nodes(PEER, "default", "web", [instance("n1", "web")])
+        backend.written.clear()
+        assert store.import_batch(PEER, "default", [
+            ImportService("web", [instance("n1", "web")])]) == [None]
+        assert backend.written == ["meta", "meta"]  # the store's and the catalog's index
+        node, service, (check, serf) = instance("n1", "web")
+        backend.written.clear()
+        assert store.import_batch(PEER, "default", [ImportService("web", [
+            (node, service, [replace(check, status="warning"), serf])])]) == [None]
+        assert backend.written == ["checks", "meta", "meta"]
+        assert {c.check_id: c.status for c in store.dump().checks} == {
+            "web-n1:health": "warning", "serfHealth": "passing"}
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_the_write_behind_view_reads_like_the_transaction_it_wraps(
+        kind: str, tmp_path: Path) -> None:
+    """Random gets, puts, deletes, scans and read-aheads on a few keys, through
+    ``_BatchTxn`` on one backend and straight on another: every answer is the same, and so
+    is every row once the view is flushed (seeded: the same sequence every run)."""
+    rng = random.Random(10)
+    backends = ([MemoryBackend(), MemoryBackend()] if kind == "memory" else
+                [SqliteBackend(tmp_path / "a.sqlite"), SqliteBackend(tmp_path / "b.sqlite")])
+    nodes = ["n1", "n2", "n3"]
+    for _round in range(20):
+        with backends[0].transaction(write=True) as raw_a, \
+                backends[1].transaction(write=True) as plain:
+            view = _BatchTxn(raw_a)
+            for _step in range(30):
+                node = rng.choice(nodes)
+                check = Check(check_id=rng.choice(["a", "b"]), node=node, peer_name=PEER,
+                              status=rng.choice(["passing", "critical"]))
+                key = (PEER, "default", node, check.check_id)
+                action = rng.randrange(6)
+                if action == 0:
+                    assert view.get("checks", key) == plain.get("checks", key)
+                elif action == 1:
+                    view.put("checks", key, check)
+                    plain.put("checks", key, check)
+                elif action == 2:
+                    assert view.delete("checks", key) == plain.delete("checks", key)
+                elif action == 3:
+                    prefix = (PEER, "default", node)[:rng.randrange(4)]
+                    assert (sorted(map(repr, view.scan("checks", prefix)))
+                            == sorted(map(repr, plain.scan("checks", prefix))))
+                elif action == 4:
+                    values = rng.sample(nodes, 2)
+                    assert (sorted(map(repr, view.scan_matching(
+                        "checks", (PEER, "default"), "node", values)))
+                            == sorted(map(repr, plain.scan_matching(
+                                "checks", (PEER, "default"), "node", values))))
+                else:
+                    view.preload("checks", [(PEER, "default", n) for n in rng.sample(nodes, 2)])
+            view.flush()
+            assert (sorted(map(repr, raw_a.scan("checks")))
+                    == sorted(map(repr, plain.scan("checks"))))
+    for backend in backends:
+        backend.close()
+
+
 def test_a_batch_for_an_inactive_peering_refuses_each_upsert(stores: list[StateStore]) -> None:
     store = stores[0]
     store.peering_mark_deleted(PEER, "default", 1.0)
@@ -179,10 +288,17 @@ def test_a_batch_for_an_inactive_peering_refuses_each_upsert(stores: list[StateS
 
 
 class _FailingBackend(SqliteBackend):
-    """Fails the ``fail_at``-th put (a disk error), after the earlier puts of the batch."""
+    """Fails the ``fail_at``-th row put (a disk error), after the earlier puts of the batch
+    (a ``put_many`` counts its rows; the rows before the failing one are written); records
+    the table of every row put."""
 
     fail_at = 0
     puts = 0
+    written: list[str]  # the table of each row put, in order
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.written = []
 
     def transaction(self, *, write: bool) -> Any:
         inner = super().transaction(write=write)
@@ -195,11 +311,25 @@ class _FailingBackend(SqliteBackend):
 
                 def failing_put(table: str, key: Any, row: Any) -> None:
                     backend.puts += 1
+                    backend.written.append(table)
                     if backend.puts == backend.fail_at:
                         raise sqlite3_error()
                     put(table, key, row)
 
+                put_many = raw.put_many
+
+                def failing_put_many(table: str, rows: Any) -> None:
+                    # the rows before the failing one are written first, then the error
+                    for i in range(len(rows)):
+                        backend.puts += 1
+                        backend.written.append(table)
+                        if backend.puts == backend.fail_at:
+                            put_many(table, rows[:i])
+                            raise sqlite3_error()
+                    put_many(table, rows)
+
                 raw.put = failing_put
+                raw.put_many = failing_put_many
                 return raw
 
             def __exit__(self, *exc: Any) -> Any:
@@ -219,7 +349,7 @@ def test_a_failure_mid_batch_leaves_nothing_of_it(tmp_path: Path) -> None:
     try:
         store.peering_write(Peering(name=PEER))
         before = store.dump()
-        backend.puts, backend.fail_at = 0, 10  # inside the third service (4 rows each)
+        backend.puts, backend.fail_at = 0, 10  # mid-write: rows 1-9 are written first
         with pytest.raises(StoreFailure):
             store.import_batch(PEER, "default", [
                 ImportService(f"s{i}", [instance(f"n{i}", f"s{i}")]) for i in range(4)])

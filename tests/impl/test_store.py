@@ -13,7 +13,7 @@ import math
 import sqlite3
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -1192,3 +1192,39 @@ def test_backends_agree(ops: list[tuple[Any, ...]]) -> None:
         finally:
             memory.close()
             durable.close()
+
+
+def _reference_text(row: Any) -> str:
+    """A stored row's text as the general encoder writes it (compact, keys sorted)."""
+    import dataclasses
+    import json
+
+    def plain(value: object) -> object:
+        if isinstance(value, PeeringState):
+            return int(value)
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, Mapping):
+            return dict(value)
+        return value
+
+    return json.dumps({f.name: plain(getattr(row, f.name)) for f in dataclasses.fields(row)},
+                      sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(texts=st.lists(st.text(min_size=1, max_size=6), min_size=4, max_size=4),
+       port=st.integers(0, 65535), tags=st.lists(st.text(min_size=1, max_size=4), max_size=3))
+def test_sqlite_rows_written_directly_have_the_general_encoders_text(
+        texts: list[str], port: int, tags: list[str]) -> None:
+    """Nodes, services and checks are encoded without the JSON encoder (issue 10): the text
+    must be the encoder's, byte for byte, whatever the strings hold."""
+    a, b, c, d = texts
+    rows: list[Any] = [
+        Node(name=a, address=b, peer_name=c, partition=d),
+        Service(id=a, name=b, port=port, tags=tuple(tags), node=c, peer_name=d),
+        Check(check_id=a, name=b, node=c, service_id=d, status="warning"),
+        ExportEntry(service=a, peers=tuple(sorted(set(tags)))),
+    ]
+    for row in rows:
+        assert sqlite_codec.encode_row(row) == _reference_text(row)
