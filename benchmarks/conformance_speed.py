@@ -77,20 +77,21 @@ def _split(totals: dict[str, float]) -> Iterator[None]:
     duration). The parts do not nest: observe is handed a view already made."""
     saved = [(obj, name, getattr(obj, name)) for _label, obj, name in _PARTS]
 
-    def timed(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def timed(label: str, fn: Callable[..., Any], pumps: bool) -> Callable[..., Any]:
+        """``pumps``: ``fn`` is ``GuestRun.call``, whose guest ticks are counted too."""
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
-            ticks = args[0].callbacks if fn is saved[0][2] else 0
+            ticks = args[0].callbacks if pumps else 0
             try:
                 return fn(*args, **kwargs)
             finally:
                 totals[label] = totals.get(label, 0.0) + time.perf_counter() - start
-                if fn is saved[0][2]:  # GuestRun.call: count the guest ticks it pumped
+                if pumps:
                     totals[TICKS] = totals.get(TICKS, 0) + args[0].callbacks - ticks
         return wrapper
 
-    for (label, obj, name), (_obj, _name, fn) in zip(_PARTS, saved, strict=True):
-        setattr(obj, name, timed(label, fn))
+    for label, obj, name in _PARTS:
+        setattr(obj, name, timed(label, getattr(obj, name), obj is guest.GuestRun))
     try:
         yield
     finally:

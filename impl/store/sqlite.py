@@ -99,12 +99,12 @@ def _plain(value: object) -> Any:
 
 
 def encode_row(row: Row) -> str:
-    names = _FIELD_NAMES.get(type(row))
-    if names is None:
-        names = tuple(f.name for f in fields(row))
     labels = _LABELS.get(type(row))
     if labels is not None and (flat := _encode_flat(row, labels)) is not None:
         return flat
+    names = _FIELD_NAMES.get(type(row))
+    if names is None:
+        names = tuple(f.name for f in fields(row))
     return _ROW_ENCODER.encode({name: _plain(getattr(row, name)) for name in names})
 
 
