@@ -45,7 +45,7 @@ def _stopped(clock: trio.testing.MockClock) -> trio.testing.MockClock:
     real = clock.current_time
 
     def current_time() -> float:
-        return clock._virtual_base if clock._rate == 0.0 else real()  # type: ignore[attr-defined]
+        return clock._virtual_base if clock._rate == 0.0 else real()
 
     clock.current_time = current_time  # type: ignore[method-assign]
     return clock
