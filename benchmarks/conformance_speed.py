@@ -11,16 +11,17 @@ Method: every measurement runs the state machine of ``peerkit.conformance.statef
 process with the database off. The bug-free run uses ``derandomize=True`` (a fixed sequence of
 examples) and times the whole ``runTest`` with ``time.perf_counter`` (and the process's CPU time,
 which the other jobs on a shared machine disturb less), counts the guest ticks (trio scheduler
-batches), and splits the wall time into where it goes: the implementation running in the guest
-run, the abstraction of its state, the model's candidate search, and the rest (Hypothesis, the
-driver's own Python, set-up outside trio); ``--seeds 0 --no-coverage`` runs only this part. Each
-bug hunt forces a
-Hypothesis seed (``hypothesis.core.global_force_seed``, as ``pytest --hypothesis-seed`` does),
-turns shrinking off, and records the wall time and the number of examples until the first
-divergence (or that none was found within the budget). Coverage: the edge keys of
-``peerkit.conformance.coverage`` on the edges the bug-free run's candidate sets went through,
-against the keys on every edge of the complete state space of a named configuration, explored
-breadth first over ``PeeringModel.successors`` (the same graph ``peerkit check`` explores).
+batches) of the rule steps and, apart, of starting and stopping the servers, and splits the wall
+time into where it goes: the implementation running in the guest run (rule steps), the servers
+starting and stopping in it (set-up, tear-down), the abstraction of its state, the model's
+candidate search, and the rest (Hypothesis, the driver's own Python); ``--seeds 0 --no-coverage``
+runs only this part. Each bug hunt forces a Hypothesis seed (``hypothesis.core.global_force_seed``,
+as ``pytest --hypothesis-seed`` does), turns shrinking off, and records the wall time and the
+number of examples until the first divergence (or that none was found within the budget). Coverage:
+the edge keys of ``peerkit.conformance.coverage`` on the edges the bug-free run's candidate sets
+went through, against the keys on every edge of the complete state space of a named configuration,
+explored breadth first over ``PeeringModel.successors`` (the same graph ``peerkit check``
+explores).
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ def _settings(examples: int, derandomize: bool) -> settings:
                     stateful_step_count=STEPS, suppress_health_check=_SUPPRESS)
 
 
+TICKS = "guest ticks"
+SERVERS = "trio: servers started and stopped (set-up, tear-down)"
+SERVER_TICKS = "guest ticks starting and stopping servers"
+
 #: where a rule step's time goes: (label, object, attribute) of the calls timed by ``_split``
 _PARTS = (
     ("trio: the implementation runs (guest run)", guest.GuestRun, "call"),
@@ -65,10 +70,10 @@ _PARTS = (
     ("model: candidate search (observe, pin, settled)", candidates.Candidates,
      "require_settled"),
     ("abstraction of the implementation (impl_view)", stateful, "impl_view"),
+    # every other pump of the guest run: set-up's until both servers run, close's until they
+    # have stopped (a step's own pump, inside ``call``, is counted there)
+    (SERVERS, guest.GuestRun, "_pump_until"),
 )
-
-
-TICKS = "guest ticks"
 
 
 @contextmanager
@@ -76,18 +81,25 @@ def _split(totals: dict[str, float]) -> Iterator[None]:
     """Add the wall seconds spent in each of ``_PARTS`` to ``totals`` (wrapping them for the
     duration). The parts do not nest: observe is handed a view already made."""
     saved = [(obj, name, getattr(obj, name)) for _label, obj, name in _PARTS]
+    in_call = [False]  # a step's pump is the step's, not the servers'
 
     def timed(label: str, fn: Callable[..., Any], pumps: bool) -> Callable[..., Any]:
-        """``pumps``: ``fn`` is ``GuestRun.call``, whose guest ticks are counted too."""
+        """``pumps``: ``fn`` is a method of ``GuestRun``, whose guest ticks are counted too."""
+        ticks_key = SERVER_TICKS if label == SERVERS else TICKS
+
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if label == SERVERS and in_call[0]:
+                return fn(*args, **kwargs)
             start = time.perf_counter()
             ticks = args[0].callbacks if pumps else 0
+            was, in_call[0] = in_call[0], in_call[0] or (label != SERVERS and pumps)
             try:
                 return fn(*args, **kwargs)
             finally:
+                in_call[0] = was
                 totals[label] = totals.get(label, 0.0) + time.perf_counter() - start
                 if pumps:
-                    totals[TICKS] = totals.get(TICKS, 0) + args[0].callbacks - ticks
+                    totals[ticks_key] = totals.get(ticks_key, 0) + args[0].callbacks - ticks
         return wrapper
 
     for label, obj, name in _PARTS:
@@ -109,6 +121,7 @@ def clean_run(examples: int) -> dict[str, Any]:
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     stats = machine.STATS
     ticks = int(totals.pop(TICKS, 0))
+    server_ticks = int(totals.pop(SERVER_TICKS, 0))
     split = {label: round(t, 2) for label, t in totals.items()}
     split["Hypothesis, the driver's rules and set-up (the rest)"] = round(
         seconds - sum(totals.values()), 2)
@@ -121,6 +134,7 @@ def clean_run(examples: int) -> dict[str, Any]:
         "steps_per_second": round(stats["steps"] / seconds, 1),
         "steps_per_cpu_second": round(stats["steps"] / cpu, 1),
         "guest_ticks": ticks,
+        "guest_ticks_servers": server_ticks,
         "split_seconds": split,
         "largest_closure": stats.get("largest_closure", 0),
         "covered": sorted(machine.COVERED),
@@ -168,7 +182,8 @@ def main() -> None:
     print(f"bug-free: {clean['examples']} examples, {clean['rule_steps']} rule steps in "
           f"{clean['seconds']} s: {clean['examples_per_second']} examples/s, "
           f"{clean['steps_per_second']} steps/s ({clean['steps_per_cpu_second']} per CPU "
-          f"second); {clean['guest_ticks']} guest ticks; largest closure "
+          f"second); {clean['guest_ticks']} guest ticks in rule steps (and "
+          f"{clean['guest_ticks_servers']} starting and stopping servers); largest closure "
           f"{clean['largest_closure']}")
     for label, part in clean["split_seconds"].items():
         print(f"  {part:7.2f} s  {label}")

@@ -37,11 +37,12 @@ May import: the standard library, ``peerkit.model`` and ``peerkit.impl`` (state 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import NamedTuple
 
 from peerkit.impl.server import read_state as impl_read_state
-from peerkit.impl.store import DEFAULT_PARTITION
+from peerkit.impl.store import DEFAULT_PARTITION, Peering, StateStore
 from peerkit.impl.testing import Cluster as ImplCluster
 from peerkit.impl.transport.memory import MemoryCall
 from peerkit.model.state import World, cluster_name, read_state
@@ -95,6 +96,46 @@ def impl_zombie(c: ImplCluster) -> bool:
     return any(term.stopped and term.deletion.stats.spins > 0 for term in c.server.terms)
 
 
+class _Stored(NamedTuple):
+    """What a view takes from a cluster's store alone (not from its tracker)."""
+    rows: tuple[Peering, ...]  # the default partition's peerings
+    imported: tuple[tuple[str, tuple[str, ...], bool], ...]
+    registered: tuple[str, ...]
+    exports: tuple[tuple[str, str], ...]
+
+
+#: per store: (its index when read, what ``_stored`` read from it)
+_STORED: weakref.WeakKeyDictionary[StateStore, tuple[int, _Stored]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _stored(store: StateStore) -> _Stored:
+    """Read once per store index: every write that changes a row commits at a new index (the
+    store's rule), and most rule steps change nothing in the store (an ``advance`` in which no
+    message moved), so the view's store reads (most of its cost) are asked again only after a
+    change. A closed store is read as before (and refuses)."""
+    index = store.index
+    found = None if store.closed else _STORED.get(store)
+    if found is not None and found[0] == index:
+        return found[1]
+    rows = tuple(store.peering_list(DEFAULT_PARTITION))
+    peers = {row.name for row in store.peering_list()}
+    dump = store.dump()
+    peers |= {n.peer_name for n in dump.nodes if n.peer_name}
+    peers |= {b.peer_name for b in dump.trust_bundles}
+    imported = []
+    for peer in sorted(peers):
+        services = tuple(sorted(store.imported_service_names(peer, DEFAULT_PARTITION)))
+        bundle = store.trust_bundle_read(peer, DEFAULT_PARTITION) is not None
+        if services or bundle:
+            imported.append((peer, services, bundle))
+    registered = tuple(sorted({s.name for s in dump.services if s.peer_name == ""}))
+    exports = tuple(sorted((e.service, p) for e in dump.exports for p in e.peers))
+    stored = _Stored(rows, tuple(imported), registered, exports)
+    _STORED[store] = (index, stored)
+    return stored
+
+
 def impl_view(clusters: tuple[ImplCluster, ...],
               calls: Sequence[MemoryCall] | None = None) -> View:
     """``calls``: the network's StreamResources calls not finished, counted per acceptor
@@ -104,30 +145,18 @@ def impl_view(clusters: tuple[ImplCluster, ...],
         store = c.store
         term = c.server.leadership
         statuses = {} if term is None else term.tracker.all_statuses()
-        rows = []
-        for row in store.peering_list(DEFAULT_PARTITION):
-            rows.append((row.name, impl_read_state(row, statuses.get(row.id)).name))
-        peers = {row.name for row in store.peering_list()}
-        dump = store.dump()
-        peers |= {n.peer_name for n in dump.nodes if n.peer_name}
-        peers |= {b.peer_name for b in dump.trust_bundles}
-        imported = []
-        for peer in sorted(peers):
-            services = tuple(sorted(store.imported_service_names(peer, DEFAULT_PARTITION)))
-            bundle = store.trust_bundle_read(peer, DEFAULT_PARTITION) is not None
-            if services or bundle:
-                imported.append((peer, services, bundle))
+        stored = _stored(store)
+        rows = [(row.name, impl_read_state(row, statuses.get(row.id)).name)
+                for row in stored.rows]
         tracker = []
         for pid, status in statuses.items():
             found = store.peering_read_by_id(pid)
             tracker.append((GONE if found is None else found.name, bool(status.connected)))
-        registered = tuple(sorted({s.name for s in dump.services if s.peer_name == ""}))
-        exports = tuple(sorted((e.service, p) for e in dump.exports for p in e.peers))
         accepted = None if calls is None else sum(1 for call in calls
                                                   if call.address == c.address)
-        out.append(ClusterView(c.name, tuple(sorted(rows)), tuple(imported),
-                               tuple(sorted(tracker)), registered, exports, impl_zombie(c),
-                               accepted))
+        out.append(ClusterView(c.name, tuple(sorted(rows)), stored.imported,
+                               tuple(sorted(tracker)), stored.registered, stored.exports,
+                               impl_zombie(c), accepted))
     return View(tuple(out))
 
 

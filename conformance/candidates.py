@@ -32,8 +32,7 @@ from __future__ import annotations
 
 import gc
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 from peerkit.model.machine import PeeringModel
@@ -66,17 +65,20 @@ def divergences(exc: BaseException) -> list[Divergence]:
     return []
 
 
-@contextmanager
-def _collector_paused() -> Iterator[None]:
+class _CollectorPaused:
     """No garbage-collector passes meanwhile: a closure makes tens of thousands of tuples (new
     worlds, candidates, views) and no reference cycles, and the collector's passes over them
-    (and over the memo's tables) took half of a large closure's time."""
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if collecting:
+    (and over the memo's tables) took half of a large closure's time. (A class rather than a
+    generator context manager: entered on every observation that is not remembered.)"""
+
+    __slots__ = ("_collecting",)
+
+    def __enter__(self) -> None:
+        self._collecting = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._collecting:
             gc.enable()
 
 
@@ -175,7 +177,7 @@ class Candidates:
         """Unobserved time passed: keep every state the protocol can reach from a candidate
         (trace validation of a live system: steps may happen between an observation and the
         next operator call)."""
-        with _collector_paused():
+        with _CollectorPaused():
             order, _parents = self._closure()
         self.states = frozenset(order)
 
@@ -183,7 +185,8 @@ class Candidates:
                  parents: dict[Candidate, list[tuple[Candidate, object]]] | None = None,
                  ) -> tuple[list[Candidate], dict[Candidate, list[tuple[Candidate, object]]]]:
         """Every candidate the protocol reaches from ``start`` (default: the candidates),
-        breadth first, and the edges into each. Call it with the collector paused."""
+        breadth first, and the edges into each. Call it with the collector paused
+        (``_CollectorPaused``)."""
         order: list[Candidate] = list(self.states if start is None else start)
         seen: set[Candidate] = set(order)
         parents = {} if parents is None else parents
@@ -218,7 +221,7 @@ class Candidates:
         key = (self.states, observed, self.edge_key) if not faults else None
         known = self.memo.observations.get(key) if key is not None else None
         if known is None:
-            with _collector_paused():
+            with _CollectorPaused():
                 known = self._observe(observed, what, faults)
             if key is not None:
                 self.memo.observations.put(key, known)

@@ -78,7 +78,10 @@ class Memo(Generic[K, V]):
 def zombies(w: World) -> tuple[bool, ...]:
     """Per cluster: a deletion routine runs for a term other than the current one (the
     model's ``deleters`` holds a deposed term; asked of every state a closure reaches)."""
-    return tuple(any(t != cl.term for t in cl.deleters) for cl in w.clusters)
+    # most worlds have no deletion routine at all: answer those without a generator per
+    # cluster (this is asked of every successor of every new world a closure meets)
+    return tuple([bool(cl.deleters) and any(t != cl.term for t in cl.deleters)
+                  for cl in w.clusters])
 
 
 class WorldInfo(NamedTuple):

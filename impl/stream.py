@@ -79,8 +79,8 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Final
 
 import trio
@@ -252,19 +252,44 @@ class ReceiveHold:
         if event is not None:
             await event.wait()
 
-    @contextmanager
-    def receiving(self, peer_name: str) -> Iterator[trio.CancelScope]:
+    def receiving(self, peer_name: str) -> _Receiving:
         """A cancel scope for one receive of ``peer_name``'s stream, cancelled by a hold."""
-        scope = trio.CancelScope()
-        scopes = self._receiving.setdefault(peer_name, set())
+        return _Receiving(self._receiving, peer_name)
+
+
+class _Receiving:
+    """``ReceiveHold.receiving``: enter a new cancel scope, registered under the peer's name
+    while it is entered. A class, not a generator context manager: every receive of every
+    stream end goes through one (a generator's set-up cost more than the rest of it)."""
+
+    __slots__ = ("_peer", "_receiving", "_scope", "_scopes")
+
+    def __init__(self, receiving: dict[str, set[trio.CancelScope]], peer_name: str) -> None:
+        self._receiving = receiving
+        self._peer = peer_name
+
+    def __enter__(self) -> trio.CancelScope:
+        self._scope = scope = trio.CancelScope()
+        self._scopes = scopes = self._receiving.setdefault(self._peer, set())
         scopes.add(scope)
         try:
-            with scope:
-                yield scope
+            return scope.__enter__()
+        except BaseException:
+            self._leave()
+            raise
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
+        try:
+            return self._scope.__exit__(exc_type, exc, tb)
         finally:
-            scopes.discard(scope)
-            if not scopes:
-                self._receiving.pop(peer_name, None)
+            self._leave()
+
+    def _leave(self) -> None:
+        scopes = self._scopes
+        scopes.discard(self._scope)
+        if not scopes:
+            self._receiving.pop(self._peer, None)
 
 
 @dataclass

@@ -333,6 +333,39 @@ def _check_partition(partition: object) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+class _Reading:
+    """``StateStore._read()``: a read transaction, as a plain class rather than a generator
+    context manager (``_write``'s form): reads are most of what the store does (a conformance
+    run of 300 examples makes over 100,000) and the generator's set-up was a measurable part of
+    each. The same steps as ``_write`` without the commit: refuse if closed or nested, mark
+    busy, enter the backend's read transaction; on the way out leave it (passing the error on,
+    so it rolls back) and clear busy."""
+
+    __slots__ = ("_inner", "_store")
+
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+
+    def __enter__(self) -> _Tx:
+        store = self._store
+        store._enter()
+        store._busy = True
+        try:
+            inner = store._backend.transaction(write=False)
+            raw = inner.__enter__()
+        except BaseException:
+            store._busy = False
+            raise
+        self._inner = inner
+        return _Tx(raw, store._index)
+
+    def __exit__(self, *exc: object) -> bool | None:
+        try:
+            return self._inner.__exit__(*exc)  # type: ignore[arg-type]
+        finally:
+            self._store._busy = False
+
+
 class StateStore:
     """The peering state store. Construct a concrete one with ``MemoryStore`` or ``SqliteStore``.
 
@@ -389,15 +422,8 @@ class StateStore:
         if self._busy:
             raise RuntimeError("state store operations cannot be nested")
 
-    @contextmanager
-    def _read(self) -> Iterator[_Tx]:
-        self._enter()
-        self._busy = True
-        try:
-            with self._backend.transaction(write=False) as raw:
-                yield _Tx(raw, self._index)
-        finally:
-            self._busy = False
+    def _read(self) -> _Reading:
+        return _Reading(self)
 
     @contextmanager
     def _write(self) -> Iterator[_Tx]:

@@ -9,8 +9,7 @@ deleting 10,000 imported nodes scans twice per node, which was quadratic without
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from .base import TABLES, Backend, BackendTxn, Key, Row, StateStore
 
@@ -89,6 +88,15 @@ class _MemoryTxn(BackendTxn):
         if not self._write:
             raise RuntimeError("write inside a read-only transaction")
 
+    # the transaction is its own context manager (no generator per transaction: the store runs
+    # one per operation, reads included): it commits by doing nothing, rolls back on any error
+    def __enter__(self) -> _MemoryTxn:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is not None:
+            self.rollback()
+
 
 class MemoryBackend(Backend):
     """Rows kept in per-table dicts for the life of the process."""
@@ -98,16 +106,10 @@ class MemoryBackend(Backend):
         self._keys: dict[str, list[Key]] = {name: [] for name in TABLES}
         self._closed = False
 
-    @contextmanager
-    def transaction(self, *, write: bool) -> Iterator[BackendTxn]:
+    def transaction(self, *, write: bool) -> _MemoryTxn:
         if self._closed:
             raise RuntimeError("the memory backend is closed")
-        txn = _MemoryTxn(self._tables, self._keys, write=write)
-        try:
-            yield txn
-        except BaseException:
-            txn.rollback()
-            raise
+        return _MemoryTxn(self._tables, self._keys, write=write)
 
     def close(self) -> None:
         self._closed = True

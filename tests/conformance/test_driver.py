@@ -1,17 +1,26 @@
 """The conformance driver itself: a seed replays the same run exactly, a stuck step is reported,
-and a scripted scenario reaches the divergence each bug is caught by.
+a scripted scenario reaches the divergence each bug is caught by, and an example's collector
+setting is put back after it.
 
 May import: pytest, trio, peerkit.conformance, peerkit.model.
 """
 
 from __future__ import annotations
 
+import gc
+from typing import Any
+
 import pytest
 import trio
 
-from peerkit.conformance.candidates import Divergence
+from peerkit.conformance.candidates import Candidates, Divergence
 from peerkit.conformance.guest import GuestRun, StepNeverFinished
-from peerkit.conformance.stateful import ConformanceMachine, machine_for
+from peerkit.conformance.stateful import (
+    YOUNG_GENERATION,
+    ConformanceMachine,
+    machine_for,
+    run_scenario,
+)
 
 
 def _scripted(machine: ConformanceMachine, seed: int) -> list[tuple[object, ...]]:
@@ -142,3 +151,34 @@ def test_the_open_stream_count_catches_a_missed_reset_at_the_reset(mutant: str) 
                 machine.reset(i=0)  # conforms without the mutant
         finally:
             machine.teardown()
+
+
+def test_the_young_gc_generation_is_raised_for_an_example_and_restored_after_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``setup`` raises the collector's youngest threshold to ``YOUNG_GENERATION`` for the
+    example; ``teardown`` puts the old thresholds back, also after a divergence."""
+    before = gc.get_threshold()
+    during: list[tuple[int, int, int]] = []
+    observe = Candidates.observe
+    calls = [0]
+    failing = [False]
+
+    def watching(self: Candidates, *args: Any, **kwargs: Any) -> None:
+        during.append(gc.get_threshold())
+        calls[0] += 1
+        if calls[0] == 4 and failing[0]:
+            raise Divergence("a divergence, raised by the test")
+        observe(self, *args, **kwargs)
+
+    monkeypatch.setattr(Candidates, "observe", watching)
+    for fail in (False, True):
+        failing[0], calls[0] = fail, 0
+        try:
+            run_scenario([("advance", {"seconds": 5.0})])
+        except Divergence:
+            assert fail
+        else:
+            assert not fail
+        assert gc.get_threshold() == before
+    assert len(during) > 8
+    assert set(during) == {(max(YOUNG_GENERATION, before[0]), *before[1:])}

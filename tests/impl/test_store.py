@@ -411,6 +411,25 @@ def test_reads(store: StateStore) -> None:
     assert store.peering_list() == [bar, marked]  # inactive rows are listed too
 
 
+def test_a_read_cannot_nest_and_an_error_inside_one_leaves_the_store_usable(
+        store: StateStore) -> None:
+    """The read transaction (``_read``, a plain context manager class): a store operation
+    inside one is refused, and an error raised inside one leaves the store readable and
+    writable (its busy flag cleared, the backend's transaction left)."""
+    foo = store.peering_write(acceptor("foo"))
+    with store._read() as tx, pytest.raises(RuntimeError, match="cannot be nested"):
+        assert tx.index == store.index
+        store.peering_list()
+    with pytest.raises(KeyError), store._read():
+        raise KeyError("inside a read")
+    assert store.peering_list() == [foo]
+    bar = store.peering_write(dialer("bar"))
+    assert store.peering_list() == [bar, foo]
+    store.close()
+    with pytest.raises(trio.ClosedResourceError):
+        store.peering_list()
+
+
 def test_list_deleted(store: StateStore) -> None:
     """Port of TestStateStore_Peering_ListDeleted: {foo, baz} out of three, one active."""
     store.peering_write(acceptor("foo"))
