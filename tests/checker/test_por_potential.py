@@ -149,3 +149,19 @@ def test_the_peering_graph_is_the_checkers(por: ModuleType) -> None:
     # the stricter propositions can only take candidates away
     verdicts, reads = (report["by_propositions"][k] for k in ("verdicts", "reads"))
     assert reads["states_with_candidate"] <= verdicts["states_with_candidate"]
+
+
+def test_the_proviso_keeps_an_action_from_being_ignored_on_a_cycle(por: ModuleType) -> None:
+    """p toggles x for ever, q sets y once; they are independent and invisible. Taking p alone
+    everywhere would go round x's cycle and never run q (the "ignoring" problem)."""
+    def enabled(s: tuple[int, int]) -> list[str]:
+        return ["p", "q"] if s[1] == 0 else ["p"]
+
+    def step(s: tuple[int, int], a: str) -> tuple[int, int]:
+        return (1 - s[0], s[1]) if a == "p" else (s[0], 1)
+
+    graph, cands = _candidates(por, StepModel("toggle", lambda: [(0, 0)], enabled, step))
+    assert cands[(0, 0)] == ["p", "q"]
+    states, _, taken = por.optimistic_reduced(graph, cands)
+    assert states == 4 == len(graph.succ)
+    assert taken[(1, 0)] == "q"  # p would close the cycle back to (0, 0)
