@@ -254,9 +254,10 @@ BOUND_LABEL = ("UNSOUND by design, an upper bound: C1 checked only against the a
 def measure(model: _Checkable[S, A], kind: Callable[[A], str],
             ap_sets: dict[str, Sequence[tuple[str, Callable[[S], Hashable]]]],
             coarse: Callable[[A], str] | None = None,
-            max_states: int | None = None) -> dict[str, Any]:
-    """The whole measure on one model, once per set of atomic propositions, as a JSON-ready dict.
-    """
+            max_states: int | None = None,
+            count_states: Sequence[tuple[str, Callable[[S], bool]]] = ()) -> dict[str, Any]:
+    """The whole measure on one model, once per set of atomic propositions, as a JSON-ready dict
+    (with, for `count_states`, how many states satisfy each predicate)."""
     t0 = time.process_time()
     graph = explore(model, max_states)
     states = len(graph.succ)
@@ -267,6 +268,7 @@ def measure(model: _Checkable[S, A], kind: Callable[[A], str],
         "liveness_counts": [live.id for live in model.liveness],
         "cpu_seconds_explore": round(time.process_time() - t0, 2),
         "bound_label": BOUND_LABEL,
+        "states_where": {name: sum(1 for st in graph.succ if p(st)) for name, p in count_states},
         "by_propositions": {},
     }
     coarse_of = ({kind(a): coarse(a) for out in graph.succ.values() for a in out}
@@ -349,7 +351,8 @@ def peering_report(config: str, bugs: Sequence[str] = ()) -> dict[str, Any]:
     def kind(a: Any) -> str:
         return type(a).__name__ + (f"/{a.how}" if isinstance(a, act.Deliver) else "")
 
-    return measure(model, kind, peering_ap_sets(model), coarse=act.kind_of)
+    aps = peering_ap_sets(model)
+    return measure(model, kind, aps, coarse=act.kind_of, count_states=[aps["verdicts"][0]])
 
 
 def main() -> int:
@@ -371,7 +374,8 @@ def main() -> int:
         r["load_1min_before_after"] = [load_before, round(os.getloadavg()[0], 2)]
         report["configs"][config] = r
         print(f"{config}: {r['states']} states, {r['transitions']} transitions "
-              f"(explored in {r['cpu_seconds_explore']} s CPU; load {r['load_1min_before_after']})")
+              f"(explored in {r['cpu_seconds_explore']} s CPU; load {r['load_1min_before_after']});"
+              f" states where: {r['states_where']}")
         for name, part in r["by_propositions"].items():
             b, b_nc = part["optimistic_bound"], part["optimistic_bound_without_counts"]
             b_last = part["optimistic_bound_last_candidate"]
