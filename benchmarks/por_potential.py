@@ -56,12 +56,16 @@ CONDITIONS = ("c2_invisible", "c1_local_independent", "transition_invariants_kep
               "liveness_counts_kept", "candidate_without_counts")
 
 
-class _Checkable(Protocol[S, A]):
+S_co = TypeVar("S_co", bound=Hashable, covariant=True)
+A_co = TypeVar("A_co", bound=Hashable, covariant=True)
+
+
+class _Checkable(Protocol[S_co, A_co]):
     """What the analysis reads of a model (`peerkit.checker.api.Model`, minus the reductions)."""
 
-    def initial_states(self) -> Iterable[S]: ...
+    def initial_states(self) -> Iterable[S_co]: ...
 
-    def successors(self, state: S) -> Iterable[tuple[A, S]]: ...
+    def successors(self, state: Any) -> Iterable[tuple[A_co, S_co]]: ...
 
     @property
     def invariants(self) -> Sequence[Any]: ...
@@ -230,8 +234,25 @@ def optimistic_reduced(graph: Graph[S, A], candidates: dict[S, list[A]], last: b
     return len(seen), transitions, taken
 
 
+def safety_violations(model: _Checkable[S, A], graph: Graph[S, A],
+                      taken: dict[S, A | None] | None = None) -> list[str]:
+    """The invariants and transition invariants violated somewhere in the graph, or (with `taken`
+    from `optimistic_reduced`) in the part of it that search explored."""
+    succ = graph.succ
+    states = list(succ) if taken is None else list(taken)
+
+    def edges(s: S) -> list[tuple[A, S]]:
+        alone = None if taken is None else taken[s]
+        return list(succ[s].items()) if alone is None else [(alone, succ[s][alone])]
+
+    broken = [inv.id for inv in model.invariants if not all(inv.holds(s) for s in states)]
+    broken += [ti.id for ti in model.transition_invariants
+               if not all(ti.holds(s, a, t) for s in states for a, t in edges(s))]
+    return broken
+
+
 def _bound(graph: Graph[S, A], candidates: dict[S, list[A]], kind: Callable[[A], str],
-           last: bool = False) -> dict[str, Any]:
+           last: bool = False, model: _Checkable[S, A] | None = None) -> dict[str, Any]:
     states, transitions, taken = optimistic_reduced(graph, candidates, last)
     taken_kinds: dict[str, int] = {}
     for a in taken.values():
@@ -243,6 +264,8 @@ def _bound(graph: Graph[S, A], candidates: dict[S, list[A]], kind: Callable[[A],
         "fraction_of_states_removed": round(1 - states / len(graph.succ), 4),
         "states_expanded_by_one_action": sum(1 for a in taken.values() if a is not None),
         "action_taken_alone_by_kind": dict(sorted(taken_kinds.items())),
+        **({"safety_violated_in_search": safety_violations(model, graph, taken)}
+           if model is not None else {}),
     }
 
 
@@ -255,7 +278,7 @@ def measure(model: _Checkable[S, A], kind: Callable[[A], str],
             ap_sets: dict[str, Sequence[tuple[str, Callable[[S], Hashable]]]],
             coarse: Callable[[A], str] | None = None,
             max_states: int | None = None,
-            count_states: Sequence[tuple[str, Callable[[S], bool]]] = ()) -> dict[str, Any]:
+            count_states: Sequence[tuple[str, Callable[[S], Hashable]]] = ()) -> dict[str, Any]:
     """The whole measure on one model, once per set of atomic propositions, as a JSON-ready dict
     (with, for `count_states`, how many states satisfy each predicate)."""
     t0 = time.process_time()
@@ -268,7 +291,9 @@ def measure(model: _Checkable[S, A], kind: Callable[[A], str],
         "liveness_counts": [live.id for live in model.liveness],
         "cpu_seconds_explore": round(time.process_time() - t0, 2),
         "bound_label": BOUND_LABEL,
-        "states_where": {name: sum(1 for st in graph.succ if p(st)) for name, p in count_states},
+        "states_where": {name: len([st for st in graph.succ if pred(st)])
+                         for name, pred in count_states},
+        "safety_violated_in_graph": safety_violations(model, graph),
         "by_propositions": {},
     }
     coarse_of = ({kind(a): coarse(a) for out in graph.succ.values() for a in out}
@@ -289,7 +314,7 @@ def measure(model: _Checkable[S, A], kind: Callable[[A], str],
             "by_kind": {k: {**v, "states_with_candidate_of_kind":
                             analysis.states_with_kind.get(k, 0)}
                         for k, v in sorted(analysis.pairs.items())},
-            "optimistic_bound": _bound(graph, analysis.candidates, kind),
+            "optimistic_bound": _bound(graph, analysis.candidates, kind, model=model),
             "optimistic_bound_without_counts": _bound(graph, analysis.candidates_without_counts,
                                                       kind),
             "optimistic_bound_last_candidate": _bound(graph, analysis.candidates, kind, last=True),
@@ -321,7 +346,7 @@ def peering_ap_sets(model: Any) -> dict[str, Sequence[tuple[str, Callable[[Any],
     from peerkit.model.properties import settled
 
     def is_settled(w: Any) -> bool:
-        return settled(model, w)
+        return bool(settled(model, w))
 
     def store(w: Any) -> Hashable:  # no-orphans, store-rules, terminated-only-if-peer-deleted
         return tuple((cl.rows, cl.imported, cl.next_gen) for cl in w.clusters)
@@ -342,11 +367,12 @@ def peering_ap_sets(model: Any) -> dict[str, Sequence[tuple[str, Callable[[Any],
     return {"verdicts": verdicts, "reads": reads}
 
 
-def peering_report(config: str, bugs: Sequence[str] = ()) -> dict[str, Any]:
+def peering_report(config: str, bugs: Sequence[str] = (), mutant: str | None = None
+                   ) -> dict[str, Any]:
     from peerkit.model import PeeringModel, get_config
     from peerkit.model import actions as act
 
-    model = PeeringModel(get_config(config), bugs=bugs)
+    model = PeeringModel(get_config(config), bugs=bugs, mutant=mutant)
 
     def kind(a: Any) -> str:
         return type(a).__name__ + (f"/{a.how}" if isinstance(a, act.Deliver) else "")
@@ -355,11 +381,39 @@ def peering_report(config: str, bugs: Sequence[str] = ()) -> dict[str, Any]:
     return measure(model, kind, aps, coarse=act.kind_of, count_states=[aps["verdicts"][0]])
 
 
+def catalog(config: str) -> dict[str, Any]:
+    """Every known bug (alone) and every mutant of the catalog on `config`: does the optimistic
+    search still meet every safety violation the complete graph has? (Liveness is not checked.)"""
+    from peerkit.model import BUGS
+    from peerkit.model.mutants import MUTANTS
+
+    cases: list[tuple[str, Sequence[str], str | None]] = [
+        *((f"bug {b}", (b,), None) for b in sorted(BUGS)),
+        *((f"mutant {m}", (), m) for m in sorted(MUTANTS))]
+    out: dict[str, Any] = {}
+    for name, bugs, mutant in cases:
+        r = peering_report(config, bugs, mutant)
+        full = r["safety_violated_in_graph"]
+        row: dict[str, Any] = {"states": r["states"], "safety_violated_in_graph": full}
+        for props, part in r["by_propositions"].items():
+            b = part["optimistic_bound"]
+            row[props] = {"search_states": b["states"],
+                          "missed": sorted(set(full) - set(b["safety_violated_in_search"]))}
+        out[name] = row
+        print(f"{name}: {r['states']} states, violated {full}; " + "; ".join(
+            f"{props} search {row[props]['search_states']} states, missed {row[props]['missed']}"
+            for props in r["by_propositions"]), flush=True)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--config", action="append", default=[])
     parser.add_argument("--bug", action="append", default=[],
                         help="switch a known bug on in every configuration (repeatable)")
+    parser.add_argument("--catalog", metavar="CONFIG",
+                        help="instead: every bug and mutant on CONFIG, asking only whether the "
+                             "optimistic search meets the safety violations the graph has")
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -368,6 +422,10 @@ def main() -> int:
     report: dict[str, Any] = {"machine": machine_info(), "command": " ".join(sys.argv),
                               "bugs": args.bug, "method": (__doc__ or "").split("\n\n")[1],
                               "configs": {}}
+    if args.catalog:
+        report["catalog"] = {args.catalog: catalog(args.catalog)}
+        write_results(args.json, report)
+        return 0
     for config in args.config or ["tiny", "ci", "default"]:
         load_before = round(os.getloadavg()[0], 2)
         r = peering_report(config, args.bug)
@@ -375,7 +433,8 @@ def main() -> int:
         report["configs"][config] = r
         print(f"{config}: {r['states']} states, {r['transitions']} transitions "
               f"(explored in {r['cpu_seconds_explore']} s CPU; load {r['load_1min_before_after']});"
-              f" states where: {r['states_where']}")
+              f" states where: {r['states_where']}; safety violated: "
+              f"{r['safety_violated_in_graph']}")
         for name, part in r["by_propositions"].items():
             b, b_nc = part["optimistic_bound"], part["optimistic_bound_without_counts"]
             b_last = part["optimistic_bound_last_candidate"]
@@ -384,7 +443,8 @@ def main() -> int:
                   f"without the counts condition); optimistic bound {b['states']} states "
                   f"({b['fraction_of_states_removed']:.1%} fewer; without counts "
                   f"{b_nc['fraction_of_states_removed']:.1%}; taking the last candidate "
-                  f"{b_last['fraction_of_states_removed']:.1%}); {part['cpu_seconds']} s CPU")
+                  f"{b_last['fraction_of_states_removed']:.1%}); {part['cpu_seconds']} s CPU; "
+                  f"safety violated in that search: {b['safety_violated_in_search']}")
             for k, v in part["by_kind"].items():
                 print(f"    {k:18} " + " ".join(f"{key}={n}" for key, n in v.items()))
     write_results(args.json, report)
