@@ -85,8 +85,10 @@ def test_race_as_the_engine(bounds: engine.Bounds) -> None:
     assert result.complete == (bounds.max_states is None)
 
 
-def test_ci_as_the_engine() -> None:
-    result = same_as_engine(peering("ci"))
+# tiny: its states once met the encoder's old lookup by value (a tracker decoded as plain pairs)
+@pytest.mark.parametrize("config", ["ci", "tiny"])
+def test_config_as_the_engine(config: str) -> None:
+    result = same_as_engine(peering(config))
     assert result.ok and result.complete
 
 
