@@ -102,7 +102,7 @@ from peerkit.model.vocabulary import (
     WARN_DRAIN_FAILED,
     PeeringState,
 )
-from peerkit.proto import peering_pb2, peerstream_pb2, status_pb2
+from peerkit.proto import peering_pb2, peerstream_pb2
 from peerkit.proto.resources import (
     EXPORTED_SERVICE_LIST_RESOURCE_ID,
     KNOWN_TYPE_URLS,
@@ -889,14 +889,16 @@ class StreamSession:
 
     @staticmethod
     def _reply_message(resp: ReplicationMessage.Response, result: _Reply) -> ReplicationMessage:
-        request = ReplicationMessage.Request(
-            ResourceURL=resp.ResourceURL, ResponseNonce=resp.Nonce
-        )
+        # built in place (one per Response received: a Request built apart is copied in)
+        # (assigning a field sets the submessage, even to an empty string: a test pins it)
+        msg = ReplicationMessage()
+        request = msg.request
+        request.ResourceURL = resp.ResourceURL
+        request.ResponseNonce = resp.Nonce
         if not result.ok:
-            request.Error.CopyFrom(
-                status_pb2.Status(code=result.error_code, message=result.error_message)
-            )
-        return ReplicationMessage(request=request)
+            request.Error.code = result.error_code
+            request.Error.message = result.error_message
+        return msg
 
     @staticmethod
     def _check_response(resp: ReplicationMessage.Response) -> _Reply | None:
@@ -966,11 +968,16 @@ class StreamSession:
         return f"{self._nonce:08x}"
 
     def _upsert_message(self, url: str, rid: str, payload: Message) -> ReplicationMessage:
-        response = ReplicationMessage.Response(
-            Nonce=self._next_nonce(), ResourceURL=url, ResourceID=rid, operation=OP_UPSERT
-        )
+        # built in place: a Response built apart is copied into the message (one per
+        # exported service; issue 10)
+        msg = ReplicationMessage()
+        response = msg.response
+        response.Nonce = self._next_nonce()
+        response.ResourceURL = url
+        response.ResourceID = rid
+        response.operation = OP_UPSERT
         response.Resource.Pack(payload)
-        return ReplicationMessage(response=response)
+        return msg
 
     def _trust_bundle(self) -> ReplicationMessage:
         bundle = peering_pb2.PeeringTrustBundle(
@@ -1043,14 +1050,8 @@ class StreamSession:
             # no instances left: an UPSERT of an empty list, which Consul's importer (and
             # peerkit's) treats as the service's removal (upstream replication.go,
             # makeServiceResponse and handleUpdateService)
-            response = ReplicationMessage.Response(
-                Nonce=self._next_nonce(),
-                ResourceURL=TYPE_URL_EXPORTED_SERVICE,
-                ResourceID=service,
-                operation=OP_UPSERT,
-            )
-            response.Resource.Pack(instances_to_pb(new or ()))
-            yield ReplicationMessage(response=response)
+            yield self._upsert_message(TYPE_URL_EXPORTED_SERVICE, service,
+                                       instances_to_pb(new or ()))
 
     async def _watch_exports(self, out: trio.MemorySendChannel[_Event]) -> None:
         store = self.env.store
