@@ -248,6 +248,18 @@ class _SqliteTxn(BackendTxn):
         wanted = sorted(values)
         if not wanted:
             return []
+        if prefix and all(type(c) is str for c in prefix + tuple(wanted)):
+            # one key range (see scan_prefixes_of) and the values as one JSON parameter: a
+            # statement of constant text, prepared once, which SQLite answers from the
+            # services_by_name index (the form below is prepared anew for each number of
+            # values, and an import batch makes one per batch, issue 10)
+            low = encode_key(prefix)[:-1]
+            cur = self._conn.execute(
+                f"SELECT v FROM {table} WHERE k >= ?1 AND k < ?2 "
+                f"AND json_extract(v, '$.{field}') IN (SELECT value FROM json_each(?3))",
+                (low, low[:-1] + "#", _KEY_ENCODER.encode(wanted)),
+            )
+            return [_decode_stored(table, text) for (text,) in cur.fetchall()]
         low, high = _prefix_range(prefix) if prefix else ("", "\U0010ffff")
         marks = ",".join("?" * len(wanted))
         cur = self._conn.execute(

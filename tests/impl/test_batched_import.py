@@ -45,7 +45,7 @@ from peerkit.impl.store import (
     StoreFailure,
     TrustBundle,
 )
-from peerkit.impl.store.base import _BatchTxn, key_of
+from peerkit.impl.store.base import BackendTxn, _BatchTxn, key_of
 from peerkit.impl.store.memory import MemoryBackend
 from peerkit.impl.store.sqlite import SqliteBackend
 from peerkit.impl.testing import eventually, running_cluster
@@ -286,7 +286,7 @@ def test_one_statement_reads_several_tables_as_a_scan_each(tmp_path: Path) -> No
     names = [f"n{i}" for i in range(700)] + ["n1-x", "n1,", "n1]", 'n"1', "ü"]
     with backend.transaction(write=True) as raw:
         for name in rng.sample(names, 400):
-            node, service, checks = instance(name, "web")
+            node, service, checks = instance(name, rng.choice(["web", "api", 'd\u00e9"b']))
             for table, row in (("nodes", node), ("services", service),
                                *(("checks", check) for check in checks)):
                 stamped = replace(row, peer_name=PEER)  # type: ignore[type-var]
@@ -301,6 +301,15 @@ def test_one_statement_reads_several_tables_as_a_scan_each(tmp_path: Path) -> No
                 assert (sorted(map(repr, got[table]))
                         == sorted(map(repr, raw.scan_prefixes(table, prefixes))))
                 assert got[table] or count == 1
+        # and the services by name (one range and a JSON list of names, issue 10): as the
+        # default filter after a scan gives them
+        for prefix in [(PEER, "default"), (PEER, "default", "n1"), (PEER,), ("other",)]:
+            for values in [["web"], ["api", 'd\u00e9"b'], ["nope"], ["web", "api", 'd\u00e9"b']]:
+                fast = raw.scan_matching("services", prefix, "name", values)
+                plain = BackendTxn.scan_matching(raw, "services", prefix, "name", values)
+                assert sorted(map(repr, fast)) == sorted(map(repr, plain))
+                assert fast or values == ["nope"] or prefix in [(PEER, "default", "n1"),
+                                                                 ("other",)]
     backend.close()
 
 
