@@ -58,7 +58,8 @@ the drain discards events until the inbound side has ended *and* the sender has 
 acceptor's RPC never ends before its ``Terminated`` has gone out.
 
 Batches (issue 10). The receiver hands the handler what the transport had already received
-along with the message it waited for (``receive_ready``, at most ``BATCH_LIMIT``); the handler
+along with the message it waited for (``receive_ready``, at most ``BATCH_LIMIT``), and the
+handler adds what arrived while it was busy before the receiver receives again; the handler
 imports each run of Responses in one store transaction (``StateStore.import_batch``) and then
 queues their ACK/NACKs in order, so no ACK leaves before its import is committed. Messages are
 still handled in order, and the first ending discards the rest, as the drain would. The export
