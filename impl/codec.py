@@ -251,14 +251,21 @@ def _imported_instance(
 ) -> ImportedInstance:
     """Validate a received instance and build its records; checks are (ID, name, status,
     service ID). The bounds apply to both wire forms alike."""
-    for what, value in (("node name", node_name), ("node address", address),
-                        ("service ID", service_id), ("service name", service_name),
-                        *(("tag", t) for t in tags),
-                        *(("check ID", c[0]) for c in checks),
-                        *(("check name", c[1]) for c in checks)):
-        if len(value) > MAX_IMPORTED_NAME_CHARS or not value.isprintable():
-            raise ValueError(f"the {what} {value[:80]!r} is not valid: at most "
-                             f"{MAX_IMPORTED_NAME_CHARS} printable characters")
+    values = [node_name, address, service_id, service_name, *tags]
+    for check in checks:
+        values += check[:2]
+    # the common case in two C calls (the joined text is printable exactly when every value
+    # is); it was a third of decoding a replicated instance (issue 10). Otherwise the loop
+    # below names the first bad value.
+    if max(map(len, values)) > MAX_IMPORTED_NAME_CHARS or not "".join(values).isprintable():
+        for what, value in (("node name", node_name), ("node address", address),
+                            ("service ID", service_id), ("service name", service_name),
+                            *(("tag", t) for t in tags),
+                            *(("check ID", c[0]) for c in checks),
+                            *(("check name", c[1]) for c in checks)):
+            if len(value) > MAX_IMPORTED_NAME_CHARS or not value.isprintable():
+                raise ValueError(f"the {what} {value[:80]!r} is not valid: at most "
+                                 f"{MAX_IMPORTED_NAME_CHARS} printable characters")
     node = Node(name=node_name, address=address, partition=partition, peer_name=peer_name)
     service = Service(
         id=service_id,
@@ -334,13 +341,14 @@ def csn_from_wire(
     TypeError as ``csn_from_pb`` does."""
     if not msg.HasField("Node") or not msg.HasField("Service"):
         raise ValueError("an exported instance needs a Node and a Service")
+    node, service = msg.Node, msg.Service
     return _imported_instance(
-        node_name=msg.Node.Node,
-        address=msg.Node.Address,
-        service_id=msg.Service.ID,
-        service_name=msg.Service.Service,
-        port=msg.Service.Port,
-        tags=tuple(msg.Service.Tags),
+        node_name=node.Node,
+        address=node.Address,
+        service_id=service.ID,
+        service_name=service.Service,
+        port=service.Port,
+        tags=tuple(service.Tags),
         checks=[(c.CheckID, c.Name, c.Status, c.ServiceID) for c in msg.Checks],
         peer_name=peer_name,
         partition=partition,
@@ -348,9 +356,37 @@ def csn_from_wire(
 
 
 def instances_to_pb(instances: Sequence[CheckServiceNode]) -> peerstream_pb2.ExportedService:
-    """The payload of an exported-service Response: every instance in Consul's layout; an
-    empty list says the service has no exported instances any more."""
-    return peerstream_pb2.ExportedService(Nodes=[csn_to_wire(c) for c in instances])
+    """The payload of an exported-service Response: every instance in Consul's layout (as
+    ``csn_to_wire`` writes it); an empty list says the service has no exported instances any
+    more. Built in place in the message: ``csn_to_wire``'s messages would be copied into it,
+    and building in place costs half as much (an exporter builds one per service, issue 10;
+    a test compares the two)."""
+    out = peerstream_pb2.ExportedService()
+    for csn in instances:
+        item = out.Nodes.add()
+        node, service = csn.node, csn.service
+        wire_node = item.Node
+        wire_node.Node = node.name
+        wire_node.Address = node.address
+        wire_node.Partition = node.partition
+        wire_node.PeerName = node.peer_name
+        wire_service = item.Service
+        wire_service.ID = service.id
+        wire_service.Service = service.name
+        wire_service.Port = service.port
+        wire_service.Tags.extend(service.tags)
+        wire_service.PeerName = service.peer_name
+        for c in csn.checks:
+            item.Checks.add(
+                Node=node.name,
+                CheckID=c.check_id,
+                Name=c.name,
+                Status=c.status,
+                ServiceID=c.service_id,
+                ServiceName=service.name if c.service_id else "",
+                PeerName=c.peer_name,
+            )
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -201,6 +201,12 @@ class BackendTxn(ABC):
         in no particular order. SQLite reads them in one statement by key ranges."""
         return [row for prefix in prefixes for row in self.scan(table, prefix)]
 
+    def scan_prefixes_of(self, tables: Sequence[str],
+                         prefixes: Collection[Key]) -> dict[str, list[Row]]:
+        """``scan_prefixes`` of each of ``tables`` with the same prefixes, by table. SQLite
+        reads them all in one statement (a statement is what a batch pays for, issue 10)."""
+        return {table: self.scan_prefixes(table, prefixes) for table in tables}
+
     def put_many(self, table: str, rows: Sequence[tuple[Key, Row]]) -> None:
         """``put`` of each (key, row); the keys are distinct. A backend may write them in
         fewer statements (SQLite does: a statement per statement is what a batch pays for)."""
@@ -393,6 +399,9 @@ class StateStore:
                 elif row.name in WATCH_TABLES:
                     self._table_indexes[row.name] = row.index
         self._local_catalog_index = self._table_indexes[CATALOG]
+        #: ``import_batch``'s last peering lookup: (peer name, partition, the peerings
+        #: index it was made at, mutants) -> whether imports were refused
+        self._import_guard: tuple[tuple[str, str, int, frozenset[str]], bool] | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -857,8 +866,7 @@ class StateStore:
             nodes = _named_nodes(ops) | cache.nodes()
             if nodes:
                 prefixes = [(peer_name, partition, name) for name in sorted(nodes)]
-                for table in ("nodes", "services", "checks"):
-                    batch.preload(table, prefixes)
+                batch.preload_tables(("nodes", "services", "checks"), prefixes)
             for op in ops:
                 try:
                     self._apply_import(tx, peer_name, partition, op, cache)
@@ -1126,13 +1134,21 @@ class StateStore:
         batch (no op of a batch writes peerings, so every op would find the same answer; the
         lookup scans every peering and was a tenth of an import's time, issue 10)."""
         if cache.refused is None:
-            try:
-                self._require_active(tx, peer_name, partition)
-            except StoreError:
-                cache.refused = True
-                raise
-            cache.refused = False
-        elif cache.refused:
+            # and across batches while no peering write has committed since (the peerings
+            # index has not moved: a rolled-back write changed nothing): a stream imports
+            # batch after batch for one peering, and the scan was a statement per batch
+            key = (peer_name, partition, self._table_indexes[PEERINGS], self.mutants)
+            if self._import_guard is not None and self._import_guard[0] == key:
+                cache.refused = self._import_guard[1]
+            else:
+                try:
+                    self._require_active(tx, peer_name, partition)
+                except StoreError:
+                    cache.refused = True
+                else:
+                    cache.refused = False
+                self._import_guard = (key, cache.refused)
+        if cache.refused:
             raise StoreError(ERR_IMPORT_INACTIVE)
 
     @staticmethod
@@ -1303,28 +1319,45 @@ class _BatchTxn(BackendTxn):
         self._known: dict[str, dict[Key, Row | None]] = {}
         #: per table, prefix -> the keys of every present row under it (all are known)
         self._covered: dict[str, dict[Key, set[Key]]] = {}
+        #: per table, the lengths of the prefixes in ``_covered`` (``_note`` looks up only
+        #: the key's prefixes of these lengths, not all of them: issue 10)
+        self._covered_lengths: dict[str, set[int]] = {}
         #: per table, key -> the row to write (None: to delete), not yet in the backend
         self._pending: dict[str, dict[Key, Row | None]] = {}
 
     def preload(self, table: str, prefixes: Collection[Key]) -> None:
         """Read every row under each of ``prefixes`` (none a prefix of another) in one query;
         later scans of those prefixes and gets of keys under them need no backend read."""
-        fresh = [p for p in prefixes if p not in self._covered.get(table, {})]
-        if not fresh:
+        self.preload_tables((table,), prefixes)
+
+    def preload_tables(self, tables: Sequence[str], prefixes: Collection[Key]) -> None:
+        """``preload`` of each of ``tables`` with the same prefixes, in one query."""
+        fresh = {table: [p for p in prefixes if p not in self._covered.get(table, {})]
+                 for table in tables}
+        wanted = [table for table in tables if fresh[table]]
+        if not wanted:
             return
-        rows = self.scan_prefixes(table, fresh)
-        covered = self._covered.setdefault(table, {})
-        for prefix in fresh:
-            covered[prefix] = set()
-        for row in rows:
-            self._note(table, key_of(row), row)
+        for table in wanted:
+            self._flush_table(table)
+        if all(fresh[table] == fresh[wanted[0]] for table in wanted):
+            found = self.raw.scan_prefixes_of(wanted, fresh[wanted[0]])
+        else:
+            found = {table: self.raw.scan_prefixes(table, fresh[table]) for table in wanted}
+        for table in wanted:
+            covered = self._covered.setdefault(table, {})
+            for prefix in fresh[table]:
+                covered[prefix] = set()
+                self._covered_lengths.setdefault(table, set()).add(len(prefix))
+            for row in found[table]:
+                self._note(table, key_of(row), row)
 
     def get(self, table: str, key: Key) -> Row | None:
         known = self._known.setdefault(table, {})
         if key in known:
             return known[key]
-        covered = self._covered.get(table, {})
-        if any(key[:i] in covered for i in range(len(key) + 1)):
+        covered = self._covered.get(table)
+        if covered and any(key[:i] in covered for i in self._covered_lengths[table]
+                           if i <= len(key)):
             return None
         # an unknown key has no pending write: the backend's answer is current
         row = self.raw.get(table, key)
@@ -1353,6 +1386,7 @@ class _BatchTxn(BackendTxn):
         self._flush_table(table)
         rows = self.raw.scan(table, prefix)
         self._covered.setdefault(table, {})[prefix] = set()
+        self._covered_lengths.setdefault(table, set()).add(len(prefix))
         for row in rows:
             self._note(table, key_of(row), row)
         return rows
@@ -1392,8 +1426,8 @@ class _BatchTxn(BackendTxn):
         self._known.setdefault(table, {})[key] = row
         covered = self._covered.get(table)
         if covered:
-            for i in range(len(key) + 1):
-                keys = covered.get(key[:i])
+            for i in self._covered_lengths[table]:
+                keys = covered.get(key[:i]) if i <= len(key) else None
                 if keys is not None:
                     if row is None:
                         keys.discard(key)

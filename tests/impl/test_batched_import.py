@@ -45,7 +45,7 @@ from peerkit.impl.store import (
     StoreFailure,
     TrustBundle,
 )
-from peerkit.impl.store.base import _BatchTxn
+from peerkit.impl.store.base import BackendTxn, _BatchTxn, key_of
 from peerkit.impl.store.memory import MemoryBackend
 from peerkit.impl.store.sqlite import SqliteBackend
 from peerkit.impl.testing import eventually, running_cluster
@@ -265,13 +265,52 @@ def test_the_write_behind_view_reads_like_the_transaction_it_wraps(
                         "checks", (PEER, "default"), "node", values)))
                             == sorted(map(repr, plain.scan_matching(
                                 "checks", (PEER, "default"), "node", values))))
-                else:
+                elif rng.random() < 0.5:
                     view.preload("checks", [(PEER, "default", n) for n in rng.sample(nodes, 2)])
+                else:
+                    view.preload_tables(("nodes", "checks"),
+                                        [(PEER, "default", n) for n in rng.sample(nodes, 2)])
             view.flush()
             assert (sorted(map(repr, raw_a.scan("checks")))
                     == sorted(map(repr, plain.scan("checks"))))
     for backend in backends:
         backend.close()
+
+
+def test_one_statement_reads_several_tables_as_a_scan_each(tmp_path: Path) -> None:
+    """SQLite's ``scan_prefixes_of`` (one UNION ALL statement, issue 10) gives what
+    ``scan_prefixes`` of each table gives, keys equal to a prefix (nodes) included, over
+    more prefixes than one statement takes (seeded)."""
+    rng = random.Random(10)
+    backend = SqliteBackend(tmp_path / "s.sqlite")
+    names = [f"n{i}" for i in range(700)] + ["n1-x", "n1,", "n1]", 'n"1', "ü"]
+    with backend.transaction(write=True) as raw:
+        for name in rng.sample(names, 400):
+            node, service, checks = instance(name, rng.choice(["web", "api", 'd\u00e9"b']))
+            for table, row in (("nodes", node), ("services", service),
+                               *(("checks", check) for check in checks)):
+                stamped = replace(row, peer_name=PEER)  # type: ignore[type-var]
+                raw.put(table, key_of(stamped), stamped)
+        raw.put("nodes", ("other", "default", "n1"), Node(name="n1", peer_name="other"))
+        for count in (1, 3, 650):
+            prefixes = [(PEER, "default", n) for n in rng.sample(names, count)]
+            tables = ("nodes", "services", "checks")
+            got = raw.scan_prefixes_of(tables, prefixes)
+            assert set(got) == set(tables)
+            for table in tables:
+                assert (sorted(map(repr, got[table]))
+                        == sorted(map(repr, raw.scan_prefixes(table, prefixes))))
+                assert got[table] or count == 1
+        # and the services by name (one range and a JSON list of names, issue 10): as the
+        # default filter after a scan gives them
+        for prefix in [(PEER, "default"), (PEER, "default", "n1"), (PEER,), ("other",)]:
+            for values in [["web"], ["api", 'd\u00e9"b'], ["nope"], ["web", "api", 'd\u00e9"b']]:
+                fast = raw.scan_matching("services", prefix, "name", values)
+                plain = BackendTxn.scan_matching(raw, "services", prefix, "name", values)
+                assert sorted(map(repr, fast)) == sorted(map(repr, plain))
+                assert fast or values == ["nope"] or prefix in [(PEER, "default", "n1"),
+                                                                 ("other",)]
+    backend.close()
 
 
 def test_a_batch_for_an_inactive_peering_refuses_each_upsert(stores: list[StateStore]) -> None:
@@ -285,6 +324,27 @@ def test_a_batch_for_an_inactive_peering_refuses_each_upsert(stores: list[StateS
     assert [r.message if isinstance(r, StoreError) else r for r in results] == [
         ERR_IMPORT_INACTIVE, None, ERR_IMPORT_INACTIVE]
     assert store.imported_service_names(PEER, "default") == []
+
+
+def test_the_peering_is_looked_up_again_after_a_peering_write(
+        stores: list[StateStore]) -> None:
+    """``import_batch`` keeps its peering lookup across batches only while no peering write
+    has committed: a batch after the row is marked for deletion is refused, and one after a
+    new row of that name is written is accepted again."""
+    store = stores[0]
+    assert store.import_batch(PEER, "default", [ImportService("web", [instance("n1", "web")])]) \
+        == [None]
+    store.peering_mark_deleted(PEER, "default", 1.0)
+    results = store.import_batch(PEER, "default", [ImportService("api", [instance("n2", "api")])])
+    assert [getattr(r, "message", r) for r in results] == [ERR_IMPORT_INACTIVE]
+    store.peering_delete(PEER, "default")
+    store.peering_write(Peering(name=PEER))
+    assert store.import_batch(PEER, "default", [ImportService("api", [instance("n2", "api")])]) \
+        == [None]
+    store.mutants = frozenset({"import-guard-inverted"})  # the rules changed: asked again
+    results = store.import_batch(PEER, "default", [ImportService("db", [instance("n3", "db")])])
+    assert [getattr(r, "message", r) for r in results] == [ERR_IMPORT_INACTIVE]
+    assert store.imported_service_names(PEER, "default") == ["api", "web"]
 
 
 class _FailingBackend(SqliteBackend):

@@ -1247,3 +1247,36 @@ def test_sqlite_rows_written_directly_have_the_general_encoders_text(
     ]
     for row in rows:
         assert sqlite_codec.encode_row(row) == _reference_text(row)
+
+
+_JSON_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-2, 70000), st.text(max_size=4),
+    st.lists(st.text(max_size=3), max_size=2), st.dictionaries(st.text(max_size=2),
+                                                                st.text(max_size=2), max_size=2))
+
+
+@settings(max_examples=200, deadline=None)
+@given(table=st.sampled_from(["nodes", "services", "checks", "exports", "meta"]),
+       data=st.data())
+def test_sqlite_rows_decode_as_the_record_constructor_builds_them(
+        table: str, data: st.DataObject) -> None:
+    """A stored row with every field is decoded without the record's __init__ (issue 10):
+    whatever the fields hold (a corrupt or foreign file), the result, or the error and its
+    message, is what the constructor gives."""
+    import dataclasses
+    import json
+
+    cls = sqlite_codec.TABLES[table]
+    fields = {f.name: data.draw(_JSON_VALUES) for f in dataclasses.fields(cls)}
+    text = json.dumps(fields)
+    try:
+        expected: Any = cls(**json.loads(text))
+    except (ValueError, TypeError) as exc:
+        expected = (type(exc), str(exc))
+    try:
+        got: Any = sqlite_codec.decode_row(table, text)
+    except (ValueError, TypeError) as exc:
+        got = (type(exc), str(exc))
+    assert got == expected
+    if not isinstance(got, tuple):
+        assert type(got) is cls and vars(got) == vars(expected)

@@ -32,6 +32,7 @@ from peerkit.impl.store import (
     CATALOG,
     DB_FILENAME,
     Change,
+    ImportService,
     MemoryStore,
     NodeInfo,
     Peering,
@@ -198,6 +199,56 @@ def test_a_fresh_and_a_reopened_database_are_accepted(tmp_path: Path) -> None:
     again = SqliteStore(tmp_path)
     assert [p.name for p in again.peering_list()] == ["dc2"]
     again.close()
+
+
+def _plan(conn: sqlite3.Connection) -> str:
+    return str(conn.execute(
+        "EXPLAIN QUERY PLAN SELECT v FROM services WHERE ((k >= ? AND k < ?) OR k = ?) "
+        "AND json_extract(v, '$.name') IN (?)", ("a", "b", "c", "d")).fetchall())
+
+
+def test_the_services_name_index_is_built_on_open_and_used(tmp_path: Path) -> None:
+    """Opening builds the services-by-name index (issue 10), also in a file made without
+    it, and the lookup of an import batch's services by name uses it."""
+    store = SqliteStore(tmp_path)
+    store.peering_write(Peering(name="dc2"))
+    store.close()
+    conn = sqlite3.connect(tmp_path / DB_FILENAME)
+    assert "services_by_name" in _plan(conn)
+    conn.execute("DROP INDEX services_by_name")  # as a file written before the index
+    conn.close()
+    conn = sqlite3.connect(tmp_path / DB_FILENAME)  # (a fresh statement cache)
+    assert "services_by_name" not in _plan(conn)
+    conn.close()
+    SqliteStore(tmp_path).close()
+    conn = sqlite3.connect(tmp_path / DB_FILENAME)
+    assert "services_by_name" in _plan(conn)
+    conn.close()
+
+
+def test_a_services_row_that_is_not_json_opens_without_the_index(tmp_path: Path) -> None:
+    """A damaged services row keeps the index from being built: the store opens all the
+    same, and the row is a StoreFailure when it is read, not a crash."""
+    store = SqliteStore(tmp_path)
+    store.peering_write(Peering(name="dc2"))
+    store.close()
+    conn = sqlite3.connect(tmp_path / DB_FILENAME, isolation_level=None)
+    conn.execute("DROP INDEX services_by_name")
+    conn.execute("INSERT INTO services VALUES ('[\"dc2\",\"default\",\"n\",\"s\"]', "
+                 "'not json')")
+    conn.close()
+    store = SqliteStore(tmp_path)
+    try:
+        assert [p.name for p in store.peering_list()] == ["dc2"]
+        with pytest.raises(StoreFailure):
+            store.imported_service_names("dc2", "default")
+        with pytest.raises(StoreFailure):
+            store.import_batch("dc2", "default", [ImportService("s", [])])
+    finally:
+        store.close()
+    conn = sqlite3.connect(tmp_path / DB_FILENAME)
+    assert "services_by_name" not in _plan(conn)
+    conn.close()
 
 
 def test_empty_data_dir_name_is_refused() -> None:

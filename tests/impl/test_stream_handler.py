@@ -14,7 +14,8 @@ peerkit.model.vocabulary.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 import trio
@@ -528,3 +529,108 @@ def test_error_texts_are_upstreams_verbatim() -> None:
     assert v.ERR_REGISTER_STREAM.format(error=v.ERR_ACTIVE_STREAM.format(id="x")) == (
         'failed to register stream: there is an active stream for the given PeerID "x"')
     assert not hasattr(v, "ERR_PEERING_TERMINATED")  # upstream has no text of its own for it
+
+
+class _ScriptedStream:
+    """A stream end whose inbound side the test scripts: ``receive`` takes from ``incoming``
+    (waiting while it is empty), ``receive_ready`` from ``ready``; ``on_ready`` runs at each
+    ``receive_ready`` call (before it answers). Sends are recorded."""
+
+    def __init__(self) -> None:
+        self.incoming: list[Any] = []
+        self.ready: list[Any] = []
+        self.ready_calls: list[int] = []  # len(ready) at each call
+        self.on_ready: Callable[[int], None] = lambda call: None
+        self.sent: list[Any] = []
+        self._arrived = trio.Event()
+        self._receiving = False
+
+    def deliver(self, msg: Any) -> None:
+        self.incoming.append(msg)
+        self._arrived.set()
+
+    async def receive(self) -> Any:
+        self._receiving = True
+        try:
+            while not self.incoming:
+                self._arrived = trio.Event()
+                await self._arrived.wait()
+            await trio.lowlevel.checkpoint()
+            return self.incoming.pop(0)
+        finally:
+            self._receiving = False
+
+    def receive_ready(self, limit: int) -> list[Any]:
+        if self._receiving:  # as both transports do: nothing while a receive waits
+            self.ready_calls.append(-1)
+            return []
+        self.on_ready(len(self.ready_calls))
+        self.ready_calls.append(len(self.ready))
+        taken, self.ready = self.ready[:limit], self.ready[limit:]
+        return taken
+
+    async def send(self, msg: Any) -> None:
+        self.sent.append(msg)
+
+    async def send_many(self, msgs: Any, on_progress: Any = None) -> None:
+        self.sent.extend(msgs)
+        await trio.lowlevel.checkpoint()
+
+    async def close_send(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    def cancel(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("held", [False, True])
+async def test_the_handler_adds_what_arrived_while_it_was_busy_unless_held(
+        held: bool, autojump_clock: trio.testing.MockClock) -> None:
+    """A batch is topped up with what arrived between the receiver making it and the handler
+    taking it (issue 10), in order and before the receiver receives again; a HoldReceive that
+    started meanwhile keeps the handler from taking anything more."""
+    # trio picks the order of tasks woken together at random: the receiver must wait for
+    # the handler whatever the order, so the case is run many times
+    for _attempt in range(24):
+        await _one_top_up(held)
+
+
+async def _one_top_up(held: bool) -> None:
+    from peerkit.impl.logs import EventLog
+    from peerkit.impl.store import MemoryStore
+    from peerkit.impl.stream import ReceiveHold, StreamEnv, StreamParams, StreamSession
+    from peerkit.impl.tracker import StreamTracker
+
+    tracker = StreamTracker()
+    hold = ReceiveHold()
+    stream = _ScriptedStream()
+    heartbeat = RM(heartbeat=RM.Heartbeat())
+    stream.ready = [RM(heartbeat=RM.Heartbeat()) for _ in range(3)]
+
+    def on_ready(call: int) -> None:
+        if call == 0:  # the receiver's own call: what it holds is not ready yet
+            stream.ready, stream.later = [], stream.ready  # type: ignore[attr-defined]
+            if held:
+                hold.hold("dc2")
+        elif call == 1:  # the handler's call: it arrived meanwhile
+            stream.ready = stream.later  # type: ignore[attr-defined]
+
+    stream.on_ready = on_ready
+    session = StreamSession(
+        StreamEnv(store=MemoryStore(), tracker=tracker, log=EventLog(), trust_domain="td",
+                  root_pems=(), receive_hold=hold),
+        StreamParams(role="acceptor", local_id="p1", peer_name="dc2", partition="default"),
+        stream)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(session.run)
+        stream.deliver(heartbeat)
+        await trio.sleep(1)
+        if held:
+            assert stream.ready_calls == [0]  # the handler took nothing more
+            assert len(stream.later) == 3  # type: ignore[attr-defined]
+        else:
+            assert stream.ready_calls == [0, 3]  # then the handler took all three
+            assert stream.ready == []
+        status = tracker.stream_status("p1")
+        assert status is not None and status.last_heartbeat is not None
+        nursery.cancel_scope.cancel()

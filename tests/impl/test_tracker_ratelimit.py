@@ -10,6 +10,8 @@ May import: pytest, trio and peerkit.impl.{tracker,ratelimit}, peerkit.model.voc
 from __future__ import annotations
 
 import itertools
+import random
+from dataclasses import replace
 
 import pytest
 import trio
@@ -114,6 +116,47 @@ async def test_status_is_a_copy_and_statistics() -> None:
         tracker.connected("")
     with pytest.raises(TypeError):
         tracker.connected(7)  # type: ignore[arg-type]
+
+
+def test_statistics_read_as_the_updates_in_order_built_them() -> None:
+    """The tracker folds statistics updates into the status only when it is read (issue 10):
+    whatever the mix of updates, (dis)connects and reads, every read equals the status that
+    applying each update at once, in order, gives."""
+    rng = random.Random(10)
+    now = [0.0]
+    tracker = StreamTracker(clock=lambda: now[0])
+    tracker.connected("p")
+    expected = StreamStatus()
+    updates = {
+        "track_ack": ("last_ack",),
+        "track_nack": ("last_nack", "last_nack_message"),
+        "track_send_error": ("last_send_error", "last_send_error_message"),
+        "track_receive_success": ("last_receive_success",),
+        "track_receive_error": ("last_receive_error", "last_receive_error_message"),
+        "track_heartbeat": ("last_heartbeat",),
+    }
+    for step in range(500):
+        now[0] = float(step + 1)
+        kind = rng.choice([*updates, "read", "all", "down", "up"])
+        if kind == "read":
+            assert tracker.stream_status("p") == expected
+        elif kind == "all":
+            assert tracker.all_statuses() == {"p": expected}
+        elif kind == "down":
+            tracker.disconnected("p", f"e{step}")
+            expected = replace(expected, connected=False, disconnect_time=now[0],
+                               disconnect_error_message=f"e{step}")
+        elif kind == "up":
+            if not expected.connected:
+                tracker.connected("p")
+                expected = replace(expected, connected=True, disconnect_time=None,
+                                   disconnect_error_message="")
+        else:
+            fields = updates[kind]
+            args = () if len(fields) == 1 else (f"m{step}",)
+            getattr(tracker, kind)("p", *args)
+            expected = replace(expected, **dict(zip(fields, (now[0], *args), strict=True)))
+    assert tracker.stream_status("p") == expected
 
 
 # ---------------------------------------------------------------------------------------------
