@@ -63,8 +63,9 @@ _ROW_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_as
 #: A str as JSON, as the encoders above write it (ensure_ascii=False)
 _encode_str: Callable[[str], str] = json.encoder.encode_basestring
 #: The C scanner behind ``json.loads`` (issue 10): ``json.loads`` wraps it in three Python
-#: calls and two whitespace regex matches, a third of decoding a stored row.
-_scan_json = json.JSONDecoder().scan_once
+#: calls and two whitespace regex matches, a measurable part of decoding a stored row.
+#: (``scan_once`` is set by ``JSONDecoder.__init__``; typeshed does not declare it)
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 #: Each record class's field names (``dataclasses.fields`` is slow to call per row).
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls)) for cls in TABLES.values()}
