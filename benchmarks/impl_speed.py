@@ -461,6 +461,18 @@ async def _wait_imported(cluster: Any, peer: str, k: int, clock: Callable[[], fl
         unsubscribe()
 
 
+def _pin_to_one_cpu() -> int:
+    """Pin this process (this thread, and the threads it starts from now on) to the CPU it
+    runs on; return that CPU."""
+    try:
+        with open("/proc/thread-self/stat") as f:
+            cpu = int(f.read().rsplit(")", 1)[1].split()[36])
+    except (OSError, ValueError, IndexError):
+        cpu = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpu})
+    return cpu
+
+
 def w_stream_impl(p: Params) -> Result:
     """peerkit over GrpcTransport: Establish on dc2 until dc2 has imported all K services (and,
     with ``p["mutual"]``, dc1 all K services dc2 exports to it). Both clusters on
@@ -473,6 +485,8 @@ def w_stream_impl(p: Params) -> Result:
     k = p["count"]
     mutual = bool(p.get("mutual"))
     out: Result = {}
+    if p.get("one_cpu"):
+        out["cpu"] = _pin_to_one_cpu()  # before the loop thread and gRPC's threads start
 
     async def main() -> None:
         with trio.fail_after(900):
@@ -619,6 +633,8 @@ def w_stream_aio(p: Params) -> Result:
     k = p["count"]
     message, ack = _payloads(p)
     out: Result = {}
+    if p.get("one_cpu"):
+        out["cpu"] = _pin_to_one_cpu()
 
     async def main() -> None:
         received: list[float] = []
@@ -835,11 +851,19 @@ def build_cases(sizes: Sizes, message: dict[str, int]) -> list[Case]:
         cases.append(Case(f"mutual/{label}-sqlite", "stream", "stream_impl",
                           {**message, "count": sizes.mutual_services, "store": "sqlite",
                            "mutual": mutual}))
+    # the same, the worker process pinned to one CPU (see the module doc, item 2)
+    cases.append(Case("stream/peerkit-sqlite-1cpu", "stream", "stream_impl",
+                      {**stream, "store": "sqlite", "one_cpu": True}))
+    cases.append(Case("mutual/one-way-sqlite-1cpu", "stream", "stream_impl",
+                      {**message, "count": sizes.mutual_services, "store": "sqlite",
+                       "one_cpu": True}))
     for store in ("memory", "sqlite"):
         cases.append(Case(f"publish/{store}", "publish", "publish_scan",
                           {"store": store, "count": sizes.services}))
     cases.append(Case("stream/bridge-echo", "stream", "stream_bridge", stream))
     cases.append(Case("stream/grpc.aio-echo", "stream", "stream_aio", stream))
+    cases.append(Case("stream/grpc.aio-echo-1cpu", "stream", "stream_aio",
+                      {**stream, "one_cpu": True}))
     for store in ("memory", "sqlite"):
         for mode in ("tracemalloc", "rss"):
             cases.append(Case(f"memory/{store}/{mode}", "memory", "memory",

@@ -62,6 +62,10 @@ _KEY_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _ROW_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 #: A str as JSON, as the encoders above write it (ensure_ascii=False)
 _encode_str: Callable[[str], str] = json.encoder.encode_basestring
+#: The C scanner behind ``json.loads`` (issue 10): ``json.loads`` wraps it in three Python
+#: calls and two whitespace regex matches, a measurable part of decoding a stored row.
+#: (``scan_once`` is set by ``JSONDecoder.__init__``; typeshed does not declare it)
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 #: Each record class's field names (``dataclasses.fields`` is slow to call per row).
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls)) for cls in TABLES.values()}
@@ -142,9 +146,20 @@ _FIELD_SETS: dict[str, frozenset[str]] = {
     table: frozenset(_FIELD_NAMES[cls]) for table, cls in TABLES.items()}
 
 
+def _loads(text: str) -> Any:
+    """``json.loads(text)``, the same value or error: a text that is exactly one JSON value
+    (what encode_row writes) goes straight through the C scanner; anything else (leading or
+    trailing whitespace or data, a BOM, bytes, a malformed row) is left to ``json.loads``."""
+    try:
+        value, end = _scan_json(text, 0)
+    except Exception:
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
+
+
 def decode_row(table: str, text: str) -> Row:
     cls = TABLES[table]
-    data: dict[str, Any] = json.loads(text)
+    data: dict[str, Any] = _loads(text)
     if cls is Peering:
         data["state"] = PeeringState(data["state"])
     if type(data) is dict and data.keys() == _FIELD_SETS[table]:

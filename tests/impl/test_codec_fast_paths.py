@@ -4,18 +4,22 @@ One job: seeded comparisons of the code that builds and reads replicated message
 faster way against the straightforward form it replaced: ``instances_to_pb`` (built in place)
 against ``csn_to_wire`` messages, ``csn_from_wire``'s one-call name check against a check of
 each value (same records, same refusal and message), and the ACK/NACK a stream end builds in
-place against one built from a separate Request. May import: pytest, peerkit.impl (codec,
-store, stream), peerkit.proto.
+place against one built from a separate Request; and the SQLite store's row text decoder
+against ``json.loads`` (same value or same error, for rows as written and for hostile ones).
+May import: pytest, the standard library, peerkit.impl (codec, store, stream), peerkit.proto.
 """
 
 from __future__ import annotations
 
+import json
 import random
+from typing import Any
 
 import pytest
 
 from peerkit.impl.codec import MAX_IMPORTED_NAME_CHARS, csn_from_wire, csn_to_wire, instances_to_pb
 from peerkit.impl.store import Check, CheckServiceNode, Node, Service
+from peerkit.impl.store.sqlite import _loads, encode_row
 from peerkit.impl.stream import ReplicationMessage, StreamSession, _Reply
 from peerkit.proto import peerstream_pb2, service_pb2, status_pb2
 
@@ -107,3 +111,26 @@ def test_acks_and_nacks_are_built_as_before(reply: _Reply, url: str, nonce: str)
     assert built.request.HasField("Error") == (not reply.ok)
     assert built.SerializeToString(deterministic=True) == plain.SerializeToString(
         deterministic=True)
+
+
+def _outcome(loads: Any, text: object) -> tuple[str, str]:
+    try:
+        return "value", repr(loads(text))
+    except Exception as exc:  # the same exception type and message
+        return type(exc).__name__, str(exc)
+
+
+def test_stored_rows_decode_as_json_loads_decodes_them() -> None:
+    """``_loads`` (the C scanner when the text is exactly one JSON value) gives what
+    ``json.loads`` gives: rows as encode_row writes them, and texts a foreign or corrupt file
+    may hold (whitespace or data around the value, a BOM, bytes, truncation, NaN, deep
+    nesting) with the same value or the same error."""
+    rng = random.Random(10)
+    texts: list[object] = [encode_row(_instance(rng).service) for _ in range(50)]
+    texts += [encode_row(_instance(rng).node) for _ in range(50)]
+    row = encode_row(_instance(rng).service)
+    texts += [" " + row, row + " ", row + "\n", row + "x", row + row, "\ufeff" + row,
+              row.encode(), row[:-1], "", "[", "{\"a\":", "NaN", "-Infinity", "1e400",
+              '"\\ud800"', "[" * 100_000, "[]", "null", "3"]
+    for text in texts:
+        assert _outcome(_loads, text) == _outcome(json.loads, text), repr(text)[:80]
