@@ -184,6 +184,41 @@ def test_serve_refuses_an_empty_data_dir(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # nothing written to the current directory
 
 
+@pytest.mark.parametrize("cpu", ["-1", "x", "1.5", "99999", ""])
+def test_serve_refuses_a_cpu_it_cannot_run_on(tmp_path: Path, cpu: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "peerkit", "serve", "--name", "dc1",
+                           "--data-dir", str(tmp_path / "d"), "--grpc-addr", "127.0.0.1:0",
+                           "--plaintext", f"--cpu={cpu}"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--cpu" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "d").exists()  # refused before anything was opened
+
+
+def test_pinning_to_a_cpu_pins_every_thread_and_the_threads_started_after() -> None:
+    # in a child process: pinning is for the whole process and cannot be undone from inside
+    code = (
+        "import os, threading\n"
+        "from peerkit.impl.serve import pin_to_cpu\n"
+        "cpu = max(os.sched_getaffinity(0))\n"
+        "early = threading.Event(); stop = threading.Event()\n"
+        "def run():\n"
+        "    early.set(); stop.wait()\n"
+        "t = threading.Thread(target=run); t.start(); early.wait()\n"
+        "assert pin_to_cpu(cpu) is None\n"
+        "late = []\n"
+        "t2 = threading.Thread(target=lambda: late.append(os.sched_getaffinity(0))); t2.start()\n"
+        "t2.join()\n"
+        "masks = {os.sched_getaffinity(int(tid)) == {cpu}\n"
+        "         for tid in os.listdir('/proc/self/task')}\n"
+        "stop.set(); t.join()\n"
+        "assert masks == {True} and late == [{cpu}], (masks, late)\n"
+        "print('pinned', cpu)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("pinned")
+
+
 def test_version() -> None:
     from peerkit import __version__
 
