@@ -3,6 +3,7 @@
 Run from the repository root with the project's venv:
 
     .venv/bin/python benchmarks/mutual_exports.py [--services K] [--rounds R] [--json PATH]
+        [--pinned]
 
 Issue 10 asks that mutual exports of 3,000 services each way converge at the same rate as one
 way. ``impl_speed.py``'s ``mutual`` cases run both servers in one process, on one trio thread,
@@ -20,7 +21,9 @@ the time until every importing side's ``PeeringRead`` reports ``ImportedServiceC
 every 20 ms, one small RPC per side). *Rate* is services imported in total (K or 2K) per second
 of convergence. *Server CPU* is each process's user + system time (``/proc/PID/stat``) from just
 before Establish to convergence. Nothing is asserted; a case that does not converge within
-``--deadline`` seconds is reported with what was reached.
+``--deadline`` seconds is reported with what was reached. With ``--pinned`` each round also runs
+both cases with the servers started as ``peerkit serve --cpu 0`` and ``--cpu 1`` (each process on
+a CPU of its own), in the same alternation, so pinned and unpinned are measured side by side.
 """
 
 from __future__ import annotations
@@ -57,16 +60,17 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def servers(tmp: Path) -> Iterator[tuple[list[str], list[int]]]:
-    """``peerkit serve`` for dc1 and dc2 on their filled data dirs; (addresses, pids)."""
+def servers(tmp: Path, pinned: bool) -> Iterator[tuple[list[str], list[int]]]:
+    """``peerkit serve`` for dc1 and dc2 on their filled data dirs (with `pinned`, on CPU 0
+    and CPU 1); (addresses, pids)."""
     with ExitStack() as stack:
         procs = []
-        for name in ("dc1", "dc2"):
+        for cpu, name in enumerate(("dc1", "dc2")):
             log = stack.enter_context((tmp / f"{name}.log").open("w"))
             proc = subprocess.Popen(
                 [sys.executable, "-m", "peerkit", "serve", "--name", name, "--data-dir",
                  str(tmp / name), "--grpc-addr", "127.0.0.1:0", "--plaintext",
-                 "--log-level", "warning"],
+                 "--log-level", "warning", *(["--cpu", str(cpu)] if pinned else [])],
                 stdout=subprocess.PIPE, stderr=log, text=True)
             stack.callback(stop, proc)
             procs.append(proc)
@@ -103,7 +107,7 @@ def fill(data_dir: Path, k: int, local: str, peer: str) -> None:
         store.close()
 
 
-def run_case(k: int, mutual: bool, deadline: float) -> dict[str, Any]:
+def run_case(k: int, mutual: bool, deadline: float, pinned: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="peerkit-mutual-") as d:
         tmp = Path(d)
         for name in ("dc1", "dc2"):
@@ -111,8 +115,9 @@ def run_case(k: int, mutual: bool, deadline: float) -> dict[str, Any]:
         fill(tmp / "dc1", k, "dc1", "dc2")
         if mutual:
             fill(tmp / "dc2", k, "dc2", "dc1")
-        with servers(tmp) as (addresses, pids):
-            return trio.run(_converge, addresses, pids, k, mutual, deadline)
+        with servers(tmp, pinned) as (addresses, pids):
+            return {**trio.run(_converge, addresses, pids, k, mutual, deadline),
+                    "pinned": pinned}
 
 
 async def _converge(addresses: list[str], pids: list[int], k: int, mutual: bool,
@@ -154,19 +159,26 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--deadline", type=float, default=600.0)
     parser.add_argument("--json", default=str(RESULTS / "mutual_exports.json"))
+    parser.add_argument("--pinned", action="store_true",
+                        help="also run every case with each server on a CPU of its own")
     args = parser.parse_args()
     runs: list[dict[str, Any]] = []
+    pins = (False, True) if args.pinned else (False,)
     for r in range(args.rounds):
         order = (False, True) if r % 2 == 0 else (True, False)
-        for mutual in order:
-            run = run_case(args.services, mutual, args.deadline)
+        for mutual, pinned in [(m, p) for m in order
+                               for p in (pins if r % 2 == 0 else pins[::-1])]:
+            run = run_case(args.services, mutual, args.deadline, pinned)
             run["round"] = r
             run["load_average"] = os.getloadavg()
             runs.append(run)
             print(json.dumps(run), flush=True)
     summary = {}
-    for label, mutual in (("one-way", False), ("both-ways", True)):
-        mine = [x for x in runs if x["mutual"] is mutual and x["converged"]]
+    cases = [(label + ("-pinned" if pinned else ""), mutual, pinned)
+             for label, mutual in (("one-way", False), ("both-ways", True)) for pinned in pins]
+    for label, mutual, pinned in cases:
+        mine = [x for x in runs
+                if x["mutual"] is mutual and x["pinned"] is pinned and x["converged"]]
         if mine:
             summary[label] = {
                 "median_seconds": statistics.median(x["seconds"] for x in mine),
