@@ -137,24 +137,21 @@ class Encoder:
                     got = table[key] = self.count
                     self.count += 1
                 return got
+            # a plain tuple or another leaf: by identity first
+            known = by_id.get(id(obj))
+            if known is not None and known[0] is obj:
+                return known[1]
             if what == _TUPLE:
-                known = by_id.get(id(obj))
-                if known is not None and known[0] is obj:
-                    return known[1]
                 key = encoded = node(obj, cls)
                 got = table.get(key)
                 if got is None:
                     values.append(encoded)
                     got = table[key] = self.count
                     self.count += 1
-                by_id[id(obj)] = (obj, got)
-                return got
-            known = by_id.get(id(obj))
-            if known is not None and known[0] is obj:
-                return known[1]
-            values.append([obj])
-            got = self.count
-            self.count += 1
+            else:
+                values.append([obj])
+                got = self.count
+                self.count += 1
             by_id[id(obj)] = (obj, got)
             return got
 

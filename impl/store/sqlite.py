@@ -94,6 +94,15 @@ def _prefix_range(prefix: Key) -> tuple[str, str]:
     return low, low[:-1] + "-"
 
 
+def _str_prefix_range(prefix: Key) -> tuple[str, str]:
+    """The half-open text range holding exactly the keys that start with ``prefix`` (itself
+    included), for a prefix whose parts are all str: such a key's text starts with the
+    prefix's text less its "]" (a JSON string closes with an unescaped quote), so the bound
+    replaces that last quote by the next character, "#"."""
+    low = encode_key(prefix)[:-1]
+    return low, low[:-1] + "#"
+
+
 def _plain(value: object) -> Any:
     kind = type(value)
     if kind is str or kind is int or kind is bool or value is None:
@@ -264,15 +273,14 @@ class _SqliteTxn(BackendTxn):
         if not wanted:
             return []
         if prefix and all(type(c) is str for c in prefix + tuple(wanted)):
-            # one key range (see scan_prefixes_of) and the values as one JSON parameter: a
+            # one key range (_str_prefix_range) and the values as one JSON parameter: a
             # statement of constant text, prepared once, which SQLite answers from the
             # services_by_name index (the form below is prepared anew for each number of
             # values, and an import batch makes one per batch, issue 10)
-            low = encode_key(prefix)[:-1]
             cur = self._conn.execute(
                 f"SELECT v FROM {table} WHERE k >= ?1 AND k < ?2 "
                 f"AND json_extract(v, '$.{field}') IN (SELECT value FROM json_each(?3))",
-                (low, low[:-1] + "#", _KEY_ENCODER.encode(wanted)),
+                (*_str_prefix_range(prefix), _KEY_ENCODER.encode(wanted)),
             )
             return [_decode_stored(table, text) for (text,) in cur.fetchall()]
         low, high = _prefix_range(prefix) if prefix else ("", "\U0010ffff")
@@ -308,17 +316,12 @@ class _SqliteTxn(BackendTxn):
         # The OR-of-ranges form of scan_prefixes is prepared anew for each batch size and its
         # planning grows with the terms: reading an import batch's rows this way costs a
         # third to a half as much (about 0.25 ms against 0.7-1.3 ms for 40 prefixes of 1,000
-        # rows a table, issue 10). A key starts with a prefix of str exactly when its text
-        # starts with the prefix's text less the "]" (JSON strings close with an unescaped
-        # quote), so each prefix is one range: [that text, the same with the quote -> "#").
+        # rows a table, issue 10). Each prefix of str is one key range (_str_prefix_range).
         names = [_check_table(table) for table in tables]
         wanted = list(dict.fromkeys(prefixes))
         if not all(prefix and all(type(c) is str for c in prefix) for prefix in wanted):
             return super().scan_prefixes_of(tables, wanted)
-        bounds = []
-        for prefix in wanted:
-            low = encode_key(prefix)[:-1]
-            bounds.append([low, low[:-1] + "#"])
+        bounds = [list(_str_prefix_range(prefix)) for prefix in wanted]
         sql = _PREFIX_JOIN.get(tuple(names))
         if sql is None:
             sql = ("WITH p(lo, hi) AS (SELECT json_extract(value, '$[0]'), "
