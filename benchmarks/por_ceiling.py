@@ -1,0 +1,201 @@
+"""Benchmark: the most a singleton ample-set reduction could remove, with C1 checked exactly.
+
+`por_potential.py` tests the conditions for {a} to be an ample set *locally*: against the actions
+enabled in s only. This script tests them *exactly*, on the complete state graph, over every path
+from s that does not take a (the "region" of a at s). That is the definition a partial-order
+reduction's soundness theorem asks for (Godefroid's persistent sets; Clarke, Grumberg and Peled's
+C1 and C2), so no sound reduction that takes one action alone at a state can take it where this
+check fails, whatever independence relation or stubborn-set algorithm it uses. The reduced count
+this script reports is therefore a CEILING for singleton ample sets (up to which candidate is
+taken first), where `por_potential.py`'s was only an optimistic estimate.
+
+For a state s and an enabled protocol action a, {a} passes when, for every state t of the region
+(s itself, and every state reached from s by steps other than a):
+
+* persistence (C1): a is enabled in t, and for every step t -b-> t' with b != a, a and b commute
+  there: b is enabled after a and step(step(t, a), b) == step(t', a);
+* invisibility (C2): every atomic proposition has the same value in t and step(t, a). The
+  propositions are `por_potential.py`'s *reads* set (`settled`, `settles`' target, and everything
+  the invariants read) or its *verdicts* set (`settled`, each invariant's verdict, the target);
+* transition invariants: each gives the step t -b-> t' the same verdict as step(t, a) -b->
+  step(t', a), and gives a the same verdict in t as in s;
+* liveness counts: a is a protocol step (`settles` counts protocol steps only).
+
+The reduced search is breadth-first from the start: at each state it takes the first passing
+action alone if its successor is new (the proviso that keeps a postponed action from being
+ignored round a cycle), and every enabled action otherwise. A passing region is remembered, so
+each state of it is not checked again for the same action.
+
+What this leaves out, which can only make the ceiling higher than a real reduction: ample sets of
+more than one action (they do not preserve `settles`, a branching-time property, without a
+further argument: condition C4), and the cost of deciding C1 without the complete graph.
+
+Run:  nice .venv/bin/python benchmarks/por_ceiling.py [--config tiny --config ci ...]
+          [--aps reads|verdicts] [--json PATH]
+Default configurations: tiny, ci. Writes benchmarks/results/por_ceiling.json and prints a
+table. Nothing is asserted; figures go into specs/model.md by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import machine_info, write_results
+from por_potential import Graph, explore, peering_ap_sets
+
+RESULTS = Path(__file__).resolve().parent / "results" / "por_ceiling.json"
+
+
+class Ceiling:
+    """The exact singleton-ample test on one complete graph."""
+
+    def __init__(self, graph: Graph[Any, Any],
+                 aps: Sequence[tuple[str, Callable[[Any], Hashable]]],
+                 tinvs: Sequence[Callable[[Any, Any, Any], bool]],
+                 counted: Callable[[Any], bool]) -> None:
+        self.succ = graph.succ
+        self.graph = graph
+        self.aps = aps
+        self.tinvs = tinvs
+        self.counted = counted
+        self._labels: dict[Any, tuple[Hashable, ...]] = {}
+        self._verdicts: dict[tuple[Any, Any], tuple[bool, ...]] = {}
+        #: (state, action) pairs inside a region that passed: they pass too (their region is a
+        #: subset, and a's verdict in them equals its verdict at the region's start)
+        self.passed: set[tuple[Any, Any]] = set()
+        self.checked = 0
+        self.region_states = 0
+
+    def labels(self, s: Any) -> tuple[Hashable, ...]:
+        got = self._labels.get(s)
+        if got is None:
+            got = self._labels[s] = tuple(p(s) for _, p in self.aps)
+        return got
+
+    def verdict(self, s: Any, a: Any) -> tuple[bool, ...]:
+        key = (s, a)
+        got = self._verdicts.get(key)
+        if got is None:
+            got = self._verdicts[key] = tuple(bool(ti(s, a, self.succ[s][a]))
+                                              for ti in self.tinvs)
+        return got
+
+    def passes(self, s: Any, a: Any) -> bool:
+        """Whether {a} is a persistent, invisible, verdict-keeping singleton in s."""
+        if (s, a) in self.passed:
+            return True
+        if not self.counted(a):
+            return False
+        self.checked += 1
+        succ = self.succ
+        own = self.verdict(s, a)
+        region = {s}
+        queue = deque([s])
+        while queue:
+            t = queue.popleft()
+            out = succ[t]
+            ta = out.get(a)
+            if ta is None:
+                return False  # a got disabled by steps that do not take it
+            if self.labels(ta) != self.labels(t) or self.verdict(t, a) != own:
+                return False
+            after_a = succ[ta]
+            for b, tb in out.items():
+                if b == a:
+                    continue
+                tba = succ[tb].get(a)
+                if tba is None or after_a.get(b) != tba:
+                    return False
+                if self.verdict(t, b) != self.verdict(ta, b):
+                    return False
+                if tb not in region:
+                    region.add(tb)
+                    queue.append(tb)
+        self.region_states += len(region)
+        self.passed.update((t, a) for t in region)
+        return True
+
+    def reduced(self) -> dict[str, Any]:
+        """Breadth-first search taking the first passing action alone when its successor is
+        new; the states and transitions it explores, and what it took alone, by action type."""
+        succ = self.succ
+        seen = set(self.graph.initial)
+        queue = deque(self.graph.initial)
+        transitions = 0
+        alone_by_kind: dict[str, int] = {}
+        reduced_states = 0
+        while queue:
+            s = queue.popleft()
+            alone = None
+            for a, t in succ[s].items():
+                if t not in seen and self.passes(s, a):
+                    alone = a
+                    break
+            step = [(alone, succ[s][alone])] if alone is not None else list(succ[s].items())
+            if alone is not None:
+                reduced_states += 1
+                kind = type(alone).__name__ + (f"/{alone.how}" if hasattr(alone, "how") else "")
+                alone_by_kind[kind] = alone_by_kind.get(kind, 0) + 1
+            for _, t in step:
+                transitions += 1
+                if t not in seen:
+                    seen.add(t)
+                    queue.append(t)
+        return {"states": len(seen), "transitions": transitions,
+                "states_taking_one_action": reduced_states, "taken_alone": alone_by_kind}
+
+
+def measure(config: str, ap_set: str) -> dict[str, Any]:
+    from peerkit.model import PeeringModel, get_config
+    from peerkit.model import actions as act
+
+    model = PeeringModel(get_config(config))
+    t0 = time.perf_counter()
+    graph = explore(model)
+    explored = time.perf_counter() - t0
+    aps = peering_ap_sets(model)[ap_set]
+    ceiling = Ceiling(graph, aps, [ti.holds for ti in model.transition_invariants],
+                      act.is_protocol)
+    t1 = time.perf_counter()
+    red = ceiling.reduced()
+    full_states = len(graph.succ)
+    return {
+        "config": config, "propositions": ap_set,
+        "full": {"states": full_states, "transitions": graph.transitions},
+        "reduced": red,
+        "fewer_states_percent": round(100 * (1 - red["states"] / full_states), 2),
+        "pairs_checked": ceiling.checked,
+        "region_states_visited": ceiling.region_states,
+        "seconds": {"explore": round(explored, 1), "ceiling": round(time.perf_counter() - t1, 1)},
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", action="append", help="configuration (repeatable)")
+    parser.add_argument("--aps", choices=("reads", "verdicts"), action="append",
+                        help="atomic propositions (repeatable; default: both)")
+    parser.add_argument("--json", type=Path, default=RESULTS, help="where to write results")
+    args = parser.parse_args(argv)
+    configs = args.config or ["tiny", "ci"]
+    ap_sets = args.aps or ["reads", "verdicts"]
+    rows = [measure(c, a) for c in configs for a in ap_sets]
+    write_results(args.json, {"benchmark": "por_ceiling", "machine": machine_info(),
+                              "rows": rows})
+    print(f"{'config':<10} {'aps':<9} {'states':>9} {'reduced':>9} {'fewer':>7}  taken alone")
+    for r in rows:
+        print(f"{r['config']:<10} {r['propositions']:<9} {r['full']['states']:>9,} "
+              f"{r['reduced']['states']:>9,} {r['fewer_states_percent']:>6}%  "
+              f"{r['reduced']['taken_alone']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
