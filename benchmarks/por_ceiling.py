@@ -30,8 +30,26 @@ What this leaves out, which can only make the ceiling higher than a real reducti
 more than one action (they do not preserve `settles`, a branching-time property, without a
 further argument: condition C4), and the cost of deciding C1 without the complete graph.
 
+``--static`` adds what a reduction that decides C1 from a static dependency relation must also
+refuse, and measures what is left. Such a relation is over *actions* as the model names them
+(``Deliver(sid, side, how)`` is one action for every message that end will ever receive), and it
+must hold in every state and for every bug switch and mutant (whose tables give any input any
+effect). So every handler step at a cluster may write that cluster's rows (a Terminated, or a
+mutant's effect), its tracker (an Open accepted, a handler returning) and its imports; every
+leader step (sync pass, deletion routine) and every other handler at the cluster reads them; an
+operator's step at a cluster writes its rows (delete, establish) or its exports (churn), which
+its handlers read; a fault writes its stream's channels or its cluster's leader memory. With
+``--static`` a candidate is also refused while another action is enabled that such a relation
+makes dependent on it: any action of the same cluster (its sync pass, deletion routine, dials,
+another end's handler), an operator step at that cluster, a failover of it, or a fault on the
+candidate's stream. That is generous to the reduction: it lets the two ends of one stream and
+the two deliveries of one end pass (a real relation would not), and it ignores disabled
+dependent actions and what could enable them (a stubborn set must add those too); it is strict
+in two places only, a reset against a delivery on its stream and a churn step against a sync
+pass, which the model's channels and tables would let commute.
+
 Run:  nice .venv/bin/python benchmarks/por_ceiling.py [--config tiny --config ci ...]
-          [--aps reads|verdicts] [--json PATH]
+          [--aps reads|verdicts] [--static] [--json PATH]
 Default configurations: tiny, ci. Writes benchmarks/results/por_ceiling.json and prints a
 table. Nothing is asserted; figures go into specs/model.md by hand.
 """
@@ -59,12 +77,16 @@ class Ceiling:
     def __init__(self, graph: Graph[Any, Any],
                  aps: Sequence[tuple[str, Callable[[Any], Hashable]]],
                  tinvs: Sequence[Callable[[Any, Any, Any], bool]],
-                 counted: Callable[[Any], bool]) -> None:
+                 counted: Callable[[Any], bool],
+                 refused: Callable[[Any, Any, Any], bool] | None = None) -> None:
         self.succ = graph.succ
         self.graph = graph
         self.aps = aps
         self.tinvs = tinvs
         self.counted = counted
+        #: (state, candidate, another enabled action) -> True if the candidate must be refused
+        #: while that action is enabled (``--static``); None: no such rule
+        self.refused = refused
         self._labels: dict[Any, tuple[Hashable, ...]] = {}
         self._verdicts: dict[tuple[Any, Any], tuple[bool, ...]] = {}
         #: (state, action) pairs inside a region that passed: they pass too (their region is a
@@ -92,6 +114,9 @@ class Ceiling:
         if (s, a) in self.passed:
             return True
         if not self.counted(a):
+            return False
+        refused = self.refused
+        if refused is not None and any(refused(s, a, b) for b in self.succ[s] if b != a):
             return False
         self.checked += 1
         succ = self.succ
@@ -152,7 +177,37 @@ class Ceiling:
                 "states_taking_one_action": reduced_states, "taken_alone": alone_by_kind}
 
 
-def measure(config: str, ap_set: str) -> dict[str, Any]:
+def _touched(s: Any, action: Any) -> set[int]:
+    """The clusters whose parts a peering action touches: its own, or its stream's end's (both
+    ends' for a reset)."""
+    if hasattr(action, "cluster"):
+        return {action.cluster}
+    for st in s.streams:
+        if st.sid == action.sid:
+            side = getattr(action, "side", None)
+            if side is None:
+                return {st.dialer, st.acceptor}
+            return {st.dialer if side == "d" else st.acceptor}
+    return set()
+
+
+def statically_dependent(s: Any, a: Any, b: Any) -> bool:
+    """``--static``'s rule for the peering model (module docstring): whether a dependency
+    relation over the model's actions, valid in every state and for every mutant, makes `b`
+    dependent on the candidate `a` in `s`."""
+    from peerkit.model import actions as act
+
+    if isinstance(b, act.Reset):  # it writes its stream's channels, nothing of a cluster
+        return b.sid == getattr(a, "sid", None)
+    if not _touched(s, a) & _touched(s, b):
+        return False
+    # the same cluster: an operator step or failover there, its leader's steps, another end
+    return not (isinstance(a, act.Deliver | act.Publish | act.SendTerminated)
+                and isinstance(b, act.Deliver | act.Publish | act.SendTerminated)
+                and a.sid == b.sid)  # (generous: the two ends of one stream pass)
+
+
+def measure(config: str, ap_set: str, static: bool = False) -> dict[str, Any]:
     from peerkit.model import PeeringModel, get_config
     from peerkit.model import actions as act
 
@@ -162,12 +217,12 @@ def measure(config: str, ap_set: str) -> dict[str, Any]:
     explored = time.perf_counter() - t0
     aps = peering_ap_sets(model)[ap_set]
     ceiling = Ceiling(graph, aps, [ti.holds for ti in model.transition_invariants],
-                      act.is_protocol)
+                      act.is_protocol, statically_dependent if static else None)
     t1 = time.perf_counter()
     red = ceiling.reduced()
     full_states = len(graph.succ)
     return {
-        "config": config, "propositions": ap_set,
+        "config": config, "propositions": ap_set, "static": static,
         "full": {"states": full_states, "transitions": graph.transitions},
         "reduced": red,
         "fewer_states_percent": round(100 * (1 - red["states"] / full_states), 2),
@@ -182,16 +237,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", action="append", help="configuration (repeatable)")
     parser.add_argument("--aps", choices=("reads", "verdicts"), action="append",
                         help="atomic propositions (repeatable; default: both)")
+    parser.add_argument("--static", action="store_true",
+                        help="also refuse what a static dependency relation must (docstring)")
     parser.add_argument("--json", type=Path, default=RESULTS, help="where to write results")
     args = parser.parse_args(argv)
     configs = args.config or ["tiny", "ci"]
     ap_sets = args.aps or ["reads", "verdicts"]
-    rows = [measure(c, a) for c in configs for a in ap_sets]
+    rows = [measure(c, a, args.static) for c in configs for a in ap_sets]
     write_results(args.json, {"benchmark": "por_ceiling", "machine": machine_info(),
                               "rows": rows})
-    print(f"{'config':<10} {'aps':<9} {'states':>9} {'reduced':>9} {'fewer':>7}  taken alone")
+    print(f"{'config':<10} {'aps':<9} {'static':<7} {'states':>9} {'reduced':>9} {'fewer':>7}"
+          "  taken alone")
     for r in rows:
-        print(f"{r['config']:<10} {r['propositions']:<9} {r['full']['states']:>9,} "
+        print(f"{r['config']:<10} {r['propositions']:<9} {r['static']!s:<7} "
+              f"{r['full']['states']:>9,} "
               f"{r['reduced']['states']:>9,} {r['fewer_states_percent']:>6}%  "
               f"{r['reduced']['taken_alone']}")
     return 0

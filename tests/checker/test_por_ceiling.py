@@ -82,7 +82,7 @@ def test_independent_counters_pass_everywhere(ceiling: ModuleType) -> None:
 def test_a_conflict_that_only_a_later_step_enables_is_found(ceiling: ModuleType) -> None:
     potential = _load("por_potential")
     model = _late_conflict()
-    graph, test = _test(ceiling, model)
+    _graph, test = _test(ceiling, model)
     start = (0, 0, 0)
     # the local test accepts a in the start state ...
     local = potential.analyse(potential.explore(model), [], [], str).candidates
@@ -149,3 +149,22 @@ def test_a_step_that_changes_another_steps_verdict_is_refused(ceiling: ModuleTyp
     assert not judged.passes((0, 0, 0), "b")
     unjudged = ceiling.Ceiling(graph, [], [], _always)
     assert unjudged.passes((0, 0, 0), "a") and unjudged.passes((0, 0, 0), "b")
+
+
+def test_the_static_rule_on_the_peering_model(ceiling: ModuleType) -> None:
+    """--static's rule, on the established start of `ci` (dc1 accepted stream 0 from dc2)."""
+    from peerkit.model import PeeringModel, get_config
+    from peerkit.model import actions as act
+
+    world = PeeringModel(get_config("ci")).initial()
+    (st,) = world.streams
+    dep = ceiling.statically_dependent
+    to_dc1 = act.Deliver(st.sid, "a", "msg")  # the acceptor end is dc1's (cluster 0)
+    to_dc2 = act.Deliver(st.sid, "d", "msg")
+    assert dep(world, act.Sync(0), to_dc1) and dep(world, to_dc1, act.Sync(0))
+    assert not dep(world, act.Sync(0), to_dc2)
+    assert dep(world, to_dc2, act.Delete(1, 0)) and not dep(world, to_dc2, act.Delete(0, 1))
+    assert dep(world, to_dc1, act.Reset(st.sid)) and not dep(world, act.Sync(0), act.Reset(st.sid))
+    assert not dep(world, to_dc1, to_dc2)  # (generous: the two ends of one stream)
+    assert dep(world, act.Sync(0), act.Failover(0)) and not dep(world, act.Sync(0),
+                                                               act.Failover(1))
