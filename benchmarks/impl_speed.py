@@ -480,19 +480,17 @@ def w_stream_impl(p: Params) -> Result:
     import trio
 
     from peerkit.impl.testing import running_cluster
-    from peerkit.impl.transport.grpc_bridge import GrpcTransport, run_one_thread
+    from peerkit.impl.transport.grpc_bridge import GrpcTransport
 
     k = p["count"]
     mutual = bool(p.get("mutual"))
-    one_thread = bool(p.get("one_thread"))
     out: Result = {}
     if p.get("one_cpu"):
         out["cpu"] = _pin_to_one_cpu()  # before the loop thread and gRPC's threads start
 
     async def main() -> None:
         with trio.fail_after(900):
-            async with GrpcTransport(one_thread=one_thread) as transport, \
-                    AsyncExitStack() as stack:
+            async with GrpcTransport() as transport, AsyncExitStack() as stack:
                 store1 = stack.enter_context(open_store(p["store"]))
                 store2 = stack.enter_context(open_store(p["store"]))
                 dc1 = await stack.enter_async_context(
@@ -533,10 +531,7 @@ def w_stream_impl(p: Params) -> Result:
                     raise RuntimeError(f"dc2 imported {len(imported)} services, expected {k}")
         # leaving the blocks stopped both servers, the channels and the loop thread
 
-    if one_thread:  # trio as a guest of grpc.aio's asyncio loop, on one thread
-        run_one_thread(main)
-    else:
-        trio.run(main)
+    trio.run(main)
     out.update(exported_message_sizes())
     return out
 
@@ -862,12 +857,6 @@ def build_cases(sizes: Sizes, message: dict[str, int]) -> list[Case]:
     cases.append(Case("mutual/one-way-sqlite-1cpu", "stream", "stream_impl",
                       {**message, "count": sizes.mutual_services, "store": "sqlite",
                        "one_cpu": True}))
-    # the same, unpinned, trio a guest of grpc.aio's loop on one thread (GrpcTransport one_thread)
-    cases.append(Case("stream/peerkit-sqlite-guest", "stream", "stream_impl",
-                      {**stream, "store": "sqlite", "one_thread": True}))
-    cases.append(Case("mutual/one-way-sqlite-guest", "stream", "stream_impl",
-                      {**message, "count": sizes.mutual_services, "store": "sqlite",
-                       "one_thread": True}))
     for store in ("memory", "sqlite"):
         cases.append(Case(f"publish/{store}", "publish", "publish_scan",
                           {"store": store, "count": sizes.services}))

@@ -3,9 +3,8 @@
 One job: the command-line entry of a single server. ``add_arguments(parser)`` declares
 ``--name``, ``--data-dir``, ``--grpc-addr``, ``--advertise-addr``, the transport security
 (``--tls-cert FILE --tls-key FILE --tls-ca FILE [--tls-server-name NAME]``, or ``--plaintext``),
-``--bug NAME`` (repeatable), ``--test-hooks``, ``--log-level``, ``--cpu N`` (the whole
-process on one CPU, opt-in: see its help) and ``--one-thread`` (trio a guest of grpc.aio's
-asyncio loop, opt-in: see its help); ``run(args)`` serves until
+``--bug NAME`` (repeatable), ``--test-hooks``, ``--log-level`` and ``--cpu N`` (the whole
+process on one CPU, opt-in: see its help); ``run(args)`` serves until
 Ctrl-C or SIGTERM and returns the exit code (0 after a clean shutdown, 1 when it cannot listen
 (one line saying why, e.g. ``address already in use``), the data dir cannot be opened or a TLS
 file cannot be read, 2 for bad arguments). A host name in ``--grpc-addr`` means every address
@@ -57,7 +56,7 @@ from .logs import EventLog, configure_logging
 from .server import PeeringServer, PeeringTLS
 from .store import SqliteStore, StoreFailure, StoreOpenError
 from .transport import ListenError, ServerTLS
-from .transport.grpc_bridge import GrpcTransport, run_one_thread
+from .transport.grpc_bridge import GrpcTransport
 
 __all__ = ["add_arguments", "run"]
 
@@ -103,10 +102,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "on a 2-core VM: replication with the SQLite store at 0.60 of a "
                              "plain grpc.aio echo instead of 0.45 (README, replication). The "
                              "server then cannot use another CPU when that one is busy.")
-    parser.add_argument("--one-thread", action="store_true",
-                        help="run trio as a guest of grpc.aio's asyncio loop, on one thread, "
-                             "instead of grpc.aio on a thread of its own (README, replication: "
-                             "one thread)")
 
 
 def _cpu_number(text: str) -> int:
@@ -249,7 +244,7 @@ async def _serve(args: argparse.Namespace, bugs: frozenset[str], tls: PeeringTLS
         return 1
     try:
         with trio.open_signal_receiver(signal.SIGTERM) as signals:
-            async with GrpcTransport(one_thread=args.one_thread) as transport:
+            async with GrpcTransport() as transport:
                 server = PeeringServer(args.name, store, transport, args.advertise_addr,
                                        bugs=bugs, tls=tls, test_hooks=args.test_hooks)
                 try:
@@ -319,9 +314,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"peerkit serve: note: tokens will advertise {args.grpc_addr!r}, which peers "
               "cannot dial; pass --advertise-addr", file=sys.stderr)
     try:
-        start = run_one_thread if args.one_thread else trio.run
-        code: int = start(_serve, args, bugs, tls,
-                          restrict_keyboard_interrupt_to_checkpoints=True)
+        code: int = trio.run(_serve, args, bugs, tls,
+                             restrict_keyboard_interrupt_to_checkpoints=True)
     except BaseException as exc:
         if not _is_interrupt(exc):
             raise

@@ -70,17 +70,10 @@ import socket
 import threading
 import weakref
 from collections import deque
-from collections.abc import (
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Coroutine,
-    Iterable,
-    Sequence,
-)
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from types import TracebackType
-from typing import Any, Final, Protocol, Self, TypeVar
+from typing import Any, Final, Self, TypeVar
 
 import grpc
 import grpc.aio
@@ -111,11 +104,9 @@ from .base import (
     unary_call,
 )
 
-__all__ = ["GrpcChannel", "GrpcClientStream", "GrpcServer", "GrpcServerStream", "GrpcTransport",
-           "run_one_thread"]
+__all__ = ["GrpcChannel", "GrpcClientStream", "GrpcServer", "GrpcServerStream", "GrpcTransport"]
 
 T = TypeVar("T")
-T_co = TypeVar("T_co", covariant=True)
 SendT = TypeVar("SendT")
 RecvT = TypeVar("RecvT")
 ReqT = TypeVar("ReqT")
@@ -175,39 +166,18 @@ def _resolve(fut: asyncio.Future[T], value: T) -> None:
         fut.set_result(value)
 
 
-class _Future(Protocol[T_co]):
-    """What the bridge uses of a submitted operation: a ``concurrent.futures.Future`` (loop on
-    its own thread) or the ``asyncio.Task`` itself (one thread)."""
-
-    def done(self) -> bool: ...
-    def cancel(self) -> bool: ...
-    def result(self) -> T_co: ...
-    def add_done_callback(self, fn: Callable[[Any], object], /) -> None: ...
-
-
 class _LoopThread:
-    """The asyncio event loop of one transport, and the trio <-> asyncio hand-offs.
+    """The asyncio event loop thread of one transport, and the trio <-> asyncio hand-offs."""
 
-    Its own loop on its own thread by default; with ``host`` the loop that the trio run is a
-    guest of (``run_one_thread``), on the trio thread itself: then nothing here may block
-    waiting for the loop (it only runs when the trio tick returns), so operations are plain
-    tasks on that loop and stopping cancels and awaits this transport's tasks instead of
-    stopping the loop and joining a thread."""
-
-    def __init__(self, token: trio.lowlevel.TrioToken,
-                 host: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
         self.token = token
-        self.hosted = host is not None
-        self.loop = asyncio.new_event_loop() if host is None else host
+        self.loop = asyncio.new_event_loop()
         self.closed = False
         self._stopped = trio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()  # hosted: this transport's tasks
-        self._thread = (None if host is not None else
-                        threading.Thread(target=self._main, name=LOOP_THREAD_NAME, daemon=True))
+        self._thread = threading.Thread(target=self._main, name=LOOP_THREAD_NAME, daemon=True)
 
     def start(self) -> None:
-        if self._thread is not None:
-            self._thread.start()
+        self._thread.start()
 
     def _main(self) -> None:
         loop = self.loop
@@ -237,28 +207,21 @@ class _LoopThread:
 
     # -- called on the trio thread --------------------------------------------------------
 
-    def submit(self, coro: Coroutine[Any, Any, T]) -> _Future[T]:
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         if self.closed:
             coro.close()
             raise trio.ClosedResourceError("the gRPC transport is closed")
-        if not self.hosted:
-            return asyncio.run_coroutine_threadsafe(coro, self.loop)
-        # one thread: trio runs inside a callback of this loop, so the task can be made here
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def call_soon(self, fn: Callable[..., object], *args: object) -> None:
         if self.closed:
             return
         with suppress(RuntimeError):  # the loop is already closed
-            if self.hosted:
-                self.loop.call_soon(fn, *args)
-            else:
-                self.loop.call_soon_threadsafe(fn, *args)
+            self.loop.call_soon_threadsafe(fn, *args)
 
-    async def wait(self, fut: _Future[T], *, cancel_on_abort: bool = False) -> _Future[T]:
+    async def wait(
+        self, fut: concurrent.futures.Future[T], *, cancel_on_abort: bool = False
+    ) -> concurrent.futures.Future[T]:
         """Wait (from trio) until ``fut`` is done; returns it. If the trio task is cancelled
         first, ``fut`` is left running unless ``cancel_on_abort``."""
         if fut.done():
@@ -282,35 +245,17 @@ class _LoopThread:
 
     async def run(self, coro: Coroutine[Any, Any, T], *, cancel_on_abort: bool = False) -> T:
         fut = await self.wait(self.submit(coro), cancel_on_abort=cancel_on_abort)
-        return _result(fut)
+        return fut.result()
 
     async def stop(self) -> None:
         if self.closed:
             return
         self.closed = True
-        if self._thread is None:
-            # one thread: the loop is the host's and goes on; end this transport's own tasks
-            with trio.CancelScope(shield=True), trio.move_on_after(30):
-                while self._tasks:
-                    task = next(iter(self._tasks))
-                    task.cancel()
-                    await self.wait(task)
-                    self._tasks.discard(task)
-            return
         with suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self.loop.stop)
         with trio.CancelScope(shield=True), trio.move_on_after(30):
             await self._stopped.wait()
         self._thread.join(timeout=5)
-
-
-def _result(fut: _Future[T]) -> T:
-    """``fut.result()``, with a task cancelled on the host loop (one thread) reported as the
-    loop thread's cancelled future is."""
-    try:
-        return fut.result()
-    except asyncio.CancelledError:
-        raise concurrent.futures.CancelledError from None
 
 
 class _ReadAhead:
@@ -459,10 +404,10 @@ def _ready_messages(inbox: _ReadAhead | None, limit: int,
     return out
 
 
-def _outcome_or_closed(fut: _Future[T]) -> T | Outcome:
+def _outcome_or_closed(fut: concurrent.futures.Future[T]) -> T | Outcome:
     """The result of an operation future; a future cancelled by loop shutdown means "closed"."""
     try:
-        return _result(fut)
+        return fut.result()
     except concurrent.futures.CancelledError:
         return _TRANSPORT_CLOSED
 
@@ -1163,9 +1108,6 @@ class GrpcTransport:
 
     Entering starts the asyncio loop thread; leaving stops whatever servers and channels are still
     open, then the loop, and joins the thread. ``serve`` and ``connect`` must be used inside.
-    With ``one_thread=True`` the transport starts no thread: it uses the asyncio loop that the
-    trio run is a guest of (inside :func:`run_one_thread`), so trio and grpc.aio share one
-    thread; leaving ends its own servers, channels and tasks and leaves that loop running.
     """
 
     def __init__(
@@ -1173,9 +1115,7 @@ class GrpcTransport:
         *,
         server_options: Sequence[tuple[str, Any]] = (),
         channel_options: Sequence[tuple[str, Any]] = (),
-        one_thread: bool = False,
     ) -> None:
-        self._one_thread = one_thread
         self._server_options = tuple(server_options)
         self._channel_options = tuple(channel_options)
         self._lt: _LoopThread | None = None
@@ -1184,11 +1124,11 @@ class GrpcTransport:
 
     def __repr__(self) -> str:
         state = "running" if self._lt is not None and not self._lt.closed else "not running"
-        return f"<GrpcTransport {state}{', one thread' if self._one_thread else ''}>"
+        return f"<GrpcTransport {state}>"
 
     @property
     def thread(self) -> threading.Thread | None:
-        """The asyncio loop thread (for tests); None with ``one_thread``."""
+        """The asyncio loop thread (for tests)."""
         return None if self._lt is None else self._lt._thread
 
     def _loop_thread(self) -> _LoopThread:
@@ -1199,14 +1139,7 @@ class GrpcTransport:
     async def __aenter__(self) -> Self:
         if self._lt is not None:
             raise RuntimeError("a GrpcTransport can only be entered once")
-        host = None
-        if self._one_thread:
-            try:
-                host = asyncio.get_running_loop()
-            except RuntimeError:
-                raise RuntimeError("GrpcTransport(one_thread=True) needs trio running as a "
-                                   "guest of an asyncio loop (run_one_thread)") from None
-        self._lt = _LoopThread(trio.lowlevel.current_trio_token(), host)
+        self._lt = _LoopThread(trio.lowlevel.current_trio_token())
         self._lt.start()
         await trio.lowlevel.checkpoint()
         return self
@@ -1280,44 +1213,6 @@ class GrpcTransport:
             with trio.CancelScope(shield=True):
                 await channel.aclose()
             self._channels.discard(channel)
-
-
-def run_one_thread(async_fn: Callable[..., Awaitable[T]], *args: object,
-                   **run_options: Any) -> T:
-    """``trio.run(async_fn, *args, **run_options)``, with the trio run as a guest of a new
-    asyncio loop on this thread (``trio.lowlevel.start_guest_run``), so that a
-    ``GrpcTransport(one_thread=True)`` inside serves grpc.aio on that same thread: trio and
-    grpc.aio then share one thread instead of handing the GIL between two busy threads (issue
-    10, README "one thread"). Returns what ``async_fn`` returns or raises what it raised
-    (KeyboardInterrupt included). No SIGINT handler of asyncio's is installed, so trio's own
-    Ctrl-C handling (``restrict_keyboard_interrupt_to_checkpoints``) is what applies."""
-    loop = asyncio.new_event_loop()
-    done: asyncio.Future[Any] = loop.create_future()
-
-    def finished(result: Any) -> None:  # the trio run's outcome.Outcome, on this thread
-        if not done.done():
-            done.set_result(result)
-
-    try:
-        trio.lowlevel.start_guest_run(
-            async_fn, *args,
-            run_sync_soon_threadsafe=loop.call_soon_threadsafe,
-            run_sync_soon_not_threadsafe=loop.call_soon,
-            done_callback=finished,
-            **run_options,
-        )
-        result = loop.run_until_complete(done)
-        # grpc.aio may leave a task of its own behind (the transport ended its own)
-        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-        for task in pending:
-            task.cancel()
-        if pending:
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        loop.run_until_complete(loop.shutdown_asyncgens())
-    finally:
-        loop.close()
-    value: T = result.unwrap()
-    return value
 
 
 # ---- where a server listens -----------------------------------------------------------------

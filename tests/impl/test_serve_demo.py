@@ -143,29 +143,6 @@ def test_serve_runs_stops_on_sigterm_and_keeps_state(tmp_path: Path) -> None:
     assert "WARNING: historical bugs are switched ON" in err and "stored-map" in err
 
 
-@pytest.mark.grpc
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
-def test_serve_one_thread_serves_and_stops_cleanly(tmp_path: Path, stop: int) -> None:
-    """``--one-thread``: trio a guest of grpc.aio's asyncio loop; it answers, keeps state and
-    stops cleanly on SIGTERM and on Ctrl-C (trio's own interrupt handling, not asyncio's)."""
-    proc, address = start_serve(tmp_path, "--one-thread")
-    try:
-        assert trio.run(call_server, address, "dc2", True) == ["dc2"]
-    finally:
-        proc.send_signal(stop)
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err
-    assert ('"msg": "signal received; shutting down"' in err if stop == signal.SIGTERM
-            else "interrupted; shut down cleanly" in err), err
-    proc, address = start_serve(tmp_path, "--one-thread")
-    try:
-        assert trio.run(call_server, address, "dc2", False) == ["dc2"]
-    finally:
-        code, err = stop_serve(proc)
-    assert code == 0, err
-
-
 # ---------------------------------------------------------------------------------------------
 # peerkit demo
 

@@ -8,7 +8,6 @@ clock with generous timeouts. Nothing here sleeps to wait for something to happe
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,7 +34,7 @@ from peerkit.impl.transport import (
     UnaryMethod,
     identity,
 )
-from peerkit.impl.transport.grpc_bridge import LOOP_THREAD_NAME, GrpcTransport, run_one_thread
+from peerkit.impl.transport.grpc_bridge import LOOP_THREAD_NAME, GrpcTransport
 
 Check = Callable[[TransportTarget], Awaitable[None]]
 M = "/peerkit.test.Transport/Stream"
@@ -85,21 +84,6 @@ def _free_local_port() -> int:
 async def test_conformance_grpc(check: Check, grpc_transport: GrpcTransport) -> None:
     dead = f"127.0.0.1:{_free_local_port()}"
     await check(TransportTarget(grpc_transport, "127.0.0.1:0", dead, timeout=30.0))
-
-
-@pytest.mark.grpc
-@pytest.mark.parametrize("check", ALL_CHECKS, ids=_check_id)
-def test_conformance_grpc_one_thread(check: Check) -> None:
-    """The same suite with trio a guest of grpc.aio's asyncio loop on one thread (plain test:
-    ``run_one_thread`` is the trio run here, not pytest-trio's)."""
-    dead = f"127.0.0.1:{_free_local_port()}"
-
-    async def main() -> None:
-        async with GrpcTransport(one_thread=True) as transport:
-            assert transport.thread is None
-            await check(TransportTarget(transport, "127.0.0.1:0", dead, timeout=30.0))
-
-    run_one_thread(main)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -695,46 +679,6 @@ async def test_grpc_bridge_threads() -> None:
         assert not thread.is_alive()
     leftover = [t for t in set(threading.enumerate()) - before if t.is_alive()]
     assert all(_is_grpc_poller(t) for t in leftover), leftover
-
-
-@pytest.mark.grpc
-def test_grpc_one_thread_starts_no_loop_thread_and_runs_grpc_on_the_trio_thread() -> None:
-    before = set(threading.enumerate())
-    seen: list[threading.Thread] = []
-
-    async def echo(stream: BidiStream[bytes, bytes]) -> None:
-        async for message in stream:
-            await stream.send(message)
-
-    async def main() -> None:
-        with trio.fail_after(30):
-            async with (
-                GrpcTransport(one_thread=True) as transport,
-                transport.serve("127.0.0.1:0", [StreamMethod(M, echo, identity, identity)]) as srv,
-                transport.connect(srv.address) as channel,
-            ):
-                stream = channel.open_stream(M, identity, identity)
-                await stream.send(b"x")
-                assert await stream.receive() == b"x"
-                loop = transport._loop_thread().loop
-                seen.extend(t for t in threading.enumerate() if t.name == LOOP_THREAD_NAME)
-                # the transport's loop is the one this trio run is a guest of
-                assert loop.is_running() and loop is asyncio.get_running_loop()
-                await stream.close_send()
-                with pytest.raises(EndOfStream):
-                    await stream.receive()
-
-    run_one_thread(main)
-    assert seen == []
-    leftover = [t for t in set(threading.enumerate()) - before if t.is_alive()]
-    assert all(_is_grpc_poller(t) or t.name.startswith("Trio thread") for t in leftover), leftover
-
-
-@pytest.mark.grpc
-async def test_grpc_one_thread_needs_a_guest_run() -> None:
-    with pytest.raises(RuntimeError, match="guest of an asyncio loop"):
-        async with GrpcTransport(one_thread=True):
-            pass
 
 
 @pytest.mark.grpc
