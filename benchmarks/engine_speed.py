@@ -157,7 +157,10 @@ class _Violation(Exception):
 
 def _run_bare_invariant(broken: bool) -> dict[str, Any]:
     """The textbook BFS of _run_bare plus the model's invariant on every new state: what any
-    search that checks the invariant must do at least (no parents, no count, no report)."""
+    search that checks the invariant must do at least (no parents, no count, no report).
+
+    The loop repeats _run_bare's on purpose: one loop for both rows would add a test to the
+    bare BFS (per state or per new state) and so change what that row measures."""
     _engine, toys = _import_checker()
     model = toys.counters(N, TOP)
     successors = model.successors
