@@ -14,7 +14,9 @@ with the invariant "no counter exceeds 5" checked on every state. Four searches 
 * ``minicheck``: minicheck's ``check_safety`` on an idiomatic ``Protocol`` (tuple states, a
   ``transitions`` function returning labelled successors, the invariant over the field dict).
 
-Controls (rows marked as such, off with ``--no-controls``): ``engine@musil-py`` and
+Controls (rows marked as such, off with ``--no-controls``): ``bare+invariant`` is the bare BFS
+that also evaluates the invariant on every new state (the floor for any search that checks it);
+``engine@musil-py`` and
 ``bare@musil-py`` run the first two under musil's interpreter (musil needs Python >= 3.12), so
 the engine/musil ratio can also be read with the interpreter held equal; ``musil-dataclass`` runs
 musil with the frozen-dataclass states its README recommends, which is much slower than tuples.
@@ -24,6 +26,10 @@ the tool reports 279,936 states and no violation, and then (untimed) checks that
 see a broken invariant, with the expected shortest counterexample of 5 steps. Rounds are
 interleaved (each round runs every tool once, in a rotating order), so a burst of load from
 another process hurts every tool alike rather than one.
+
+``--instructions`` counts instead of timing: each of engine, bare and bare+invariant runs once
+under valgrind's cachegrind, less a process that only builds the model, which gives the same
+figure whatever else the machine is doing (results/engine_instructions.json).
 
 Run ``python benchmarks/engine_speed.py --help``; see benchmarks/README.md.
 Standard library only (so that the same file serves as the worker under any interpreter).
@@ -36,6 +42,7 @@ import glob
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -51,6 +58,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results" / "engine_speed.json"
+INSTRUCTION_RESULTS = HERE / "results" / "engine_instructions.json"
 
 N, TOP = 7, 5
 EXPECTED_STATES = (TOP + 1) ** N  # 279,936
@@ -141,6 +149,66 @@ def _run_bare(broken: bool) -> dict[str, Any]:
         "transitions": None,  # not even counted: that would be a report
         "verdict_ok": True,
     }
+
+
+class _Violation(Exception):
+    pass
+
+
+def _run_bare_invariant(broken: bool) -> dict[str, Any]:
+    """The textbook BFS of _run_bare plus the model's invariant on every new state: what any
+    search that checks the invariant must do at least (no parents, no count, no report).
+
+    The loop repeats _run_bare's on purpose: one loop for both rows would add a test to the
+    bare BFS (per state or per new state) and so change what that row measures."""
+    _engine, toys = _import_checker()
+    model = toys.counters(N, TOP)
+    successors = model.successors
+    holds = model.invariants[0].holds
+    if broken:
+        holds = lambda s: max(s) < TOP  # noqa: E731
+    started = time.perf_counter()
+    cpu = time.process_time()
+    initial = model.initial_states()
+    seen = set(initial)
+    queue = deque(initial)
+    violated = False
+    try:
+        # a violation leaves the loop by an exception, so that the loop tests nothing more
+        if not all(map(holds, initial)):
+            raise _Violation
+        while queue:
+            state = queue.popleft()
+            for _action, nxt in successors(state):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    queue.append(nxt)
+                    if not holds(nxt):
+                        raise _Violation
+    except _Violation:
+        violated = True
+    states = len(seen)
+    del seen, queue
+    cpu = time.process_time() - cpu
+    seconds = time.perf_counter() - started
+    if broken:
+        # no trace to measure: report only that the broken invariant was seen
+        return {"violation_steps": None, "violation_found": violated}
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "states": states,
+        "transitions": None,
+        "verdict_ok": not violated,
+    }
+
+
+def _run_build_only(broken: bool) -> dict[str, Any]:
+    """Import the checker and build the model, no search: what --instructions subtracts."""
+    _engine, toys = _import_checker()
+    toys.counters(N, TOP)
+    return {"seconds": 0.0, "cpu_seconds": 0.0, "states": None, "transitions": None,
+            "verdict_ok": True, "violation_steps": None}
 
 
 def _run_musil(broken: bool) -> dict[str, Any]:
@@ -266,6 +334,8 @@ def _run_minicheck(broken: bool) -> dict[str, Any]:
 RUNNERS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "engine": _run_engine,
     "bare": _run_bare,
+    "bare-invariant": _run_bare_invariant,
+    "build-only": _run_build_only,
     "musil": _run_musil,
     "musil-dataclass": _run_musil_dataclass,
     "minicheck": _run_minicheck,
@@ -278,15 +348,18 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def worker(kind: str) -> None:
+def worker(kind: str, search_only: bool = False) -> None:
     run = RUNNERS[kind]
     rss_before = _peak_rss_mb()
     out = run(False)
     out["peak_rss_mb"] = _peak_rss_mb()
     out["rss_before_mb"] = rss_before
     out["python"] = platform.python_version()
-    # untimed, after the measurement: the tool must see a broken invariant, shortest trace
-    out["sanity_violation_steps"] = run(True)["violation_steps"]
+    if not search_only:  # (--instructions counts the search alone)
+        # untimed, after the measurement: the tool must see a broken invariant, shortest trace
+        sanity = run(True)
+        out["sanity_violation_steps"] = sanity["violation_steps"]
+        out["sanity_violation_found"] = sanity.get("violation_found")
     print(json.dumps(out))
 
 
@@ -404,6 +477,9 @@ def _setup(args: argparse.Namespace) -> list[Tool]:
     except RuntimeError as error:
         minicheck.skipped = str(error)
     tools.append(minicheck)
+    if args.controls:
+        tools.append(Tool("bare+invariant", "bare-invariant", here,
+                          "textbook BFS + the invariant on every new state", control=True))
     if args.controls and musil_python is not None:
         tools.append(Tool("engine@musil-py", "engine", musil_python,
                           f"peerkit {peerkit_version} (source)", control=True))
@@ -440,7 +516,10 @@ def _run_once(tool: Tool) -> dict[str, Any]:
         problems.append(f"counted {out['transitions']} transitions")
     if not out["verdict_ok"]:
         problems.append("did not report the invariant as holding on a complete search")
-    if tool.kind != "bare" and out["sanity_violation_steps"] != EXPECTED_CE_STEPS:
+    if tool.kind == "bare-invariant":
+        if out["sanity_violation_found"] is not True:
+            problems.append("did not see the broken invariant in the sanity run")
+    elif tool.kind != "bare" and out["sanity_violation_steps"] != EXPECTED_CE_STEPS:
         problems.append(
             f"broken-invariant sanity run gave {out['sanity_violation_steps']} steps, "
             f"expected a shortest counterexample of {EXPECTED_CE_STEPS}"
@@ -535,6 +614,88 @@ def _ratio(tools: dict[str, Tool], a: str, b: str) -> dict[str, Any] | None:
     }
 
 
+#: rows --instructions counts (row label -> runner), all on this interpreter
+INSTRUCTION_ROWS = {"engine": "engine", "bare": "bare", "bare+invariant": "bare-invariant"}
+
+
+def _count_instructions(valgrind: str, kind: str) -> tuple[int, dict[str, Any]]:
+    """Instructions one worker process executes under cachegrind (no cache simulation), with
+    the worker's JSON line. The count is the same on every run within about 0.1%, whatever
+    else the machine runs."""
+    cmd = [valgrind, "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+           sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--search-only"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO))
+    found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"{kind} under cachegrind failed:\n{done.stderr.strip()[-2000:]}")
+    out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return int(found.group(1).replace(",", "")), out
+
+
+def _instructions(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """--instructions: the search alone of each row, in instructions (see the module doc)."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("--instructions needs valgrind on PATH (apt-get install valgrind)")
+    rows = list(INSTRUCTION_ROWS)
+    if args.tools:
+        rows = [r for r in args.tools.split(",") if r]
+        unknown = set(rows) - set(INSTRUCTION_ROWS)
+        if unknown:
+            raise SystemExit(f"--instructions counts only {list(INSTRUCTION_ROWS)}, "
+                             f"not {sorted(unknown)}")
+    load_before = os.getloadavg()
+    started = time.time()
+    build, _ = _count_instructions(valgrind, "build-only")
+    print(f"build only: {build:,} instructions", file=sys.stderr)
+    counted: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        total, out = _count_instructions(valgrind, INSTRUCTION_ROWS[row])
+        if out["states"] != EXPECTED_STATES or not out["verdict_ok"] or (
+                out["transitions"] not in (None, EXPECTED_TRANSITIONS)):
+            raise RuntimeError(f"{row}: wrong result under cachegrind: {out}")
+        counted[row] = {"process": total, "search": total - build}
+        print(f"{row}: {total - build:,} instructions (search)", file=sys.stderr)
+    ratios = {
+        f"{a}/{b}": round(counted[b]["search"] / counted[a]["search"], 3)
+        for a, b in (("engine", "bare"), ("engine", "bare+invariant"), ("bare+invariant", "bare"))
+        if a in counted and b in counted
+    }
+    version = subprocess.run([valgrind, "--version"], capture_output=True, text=True).stdout
+    report = {
+        "benchmark": "engine_speed --instructions",
+        "model": {"name": f"counters({N}, {TOP})", "states": EXPECTED_STATES,
+                  "transitions": EXPECTED_TRANSITIONS},
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "wall_seconds": round(time.time() - started, 1),
+        "how": ("one process per row under valgrind --tool=cachegrind --cache-sim=no, running "
+                "the search only (no sanity run); search = the process's instructions less "
+                "those of a process that imports the same modules and builds the model; a "
+                "ratio a/b is instructions(b) / instructions(a), i.e. a's speed over b's"),
+        "command": " ".join([Path(sys.executable).name, "benchmarks/engine_speed.py",
+                             *(argv if argv is not None else sys.argv[1:])]),
+        "python": platform.python_version(),
+        "valgrind": version.strip(),
+        "machine": {**_machine(), "load_average_before": [round(x, 2) for x in load_before],
+                    "load_average_after": [round(x, 2) for x in os.getloadavg()]},
+        "peerkit": _git(),
+        "build_only_instructions": build,
+        "instructions": counted,
+        "ratios": ratios,
+    }
+    path = args.json if args.json is not None else INSTRUCTION_RESULTS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\ninstructions, search alone: counters({N}, {TOP}), Python "
+          f"{platform.python_version()}")
+    for row, c in counted.items():
+        print(f"{row:<16} {c['search'] / 1e6:>10,.0f}M")
+    for name, value in ratios.items():
+        print(f"{name:<24} {value:.3f}")
+    print(f"\nwritten: {path}")
+    return 0
+
+
 def _fmt_rate(x: float) -> str:
     return f"{x / 1000:,.0f}k"
 
@@ -551,12 +712,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="do not run engine and bare under musil's interpreter as well")
     parser.add_argument("--musil-python", default=None,
                         help="a Python >= 3.12 to build musil's venv from (default: search)")
-    parser.add_argument("--json", type=Path, default=RESULTS, help=f"default {RESULTS}")
+    parser.add_argument("--json", type=Path, default=None,
+                        help=f"default {RESULTS} ({INSTRUCTION_RESULTS} with --instructions)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count the instructions of the search (engine, bare, "
+                             "bare+invariant) under valgrind's cachegrind instead of timing")
     parser.add_argument("--worker", choices=sorted(RUNNERS), help=argparse.SUPPRESS)
+    parser.add_argument("--search-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        worker(args.worker)
+        worker(args.worker, args.search_only)
         return 0
+    if args.instructions:
+        return _instructions(args, argv)
+    if args.json is None:
+        args.json = RESULTS
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
 
@@ -579,6 +749,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ratios = {
         "engine/bare": _ratio(by_name, "engine", "bare"),
+        "engine/bare+invariant": _ratio(by_name, "engine", "bare+invariant"),
+        "bare+invariant/bare": _ratio(by_name, "bare+invariant", "bare"),
         "engine/musil": _ratio(by_name, "engine", "musil"),
         "engine/minicheck": _ratio(by_name, "engine", "minicheck"),
         "engine/musil, same interpreter": _ratio(by_name, "engine@musil-py", "musil"),
