@@ -161,7 +161,7 @@ def fingerprint(state: object) -> int:
 class _Expansion(Generic[S]):
     """What one expansion leaves to settle until the owners answer the numbers of its states."""
 
-    __slots__ = ("parity", "sent", "pending")
+    __slots__ = ("parity", "pending", "sent")
 
     def __init__(self, parity: int, count: int) -> None:
         #: the low bit of this expansion's codes in `Partition.index`: an expansion is settled
@@ -705,7 +705,7 @@ class _ParallelSearch(_Search[S, A]):
             bounds.max_seconds is None
             or time.perf_counter() - self.started <= bounds.max_seconds)
 
-    def _stops_in(self, level: list[int], first: int, expanded: list[Any]) -> bool:
+    def _stops_in(self, level: list[int], first: int, expanded: list[Expanded]) -> bool:
         """Whether the level being numbered stops the search whatever its states are: the
         state bound falls in it, or a step of it breaks a transition invariant that stops it."""
         max_states = self.bounds.max_states
@@ -727,8 +727,8 @@ class _ParallelSearch(_Search[S, A]):
                 raise _Stop(f"depth bound {bounds.max_depth} reached")
             self._tick(len(replayed) - self.frontier, depth)
             # the workers expanded this level in the round that numbered it (or seeded it)
-            expanded = self.expansion
-            if any(expansion is None for expansion in expanded):
+            expanded = [e for e in self.expansion if e is not None]
+            if len(expanded) < count:
                 raise AssertionError("a worker did not expand a level the search goes on with")
             keys = pool.call_all("receive", [([expanded[i][0][j] for i in range(count)],
                                               replies[j]) for j in range(count)])
