@@ -11,6 +11,11 @@ order, so a burst of load from another process hurts every mode alike), with the
   with a python that has both installed; the engine not chosen for ``peerkit[distributed]``
   has its pool here, `RayPool`). A new pool (actors) per run; the clusters start once.
 
+* ``compare --baseline PYTHON``: ``peerkit check --workers 1`` and ``--workers 2`` through the
+  CLI, of a baseline checkout (the ``peerkit`` beside its venv's PYTHON) and of this one, all
+  four in every round; wall and CPU seconds and each one's speed-up of 2 workers over 1
+  (results to ``--out``, by default benchmarks/results/parallel_compare.json);
+
 * ``split``: CPU seconds of the engine against the same search split into 1 and 2 partitions
   run one after another in this process (`parallel.InProcessPool`): what partitioning costs in work,
   apart from processes, pipes and parallelism.
@@ -19,6 +24,8 @@ Every run checks that the state and transition counts and the verdicts equal the
 engine's. Results go to benchmarks/results/parallel.json (one key per measurement).
 
     python benchmarks/parallel.py local --config default --rounds 3
+    python benchmarks/parallel.py compare --baseline /path/to/base/.venv/bin/python \
+        --config default --config churn --rounds 3
     /path/to/venv/bin/python benchmarks/parallel.py distributed --engine dask --engine ray
 """
 
@@ -30,6 +37,7 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -38,7 +46,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from machine_info import machine_info  # noqa: E402
+from machine_info import machine_info, write_results  # noqa: E402
 
 from peerkit.checker import engine, parallel  # noqa: E402
 from peerkit.model import PeeringModel, get_config  # noqa: E402
@@ -83,8 +91,7 @@ def cpu() -> tuple[float, float]:
     return me.ru_utime + me.ru_stime, children.ru_utime + children.ru_stime
 
 
-def timed(run: Callable[[], engine.Result[Any, Any]]
-          ) -> tuple[float, float, float, engine.Result[Any, Any]]:
+def timed(run: Callable[[], Any]) -> tuple[float, float, float, Any]:
     """Wall seconds, CPU seconds here and in worker processes (ended by then), the result."""
     mine, theirs = cpu()
     started = time.perf_counter()
@@ -94,8 +101,8 @@ def timed(run: Callable[[], engine.Result[Any, Any]]
     return wall, mine2 - mine, theirs2 - theirs, result
 
 
-def rounds(modes: dict[str, Callable[[], engine.Result[Any, Any]]], count: int,
-           expected: tuple[Any, ...]) -> dict[str, Any]:
+def rounds(modes: dict[str, Callable[[], Any]], count: int, expected: tuple[Any, ...],
+           outcome: Callable[[Any], tuple[Any, ...]] = outcome) -> dict[str, Any]:
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in modes}
     names = list(modes)
     for r in range(count):
@@ -151,6 +158,47 @@ def local(config: str, count: int) -> None:
                      "run); the kernel's autogroup scheduling shares the CPU between sessions, "
                      "so more worker processes do not get more CPU under load",
     })
+
+
+def cli_outcome(report: dict[str, Any]) -> tuple[Any, ...]:
+    """What the CLI's JSON report says of the search, less its timings."""
+    return (report["distinct_states"], report["transitions"], report["depth"],
+            [(p["id"], p["verdict"]) for p in report["properties"]])
+
+
+def cli_check(python: str, config: str, workers: int) -> dict[str, Any]:
+    """``peerkit check --config CONFIG --workers N --json`` with the peerkit beside `python`."""
+    peerkit = str(Path(python).parent / "peerkit")
+    run = subprocess.run([peerkit, "check", "--config", config, "--workers", str(workers),
+                          "--json", "--no-progress"], capture_output=True, text=True, cwd="/")
+    if run.returncode != 0:
+        raise SystemExit(f"{peerkit} exited {run.returncode}: {run.stderr[-2000:]}")
+    report: dict[str, Any] = json.loads(run.stdout)
+    return report
+
+
+def compare(baseline: str, configs: list[str], count: int, out: Path) -> None:
+    """``peerkit check --workers 1`` and ``--workers 2`` of a baseline checkout (the peerkit
+    beside its `baseline` python) and of this one, all four in each round (rotating order)."""
+    pythons = {"before": baseline, "after": sys.executable}
+    report: dict[str, Any] = {"machine": machine_info(), "baseline": baseline, "rounds": count,
+                              "configs": {}}
+    for config in configs:
+        expected = cli_outcome(cli_check(sys.executable, config, 1))
+        modes = {f"{which}-workers-{n}": functools.partial(cli_check, python, config, n)
+                 for which, python in pythons.items() for n in (1, 2)}
+        got = rounds(modes, count, expected, cli_outcome)
+        entry: dict[str, Any] = {"distinct_states": expected[0], "transitions": expected[1],
+                                 "modes": got}
+        for which in pythons:
+            one = got[f"{which}-workers-1"]["seconds_median"]
+            two = got[f"{which}-workers-2"]["seconds_median"]
+            entry[f"{which}_speedup_workers2_over_workers1"] = round(one / two, 2)
+        report["configs"][config] = entry
+        print(f"{config}: --workers 2 over --workers 1, before "
+              f"{entry['before_speedup_workers2_over_workers1']}x, after "
+              f"{entry['after_speedup_workers2_over_workers1']}x", flush=True)
+    write_results(out, report)
 
 
 def distributed(engines: list[str], config: str, count: int) -> None:
@@ -238,8 +286,16 @@ def main() -> None:
     spl = sub.add_parser("split")
     spl.add_argument("--config", default="ci")
     spl.add_argument("--rounds", type=int, default=3)
+    cmp = sub.add_parser("compare", help="--workers 1 and 2 of a baseline checkout and of "
+                         "this one, through the CLI, alternated")
+    cmp.add_argument("--baseline", required=True, help="the baseline checkout's venv python")
+    cmp.add_argument("--config", action="append", default=[])
+    cmp.add_argument("--rounds", type=int, default=3)
+    cmp.add_argument("--out", type=Path, default=HERE / "results" / "parallel_compare.json")
     args = parser.parse_args()
-    if args.what == "local":
+    if args.what == "compare":
+        compare(args.baseline, args.config or ["default"], args.rounds, args.out)
+    elif args.what == "local":
         local(args.config, args.rounds)
     elif args.what == "split":
         split(args.config, args.rounds)

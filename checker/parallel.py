@@ -5,21 +5,34 @@ Theory of operation
 A hash-partitioned, level-synchronous breadth-first search (the design of PReach and of TLC's
 distributed mode). Each worker owns the states whose fingerprint falls in its partition: it keeps
 them (exactly, in a dict, as the sequential engine does) and expands the ones of the current level
-(its *frontier*). A level has three rounds, and the coordinator waits for every worker at each:
+(its *frontier*). A level has three parts, in two rounds; the coordinator waits for every
+worker at each round:
 
 1. ``expand``: each worker runs ``successors`` on its frontier, checks the transition invariants
    on every step, and sorts the successors it does not know into one batch per owner (one
    message each, encoded by `wire`: each part of a state once per link);
-2. ``receive``: each owner merges the batches sent to it, drops the states it already has, and
-   keeps for every new state the smallest *key* (parent number, position of the step in the
-   parent's ``successors``) it was reached by; it answers with its new keys, sorted;
-3. ``number``: the coordinator ranks all new keys of the level, and each owner numbers its new
-   states by rank, checks the invariants on them, and answers every sender with the numbers of the
-   states it sent (so the sender can record its liveness edges with their end points).
+2. ``receive`` (round 1): each owner merges the batches sent to it, drops the states it already
+   has, and keeps for every new state the smallest *key* (parent number, position of the step in
+   the parent's ``successors``) it was reached by; it answers with its new keys, sorted;
+3. ``number`` (round 2): the coordinator ranks all new keys of the level, and each owner numbers
+   its new states by rank, checks the invariants on them, and answers every sender with the
+   numbers of the states it sent (so the sender can record its liveness edges with their end
+   points); then, in the same round, it expands them: step 1 of the next level (``seed`` does
+   step 1 of the first). The senders get the numbers in their next ``receive``.
+
+Two rounds per level is as few as keys made of the parents' numbers allow: a level's keys are
+ranked only once every owner has merged every batch of the level (round 1), and only then can its
+states be numbered and their successors keyed (round 2). (One round would need a key that can be
+compared before the parents are numbered, such as the grandparent's number and two positions; not
+done.) The coordinator tells a worker not to expand ahead a level the search will not go on with
+(the depth, state or time bound, or a first transition-invariant violation stops it), and a worker
+does not when one of its new states breaks an invariant and the first violation stops the search;
+only another worker's expansion of that last level can be work thrown away.
 
 What a worker knows: one dict per worker holds the number of every state it owns, the numbers
 the owners answered for the states it sent them (at most as many as it owns: `remote_share`),
-and, during a level, a code for each state met in the level and not known. So a successor met
+and, until the owners' numbers come back, a code for each state met in the last two
+expansions and not known (tagged with the expansion's parity). So a successor met
 again costs one lookup, as in the engine, and a successor whose owner has it already is never
 sent to it again once its number is known: on `default` the states sent to another worker fall
 from about 186,000 (every distinct successor of a level that another worker owns) to 101,219
