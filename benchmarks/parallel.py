@@ -16,6 +16,10 @@ order, so a burst of load from another process hurts every mode alike), with the
   four in every round; wall and CPU seconds and each one's speed-up of 2 workers over 1
   (results to ``--out``, by default benchmarks/results/parallel_compare.json);
 
+* ``critical --baseline PYTHON``: the same split search of a baseline checkout and of this one,
+  with each worker's CPU seconds in each round: the sum over rounds of the largest, plus the
+  coordinator's CPU, bounds the wall time on free cores and moves little with load;
+
 * ``split``: CPU seconds of the engine against the same search split into 1 and 2 partitions
   run one after another in this process (`parallel.InProcessPool`): what partitioning costs in work,
   apart from processes, pipes and parallelism.
@@ -201,6 +205,78 @@ def compare(baseline: str, configs: list[str], count: int, out: Path) -> None:
     write_results(out, report)
 
 
+#: what each child of `critical` runs: one split search in its own process, each worker's CPU
+#: seconds in each round measured (the partitions run one after another, as in `split`)
+_CRITICAL_CHILD = """
+import collections, functools, json, sys, time
+from peerkit.checker import parallel
+from peerkit.model import PeeringModel, get_config
+class Timed(parallel.InProcessPool):
+    def call_all(self, method, args):
+        out, took = [], []
+        for part, arg in zip(self.parts, args):
+            started = time.process_time()
+            out.append(getattr(part, method)(*arg))
+            took.append(time.process_time() - started)
+        self.path += max(took)
+        self.work += sum(took)
+        self.rounds[method] += 1
+        return out
+factory = functools.partial(PeeringModel, get_config(sys.argv[1]))
+pool = Timed(factory, int(sys.argv[2]))
+pool.path, pool.work, pool.rounds = 0.0, 0.0, collections.Counter()
+started = time.process_time()
+result = parallel.check(factory, pool=pool)
+cpu = time.process_time() - started
+print(json.dumps({"states": result.distinct_states, "transitions": result.transitions,
+                  "critical_path": pool.path, "workers_cpu": pool.work,
+                  "coordinator_cpu": cpu - pool.work, "rounds": dict(pool.rounds)}))
+"""
+
+
+def critical(baseline: str, configs: list[str], count: int, out: Path) -> None:
+    """The split search's critical path in CPU seconds, of a baseline checkout and of this one:
+    the sum over the rounds of the largest worker's CPU seconds in the round, plus the
+    coordinator's, is what the search would take on a core per worker and one for the
+    coordinator, with no other load and free messages; unlike wall time it hardly moves with
+    the load of a shared machine."""
+    pythons = {"before": baseline, "after": sys.executable}
+    report: dict[str, Any] = {"machine": machine_info(), "baseline": baseline, "rounds": count,
+                              "configs": {}}
+    for config in configs:
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for r in range(count):
+            order = [(w, n) for w in pythons for n in (1, 2)]
+            for which, n in order[r % 4:] + order[:r % 4]:
+                load = os.getloadavg()[0]
+                child = subprocess.run([pythons[which], "-c", _CRITICAL_CHILD, config, str(n)],
+                                       check=True, capture_output=True, text=True, cwd="/")
+                got = json.loads(child.stdout)
+                got["load1"] = load
+                runs.setdefault(f"{which}-workers-{n}", []).append(got)
+                print(f"round {r + 1} {which} {n}: path {got['critical_path']:.2f} s + "
+                      f"coordinator {got['coordinator_cpu']:.2f} s of {got['workers_cpu']:.2f} s "
+                      f"in workers, rounds {got['rounds']} (load {load:.2f})", flush=True)
+        if len({(x["states"], x["transitions"]) for xs in runs.values() for x in xs}) != 1:
+            raise SystemExit(f"{config}: the runs explored different graphs")
+        entry: dict[str, Any] = {"runs": runs}
+        for mode, xs in runs.items():
+            entry[mode] = {
+                "critical_path_median": round(statistics.median(
+                    x["critical_path"] + x["coordinator_cpu"] for x in xs), 3),
+                "cpu_median": round(statistics.median(
+                    x["workers_cpu"] + x["coordinator_cpu"] for x in xs), 3)}
+        for which in pythons:
+            one = entry[f"{which}-workers-1"]["critical_path_median"]
+            two = entry[f"{which}-workers-2"]["critical_path_median"]
+            entry[f"{which}_speedup_bound_workers2_over_workers1"] = round(one / two, 3)
+        report["configs"][config] = entry
+        print(f"{config}: critical path of 2 workers over 1, before "
+              f"{entry['before_speedup_bound_workers2_over_workers1']}x, after "
+              f"{entry['after_speedup_bound_workers2_over_workers1']}x", flush=True)
+    write_results(out, report)
+
+
 def distributed(engines: list[str], config: str, count: int) -> None:
     """Each engine's local cluster of two workers against ``--workers 2``, interleaved."""
     factory = functools.partial(PeeringModel, get_config(config))
@@ -292,9 +368,17 @@ def main() -> None:
     cmp.add_argument("--config", action="append", default=[])
     cmp.add_argument("--rounds", type=int, default=3)
     cmp.add_argument("--out", type=Path, default=HERE / "results" / "parallel_compare.json")
+    crit = sub.add_parser("critical", help="the split search's critical path in CPU seconds, "
+                          "of a baseline checkout and of this one, alternated")
+    crit.add_argument("--baseline", required=True, help="the baseline checkout's venv python")
+    crit.add_argument("--config", action="append", default=[])
+    crit.add_argument("--rounds", type=int, default=3)
+    crit.add_argument("--out", type=Path, default=HERE / "results" / "parallel_critical.json")
     args = parser.parse_args()
     if args.what == "compare":
         compare(args.baseline, args.config or ["default"], args.rounds, args.out)
+    elif args.what == "critical":
+        critical(args.baseline, args.config or ["default"], args.rounds, args.out)
     elif args.what == "local":
         local(args.config, args.rounds)
     elif args.what == "split":
