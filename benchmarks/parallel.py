@@ -221,14 +221,22 @@ class Timed(parallel.InProcessPool):
         self.path += max(took)
         self.work += sum(took)
         self.rounds[method] += 1
+        self.took.append((method, took))
         return out
 factory = functools.partial(PeeringModel, get_config(sys.argv[1]))
 pool = Timed(factory, int(sys.argv[2]))
-pool.path, pool.work, pool.rounds = 0.0, 0.0, collections.Counter()
+pool.path, pool.work, pool.rounds, pool.took = 0.0, 0.0, collections.Counter(), []
 started = time.process_time()
 result = parallel.check(factory, pool=pool)
 cpu = time.process_time() - started
+# where a level's `number` and the next level's `expand` are rounds of their own: how much of
+# the path one round for both would save, measured in this same run
+merge = 0.0
+for (m1, number), (m2, expand) in zip(pool.took, pool.took[1:]):
+    if (m1, m2) == ("number", "expand"):
+        merge += max(number) + max(expand) - max(map(sum, zip(number, expand)))
 print(json.dumps({"states": result.distinct_states, "transitions": result.transitions,
+                  "merge_would_save": merge,
                   "critical_path": pool.path, "workers_cpu": pool.work,
                   "coordinator_cpu": cpu - pool.work, "rounds": dict(pool.rounds)}))
 """
@@ -254,7 +262,8 @@ def critical(baseline: str, configs: list[str], count: int, out: Path) -> None:
                 got = json.loads(child.stdout)
                 got["load1"] = load
                 runs.setdefault(f"{which}-workers-{n}", []).append(got)
-                print(f"round {r + 1} {which} {n}: path {got['critical_path']:.2f} s + "
+                print(f"round {r + 1} {which} {n}: path {got['critical_path']:.2f} s "
+                      f"(merging number and expand would save {got['merge_would_save']:.2f}) + "
                       f"coordinator {got['coordinator_cpu']:.2f} s of {got['workers_cpu']:.2f} s "
                       f"in workers, rounds {got['rounds']} (load {load:.2f})", flush=True)
         if len({(x["states"], x["transitions"]) for xs in runs.values() for x in xs}) != 1:
