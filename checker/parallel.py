@@ -277,7 +277,7 @@ class Partition(Generic[S, A]):
                 targets.append(sid)
 
     def _expand(self) -> Expanded:
-        """Round 1 (at the end of `seed` or `number`): the successors of the frontier, in one
+        """Step 1 (at the end of `seed` or `number`): the successors of the frontier, in one
         batch per owner, the first key each transition invariant fails at, the steps taken.
 
         Only the successors this worker does not know go out, each once: the others' owners
@@ -345,9 +345,9 @@ class Partition(Generic[S, A]):
 
     def receive(self, batches: list[bytes | None], replies: list[bytes | None] | None
                 ) -> array[int]:
-        """Round 2: settle the expansion before the last with the owners' `replies` (None at
-        the first level); merge the last expansion's batches sent here; answer the sorted keys
-        of the states new to this owner."""
+        """Step 2 (round 1): settle the expansion before the last with the owners' `replies`
+        (None at the first level); merge the last expansion's batches sent here; answer the
+        sorted keys of the states new to this owner."""
         if replies is not None:
             self._settle(replies)
         index = self.index
@@ -386,7 +386,7 @@ class Partition(Generic[S, A]):
 
     def number(self, numbers: array[int], expand: bool, unless_violated: bool
                ) -> tuple[dict[str, int], list[bytes | None], int, Expanded | None]:
-        """Round 3, merged with round 1 of the next level: number the new states, check them,
+        """Step 3 (round 2), with step 1 of the next level: number the new states, check them,
         tell each sender the numbers, and expand them if `expand` (but not, if
         `unless_violated`, when one breaks an invariant: that stops the search)."""
         index = self.index
