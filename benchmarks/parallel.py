@@ -181,6 +181,17 @@ def cli_check(python: str, config: str, workers: int) -> dict[str, Any]:
     return report
 
 
+def speedups(entry: dict[str, Any], medians: dict[str, Any], field: str, name: str,
+             digits: int, heading: str) -> None:
+    """Each side's median `field` with 1 worker over the one with 2, as ``entry[SIDE_name]``;
+    print both."""
+    for which in ("before", "after"):
+        entry[f"{which}_{name}"] = round(medians[f"{which}-workers-1"][field]
+                                         / medians[f"{which}-workers-2"][field], digits)
+    print(f"{heading}: before {entry[f'before_{name}']}x, after {entry[f'after_{name}']}x",
+          flush=True)
+
+
 def compare(baseline: str, configs: list[str], count: int, out: Path) -> None:
     """``peerkit check --workers 1`` and ``--workers 2`` of a baseline checkout (the peerkit
     beside its `baseline` python) and of this one, all four in each round (rotating order)."""
@@ -194,14 +205,9 @@ def compare(baseline: str, configs: list[str], count: int, out: Path) -> None:
         got = rounds(modes, count, expected, cli_outcome)
         entry: dict[str, Any] = {"distinct_states": expected[0], "transitions": expected[1],
                                  "modes": got}
-        for which in pythons:
-            one = got[f"{which}-workers-1"]["seconds_median"]
-            two = got[f"{which}-workers-2"]["seconds_median"]
-            entry[f"{which}_speedup_workers2_over_workers1"] = round(one / two, 2)
+        speedups(entry, got, "seconds_median", "speedup_workers2_over_workers1", 2,
+                 f"{config}, --workers 2 over --workers 1")
         report["configs"][config] = entry
-        print(f"{config}: --workers 2 over --workers 1, before "
-              f"{entry['before_speedup_workers2_over_workers1']}x, after "
-              f"{entry['after_speedup_workers2_over_workers1']}x", flush=True)
     write_results(out, report)
 
 
@@ -275,14 +281,9 @@ def critical(baseline: str, configs: list[str], count: int, out: Path) -> None:
                     x["critical_path"] + x["coordinator_cpu"] for x in xs), 3),
                 "cpu_median": round(statistics.median(
                     x["workers_cpu"] + x["coordinator_cpu"] for x in xs), 3)}
-        for which in pythons:
-            one = entry[f"{which}-workers-1"]["critical_path_median"]
-            two = entry[f"{which}-workers-2"]["critical_path_median"]
-            entry[f"{which}_speedup_bound_workers2_over_workers1"] = round(one / two, 3)
+        speedups(entry, entry, "critical_path_median", "speedup_bound_workers2_over_workers1", 3,
+                 f"{config}, critical path of 2 workers over 1")
         report["configs"][config] = entry
-        print(f"{config}: critical path of 2 workers over 1, before "
-              f"{entry['before_speedup_bound_workers2_over_workers1']}x, after "
-              f"{entry['after_speedup_bound_workers2_over_workers1']}x", flush=True)
     write_results(out, report)
 
 
@@ -371,18 +372,14 @@ def main() -> None:
     spl = sub.add_parser("split")
     spl.add_argument("--config", default="ci")
     spl.add_argument("--rounds", type=int, default=3)
-    cmp = sub.add_parser("compare", help="--workers 1 and 2 of a baseline checkout and of "
-                         "this one, through the CLI, alternated")
-    cmp.add_argument("--baseline", required=True, help="the baseline checkout's venv python")
-    cmp.add_argument("--config", action="append", default=[])
-    cmp.add_argument("--rounds", type=int, default=3)
-    cmp.add_argument("--out", type=Path, default=HERE / "results" / "parallel_compare.json")
-    crit = sub.add_parser("critical", help="the split search's critical path in CPU seconds, "
-                          "of a baseline checkout and of this one, alternated")
-    crit.add_argument("--baseline", required=True, help="the baseline checkout's venv python")
-    crit.add_argument("--config", action="append", default=[])
-    crit.add_argument("--rounds", type=int, default=3)
-    crit.add_argument("--out", type=Path, default=HERE / "results" / "parallel_critical.json")
+    for name, what in (("compare", "--workers 1 and 2 through the CLI"),
+                       ("critical", "the split search's critical path in CPU seconds")):
+        ab = sub.add_parser(name, help=f"{what}, of a baseline checkout and of this one, "
+                            "alternated")
+        ab.add_argument("--baseline", required=True, help="the baseline checkout's venv python")
+        ab.add_argument("--config", action="append", default=[])
+        ab.add_argument("--rounds", type=int, default=3)
+        ab.add_argument("--out", type=Path, default=HERE / "results" / f"parallel_{name}.json")
     args = parser.parse_args()
     if args.what == "compare":
         compare(args.baseline, args.config or ["default"], args.rounds, args.out)
