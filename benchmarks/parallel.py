@@ -11,6 +11,15 @@ order, so a burst of load from another process hurts every mode alike), with the
   with a python that has both installed; the engine not chosen for ``peerkit[distributed]``
   has its pool here, `RayPool`). A new pool (actors) per run; the clusters start once.
 
+* ``compare --baseline PYTHON``: ``peerkit check --workers 1`` and ``--workers 2`` through the
+  CLI, of a baseline checkout (the ``peerkit`` beside its venv's PYTHON) and of this one, all
+  four in every round; wall and CPU seconds and each one's speed-up of 2 workers over 1
+  (results to ``--out``, by default benchmarks/results/parallel_compare.json);
+
+* ``critical --baseline PYTHON``: the same split search of a baseline checkout and of this one,
+  with each worker's CPU seconds in each round: the sum over rounds of the largest, plus the
+  coordinator's CPU, bounds the wall time on free cores and moves little with load;
+
 * ``split``: CPU seconds of the engine against the same search split into 1 and 2 partitions
   run one after another in this process (`parallel.InProcessPool`): what partitioning costs in work,
   apart from processes, pipes and parallelism.
@@ -19,6 +28,8 @@ Every run checks that the state and transition counts and the verdicts equal the
 engine's. Results go to benchmarks/results/parallel.json (one key per measurement).
 
     python benchmarks/parallel.py local --config default --rounds 3
+    python benchmarks/parallel.py compare --baseline /path/to/base/.venv/bin/python \
+        --config default --config churn --rounds 3
     /path/to/venv/bin/python benchmarks/parallel.py distributed --engine dask --engine ray
 """
 
@@ -30,6 +41,7 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -38,7 +50,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from machine_info import machine_info  # noqa: E402
+from machine_info import machine_info, write_results  # noqa: E402
 
 from peerkit.checker import engine, parallel  # noqa: E402
 from peerkit.model import PeeringModel, get_config  # noqa: E402
@@ -83,8 +95,7 @@ def cpu() -> tuple[float, float]:
     return me.ru_utime + me.ru_stime, children.ru_utime + children.ru_stime
 
 
-def timed(run: Callable[[], engine.Result[Any, Any]]
-          ) -> tuple[float, float, float, engine.Result[Any, Any]]:
+def timed(run: Callable[[], Any]) -> tuple[float, float, float, Any]:
     """Wall seconds, CPU seconds here and in worker processes (ended by then), the result."""
     mine, theirs = cpu()
     started = time.perf_counter()
@@ -94,8 +105,8 @@ def timed(run: Callable[[], engine.Result[Any, Any]]
     return wall, mine2 - mine, theirs2 - theirs, result
 
 
-def rounds(modes: dict[str, Callable[[], engine.Result[Any, Any]]], count: int,
-           expected: tuple[Any, ...]) -> dict[str, Any]:
+def rounds(modes: dict[str, Callable[[], Any]], count: int, expected: tuple[Any, ...],
+           outcome: Callable[[Any], tuple[Any, ...]] = outcome) -> dict[str, Any]:
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in modes}
     names = list(modes)
     for r in range(count):
@@ -151,6 +162,129 @@ def local(config: str, count: int) -> None:
                      "run); the kernel's autogroup scheduling shares the CPU between sessions, "
                      "so more worker processes do not get more CPU under load",
     })
+
+
+def cli_outcome(report: dict[str, Any]) -> tuple[Any, ...]:
+    """What the CLI's JSON report says of the search, less its timings."""
+    return (report["distinct_states"], report["transitions"], report["depth"],
+            [(p["id"], p["verdict"]) for p in report["properties"]])
+
+
+def cli_check(python: str, config: str, workers: int) -> dict[str, Any]:
+    """``peerkit check --config CONFIG --workers N --json`` with the peerkit beside `python`."""
+    peerkit = str(Path(python).parent / "peerkit")
+    run = subprocess.run([peerkit, "check", "--config", config, "--workers", str(workers),
+                          "--json", "--no-progress"], capture_output=True, text=True, cwd="/")
+    if run.returncode != 0:
+        raise SystemExit(f"{peerkit} exited {run.returncode}: {run.stderr[-2000:]}")
+    report: dict[str, Any] = json.loads(run.stdout)
+    return report
+
+
+def speedups(entry: dict[str, Any], medians: dict[str, Any], field: str, name: str,
+             digits: int, heading: str) -> None:
+    """Each side's median `field` with 1 worker over the one with 2, as ``entry[SIDE_name]``;
+    print both."""
+    for which in ("before", "after"):
+        entry[f"{which}_{name}"] = round(medians[f"{which}-workers-1"][field]
+                                         / medians[f"{which}-workers-2"][field], digits)
+    print(f"{heading}: before {entry[f'before_{name}']}x, after {entry[f'after_{name}']}x",
+          flush=True)
+
+
+def compare(baseline: str, configs: list[str], count: int, out: Path) -> None:
+    """``peerkit check --workers 1`` and ``--workers 2`` of a baseline checkout (the peerkit
+    beside its `baseline` python) and of this one, all four in each round (rotating order)."""
+    pythons = {"before": baseline, "after": sys.executable}
+    report: dict[str, Any] = {"machine": machine_info(), "baseline": baseline, "rounds": count,
+                              "configs": {}}
+    for config in configs:
+        expected = cli_outcome(cli_check(sys.executable, config, 1))
+        modes = {f"{which}-workers-{n}": functools.partial(cli_check, python, config, n)
+                 for which, python in pythons.items() for n in (1, 2)}
+        got = rounds(modes, count, expected, cli_outcome)
+        entry: dict[str, Any] = {"distinct_states": expected[0], "transitions": expected[1],
+                                 "modes": got}
+        speedups(entry, got, "seconds_median", "speedup_workers2_over_workers1", 2,
+                 f"{config}, --workers 2 over --workers 1")
+        report["configs"][config] = entry
+    write_results(out, report)
+
+
+#: what each child of `critical` runs: one split search in its own process, each worker's CPU
+#: seconds in each round measured (the partitions run one after another, as in `split`)
+_CRITICAL_CHILD = """
+import collections, functools, json, sys, time
+from peerkit.checker import parallel
+from peerkit.model import PeeringModel, get_config
+class Timed(parallel.InProcessPool):
+    def call_all(self, method, args):
+        out, took = [], []
+        for part, arg in zip(self.parts, args):
+            started = time.process_time()
+            out.append(getattr(part, method)(*arg))
+            took.append(time.process_time() - started)
+        self.path += max(took)
+        self.work += sum(took)
+        self.rounds[method] += 1
+        self.took.append((method, took))
+        return out
+factory = functools.partial(PeeringModel, get_config(sys.argv[1]))
+pool = Timed(factory, int(sys.argv[2]))
+pool.path, pool.work, pool.rounds, pool.took = 0.0, 0.0, collections.Counter(), []
+started = time.process_time()
+result = parallel.check(factory, pool=pool)
+cpu = time.process_time() - started
+# where a level's `number` and the next level's `expand` are rounds of their own: how much of
+# the path one round for both would save, measured in this same run
+merge = 0.0
+for (m1, number), (m2, expand) in zip(pool.took, pool.took[1:]):
+    if (m1, m2) == ("number", "expand"):
+        merge += max(number) + max(expand) - max(map(sum, zip(number, expand)))
+print(json.dumps({"states": result.distinct_states, "transitions": result.transitions,
+                  "merge_would_save": merge,
+                  "critical_path": pool.path, "workers_cpu": pool.work,
+                  "coordinator_cpu": cpu - pool.work, "rounds": dict(pool.rounds)}))
+"""
+
+
+def critical(baseline: str, configs: list[str], count: int, out: Path) -> None:
+    """The split search's critical path in CPU seconds, of a baseline checkout and of this one:
+    the sum over the rounds of the largest worker's CPU seconds in the round, plus the
+    coordinator's, is what the search would take on a core per worker and one for the
+    coordinator, with no other load and free messages; unlike wall time it hardly moves with
+    the load of a shared machine."""
+    pythons = {"before": baseline, "after": sys.executable}
+    report: dict[str, Any] = {"machine": machine_info(), "baseline": baseline, "rounds": count,
+                              "configs": {}}
+    for config in configs:
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for r in range(count):
+            order = [(w, n) for w in pythons for n in (1, 2)]
+            for which, n in order[r % 4:] + order[:r % 4]:
+                load = os.getloadavg()[0]
+                child = subprocess.run([pythons[which], "-c", _CRITICAL_CHILD, config, str(n)],
+                                       check=True, capture_output=True, text=True, cwd="/")
+                got = json.loads(child.stdout)
+                got["load1"] = load
+                runs.setdefault(f"{which}-workers-{n}", []).append(got)
+                print(f"round {r + 1} {which} {n}: path {got['critical_path']:.2f} s "
+                      f"(merging number and expand would save {got['merge_would_save']:.2f}) + "
+                      f"coordinator {got['coordinator_cpu']:.2f} s of {got['workers_cpu']:.2f} s "
+                      f"in workers, rounds {got['rounds']} (load {load:.2f})", flush=True)
+        if len({(x["states"], x["transitions"]) for xs in runs.values() for x in xs}) != 1:
+            raise SystemExit(f"{config}: the runs explored different graphs")
+        entry: dict[str, Any] = {"runs": runs}
+        for mode, xs in runs.items():
+            entry[mode] = {
+                "critical_path_median": round(statistics.median(
+                    x["critical_path"] + x["coordinator_cpu"] for x in xs), 3),
+                "cpu_median": round(statistics.median(
+                    x["workers_cpu"] + x["coordinator_cpu"] for x in xs), 3)}
+        speedups(entry, entry, "critical_path_median", "speedup_bound_workers2_over_workers1", 3,
+                 f"{config}, critical path of 2 workers over 1")
+        report["configs"][config] = entry
+    write_results(out, report)
 
 
 def distributed(engines: list[str], config: str, count: int) -> None:
@@ -238,8 +372,20 @@ def main() -> None:
     spl = sub.add_parser("split")
     spl.add_argument("--config", default="ci")
     spl.add_argument("--rounds", type=int, default=3)
+    for name, what in (("compare", "--workers 1 and 2 through the CLI"),
+                       ("critical", "the split search's critical path in CPU seconds")):
+        ab = sub.add_parser(name, help=f"{what}, of a baseline checkout and of this one, "
+                            "alternated")
+        ab.add_argument("--baseline", required=True, help="the baseline checkout's venv python")
+        ab.add_argument("--config", action="append", default=[])
+        ab.add_argument("--rounds", type=int, default=3)
+        ab.add_argument("--out", type=Path, default=HERE / "results" / f"parallel_{name}.json")
     args = parser.parse_args()
-    if args.what == "local":
+    if args.what == "compare":
+        compare(args.baseline, args.config or ["default"], args.rounds, args.out)
+    elif args.what == "critical":
+        critical(args.baseline, args.config or ["default"], args.rounds, args.out)
+    elif args.what == "local":
         local(args.config, args.rounds)
     elif args.what == "split":
         split(args.config, args.rounds)

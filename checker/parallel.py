@@ -5,21 +5,34 @@ Theory of operation
 A hash-partitioned, level-synchronous breadth-first search (the design of PReach and of TLC's
 distributed mode). Each worker owns the states whose fingerprint falls in its partition: it keeps
 them (exactly, in a dict, as the sequential engine does) and expands the ones of the current level
-(its *frontier*). A level has three rounds, and the coordinator waits for every worker at each:
+(its *frontier*). A level has three parts, in two rounds; the coordinator waits for every
+worker at each round:
 
 1. ``expand``: each worker runs ``successors`` on its frontier, checks the transition invariants
    on every step, and sorts the successors it does not know into one batch per owner (one
    message each, encoded by `wire`: each part of a state once per link);
-2. ``receive``: each owner merges the batches sent to it, drops the states it already has, and
-   keeps for every new state the smallest *key* (parent number, position of the step in the
-   parent's ``successors``) it was reached by; it answers with its new keys, sorted;
-3. ``number``: the coordinator ranks all new keys of the level, and each owner numbers its new
-   states by rank, checks the invariants on them, and answers every sender with the numbers of the
-   states it sent (so the sender can record its liveness edges with their end points).
+2. ``receive`` (round 1): each owner merges the batches sent to it, drops the states it already
+   has, and keeps for every new state the smallest *key* (parent number, position of the step in
+   the parent's ``successors``) it was reached by; it answers with its new keys, sorted;
+3. ``number`` (round 2): the coordinator ranks all new keys of the level, and each owner numbers
+   its new states by rank, checks the invariants on them, and answers every sender with the
+   numbers of the states it sent (so the sender can record its liveness edges with their end
+   points); then, in the same round, it expands them: step 1 of the next level (``seed`` does
+   step 1 of the first). The senders get the numbers in their next ``receive``.
+
+Two rounds per level is as few as keys made of the parents' numbers allow: a level's keys are
+ranked only once every owner has merged every batch of the level (round 1), and only then can its
+states be numbered and their successors keyed (round 2). (One round would need a key that can be
+compared before the parents are numbered, such as the grandparent's number and two positions; not
+done.) The coordinator tells a worker not to expand ahead a level the search will not go on with
+(the depth, state or time bound, or a first transition-invariant violation stops it), and a worker
+does not when one of its new states breaks an invariant and the first violation stops the search;
+only another worker's expansion of that last level can be work thrown away.
 
 What a worker knows: one dict per worker holds the number of every state it owns, the numbers
 the owners answered for the states it sent them (at most as many as it owns: `remote_share`),
-and, during a level, a code for each state met in the level and not known. So a successor met
+and, until the owners' numbers come back, a code for each state met in the last two
+expansions and not known (tagged with the expansion's parity). So a successor met
 again costs one lookup, as in the engine, and a successor whose owner has it already is never
 sent to it again once its number is known: on `default` the states sent to another worker fall
 from about 186,000 (every distinct successor of a level that another worker owns) to 101,219
@@ -58,6 +71,7 @@ import gc
 import multiprocessing
 import os
 import pickle
+import time
 import traceback
 import zlib
 from array import array
@@ -80,6 +94,10 @@ _FNV_OFFSET = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3
 #: How many tuples a `Fingerprinter` remembers before it starts again (bounds its memory).
 _REMEMBER = 1 << 18
+
+#: What an expansion answers: a batch per owner (None for itself), the first key each
+#: transition invariant fails at, and the steps taken.
+Expanded = tuple[list[bytes | None], dict[str, int], int]
 
 
 def _mix(h: int) -> int:
@@ -153,6 +171,25 @@ def fingerprint(state: object) -> int:
 # The worker
 
 
+class _Expansion(Generic[S]):
+    """What one expansion leaves to settle until the owners answer the numbers of its states."""
+
+    __slots__ = ("parity", "pending", "sent")
+
+    def __init__(self, parity: int, count: int) -> None:
+        #: the low bit of this expansion's codes in `Partition.index`: an expansion is settled
+        #: one round after the next one has begun, so two are told apart
+        self.parity = parity
+        #: the candidates by owner: the states sent to each other worker (kept to learn their
+        #: numbers from the replies), and the ones kept here (a list that grows in `receive` by
+        #: the new states others send)
+        self.sent: list[list[S]] = [[] for _ in range(count)]
+        #: liveness edges waiting for the numbers of their end points: key, what `index` said of
+        #: the end point then (its number, or a candidate's code), label, mask (bit i: liveness
+        #: property i counts the step)
+        self.pending: list[tuple[int, int, int, int]] = []
+
+
 class Partition(Generic[S, A]):
     """One worker's share of the search: the states it owns and its part of each round."""
 
@@ -184,33 +221,34 @@ class Partition(Generic[S, A]):
         self.fp = Fingerprinter()
         #: What this worker knows of a state, by the state. A number (>= 0): the state's, for
         #: every state it owns, and for states of other workers it sent them and learned the
-        #: numbers of (while it holds no more of theirs than of its own). Below 0, during a
-        #: level: ``-1 - (owner + count * slot)``, a state met in this level and sent to
-        #: `owner` (or kept, if this worker owns it) as its `slot`-th candidate. One dict, so a
-        #: successor met again costs one lookup, as in the engine, and a successor that is known
-        #: is never sent to its owner again.
+        #: numbers of (while it holds no more of theirs than of its own). Below 0, until its
+        #: expansion is settled: ``-1 - ((owner + count * slot) << 1 | parity)``, a state met in
+        #: an expansion of that parity and sent to `owner` (or kept, if this worker owns it) as
+        #: its `slot`-th candidate. One dict, so a successor met again costs one lookup, as in
+        #: the engine, and a successor that is known, or on its way to its owner, is never sent
+        #: to it again.
         self.index: dict[S, int] = {}
-        self.remote = 0  # how many of `index`'s numbers are of states other workers own
+        self.owned = 0  # how many of `index`'s numbers are of states this worker owns
+        self.remote = 0  # how many are of states other workers own
         self.frontier: list[tuple[int, S]] = []
-        # the last expanded level, for `transitions_before`
+        # the last expansion's parents and their successor counts, and the ones of the expansion
+        # whose new states were numbered last (for `transitions_before`)
         self.expanded = array("q")
         self.fanout = array("q")
-        # this level's candidates by owner: the states sent to each other worker (kept to learn
-        # their numbers from the replies), and the ones kept here, a list that grows in
-        # `receive` by the new states others send; `keys` holds each kept one's least key
-        self.sent: list[list[S]] = [[] for _ in range(count)]
-        self.keys: list[int] = []
+        self.numbered_from = (self.expanded, self.fanout)
+        self.made = 0  # expansions made
+        # the expansions not settled yet, oldest first: the last one and, until its replies
+        # come in the next `receive`, the one before
+        self.unsettled: list[_Expansion[S]] = []
+        # the numbers of each parity's candidates, by owner (the replies, and this worker's own)
+        self.numbers: list[list[Sequence[int]]] = [[() for _ in range(count)] for _ in range(2)]
+        self.keys: list[int] = []  # the least key of each of this level's own candidates
         # per other sender, what each state it sent here is: its number (>= 0) or ~slot
         self.refs: list[array[int] | None] = []
         self.order: list[int] = []  # this level's slots in order of key
-        self.local_reply: Sequence[int] = []
         # the links to and from every other worker (`wire`)
         self.encoders = [Encoder() for _ in range(count)]
         self.decoders = [Decoder() for _ in range(count)]
-        # liveness edges waiting for the numbers of their end points: key, what `index` said
-        # of the end point then (its number, or the code of a candidate), label, mask (bit i:
-        # liveness property i counts the step)
-        self.pending: list[tuple[int, int, int, int]] = []
         # each liveness property's edges, in the order they were taken: sources, ends, labels
         self.edges = [(array("q"), array("q"), array("i")) for _ in self.liveness]
         self.action_ids: dict[A, int] = {}
@@ -223,28 +261,34 @@ class Partition(Generic[S, A]):
             return _mix(hash(state) & _MASK64) % self.count
         return _mix(self.fp(state)) % self.count
 
-    def seed(self, initial: list[tuple[int, S]]) -> int:
+    def seed(self, initial: list[tuple[int, S]], expand: bool) -> tuple[int, Expanded | None]:
+        """Take the initial states this worker owns; expand them at once if `expand`."""
         for sid, state in initial:
             if self.owner(state) == self.me:
                 self.index[state] = sid
                 self.frontier.append((sid, state))
                 self._targets(sid, state)
-        return len(self.frontier)
+        self.owned = len(self.frontier)
+        return len(self.frontier), (self._expand() if expand else None)
 
     def _targets(self, sid: int, state: S) -> None:
         for prop, targets in zip(self.liveness, self.targets, strict=True):
             if prop.target(state):
                 targets.append(sid)
 
-    def expand(self, replies: list[bytes | None]) -> tuple[list[bytes | None], dict[str, int], int]:
-        """Round 1: the successors of the frontier, in one batch per owner.
+    def _expand(self) -> Expanded:
+        """Step 1 (at the end of `seed` or `number`): the successors of the frontier, in one
+        batch per owner, the first key each transition invariant fails at, the steps taken.
 
         Only the successors this worker does not know go out, each once: the others' owners
-        have them already. A candidate keeps the key it was first met by, the smallest here
-        (the frontier is expanded in order of number)."""
-        self._resolve(replies)
+        have them already, or will have them by the next `receive`. A candidate keeps the key
+        it was first met by, the smallest here (the frontier is expanded in order of number)."""
         count = self.count
-        sent = self.sent
+        level: _Expansion[S] = _Expansion(self.made & 1, count)
+        self.made += 1
+        self.unsettled.append(level)
+        parity = level.parity
+        sent = level.sent
         keys: list[list[int]] = [[] for _ in range(count)]
         events: dict[str, int] = {}
         successors = self.successors
@@ -253,7 +297,7 @@ class Partition(Generic[S, A]):
         owner = self.owner
         index = self.index
         live = [prop.counts for prop in self.liveness]
-        pending = self.pending
+        pending = level.pending
         action_ids = self.action_ids
         transitions = 0
         self.expanded = array("q")
@@ -271,7 +315,7 @@ class Partition(Generic[S, A]):
                 if got is None:
                     o = owner(nxt)
                     batch = sent[o]
-                    got = index[nxt] = -1 - (o + count * len(batch))
+                    got = index[nxt] = -1 - (((o + count * len(batch)) << 1) | parity)
                     batch.append(nxt)
                     keys[o].append(key)
                 if live:
@@ -299,12 +343,17 @@ class Partition(Generic[S, A]):
                 out.append(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
         return out, events, transitions
 
-    def receive(self, batches: list[bytes | None]) -> array[int]:
-        """Round 2: merge what was sent here; the sorted keys of the states new to this owner."""
+    def receive(self, batches: list[bytes | None], replies: list[bytes | None] | None
+                ) -> array[int]:
+        """Step 2 (round 1): settle the expansion before the last with the owners' `replies`
+        (None at the first level); merge the last expansion's batches sent here; answer the
+        sorted keys of the states new to this owner."""
+        if replies is not None:
+            self._settle(replies)
         index = self.index
         me = self.me
         count = self.count
-        slots = self.sent[me]  # this worker's own candidates, then the new ones received
+        slots = self.unsettled[-1].sent[me]  # this worker's own candidates, then new ones
         slot_keys = self.keys
         self.refs = []
         for sender, blob in enumerate(batches):
@@ -320,14 +369,14 @@ class Partition(Generic[S, A]):
                 got = index.get(state)
                 if got is None:
                     slot = len(slots)
-                    index[state] = -1 - (me + count * slot)
+                    index[state] = -1 - (((me + count * slot) << 1) | self.unsettled[-1].parity)
                     slots.append(state)
                     slot_keys.append(key)
                     refs.append(~slot)
                 elif got >= 0:  # sent by a worker that did not know it yet
                     refs.append(got)
-                else:
-                    slot = (-1 - got) // count
+                else:  # a candidate of this level: states this worker owns are numbered by now
+                    slot = ((-1 - got) >> 1) // count
                     if key < slot_keys[slot]:
                         slot_keys[slot] = key
                     refs.append(~slot)
@@ -335,10 +384,14 @@ class Partition(Generic[S, A]):
         self.order = sorted(range(len(slots)), key=slot_keys.__getitem__)
         return array("q", (slot_keys[slot] for slot in self.order))
 
-    def number(self, numbers: array[int]) -> tuple[dict[str, int], list[bytes | None], int]:
-        """Round 3: number the new states, check them, and tell each sender the numbers."""
+    def number(self, numbers: array[int], expand: bool, unless_violated: bool
+               ) -> tuple[dict[str, int], list[bytes | None], int, Expanded | None]:
+        """Step 3 (round 2), with step 1 of the next level: number the new states, check them,
+        tell each sender the numbers, and expand them if `expand` (but not, if
+        `unless_violated`, when one breaks an invariant: that stops the search)."""
         index = self.index
-        slots = self.sent[self.me]
+        level = self.unsettled[-1]
+        slots = level.sent[self.me]
         frontier: list[tuple[int, S]] = []
         events: dict[str, int] = {}
         invariants = self.invariants
@@ -353,10 +406,13 @@ class Partition(Generic[S, A]):
                     events[pid] = sid
             if self.liveness:
                 self._targets(sid, state)
+        self.owned += len(frontier)
+        self.numbers[level.parity][self.me] = sid_of
+        level.sent[self.me] = []  # numbered: `index` and `frontier` hold them
         self.order = []
         self.keys = []
         self.frontier = frontier
-        self.local_reply = sid_of
+        self.numbered_from = (self.expanded, self.fanout)
         replies: list[bytes | None] = []
         for refs in self.refs:
             if refs is None:
@@ -365,38 +421,39 @@ class Partition(Generic[S, A]):
                 replies.append(array("q", (ref if ref >= 0 else sid_of[~ref]
                                            for ref in refs)).tobytes())
         self.refs = []
-        return events, replies, len(frontier)
+        go = expand and not (unless_violated and events)
+        return events, replies, len(frontier), (self._expand() if go else None)
 
-    def _resolve(self, replies: list[bytes | None]) -> None:
-        """Learn the numbers of the states the last expansion sent to other workers (while
-        this worker holds no more of theirs than of its own; the others are forgotten), and
-        give the liveness edges of that expansion their end points' numbers."""
-        numbers: list[Sequence[int]] = []
+    def _settle(self, replies: list[bytes | None]) -> None:
+        """Learn the numbers of the states the oldest unsettled expansion sent to other workers
+        (while this worker holds no more of theirs than of its own; the others are forgotten),
+        and give that expansion's liveness edges their end points' numbers (an end point met
+        again from the expansion before is numbered by then too)."""
+        level = self.unsettled.pop(0)
         index = self.index
         count = self.count
-        candidates = sum(len(batch) for o, batch in enumerate(self.sent) if o != self.me)
-        own = len(index) - candidates - self.remote
-        room = int(own * self.remote_share) - self.remote
+        table = self.numbers[level.parity]
+        room = int(self.owned * self.remote_share) - self.remote
         for owner, blob in enumerate(replies):
             if owner == self.me or blob is None:
-                numbers.append(self.local_reply)
                 continue
             reply = array("q")
             reply.frombytes(blob)
-            numbers.append(reply)
-            sent = self.sent[owner]
+            table[owner] = reply
+            sent = level.sent[owner]
             learned = max(0, min(room, len(sent)))
             index.update(zip(sent[:learned], reply[:learned], strict=True))
             for state in sent[learned:]:
                 del index[state]
             room -= learned
             self.remote += learned
-        self.sent = [[] for _ in range(count)]
+        numbers = self.numbers
         edges = self.edges
-        for key, end, aid, mask in self.pending:
+        for key, end, aid, mask in level.pending:
             if end < 0:
                 code = -1 - end
-                end = numbers[code % count][code // count]
+                slot, owner = divmod(code >> 1, count)
+                end = numbers[code & 1][owner][slot]
             src = key >> _POS_BITS
             bit = 0
             while mask:
@@ -407,17 +464,20 @@ class Partition(Generic[S, A]):
                     labels.append(aid)
                 mask >>= 1
                 bit += 1
-        self.pending = []
 
     def transitions_before(self, sid: int) -> int:
-        """Steps of the last expanded level taken from states numbered below `sid`."""
-        return sum(n for s, n in zip(self.expanded, self.fanout, strict=True) if s < sid)
+        """Steps taken from states numbered below `sid` in the expansion whose new states were
+        numbered last (an expansion of them may have followed in the same round)."""
+        expanded, fanout = self.numbered_from
+        return sum(n for s, n in zip(expanded, fanout, strict=True) if s < sid)
 
-    def finish(self, replies: list[bytes | None]
+    def finish(self, replies: list[bytes | None] | None
                ) -> tuple[list[tuple[bytes, bytes, bytes]], list[A], list[bytes]]:
-        """The liveness graph this worker holds: each property's edges (sources, ends and
-        labels, in the order taken) and target states, and the actions the labels number."""
-        self._resolve(replies)
+        """The liveness graph this worker holds, once the last expansion is settled with
+        `replies`: each property's edges (sources, ends and labels, in the order taken) and
+        target states, and the actions the labels number."""
+        if replies is not None:
+            self._settle(replies)
         actions = sorted(self.action_ids, key=self.action_ids.__getitem__)
         return ([(srcs.tobytes(), dsts.tobytes(), labels.tobytes())
                  for srcs, dsts, labels in self.edges],
@@ -621,6 +681,7 @@ class _ParallelSearch(_Search[S, A]):
         self.states = self.replayed  # type: ignore[assignment]
         self.flags: list[bytearray] = []
         self.frontier = 0  # states in the level about to be expanded, over all workers
+        self.expansion: list[Expanded | None] = []  # each worker's expansion of that level
         self.level_start = 0  # steps taken before the level being expanded
 
     def _target_ids(self, prop: LivenessLike[S, A]) -> array[int]:
@@ -644,27 +705,53 @@ class _ParallelSearch(_Search[S, A]):
             self.concrete_initial[sid] = concrete
             self._state_failed(sid)
         initial = [(sid, state) for state, sid in first.items()]
-        self.frontier = sum(self.pool.call_all("seed", [(initial,)] * self.pool.workers))
+        expand = self._goes_on(len(initial), 0)
+        seeded = self.pool.call_all("seed", [(initial, expand)] * self.pool.workers)
+        self.frontier = sum(frontier for frontier, _ in seeded)
+        self.expansion = [expansion for _, expansion in seeded]
+
+    def _goes_on(self, frontier: int, depth: int) -> bool:
+        """Whether the search will expand a level of `frontier` states at `depth` as far as the
+        bounds on depth and time can tell now: if not, the workers do not expand it ahead."""
+        bounds = self.bounds
+        return frontier > 0 and (bounds.max_depth is None or depth < bounds.max_depth) and (
+            bounds.max_seconds is None
+            or time.perf_counter() - self.started <= bounds.max_seconds)
+
+    def _stops_in(self, level: list[int], first: int, expanded: list[Expanded]) -> bool:
+        """Whether the level being numbered stops the search whatever its states are: the
+        state bound falls in it, or a step of it breaks a transition invariant that stops it."""
+        max_states = self.bounds.max_states
+        if max_states is not None and first + len(level) > max_states:
+            return True
+        return self.bounds.stop_at_first and any(
+            pid not in self.violated for worker in expanded for pid in worker[1])
 
     def _bfs(self) -> None:
         pool = self.pool
         count = pool.workers
         bounds = self.bounds
         replayed = self.replayed
-        replies: list[list[bytes | None]] = [[None] * count for _ in range(count)]
+        # per worker, the numbers the owners answered for the states its last expansion sent
+        replies: list[list[bytes | None] | None] = [None] * count
         depth = 0
         while self.frontier:
             if bounds.max_depth is not None and depth >= bounds.max_depth:
                 raise _Stop(f"depth bound {bounds.max_depth} reached")
             self._tick(len(replayed) - self.frontier, depth)
-            expanded = pool.call_all("expand", [(replies[i],) for i in range(count)])
-            keys = pool.call_all("receive", [([expanded[i][0][j] for i in range(count)],)
-                                             for j in range(count)])
+            # the workers expanded this level in the round that numbered it (or seeded it)
+            expanded = [e for e in self.expansion if e is not None]
+            if len(expanded) < count:
+                raise AssertionError("a worker did not expand a level the search goes on with")
+            keys = pool.call_all("receive", [([expanded[i][0][j] for i in range(count)],
+                                              replies[j]) for j in range(count)])
             level = sorted(k for mine in keys for k in mine)
             first = len(replayed)
             rank = {key: first + i for i, key in enumerate(level)}
-            numbered = pool.call_all("number", [(array("q", (rank[k] for k in mine)),)
-                                                for mine in keys])
+            expand = (self._goes_on(len(level), depth + 1)
+                      and not self._stops_in(level, first, expanded))
+            numbered = pool.call_all("number", [(array("q", (rank[k] for k in mine)), expand,
+                                                 bounds.stop_at_first) for mine in keys])
             for key in level:
                 self.parent.append(key >> _POS_BITS)
                 self.position.append(key & _POS_MASK)
@@ -674,6 +761,7 @@ class _ParallelSearch(_Search[S, A]):
             self.transitions = self.level_start + sum(e[2] for e in expanded)
             replies = [[numbered[j][1][i] for j in range(count)] for i in range(count)]
             self.frontier = sum(n[2] for n in numbered)
+            self.expansion = [n[3] for n in numbered]
             depth += 1
         if self.liveness:
             self._collect_graph(pool.call_all("finish", [(replies[i],) for i in range(count)]))

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from peerkit.checker import engine, parallel, toys
+from peerkit.checker.api import Invariant, StepModel, TransitionInvariant
 from peerkit.model import PeeringModel, get_config
 
 UNBOUNDED = engine.Bounds()
@@ -202,3 +203,86 @@ def test_cluster_of_two_dask_workers_as_one_process() -> None:
         finally:
             pool.close()
     assert outcome(got) == outcome(expected)
+
+
+Cell = tuple[int, int]
+
+
+def walk(bad_state: Cell | None = None, bad_step: Cell | None = None) -> StepModel[Cell, str]:
+    """(x, y) on a 6 x 6 grid, one step right or up at a time: 11 levels of 1 to 6 states.
+    `bad_state` breaks an invariant; a step into `bad_step` breaks a transition invariant."""
+    def enabled(state: Cell) -> list[str]:
+        return [a for a, c in (("right", state[0]), ("up", state[1])) if c < 5]
+
+    def step(state: Cell, action: str) -> Cell:
+        x, y = state
+        return (x + 1, y) if action == "right" else (x, y + 1)
+
+    return StepModel(
+        name="walk", initial=lambda: [(0, 0)], enabled=enabled, step=step,
+        invariants=(Invariant("good", "not the bad state", lambda s: s != bad_state),),
+        transition_invariants=(TransitionInvariant("good-step", "not into the bad state",
+                                                   lambda _s, _a, t: t != bad_step),))
+
+
+class CountingPool(parallel.InProcessPool):
+    """Counts the rounds; the clock jumps past any time bound during the `late`-th receive."""
+
+    def __init__(self, factory: Callable[[], Any], workers: int, late: int = 0) -> None:
+        super().__init__(factory, workers)
+        self.rounds: collections.Counter[str] = collections.Counter()
+        self.late = late
+
+    def call_all(self, method: str, args: Any) -> list[Any]:
+        self.rounds[method] += 1
+        return super().call_all(method, args)
+
+    def now(self) -> float:
+        return 100.0 if self.late and self.rounds["receive"] >= self.late else 0.0
+
+
+WALKS: dict[str, tuple[Callable[[], Any], engine.Bounds]] = {
+    "unbounded": (walk, UNBOUNDED),
+    "depth": (walk, engine.Bounds(max_depth=4)),
+    "states": (walk, engine.Bounds(max_states=12)),  # within level 4 (10 states before it)
+    "invariant": (functools.partial(walk, bad_state=(2, 3)), UNBOUNDED),
+    "transition-invariant": (functools.partial(walk, bad_step=(3, 2)), UNBOUNDED),
+    "all-violations": (functools.partial(walk, (2, 3), (3, 2)), BOUNDS["all"]),
+}
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("case", WALKS.values(), ids=WALKS.keys())
+def test_no_level_is_expanded_ahead_that_the_search_stops_before(
+        case: tuple[Callable[[], Any], engine.Bounds], workers: int) -> None:
+    # A level is expanded in the round that numbers it, before the coordinator has looked at
+    # it: the bounds and a first violation must keep the workers from expanding one the
+    # search does not go on with (work thrown away), and the counts must stay the engine's.
+    factory, bounds = case
+    pool = CountingPool(factory, workers)
+    got = parallel.check(factory, bounds=bounds, pool=pool)
+    assert outcome(got) == outcome(engine.check(factory(), bounds))
+    levels = pool.rounds["receive"]  # the expansions the search went on with
+    made = [part.made for part in pool.parts]
+    if factory is WALKS["invariant"][0]:
+        # only the owner of the bad state knows it stops the search; the others expand
+        owner = next(p for p in pool.parts if p.owner((2, 3)) == p.me)
+        assert owner.made == levels and max(made) <= levels + 1
+        assert not got.complete
+    else:
+        assert made == [levels] * workers
+    assert pool.rounds["number"] == levels
+
+
+def test_the_time_bound_stops_the_workers_expanding_ahead(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    # the clock passes the bound during the second level's receive: the round that numbers
+    # that level must not expand it, and the search stops where a depth bound of 2 would
+    pool = CountingPool(walk, 2, late=2)
+    monkeypatch.setattr(parallel.time, "perf_counter", pool.now)
+    got = parallel.check(walk, bounds=engine.Bounds(max_seconds=10), pool=pool)
+    assert got.stopped_because == "time bound 10 s reached"
+    assert [part.made for part in pool.parts] == [2, 2] == [pool.rounds["receive"]] * 2
+    monkeypatch.undo()
+    by_depth = engine.check(walk(), engine.Bounds(max_depth=2))
+    assert outcome(got)[:3] == outcome(by_depth)[:3]
