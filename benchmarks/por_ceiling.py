@@ -6,9 +6,9 @@ from s that does not take a (the "region" of a at s). That is the definition a p
 reduction's soundness theorem asks for (Godefroid's persistent sets; Clarke, Grumberg and Peled's
 C1 and C2), so no reduction justified by those theorems can take one action alone at a state
 where this check fails, whatever independence relation or stubborn-set algorithm it uses (a
-reduction argued some other way, for one property at a time, is not bounded by it). The reduced count
-this script reports is therefore a CEILING for singleton ample sets (up to which candidate is
-taken first), where `por_potential.py`'s was only an optimistic estimate.
+reduction argued some other way, for one property at a time, is not bounded by it). The reduced
+count this script reports is therefore a CEILING for singleton ample sets (up to which candidate
+is taken first), where `por_potential.py`'s was only an optimistic estimate.
 
 For a state s and an enabled protocol action a, {a} passes when, for every state t of the region
 (s itself, and every state reached from s by steps other than a):
