@@ -115,12 +115,12 @@ class Ceiling:
 
     def passes(self, s: Any, a: Any) -> bool:
         """Whether {a} is a persistent, invisible, verdict-keeping singleton in s."""
+        refused = self.refused
+        if refused is not None and any(refused(s, a, b) for b in self.succ[s] if b != a):
+            return False  # (before the cache: the rule looks at what is enabled in s itself)
         if (s, a) in self.passed:
             return True
         if not self.counted(a):
-            return False
-        refused = self.refused
-        if refused is not None and any(refused(s, a, b) for b in self.succ[s] if b != a):
             return False
         self.checked += 1
         succ = self.succ

@@ -168,3 +168,12 @@ def test_the_static_rule_on_the_peering_model(ceiling: ModuleType) -> None:
     assert not dep(world, to_dc1, to_dc2)  # (generous: the two ends of one stream)
     assert dep(world, act.Sync(0), act.Failover(0)) and not dep(world, act.Sync(0),
                                                                act.Failover(1))
+
+
+def test_a_refusal_rule_is_applied_in_a_remembered_region_too(ceiling: ModuleType) -> None:
+    graph = ceiling.explore(counters(2, 2))
+    start = next(iter(graph.initial))
+    later = next(s for s in graph.succ if s[0] == start[0] and s != start)
+    test = ceiling.Ceiling(graph, [], [], _always, lambda s, _a, _b: s == later)
+    assert test.passes(start, 0)  # `later` is in the region of counter 0's step ...
+    assert not test.passes(later, 0)  # ... but the rule refuses it there
